@@ -1,0 +1,190 @@
+"""One canonical msgpack encoding for every hashed or signed value.
+
+Values are plain trees of ``int``, ``bytes``, ``str``, ``bool``, ``None``, ``list`` and ``dict``
+with ``str`` keys. Canonical means: maps sorted by the UTF-8 bytes of their keys, integers and
+lengths in msgpack's shortest form, ``bin`` for bytes and ``str`` for text, no floats, no
+extension types. :func:`decode` re-encodes what it read and rejects the input unless the bytes
+are identical, so one value has exactly one encoding and a hash names one value.
+
+Schemas (:class:`Struct`) check field names, types and sizes so that decoding rejects unknown or
+missing fields, wrong types and oversize values with a :class:`CodecError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgpack
+
+U64_MAX = 2**64 - 1
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 16
+
+
+class CodecError(ValueError):
+    """Bytes or a value that do not follow the canonical encoding or a schema."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _check_tree(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise CodecError("nesting too deep")
+    if isinstance(value, bool) or value is None or isinstance(value, bytes | str):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value <= U64_MAX:
+            raise CodecError("integer out of range")
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_tree(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CodecError("map key is not a string")
+            _check_tree(item, depth + 1)
+        return
+    raise CodecError(f"type {type(value).__name__} has no canonical encoding")
+
+
+def _sorted_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted_tree(value[k]) for k in sorted(value, key=lambda s: s.encode())}
+    if isinstance(value, list | tuple):
+        return [_sorted_tree(v) for v in value]
+    return value
+
+
+def encode(value: Any) -> bytes:
+    """The canonical bytes of a value tree."""
+    _check_tree(value)
+    return msgpack.packb(_sorted_tree(value), use_bin_type=True)
+
+
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode canonical bytes into a value tree; anything else raises CodecError."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError("input is not bytes")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise CodecError("message too large")
+    if not data:
+        raise CodecError("empty input")
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_buffer_size=max_bytes,
+            max_bin_len=max_bytes,
+            max_str_len=max_bytes,
+            max_array_len=1_000_000,
+            max_map_len=1_000,
+            max_ext_len=0,
+        )
+    except CodecError:
+        raise
+    except Exception as exc:  # msgpack raises many types for garbage: map them all to ours
+        raise CodecError(f"malformed msgpack: {type(exc).__name__}") from None
+    try:
+        again = encode(value)
+    except CodecError:
+        raise
+    except Exception:  # noqa: BLE001 - float, ext and other non-canonical content
+        raise CodecError("non-canonical value") from None
+    if again != data:
+        raise CodecError("non-canonical encoding")
+    return value
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+# --- schema checks ---------------------------------------------------------------------------
+
+Check = Callable[[Any, str], Any]
+
+
+def uint(max_value: int = U64_MAX) -> Check:
+    def check(v: Any, name: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise CodecError(f"{name}: expected unsigned integer")
+        if not 0 <= v <= max_value:
+            raise CodecError(f"{name}: out of range 0..{max_value}")
+        return v
+
+    return check
+
+
+def raw(size: int | None = None, max_size: int | None = None) -> Check:
+    def check(v: Any, name: str) -> bytes:
+        if not isinstance(v, bytes):
+            raise CodecError(f"{name}: expected bytes")
+        if size is not None and len(v) != size:
+            raise CodecError(f"{name}: expected {size} bytes, got {len(v)}")
+        if max_size is not None and len(v) > max_size:
+            raise CodecError(f"{name}: longer than {max_size} bytes")
+        return v
+
+    return check
+
+
+def text(max_size: int) -> Check:
+    def check(v: Any, name: str) -> str:
+        if not isinstance(v, str):
+            raise CodecError(f"{name}: expected string")
+        if len(v.encode()) > max_size:
+            raise CodecError(f"{name}: longer than {max_size} bytes")
+        return v
+
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: Any, name: str) -> str:
+        if v not in choices:
+            raise CodecError(f"{name}: expected one of {', '.join(choices)}")
+        return str(v)
+
+    return check
+
+
+def list_of(item: Check, max_items: int) -> Check:
+    def check(v: Any, name: str) -> list[Any]:
+        if not isinstance(v, list):
+            raise CodecError(f"{name}: expected list")
+        if len(v) > max_items:
+            raise CodecError(f"{name}: more than {max_items} items")
+        return [item(x, f"{name}[{i}]") for i, x in enumerate(v)]
+
+    return check
+
+
+def struct(fields: Mapping[str, Check]) -> Check:
+    """A map with exactly these keys."""
+
+    def check(v: Any, name: str) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise CodecError(f"{name}: expected map")
+        missing = sorted(set(fields) - set(v))
+        if missing:
+            raise CodecError(f"{name}: missing field {missing[0]}")
+        unknown = sorted(set(v) - set(fields))
+        if unknown:
+            raise CodecError(f"{name}: unknown field {unknown[0]}")
+        return {k: fields[k](v[k], f"{name}.{k}" if name else k) for k in fields}
+
+    return check
+
+
+def decode_struct(data: bytes, schema: Check, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode canonical bytes and check them against a schema built from the helpers above."""
+    return schema(decode(data, max_bytes), "")

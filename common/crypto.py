@@ -1,0 +1,78 @@
+"""Ed25519 keys, signatures and addresses, with domain separation for every signed message kind."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+SEED_BYTES = 32
+ADDRESS_BYTES = 20
+ADDRESS_DOMAIN = b"vigil/address/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """An Ed25519 private key from its 32-byte seed."""
+
+    seed: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != SEED_BYTES:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+
+    @property
+    def _key(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self.seed)
+
+    @property
+    def public_key(self) -> bytes:
+        return self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def sign(self, domain: bytes, message: bytes) -> bytes:
+        return self._key.sign(signing_bytes(domain, message))
+
+
+def signing_bytes(domain: bytes, message: bytes) -> bytes:
+    """What is actually signed: the domain tag, a zero byte, then the canonical message."""
+    return domain + b"\x00" + message
+
+
+def verify(public_key: bytes, domain: bytes, message: bytes, signature: bytes) -> bool:
+    """True when the signature is valid; malformed keys or signatures are simply invalid."""
+    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            signature, signing_bytes(domain, message)
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def address_of(public_key: bytes) -> bytes:
+    """The 20-byte account address: SHA-256(ADDRESS_DOMAIN || 0x00 || public key), first 20 bytes."""
+    return hashlib.sha256(ADDRESS_DOMAIN + b"\x00" + public_key).digest()[:ADDRESS_BYTES]
+
+
+def to_hex(data: bytes) -> str:
+    return "0x" + data.hex()
+
+
+def from_hex(value: str, size: int | None = None) -> bytes:
+    """Parse 0x-prefixed hex; ValueError with a clear message otherwise."""
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise ValueError("expected a 0x-prefixed hex string")
+    try:
+        data = bytes.fromhex(value[2:])
+    except ValueError:
+        raise ValueError("invalid hex digits") from None
+    if size is not None and len(data) != size:
+        raise ValueError(f"expected {size} bytes of hex, got {len(data)}")
+    return data
