@@ -82,7 +82,6 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_buffer_size=max_bytes,
             max_bin_len=max_bytes,
             max_str_len=max_bytes,
             max_array_len=1_000_000,
@@ -91,7 +90,7 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         )
     except CodecError:
         raise
-    except Exception as exc:  # msgpack raises many types for garbage: map them all to ours
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types for garbage: map to ours
         raise CodecError(f"malformed msgpack: {type(exc).__name__}") from None
     try:
         again = encode(value)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -20,19 +21,23 @@ ADDRESS_DOMAIN = b"vigil/address/v1"
 class SigningKey:
     """An Ed25519 private key from its 32-byte seed."""
 
-    seed: bytes
+    seed: bytes = field(repr=False)  # secret: never in logs or reprs
+    # Derived once: building the key object and its public key costs a scalar multiplication.
+    _key: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
+    _public_key: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if len(self.seed) != SEED_BYTES:
+        if not isinstance(self.seed, bytes) or len(self.seed) != SEED_BYTES:
             raise ValueError("an Ed25519 seed is 32 bytes")
-
-    @property
-    def _key(self) -> Ed25519PrivateKey:
-        return Ed25519PrivateKey.from_private_bytes(self.seed)
+        key = Ed25519PrivateKey.from_private_bytes(self.seed)
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(
+            self, "_public_key", key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        )
 
     @property
     def public_key(self) -> bytes:
-        return self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return self._public_key
 
     def sign(self, domain: bytes, message: bytes) -> bytes:
         return self._key.sign(signing_bytes(domain, message))
@@ -48,12 +53,16 @@ def verify(public_key: bytes, domain: bytes, message: bytes, signature: bytes) -
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, signing_bytes(domain, message)
-        )
+        _public_key_object(bytes(public_key)).verify(signature, signing_bytes(domain, message))
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+@lru_cache(maxsize=4096)
+def _public_key_object(public_key: bytes) -> Ed25519PublicKey:
+    """Parsed keys are cached: validators and busy senders verify many signatures each."""
+    return Ed25519PublicKey.from_public_bytes(public_key)
 
 
 def address_of(public_key: bytes) -> bytes:

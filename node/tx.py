@@ -1,0 +1,232 @@
+"""Signed transactions: the two kinds, their one canonical encoding, hash, signature and address.
+
+docs/transactions.md is the normative description (a wallet in another language is written from
+it); this module is the reference implementation and tests/vectors/ pins it byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from common import codec
+from common.codec import CodecError
+from common.crypto import (
+    ADDRESS_BYTES,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    SigningKey,
+    address_of,
+    to_hex,
+    verify,
+)
+
+TX_DOMAIN = b"vigil/tx/v1"
+TX_BYTES_MAX = 1024
+MEMO_BYTES_MAX = 128
+DIGEST_BYTES = 32
+CHAIN_ID_BYTES_MAX = 64
+KINDS = ("transfer", "anchor")
+_CHAIN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class TxError(CodecError):
+    """A transaction value that cannot exist (wrong kind fields, bad sizes): a CodecError too."""
+
+
+def _chain_id(v: Any, name: str) -> str:
+    if not isinstance(v, str) or not _CHAIN_ID_RE.fullmatch(v):
+        raise CodecError(f"{name}: expected 1..64 characters of A-Z a-z 0-9 . _ -")
+    return v
+
+
+_COMMON: dict[str, codec.Check] = {
+    "kind": codec.one_of(*KINDS),
+    "chain_id": _chain_id,
+    "sender": codec.raw(PUBLIC_KEY_BYTES),
+    "nonce": codec.uint(),
+    "fee": codec.uint(),
+}
+_KIND_FIELDS: dict[str, dict[str, codec.Check]] = {
+    "transfer": {"to": codec.raw(ADDRESS_BYTES), "amount": codec.uint()},
+    "anchor": {"digest": codec.raw(DIGEST_BYTES), "memo": codec.raw(max_size=MEMO_BYTES_MAX)},
+}
+_UNSIGNED = {k: codec.struct({**_COMMON, **f}) for k, f in _KIND_FIELDS.items()}
+_SIGNED = {
+    k: codec.struct({**_COMMON, **f, "signature": codec.raw(SIGNATURE_BYTES)})
+    for k, f in _KIND_FIELDS.items()
+}
+
+
+def _check(schema: codec.Check, m: dict[str, Any]) -> None:
+    """Schema check of a value we are about to encode: a bad field is a TxError."""
+    try:
+        schema(m, "")
+    except TxError:
+        raise
+    except CodecError as exc:
+        raise TxError(exc.reason) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One signed transaction. Fields of the other kind hold their empty value (b"" or 0)."""
+
+    kind: str
+    chain_id: str
+    sender: bytes
+    nonce: int
+    fee: int
+    to: bytes
+    amount: int
+    digest: bytes
+    memo: bytes
+    signature: bytes
+    # Cache of encode(); not part of the value (compare=False) and rebuilt by dataclasses.replace.
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _unsigned_map(self) -> dict[str, Any]:
+        m: dict[str, Any] = {
+            "kind": self.kind,
+            "chain_id": self.chain_id,
+            "sender": self.sender,
+            "nonce": self.nonce,
+            "fee": self.fee,
+        }
+        if self.kind == "transfer":
+            if self.digest or self.memo:
+                raise TxError("transfer: digest and memo must be empty")
+            m["to"] = self.to
+            m["amount"] = self.amount
+        elif self.kind == "anchor":
+            if self.to or self.amount:
+                raise TxError("anchor: to and amount must be empty")
+            m["digest"] = self.digest
+            m["memo"] = self.memo
+        else:
+            raise TxError(f"kind: expected one of {', '.join(KINDS)}")
+        return m
+
+    def signing_bytes(self) -> bytes:
+        """Canonical encoding of every field except the signature (the signed message)."""
+        m = self._unsigned_map()
+        _check(_UNSIGNED[self.kind], m)
+        return codec.encode(m)
+
+    def encode(self) -> bytes:
+        """Canonical signed encoding: the wire format and the hash input."""
+        if self._encoded is None:
+            m = self._unsigned_map()
+            m["signature"] = self.signature
+            _check(_SIGNED[self.kind], m)
+            data = codec.encode(m)
+            if len(data) > TX_BYTES_MAX:
+                raise TxError(f"transaction longer than {TX_BYTES_MAX} bytes")
+            object.__setattr__(self, "_encoded", data)
+            return data
+        return self._encoded
+
+    @staticmethod
+    def decode(data: bytes) -> Transaction:
+        """Parse canonical signed bytes; anything malformed raises CodecError (never another)."""
+        value = codec.decode(data, max_bytes=TX_BYTES_MAX)
+        if not isinstance(value, dict):
+            raise CodecError("transaction: expected map")
+        kind = value.get("kind")
+        if not isinstance(kind, str) or kind not in _SIGNED:
+            raise CodecError(f"kind: expected one of {', '.join(KINDS)}")
+        m = _SIGNED[kind](value, "")
+        tx = Transaction(
+            kind=kind,
+            chain_id=m["chain_id"],
+            sender=m["sender"],
+            nonce=m["nonce"],
+            fee=m["fee"],
+            to=m.get("to", b""),
+            amount=m.get("amount", 0),
+            digest=m.get("digest", b""),
+            memo=m.get("memo", b""),
+            signature=m["signature"],
+        )
+        object.__setattr__(tx, "_encoded", bytes(data))
+        return tx
+
+    @property
+    def hash(self) -> bytes:
+        """SHA-256 of the canonical signed encoding (the signature is covered)."""
+        return codec.sha256(self.encode())
+
+    @property
+    def sender_address(self) -> bytes:
+        return address_of(self.sender)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.encode())
+
+    def verify_signature(self) -> bool:
+        """True when ``signature`` is the sender's Ed25519 signature over the signing bytes."""
+        try:
+            message = self.signing_bytes()
+        except CodecError:
+            return False
+        return verify(self.sender, TX_DOMAIN, message, self.signature)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly fields: 0x hex for bytes, integers as integers, plus hash and from."""
+        out: dict[str, Any] = {
+            "hash": to_hex(self.hash),
+            "kind": self.kind,
+            "chain_id": self.chain_id,
+            "sender": to_hex(self.sender),
+            "from": to_hex(self.sender_address),
+            "nonce": self.nonce,
+            "fee": self.fee,
+        }
+        if self.kind == "transfer":
+            out["to"] = to_hex(self.to)
+            out["amount"] = self.amount
+        else:
+            out["digest"] = to_hex(self.digest)
+            out["memo"] = to_hex(self.memo)
+        out["signature"] = to_hex(self.signature)
+        return out
+
+
+def _signed(unsigned: Transaction, key: SigningKey) -> Transaction:
+    sig = key.sign(TX_DOMAIN, unsigned.signing_bytes())
+    tx = Transaction(
+        kind=unsigned.kind,
+        chain_id=unsigned.chain_id,
+        sender=unsigned.sender,
+        nonce=unsigned.nonce,
+        fee=unsigned.fee,
+        to=unsigned.to,
+        amount=unsigned.amount,
+        digest=unsigned.digest,
+        memo=unsigned.memo,
+        signature=sig,
+    )
+    tx.encode()  # validates sizes now rather than at first use
+    return tx
+
+
+def make_transfer(
+    key: SigningKey, chain_id: str, to: bytes, amount: int, fee: int, nonce: int
+) -> Transaction:
+    """A signed transfer of ``amount`` to the 20-byte address ``to``."""
+    unsigned = Transaction(
+        "transfer", chain_id, key.public_key, nonce, fee, to, amount, b"", b"", b"\x00" * 64
+    )
+    return _signed(unsigned, key)
+
+
+def make_anchor(
+    key: SigningKey, chain_id: str, digest: bytes, memo: bytes, fee: int, nonce: int
+) -> Transaction:
+    """A signed anchor of a 32-byte digest (usually a file's SHA-256) with a short memo."""
+    unsigned = Transaction(
+        "anchor", chain_id, key.public_key, nonce, fee, b"", 0, digest, memo, b"\x00" * 64
+    )
+    return _signed(unsigned, key)

@@ -1,0 +1,175 @@
+"""storage.Store: layout round trips, atomic per-block commits, range reads, clear open errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storage import StorageError, Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _h(i: int, tag: bytes = b"h") -> bytes:
+    return (tag * 32)[:28] + i.to_bytes(4, "big")
+
+
+def _commit(store: Store, height: int, ntx: int = 2) -> None:
+    store.commit_block(
+        height,
+        _h(height, b"B"),
+        b"block%d" % height,
+        b"cert%d" % height,
+        [(_h(height * 10 + i, b"T"), b"receipt%d.%d" % (height, i)) for i in range(ntx)],
+        {b"A" * 16 + height.to_bytes(4, "big"): b"acct%d" % height},
+        {_h(height, b"D"): b"anchor%d" % height},
+        {b"last_view": b"%d" % height},
+    )
+
+
+def test_empty_store(tmp_path):
+    with Store(str(tmp_path / "db")) as s:
+        assert s.head() is None
+        assert s.get_block(1) is None
+        assert s.get_certificate(1) is None
+        assert s.height_of(b"x" * 32) is None
+        assert s.get_tx_location(b"x" * 32) is None
+        assert list(s.blocks(0, 10)) == []
+        assert s.log_items() == []
+        assert s.quarantine_items() == []
+
+
+def test_commit_and_read_back_after_reopen(tmp_path):
+    path = str(tmp_path / "db")
+    with Store(path) as s:
+        for h in (1, 2, 3):
+            _commit(s, h)
+    with Store(path) as s:
+        assert s.head() == (3, _h(3, b"B"))
+        assert s.get_block(2) == b"block2"
+        assert s.get_certificate(2) == b"cert2"
+        assert s.height_of(_h(2, b"B")) == 2
+        assert s.get_tx_location(_h(21, b"T")) == (2, 1)
+        assert s.get_receipt(_h(21, b"T")) == b"receipt2.1"
+        assert s.get_account(b"A" * 16 + (3).to_bytes(4, "big")) == b"acct3"
+        assert s.get_anchor(_h(1, b"D")) == b"anchor1"
+        assert s.meta_get(b"last_view") == b"3"
+        assert list(s.blocks(2, 9)) == [(2, b"block2", b"cert2"), (3, b"block3", b"cert3")]
+        assert list(s.blocks(1, 1)) == [(1, b"block1", b"cert1")]
+        assert list(s.blocks(3, 2)) == []
+        assert dict(s.accounts())[b"A" * 16 + (1).to_bytes(4, "big")] == b"acct1"
+
+
+def test_commit_refuses_a_gap_or_a_repeat(tmp_path):
+    with Store(str(tmp_path / "db")) as s:
+        with pytest.raises(StorageError, match="next height is 1"):
+            _commit(s, 2)
+        _commit(s, 1)
+        with pytest.raises(StorageError, match="next height is 2"):
+            _commit(s, 1)
+        assert s.head() == (1, _h(1, b"B"))
+
+
+def test_many_heights_sort_numerically(tmp_path):
+    with Store(str(tmp_path / "db"), sync=False) as s:
+        for h in range(1, 300):
+            _commit(s, h, ntx=0)
+        assert [h for h, _, _ in s.blocks(250, 260)] == list(range(250, 261))
+        assert s.head() == (299, _h(299, b"B"))
+
+
+def test_log_meta_quarantine_namespaces(tmp_path):
+    with Store(str(tmp_path / "db")) as s:
+        s.log_write([(b"pp/1", b"a"), (b"pp/2", b"b")])
+        s.log_write([(b"pp/1", None), (b"vc/3", b"c")])
+        assert s.log_items() == [(b"pp/2", b"b"), (b"vc/3", b"c")]
+        s.meta_put(b"k", b"v")
+        assert s.meta_get(b"k") == b"v"
+        s.quarantine_put(b"q" * 32, b"entry")
+        s.quarantine_put(b"r" * 32, b"entry2")
+        s.quarantine_delete(b"q" * 32)
+        assert s.quarantine_items() == [(b"r" * 32, b"entry2")]
+        # namespaces do not leak into each other
+        assert s.get_block(0) is None
+        assert s.meta_get(b"pp/2") is None
+
+
+def test_extra_none_deletes_meta(tmp_path):
+    with Store(str(tmp_path / "db")) as s:
+        s.meta_put(b"gone", b"1")
+        s.commit_block(1, b"B" * 32, b"b", b"c", [], {}, {}, {b"gone": None, b"kept": b"2"})
+        assert s.meta_get(b"gone") is None
+        assert s.meta_get(b"kept") == b"2"
+
+
+def test_locked_by_another_process_names_the_directory(tmp_path):
+    path = str(tmp_path / "db")
+    Store(path).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, plyvel; db = plyvel.DB(sys.argv[1]); print('open', flush=True); "
+            "sys.stdin.read()",
+            path,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"open"
+        with pytest.raises(StorageError, match="locked by another process") as err:
+            Store(path)
+        assert path in str(err.value)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    Store(path).close()  # released
+
+
+def test_unusable_directory_names_it(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    path = str(blocker / "db")
+    with pytest.raises(StorageError, match="cannot create directory") as err:
+        Store(path)
+    assert path in str(err.value)
+
+
+def test_corrupt_database_names_it(tmp_path):
+    path = tmp_path / "db"
+    with Store(str(path)) as s:
+        _commit(s, 1)
+    (path / "CURRENT").write_text("MANIFEST-999999\n")
+    with pytest.raises(StorageError) as err:
+        Store(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_foreign_leveldb_is_refused(tmp_path):
+    import plyvel
+
+    path = str(tmp_path / "db")
+    db = plyvel.DB(path, create_if_missing=True)
+    db.put(b"other", b"data")
+    db.close()
+    with pytest.raises(StorageError, match="not a Vigil database"):
+        Store(path)
+
+
+def test_initialize_once(tmp_path):
+    path = str(tmp_path / "db")
+    with Store(path) as s:
+        assert not s.initialized
+        assert s.initialize({b"a" * 20: b"acct"}, {b"genesis": b"g" * 32})
+        assert not s.initialize({b"a" * 20: b"other"}, {b"genesis": b"x"})
+        assert s.get_account(b"a" * 20) == b"acct"
+    with Store(path) as s:
+        assert s.initialized
+        assert s.meta_get(b"genesis") == b"g" * 32
