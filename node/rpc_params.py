@@ -1,0 +1,229 @@
+"""The JSON-RPC method table and strict parameter parsing (named or positional).
+
+Every parameter error raises ``VigilError(INVALID_PARAMS)`` naming the parameter and what was
+expected, so a wallet author sees ``hash: expected 0x-prefixed hex of 32 bytes, got 31 bytes``
+rather than a generic failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from node.errors import INVALID_PARAMS, VigilError
+from node.service import NodeService
+from node.tx import TX_BYTES_MAX
+
+HASH_BYTES = 32
+ADDRESS_BYTES = 20
+QUARANTINE_LIST_MAX = 1000
+QUARANTINE_LIST_DEFAULT = 100
+
+Parser = Callable[[Any, str], Any]
+Handler = Callable[[NodeService, dict[str, Any]], Awaitable[Any]]
+
+
+def params_error(name: str, expected: str, detail: str = "") -> VigilError:
+    message = f"{name}: expected {expected}" + (f", {detail}" if detail else "")
+    return VigilError(INVALID_PARAMS, message, {"param": name, "expected": expected})
+
+
+def hex_bytes(size: int | None = None, size_max: int | None = None) -> Parser:
+    """A ``0x`` hex string of exactly ``size`` bytes (or 1..``size_max`` bytes)."""
+    if size is not None:
+        expected = f"0x-prefixed hex of {size} bytes"
+    else:
+        expected = f"0x-prefixed hex of 1..{size_max} bytes"
+
+    def parse(value: Any, name: str) -> bytes:
+        if not isinstance(value, str):
+            raise params_error(name, expected, f"got {_json_type(value)}")
+        if not value.startswith(("0x", "0X")):
+            raise params_error(name, expected, "missing 0x prefix")
+        digits = value[2:]
+        if size_max is not None and len(digits) > 2 * size_max:
+            raise params_error(name, expected, f"got more than {size_max} bytes")
+        if len(digits) % 2:
+            raise params_error(name, expected, "odd number of hex digits")
+        try:
+            data = bytes.fromhex(digits)
+        except ValueError:
+            raise params_error(name, expected, "invalid hex digits") from None
+        if size is not None and len(data) != size:
+            raise params_error(name, expected, f"got {len(data)} bytes")
+        if size is None and not data:
+            raise params_error(name, expected, "got 0 bytes")
+        return data
+
+    return parse
+
+
+def uint_param(value_max: int) -> Parser:
+    expected = f"an integer 0..{value_max}"
+
+    def parse(value: Any, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise params_error(name, expected, f"got {_json_type(value)}")
+        if not 0 <= value <= value_max:
+            raise params_error(name, expected, f"got {value}")
+        return value
+
+    return parse
+
+
+def height_param(value: Any, name: str) -> int | None:
+    """A block height (non-negative integer) or ``"latest"`` (None)."""
+    expected = 'a non-negative integer or "latest"'
+    if value == "latest":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise params_error(name, expected, f"got {_json_type(value)}")
+    if not 0 <= value < 2**63:
+        raise params_error(name, expected, f"got {value}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "boolean"
+        case int() | float():
+            return "number"
+        case str():
+            return "string"
+        case list():
+            return "array"
+        case dict():
+            return "object"
+    return type(value).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    parse: Parser
+    required: bool = True
+    default: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    name: str
+    params: tuple[Param, ...]
+    call: Handler
+    admin: bool = False
+
+
+def bind_params(method: Method, raw: list[Any] | dict[str, Any] | None) -> dict[str, Any]:
+    """Map positional or named params onto the method's parameters, parsed and checked."""
+    names = [p.name for p in method.params]
+    given: dict[str, Any]
+    if raw is None:
+        given = {}
+    elif isinstance(raw, list):
+        if len(raw) > len(names):
+            raise VigilError(
+                INVALID_PARAMS,
+                f"{method.name} takes at most {len(names)} params"
+                + (f" ({', '.join(names)})" if names else "")
+                + f", got {len(raw)}",
+            )
+        given = dict(zip(names, raw, strict=False))
+    else:
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            raise VigilError(
+                INVALID_PARAMS,
+                f"{unknown[0]}: unknown param of {method.name}"
+                + (f" (expected {', '.join(names)})" if names else " (takes no params)"),
+                {"param": unknown[0]},
+            )
+        given = raw
+    out: dict[str, Any] = {}
+    for p in method.params:
+        if p.name in given:
+            out[p.name] = p.parse(given[p.name], p.name)
+        elif p.required:
+            raise VigilError(INVALID_PARAMS, f"{p.name}: missing", {"param": p.name})
+        else:
+            out[p.name] = p.default
+    return out
+
+
+_HASH = hex_bytes(HASH_BYTES)
+_NO_PARAMS: tuple[Param, ...] = ()
+
+
+async def _node_status(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.node_status()
+
+
+async def _tx_submit(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.tx_submit(a["tx"])
+
+
+async def _tx_get(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.tx_get(a["hash"])
+
+
+async def _tx_proof(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.tx_proof(a["hash"])
+
+
+async def _anchor_get(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.anchor_get(a["digest"])
+
+
+async def _account_get(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.account_get(a["address"])
+
+
+async def _block_get(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.block_get(a["height"])
+
+
+async def _mempool_status(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.mempool_status()
+
+
+async def _detector_status(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.detector_status()
+
+
+async def _quarantine_list(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.quarantine_list(a["limit"])
+
+
+async def _quarantine_release(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.quarantine_release(a["hash"])
+
+
+async def _quarantine_reject(s: NodeService, a: dict[str, Any]) -> Any:
+    return await s.quarantine_reject(a["hash"])
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("node_status", _NO_PARAMS, _node_status),
+        Method("tx_submit", (Param("tx", hex_bytes(size_max=TX_BYTES_MAX)),), _tx_submit),
+        Method("tx_get", (Param("hash", _HASH),), _tx_get),
+        Method("tx_proof", (Param("hash", _HASH),), _tx_proof),
+        Method("anchor_get", (Param("digest", _HASH),), _anchor_get),
+        Method("account_get", (Param("address", hex_bytes(ADDRESS_BYTES)),), _account_get),
+        Method("block_get", (Param("height", height_param, False, None),), _block_get),
+        Method("mempool_status", _NO_PARAMS, _mempool_status),
+        Method("detector_status", _NO_PARAMS, _detector_status),
+        Method(
+            "quarantine_list",
+            (Param("limit", uint_param(QUARANTINE_LIST_MAX), False, QUARANTINE_LIST_DEFAULT),),
+            _quarantine_list,
+            admin=True,
+        ),
+        Method("quarantine_release", (Param("hash", _HASH),), _quarantine_release, admin=True),
+        Method("quarantine_reject", (Param("hash", _HASH),), _quarantine_reject, admin=True),
+    )
+}
