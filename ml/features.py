@@ -1,0 +1,210 @@
+"""Transaction features for the detector, and plain-word reasons derived from them.
+
+Pure functions of small summaries that node/ keeps from committed blocks (and from recently
+admitted transactions); no addresses, keys or clocks in here. Ratios are logs (base 2) so that the
+isolation forest's uniform splits see "10x" and "1000x" as equally far apart as "1x" and "10x".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_amount",  # log2(1 + amount)
+    "amount_vs_sender",  # log2 of amount over the sender's median transfer (0 if none yet)
+    "fee_vs_typical",  # log2 of fee over the recent median fee on chain
+    "log_gap_s",  # log2(1 + seconds since the sender's previous tx), capped; typical if none
+    "rate_recent",  # log2(1 + sender's txs in the last RATE_WINDOW_MS)
+    "receiver_novelty",  # 0 paid before by this sender, 1 new to the sender, 2 new to the chain
+    "fanout_recent",  # log2(1 + distinct receivers of the sender in FANOUT_WINDOW_MS, incl. this)
+    "nonce_gap",  # signed log2(1 + |nonce - next expected nonce|)
+    "is_anchor",  # 1 for an anchor, 0 for a transfer
+)
+N_FEATURES = len(FEATURE_NAMES)
+INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+GAP_CAP_S = 86_400.0  # a day: longer idle periods all look alike to the model
+RATE_WINDOW_MS = 60_000
+FANOUT_WINDOW_MS = 600_000
+
+
+@dataclass(frozen=True, slots=True)
+class TxFacts:
+    """The numeric description of one transaction at the time it is judged."""
+
+    amount: int
+    fee: int
+    is_anchor: bool
+    timestamp_ms: int  # admission time when scoring, block time when building training rows
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class SenderHistory:
+    """What is known about the sender before this tx. ``recent_*`` are oldest first."""
+
+    tx_count: int = 0  # committed txs
+    median_amount: float | None = None  # of its recent transfers; None if it has made none
+    last_timestamp_ms: int | None = None
+    recent_timestamps_ms: tuple[int, ...] = ()  # its recent txs (committed and admitted)
+    recent_receivers: int = 0  # distinct receivers in FANOUT_WINDOW_MS, not counting this tx's
+    next_nonce: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverHistory:
+    """What is known about the receiver (for an anchor: nothing, and nothing counts as new)."""
+
+    seen_on_chain: bool = True
+    paid_by_sender: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHistory:
+    """Chain-wide typical values over the recent window of committed transfers."""
+
+    median_amount: float | None = None
+    median_fee: float | None = None
+    median_gap_s: float | None = None  # between a sender's consecutive txs
+
+
+def _log_ratio(value: float, reference: float) -> float:
+    return math.log2((1.0 + value) / (1.0 + reference))
+
+
+def featurize(
+    tx: TxFacts, sender: SenderHistory, receiver: ReceiverHistory, chain: ChainHistory
+) -> npt.NDArray[np.float64]:
+    """The fixed feature vector (order of FEATURE_NAMES) of one transaction."""
+    now = tx.timestamp_ms
+    reference = sender.median_amount
+    if tx.is_anchor:
+        # An anchor moves no value: give it the sender's typical amount so that "amount 0" does
+        # not make every anchor look like a tiny, odd transfer; is_anchor tells the two apart.
+        typical = reference if reference is not None else chain.median_amount
+        amount = typical if typical is not None else 0.0
+    else:
+        amount = float(max(tx.amount, 0))
+    # A sender without transfers has no typical amount: neutral here (log_amount still sees the
+    # size). Comparing with the chain's median instead spreads ordinary rows over +-7 bits and
+    # hides a sender's 1000x jump among them.
+    amount_vs_sender = 0.0 if reference is None else _log_ratio(amount, reference)
+    fee_ref = chain.median_fee
+    fee_vs_typical = 0.0 if fee_ref is None else _log_ratio(float(max(tx.fee, 0)), fee_ref)
+    if sender.last_timestamp_ms is None:
+        # An account's first tx is not anomalous for that reason alone: give it the typical gap.
+        gap_s = chain.median_gap_s if chain.median_gap_s is not None else GAP_CAP_S
+    else:
+        gap_s = max(0.0, (now - sender.last_timestamp_ms) / 1000.0)
+    gap_s = min(GAP_CAP_S, gap_s)
+    recent = sum(1 for t in sender.recent_timestamps_ms if now - RATE_WINDOW_MS <= t <= now)
+    new_to_sender = not tx.is_anchor and not receiver.paid_by_sender
+    new_to_chain = not tx.is_anchor and not receiver.seen_on_chain
+    fanout = sender.recent_receivers + (1 if new_to_sender else 0)
+    gap = tx.nonce - sender.next_nonce
+    nonce_gap = math.copysign(math.log2(1.0 + abs(gap)), gap)
+    return np.array(
+        [
+            math.log2(1.0 + amount),
+            amount_vs_sender,
+            fee_vs_typical,
+            math.log2(1.0 + gap_s),
+            math.log2(1.0 + recent),
+            2.0 if new_to_chain else 1.0 if new_to_sender else 0.0,
+            math.log2(1.0 + fanout),
+            nonce_gap,
+            float(tx.is_anchor),
+        ],
+        dtype=np.float64,
+    )
+
+
+# --- reasons -----------------------------------------------------------------------------------
+
+
+def _times(log2_ratio: float) -> str:
+    ratio = 2.0**log2_ratio
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+
+
+def _span(ms: int) -> str:
+    s = ms / 1000.0
+    if s < 10:
+        return f"{s:.1f} s" if s < 1 else f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.0f} min" if s >= 120 else f"{s:.0f} s"
+    return f"{s / 3600:.0f} h"
+
+
+def _phrase(
+    name: str, x: npt.NDArray[np.float64], tx: TxFacts, sender: SenderHistory
+) -> str | None:
+    """Plain words for one feature's value, or None when its value says nothing notable."""
+    v = float(x[INDEX[name]])
+    whose = "the sender's median"
+    if name == "amount_vs_sender":
+        if tx.is_anchor:
+            return None
+        if v >= 1.0:
+            return f"amount is {_times(v)} {whose}"
+        if v <= -1.0:
+            return f"amount is 1/{_times(-v)[:-1]} of {whose}"
+        return None
+    if name == "log_amount":
+        return None if tx.is_anchor else f"unusual amount ({tx.amount})"
+    if name == "fee_vs_typical":
+        if abs(v) < 1.0:
+            return None
+        return f"fee is {_times(v)} the typical fee" if v > 0 else "fee far below the typical fee"
+    if name == "log_gap_s":
+        if sender.last_timestamp_ms is None:
+            return "first transaction from this account"
+        gap_ms = max(0, tx.timestamp_ms - sender.last_timestamp_ms)
+        return f"{_span(gap_ms)} since the sender's previous transaction"
+    if name == "rate_recent":
+        window = [t for t in sender.recent_timestamps_ms if tx.timestamp_ms - RATE_WINDOW_MS <= t]
+        if not window:
+            return None
+        span_ms = max(1, tx.timestamp_ms - min(window))
+        return f"{len(window) + 1} transactions in {_span(span_ms)}"
+    if name == "receiver_novelty":
+        if v > 1.5:
+            return "first transfer to a never-seen address"
+        return "first transfer from this sender to this address" if v > 0.5 else None
+    if name == "fanout_recent":
+        n = round(2.0**v - 1.0)
+        return f"paid {n} distinct addresses in {_span(FANOUT_WINDOW_MS)}" if n >= 3 else None
+    if name == "nonce_gap":
+        gap = tx.nonce - sender.next_nonce
+        return f"nonce is {gap:+d} from the account's next nonce" if gap else None
+    if name == "is_anchor":
+        return "anchor transaction" if v > 0.5 else None
+    return None
+
+
+def reasons(
+    x: npt.NDArray[np.float64],
+    contributions: npt.NDArray[np.float64],
+    tx: TxFacts,
+    sender: SenderHistory,
+    limit: int = 3,
+) -> list[str]:
+    """Up to ``limit`` plain-word reasons, from the features that isolated this tx most.
+
+    ``contributions`` is per feature (e.g. IsolationForest.explain minus its typical value on
+    ordinary traffic); features contributing nothing positive are not reasons.
+    """
+    if x.shape != (N_FEATURES,) or contributions.shape != (N_FEATURES,):
+        raise ValueError(f"expected {N_FEATURES} features and contributions")
+    out: list[str] = []
+    for i in np.argsort(-contributions, kind="stable").tolist():
+        if contributions[i] <= 0.0 or len(out) >= limit:
+            break
+        phrase = _phrase(FEATURE_NAMES[i], x, tx, sender)
+        if phrase is not None and phrase not in out:
+            out.append(phrase)
+    return out

@@ -1,0 +1,167 @@
+"""Transaction features, one by one, and the reasons built from them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ml.features import (
+    FEATURE_NAMES,
+    GAP_CAP_S,
+    INDEX,
+    N_FEATURES,
+    ChainHistory,
+    ReceiverHistory,
+    SenderHistory,
+    TxFacts,
+    featurize,
+    reasons,
+)
+
+NOW = 1_000_000
+CHAIN = ChainHistory(median_amount=100.0, median_fee=10.0, median_gap_s=30.0)
+KNOWN = ReceiverHistory(seen_on_chain=True, paid_by_sender=True)
+
+
+def tx(amount: int = 100, fee: int = 10, anchor: bool = False, nonce: int = 5) -> TxFacts:
+    return TxFacts(amount=amount, fee=fee, is_anchor=anchor, timestamp_ms=NOW, nonce=nonce)
+
+
+def regular(**kw: object) -> SenderHistory:
+    base: dict[str, object] = {
+        "tx_count": 5,
+        "median_amount": 99.0,
+        "last_timestamp_ms": NOW - 7_000,
+        "recent_timestamps_ms": (NOW - 90_000, NOW - 40_000, NOW - 7_000),
+        "recent_receivers": 2,
+        "next_nonce": 5,
+    }
+    base.update(kw)
+    return SenderHistory(**base)  # type: ignore[arg-type]
+
+
+def f(name: str, *args: object) -> float:
+    x = featurize(*args)  # type: ignore[arg-type]
+    assert x.shape == (N_FEATURES,)
+    assert np.isfinite(x).all()
+    return float(x[INDEX[name]])
+
+
+def test_names_are_fixed_and_unique() -> None:
+    assert len(set(FEATURE_NAMES)) == N_FEATURES == 9
+
+
+def test_log_amount() -> None:
+    assert f("log_amount", tx(amount=1023), regular(), KNOWN, CHAIN) == 10.0
+    assert f("log_amount", tx(amount=0), regular(), KNOWN, CHAIN) == 0.0
+
+
+def test_amount_vs_sender_median() -> None:
+    assert f("amount_vs_sender", tx(amount=99), regular(), KNOWN, CHAIN) == 0.0
+    assert f("amount_vs_sender", tx(amount=99_999), regular(), KNOWN, CHAIN) == pytest.approx(
+        math.log2(1000)
+    )
+    assert f("amount_vs_sender", tx(amount=9), regular(), KNOWN, CHAIN) == pytest.approx(-3.321928)
+
+
+def test_anchor_amount_is_neutral() -> None:
+    anchor = tx(amount=0, anchor=True)
+    assert f("amount_vs_sender", anchor, regular(), ReceiverHistory(), CHAIN) == 0.0
+    assert f("log_amount", anchor, regular(), ReceiverHistory(), CHAIN) == math.log2(100)
+    assert f("is_anchor", anchor, regular(), ReceiverHistory(), CHAIN) == 1.0
+    assert f("is_anchor", tx(), regular(), KNOWN, CHAIN) == 0.0
+    assert f("receiver_novelty", anchor, regular(), ReceiverHistory(False, False), CHAIN) == 0.0
+
+
+def test_fee_vs_typical() -> None:
+    assert f("fee_vs_typical", tx(fee=10), regular(), KNOWN, CHAIN) == 0.0
+    assert f("fee_vs_typical", tx(fee=87), regular(), KNOWN, CHAIN) == 3.0
+    assert f("fee_vs_typical", tx(fee=87), regular(), KNOWN, ChainHistory()) == 0.0
+
+
+def test_gap_since_previous_tx() -> None:
+    assert f("log_gap_s", tx(), regular(), KNOWN, CHAIN) == 3.0  # 7 s
+    long_idle = regular(last_timestamp_ms=NOW - 10**10)
+    assert f("log_gap_s", tx(), long_idle, KNOWN, CHAIN) == math.log2(1 + GAP_CAP_S)
+    clock_skew = regular(last_timestamp_ms=NOW + 5_000)
+    assert f("log_gap_s", tx(), clock_skew, KNOWN, CHAIN) == 0.0
+
+
+def test_recent_rate_counts_the_last_minute() -> None:
+    assert f("rate_recent", tx(), regular(), KNOWN, CHAIN) == math.log2(3)  # 2 of 3 in 60 s
+    burst = regular(recent_timestamps_ms=tuple(NOW - 200 * i for i in range(15)))
+    assert f("rate_recent", tx(), burst, KNOWN, CHAIN) == 4.0
+
+
+def test_receiver_novelty() -> None:
+    assert f("receiver_novelty", tx(), regular(), KNOWN, CHAIN) == 0.0
+    new_to_sender = ReceiverHistory(seen_on_chain=True, paid_by_sender=False)
+    assert f("receiver_novelty", tx(), regular(), new_to_sender, CHAIN) == 1.0
+    never_seen = ReceiverHistory(seen_on_chain=False, paid_by_sender=False)
+    assert f("receiver_novelty", tx(), regular(), never_seen, CHAIN) == 2.0
+
+
+def test_fanout_counts_this_receiver_when_new() -> None:
+    assert f("fanout_recent", tx(), regular(), KNOWN, CHAIN) == math.log2(3)
+    new = ReceiverHistory(seen_on_chain=False, paid_by_sender=False)
+    assert f("fanout_recent", tx(), regular(recent_receivers=14), new, CHAIN) == 4.0
+
+
+def test_nonce_gap_is_signed() -> None:
+    assert f("nonce_gap", tx(nonce=5), regular(), KNOWN, CHAIN) == 0.0
+    assert f("nonce_gap", tx(nonce=8), regular(), KNOWN, CHAIN) == 2.0
+    assert f("nonce_gap", tx(nonce=2), regular(), KNOWN, CHAIN) == -2.0
+
+
+def test_first_tx_of_an_account_looks_typical() -> None:
+    first = SenderHistory()
+    new = ReceiverHistory(seen_on_chain=True, paid_by_sender=False)
+    x = featurize(tx(amount=5000, nonce=0), first, new, CHAIN)
+    assert x[INDEX["amount_vs_sender"]] == 0.0  # no median of its own yet
+    assert x[INDEX["log_gap_s"]] == pytest.approx(math.log2(31.0))  # the chain's typical gap
+    assert x[INDEX["rate_recent"]] == 0.0
+    assert x[INDEX["fanout_recent"]] == 1.0
+    assert x[INDEX["nonce_gap"]] == 0.0
+    # Nothing at all known yet (empty chain): still finite, gap at the cap.
+    y = featurize(tx(nonce=0), first, new, ChainHistory())
+    assert y[INDEX["log_gap_s"]] == math.log2(1 + GAP_CAP_S)
+
+
+def only(name: str) -> np.ndarray:
+    c = np.zeros(N_FEATURES)
+    c[INDEX[name]] = 1.0
+    return c
+
+
+def test_reasons_in_plain_words() -> None:
+    t = tx(amount=84_999)
+    sender = regular()
+    x = featurize(t, sender, ReceiverHistory(False, False), CHAIN)
+    c = only("amount_vs_sender") * 3 + only("receiver_novelty") * 2 + only("nonce_gap")
+    out = reasons(x, c, t, sender)
+    assert out == ["amount is 850x the sender's median", "first transfer to a never-seen address"]
+
+
+def test_reasons_for_a_burst() -> None:
+    t = tx()
+    sender = regular(recent_timestamps_ms=tuple(NOW - 250 * i for i in range(1, 12)))
+    x = featurize(t, sender, ReceiverHistory(True, False), CHAIN)
+    out = reasons(x, only("rate_recent") + 0.5 * only("receiver_novelty"), t, sender)
+    assert out == ["12 transactions in 3 s", "first transfer from this sender to this address"]
+
+
+def test_reasons_first_tx_and_limits() -> None:
+    t = tx(fee=500)
+    sender = SenderHistory()
+    x = featurize(t, sender, KNOWN, CHAIN)
+    c = only("log_gap_s") * 2 + only("fee_vs_typical")
+    assert reasons(x, c, t, sender) == [
+        "first transaction from this account",
+        "fee is 46x the typical fee",
+    ]
+    assert reasons(x, c, t, sender, limit=1) == ["first transaction from this account"]
+    assert reasons(x, -c, t, sender) == []
+    with pytest.raises(ValueError, match="features"):
+        reasons(x[:3], c, t, sender)

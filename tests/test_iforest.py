@@ -1,0 +1,161 @@
+"""The isolation forest: separation, determinism, input checks, score range, explanations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ml.iforest import IsolationForest, average_path_length
+
+
+def blob_with_outliers(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inliers = rng.normal(size=(1000, 5))
+    outliers = rng.normal(size=(10, 5)) * 0.5 + rng.choice([-6.0, 6.0], size=(10, 5))
+    return inliers, outliers
+
+
+def test_planted_outliers_score_above_every_inlier_median() -> None:
+    inliers, outliers = blob_with_outliers(1)
+    forest = IsolationForest(seed=3).fit(np.vstack([inliers, outliers]))
+    inlier_median = float(np.median(forest.score(inliers)))
+    out_scores = forest.score(outliers)
+    assert (out_scores > inlier_median).all()
+    assert out_scores.min() > np.quantile(forest.score(inliers), 0.99)
+
+
+def test_same_seed_same_model_other_seed_other_model() -> None:
+    inliers, outliers = blob_with_outliers(2)
+    X = np.vstack([inliers, outliers])
+    a = IsolationForest(seed=7).fit(X).score(X)
+    b = IsolationForest(seed=7).fit(X).score(X)
+    c = IsolationForest(seed=8).fit(X).score(X)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_fit_returns_self_and_score_is_one_dimensional() -> None:
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    forest = IsolationForest(n_trees=10, sample_size=16)
+    assert forest.fit(X) is forest
+    assert forest.score(X).shape == (50,)
+    assert forest.limit == 4
+    assert forest.psi == 16
+
+
+@pytest.mark.parametrize(
+    ("X", "match"),
+    [
+        (np.zeros(5), "2-D"),
+        (np.zeros((2, 2, 2)), "2-D"),
+        (np.zeros((0, 3)), "at least one row"),
+        (np.zeros((3, 0)), "at least one feature"),
+        (np.array([[1.0, np.nan]]), "finite"),
+        (np.array([[1.0, np.inf]]), "finite"),
+        (np.array([["a", "b"]]), "real numbers"),
+        (np.array([[object()]]), "real numbers"),
+        (np.array([[1 + 2j]]), "real numbers"),
+    ],
+)
+def test_bad_input_raises_value_error(X: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        IsolationForest().fit(X)
+
+
+def test_score_checks_fit_and_width() -> None:
+    with pytest.raises(ValueError, match="not fitted"):
+        IsolationForest().score(np.zeros((1, 2)))
+    forest = IsolationForest(n_trees=5).fit(np.random.default_rng(0).normal(size=(20, 3)))
+    with pytest.raises(ValueError, match="fit on 3"):
+        forest.score(np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="finite"):
+        forest.score(np.full((1, 3), np.nan))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_trees": 0}, "n_trees"),
+        ({"sample_size": -1}, "sample_size"),
+        ({"n_trees": 2.5}, "n_trees"),
+        ({"seed": -1}, "seed"),
+        ({"seed": True}, "seed"),
+    ],
+)
+def test_bad_parameters_raise(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        IsolationForest(**kwargs)  # type: ignore[arg-type]
+
+
+def test_constant_columns_and_small_n_are_handled() -> None:
+    rng = np.random.default_rng(4)
+    X = np.hstack([np.ones((30, 3)), rng.normal(size=(30, 1)), np.zeros((30, 50))])
+    forest = IsolationForest(sample_size=256).fit(X)  # psi > n
+    assert forest.psi == 30
+    s = forest.score(X)
+    assert ((s > 0) & (s <= 1)).all()
+    far = X[:1].copy()
+    far[0, 3] = 100.0
+    # Beyond the training range a row follows the extreme training row: equally isolated.
+    assert forest.score(far)[0] >= s.max() > np.median(s)
+    # Constant columns never split: changing them alone changes no score.
+    moved = X.copy()
+    moved[:, 0] = 5.0
+    assert np.array_equal(forest.score(moved), s)
+
+
+def test_all_identical_rows_and_single_row() -> None:
+    same = IsolationForest(n_trees=5).fit(np.ones((10, 2)))
+    # Ten identical points form one external node: path c(10), score exactly 0.5.
+    assert np.allclose(same.score(np.ones((1, 2))), 0.5)
+    one = IsolationForest(n_trees=5).fit(np.ones((1, 2)))
+    assert np.array_equal(one.score(np.zeros((3, 2))), np.full(3, 0.5))
+
+
+def test_average_path_length_matches_paper() -> None:
+    c = average_path_length([0, 1, 2, 256])
+    assert c[0] == 0.0
+    assert c[1] == 0.0
+    assert c[2] == 1.0
+    assert c[3] == pytest.approx(2 * (np.log(255) + 0.5772156649) - 2 * 255 / 256)
+
+
+def test_explain_points_at_the_isolating_feature() -> None:
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(500, 4))
+    forest = IsolationForest(seed=1).fit(X)
+    odd = np.zeros((1, 4))
+    odd[0, 2] = 9.0
+    contrib = forest.explain(np.vstack([odd, X[:50]]))
+    assert contrib.shape == (51, 4)
+    assert int(np.argmax(contrib[0])) == 2
+    assert contrib[0, 2] > contrib[1:, 2].max()
+    assert (contrib >= 0).all()
+
+
+def test_many_columns_fit_uses_varying_ones() -> None:
+    rng = np.random.default_rng(6)
+    X = np.zeros((400, 300))
+    X[:, 7] = rng.normal(size=400)
+    X[:3, 7] = 40.0
+    forest = IsolationForest(n_trees=20, seed=2).fit(X)
+    s = forest.score(X)
+    assert s[:3].min() > s[3:].max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=1, max_value=4),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_scores_are_in_unit_interval(n: int, d: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    X = np.round(rng.normal(size=(n, d)) * rng.choice([0.0, 1.0, 1e6], size=d), 1)
+    forest = IsolationForest(n_trees=8, sample_size=16, seed=seed).fit(X)
+    probe = np.vstack([X, rng.normal(size=(5, d)) * 1e9])
+    s = forest.score(probe)
+    assert s.shape == (n + 5,)
+    assert ((s > 0.0) & (s <= 1.0)).all()
