@@ -223,6 +223,10 @@ SlotMessage = PrePrepare | Prepare | CommitVote
 
 
 def signing_content(msg: Message, chain_id: str) -> bytes:
+    if isinstance(msg, PrePrepare | Prepare | CommitVote):
+        return vote_content(msg.kind, msg.view, msg.seq, msg.digest, msg.sender, chain_id)
+    if isinstance(msg, Checkpoint):
+        return checkpoint_content(msg.seq, msg.digest, msg.sender, chain_id)
     return codec.encode({"chain": chain_id, "type": msg.kind, **msg.signed_body()})
 
 

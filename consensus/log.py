@@ -1,0 +1,114 @@
+"""The replica's per-seq message log and the records it persists (the consensus-log namespace).
+
+Keys: ``b"view"`` (current view and whether it is active), ``b"stable"`` (stable checkpoint with
+its proof), ``b"slot/" + seq (8 bytes big-endian)`` (the votes this replica cast at that seq and
+what it committed there). The host stores them verbatim and hands them back on restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common import codec
+from consensus.messages import PreparedCert, PrePrepare, Sigs
+
+KEY_VIEW = b"view"
+KEY_STABLE = b"stable"
+SLOT_PREFIX = b"slot/"
+
+
+def slot_key(seq: int) -> bytes:
+    return SLOT_PREFIX + seq.to_bytes(8, "big")
+
+
+@dataclass(slots=True)
+class Committed:
+    """A committed entry: its certificate, and the checkpoint hash chain right after it."""
+
+    view: int
+    digest: bytes
+    payload: bytes
+    certificate: bytes
+    chain: bytes | None = None
+
+
+@dataclass(slots=True)
+class Slot:
+    """Everything known at one seq. Votes from others are kept for the current view only."""
+
+    seq: int
+    pre_prepare: PrePrepare | None = None  # accepted; its view tells which view the flags are for
+    validated: bool = False
+    rejected: bool = False
+    prepare_sent: bool = False
+    commit_sent: bool = False
+    prepared: PreparedCert | None = None  # highest-view prepared certificate (persisted)
+    committed: Committed | None = None
+    prepares: dict[int, tuple[bytes, bytes]] = field(
+        default_factory=dict
+    )  # sender -> (digest, sig)
+    commits: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+
+    def clear_votes(self) -> None:
+        self.prepares.clear()
+        self.commits.clear()
+
+    def record(self) -> bytes:
+        pp = self.pre_prepare
+        committed = self.committed
+        return codec.encode(
+            {
+                "pp": None if pp is None else pp.value(),
+                "prepare_sent": self.prepare_sent,
+                "commit_sent": self.commit_sent,
+                "prepared": None if self.prepared is None else self.prepared.value(),
+                "committed": None
+                if committed is None
+                else {
+                    "view": committed.view,
+                    "digest": committed.digest,
+                    "payload": committed.payload,
+                    "cert": committed.certificate,
+                    "chain": committed.chain,
+                },
+            }
+        )
+
+    @staticmethod
+    def from_record(seq: int, data: bytes) -> Slot:
+        v = codec.decode(data)
+        slot = Slot(seq)
+        if v["pp"] is not None:
+            p = v["pp"]
+            slot.pre_prepare = PrePrepare(
+                p["view"], p["seq"], p["digest"], p["payload"], p["sender"], p["sig"]
+            )
+        slot.prepare_sent = bool(v["prepare_sent"])
+        slot.commit_sent = bool(v["commit_sent"])
+        if v["prepared"] is not None:
+            c = v["prepared"]
+            c["prepares"] = tuple((int(i), bytes(s)) for i, s in c["prepares"])
+            slot.prepared = PreparedCert.from_value(c)
+        if v["committed"] is not None:
+            c = v["committed"]
+            slot.committed = Committed(c["view"], c["digest"], c["payload"], c["cert"], c["chain"])
+        return slot
+
+
+def view_record(view: int, active: bool) -> bytes:
+    return codec.encode({"view": view, "active": active})
+
+
+def parse_view_record(data: bytes) -> tuple[int, bool]:
+    v = codec.decode(data)
+    return int(v["view"]), bool(v["active"])
+
+
+def stable_record(seq: int, digest: bytes, proof: Sigs) -> bytes:
+    return codec.encode({"seq": seq, "digest": digest, "proof": [[i, s] for i, s in proof]})
+
+
+def parse_stable_record(data: bytes) -> tuple[int, bytes, Sigs]:
+    v: Any = codec.decode(data)
+    return int(v["seq"]), bytes(v["digest"]), tuple((int(i), bytes(s)) for i, s in v["proof"])

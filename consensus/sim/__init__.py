@@ -1,0 +1,1 @@
+"""The deterministic PBFT simulator (test tooling; never on the runtime path)."""

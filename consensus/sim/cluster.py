@@ -1,0 +1,398 @@
+"""One seed of the deterministic simulator: n replicas, a fake host each, faults, invariants.
+
+Everything random is drawn from ``random.Random(seed)``; time is virtual. The fake host answers
+``RequestProposal`` with a small random payload (registered as valid), ``Validate`` with
+``valid=True`` exactly for registered payloads, ``FetchBlocks`` from a peer's ledger, and keeps
+``Persist`` records in a dict that survives crashes (the rest of the replica does not).
+Invariants are checked as actions happen; liveness is checked after GST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from common import codec
+from common.crypto import SigningKey, verify
+from consensus import messages as m
+from consensus.api import (
+    NULL_DIGEST,
+    Action,
+    Broadcast,
+    Commit,
+    ConsensusConfig,
+    Event,
+    FetchBlocks,
+    Fetched,
+    FetchedEntry,
+    Pending,
+    Persist,
+    Propose,
+    Received,
+    RequestProposal,
+    Send,
+    SetTimer,
+    Tick,
+    Validate,
+    Verdict,
+)
+from consensus.certificate import CommitCertificate, verify_certificate
+from consensus.replica import Replica
+from consensus.sim.byzantine import BEHAVIOURS, Byzantine
+from consensus.sim.network import Faults, Network
+
+TICK_MS = 100
+LIVENESS_BLOCKS = 3  # after GST every honest replica commits this many new blocks ...
+LIVENESS_BOUND_MS = 30_000  # ... within this much simulated time
+SIM_CONFIG = {
+    "checkpoint_interval": 4,
+    "pipeline_depth": 4,
+    "log_window": 16,
+    "request_timeout_ms": 150,
+    "view_change_timeout_ms": 200,
+    "payload_bytes_max": 1024,
+    "message_bytes_max": 256 * 1024,
+}
+
+ReplicaFactory = Callable[..., Replica]
+
+
+def validator_seed(index: int) -> bytes:
+    return hashlib.sha256(b"vigil-sim-validator" + index.to_bytes(2, "big")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class SeedResult:
+    seed: int
+    safety_violations: tuple[str, ...]
+    liveness_failure: str | None
+    blocks_committed: int
+    view_changes: int  # highest view any honest replica reached
+    trace_hash: str
+    sim_ms: int
+
+
+@dataclass(slots=True)
+class Node:
+    index: int
+    honest: bool
+    config: ConsensusConfig
+    replica: Replica | None = None
+    epoch: int = 0
+    records: dict[bytes, bytes] = field(default_factory=dict)
+    ledger: list[FetchedEntry] = field(default_factory=list)
+    timers: set[int] = field(default_factory=set)
+
+
+class VerifyCache:
+    """Every receiver checks the same broadcast signature; the simulator checks it once."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[bytes, bytes, bytes, bytes], bool] = {}
+
+    def __call__(self, key: bytes, domain: bytes, message: bytes, sig: bytes) -> bool:
+        k = (key, domain, message, sig)
+        ok = self._known.get(k)
+        if ok is None:
+            ok = self._known[k] = verify(key, domain, message, sig)
+        return ok
+
+
+class Simulation:
+    def __init__(self, seed: int, n: int = 4, factory: ReplicaFactory = Replica) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.factory = factory
+        self.faults = Faults.draw(self.rng, n)
+        self.net = Network(self.rng, self.faults)
+        self.verify = VerifyCache()
+        validators = tuple(SigningKey(validator_seed(i)).public_key for i in range(n))
+        self.byz_index = self.rng.randrange(n) if self.rng.random() < 0.85 else None
+        self.nodes = [
+            Node(
+                i,
+                i != self.byz_index,
+                ConsensusConfig(validators, i, validator_seed(i), **SIM_CONFIG),  # type: ignore[arg-type]
+            )
+            for i in range(n)
+        ]
+        self.byzantine: Byzantine | None = None
+        if self.byz_index is not None:
+            picked = [b for b in BEHAVIOURS if self.rng.random() < 0.4]
+            if "silent" in picked and self.rng.random() < 0.5:
+                picked = ["silent"]
+            self.byzantine = Byzantine(
+                self.nodes[self.byz_index].config,
+                random.Random(self.rng.getrandbits(64)),
+                frozenset(picked),
+            )
+        self.valid_payloads: set[bytes] = set()
+        self.committed: dict[int, bytes] = {}
+        self.votes: dict[tuple[int, str, int, int], bytes] = {}
+        self.violations: list[str] = []
+        self.trace = hashlib.sha256()
+        self.gst_heights: dict[int, int] | None = None
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self) -> SeedResult:
+        net = self.net
+        for node in self.nodes:
+            self._start(node)
+        for at_ms, index, down_ms in self.faults.crashes:
+            net.schedule(at_ms, index, "crash", down_ms)
+        net.schedule(self.faults.gst_ms, -1, "gst")
+        if self.byzantine is not None:
+            net.schedule(self.rng.randint(1, 50), -1, "malice")
+        deadline = self.faults.gst_ms + LIVENESS_BOUND_MS
+        liveness: str | None = None
+        while not self.violations:
+            event = net.pop()
+            if event is None or event.at_ms > deadline:
+                liveness = self._liveness_problem()
+                break
+            self._handle(event.node, event.kind, event.data)
+            if self.gst_heights is not None and self._live():
+                break
+        honest = [n for n in self.nodes if n.honest]
+        return SeedResult(
+            seed=self.seed,
+            safety_violations=tuple(self.violations),
+            liveness_failure=None if self.violations else liveness,
+            blocks_committed=max(len(n.ledger) for n in honest),
+            view_changes=max(n.replica.view for n in honest if n.replica is not None),
+            trace_hash=self.trace.hexdigest(),
+            sim_ms=net.now_ms,
+        )
+
+    def _handle(self, index: int, kind: str, data: object) -> None:
+        net = self.net
+        self.trace.update(f"{net.now_ms}/{index}/{kind};".encode())
+        if kind == "gst":
+            for node in self.nodes:
+                if node.replica is None:
+                    self._start(node)
+            self.gst_heights = {n.index: len(n.ledger) for n in self.nodes if n.honest}
+            return
+        if kind == "malice":
+            assert self.byzantine is not None
+            for dst, payload in self.byzantine.malice():
+                net.send(self.byz_index or 0, dst, payload)
+            net.schedule(net.now_ms + self.rng.randint(5, 100), -1, "malice")
+            return
+        node = self.nodes[index]
+        if kind == "crash":
+            assert isinstance(data, int)
+            if node.replica is not None and net.now_ms < self.faults.gst_ms:
+                self._crash(node, data)
+            return
+        if kind == "restart":
+            if node.replica is None and data == node.epoch:
+                self._start(node)
+            return
+        if node.replica is None:
+            return
+        if kind == "msg":
+            assert isinstance(data, tuple)
+            src, payload = data
+            self.trace.update(codec.sha256(payload))
+            if self.byzantine is not None and index == self.byz_index:
+                self.byzantine.observe(payload)
+            self._step(node, Received(src, payload))
+        elif kind == "tick":
+            if data is None:
+                node.timers.discard(net.now_ms)
+            elif data != node.epoch:
+                return  # the periodic tick of an earlier incarnation
+            else:
+                net.schedule(net.now_ms + TICK_MS, index, "tick", node.epoch)
+            self._step(node, Tick(net.now_ms))
+        else:
+            assert isinstance(data, tuple)
+            epoch, event = data
+            if epoch == node.epoch:
+                self._step(node, event)
+
+    def _start(self, node: Node) -> None:
+        node.epoch += 1
+        node.timers.clear()
+        node.replica = self.factory(
+            node.config,
+            random.Random(self.rng.getrandbits(64)),
+            records=sorted(node.records.items()),
+            committed_seq=len(node.ledger),
+            now_ms=self.net.now_ms,
+            verify=self.verify,
+        )
+        self.net.schedule(self.net.now_ms + TICK_MS, node.index, "tick", node.epoch)
+        for event in (Pending(True), Tick(self.net.now_ms)):
+            if node.replica is not None:  # a mid-step crash may hit right away
+                self._step(node, event)
+
+    def _crash(self, node: Node, down_ms: int) -> None:
+        node.replica = None
+        node.epoch += 1
+        restart_ms = min(self.net.now_ms + down_ms, self.faults.gst_ms)
+        self.net.schedule(restart_ms, node.index, "restart", node.epoch)
+
+    def _step(self, node: Node, event: Event) -> None:
+        assert node.replica is not None
+        actions = node.replica.step(event)
+        stop = len(actions)
+        if (
+            actions
+            and self.net.now_ms < self.faults.gst_ms
+            and self.rng.random() < self.faults.mid_step_crash
+        ):
+            stop = self.rng.randrange(len(actions))
+        for action in actions[:stop]:
+            self._perform(node, action)
+        if stop < len(actions):
+            self._crash(node, self.rng.randint(5, 200))
+
+    def _host_reply(self, node: Node, delay_ms_max: int, event: Event) -> None:
+        at = self.net.now_ms + self.rng.randint(1, delay_ms_max)
+        self.net.schedule(at, node.index, "host", (node.epoch, event))
+
+    def _perform(self, node: Node, action: Action) -> None:
+        net = self.net
+        match action:
+            case Persist(records):
+                for key, value in records:
+                    if value is None:
+                        node.records.pop(key, None)
+                    else:
+                        node.records[key] = value
+            case Send(to, data):
+                self._watch_votes(node, data)
+                self._transmit(node, to, data)
+            case Broadcast(data):
+                self._watch_votes(node, data)
+                self._transmit(node, None, data)
+            case Commit():
+                self._on_commit(node, action)
+            case SetTimer(at_ms):
+                if at_ms not in node.timers:
+                    node.timers.add(at_ms)
+                    net.schedule(at_ms, node.index, "tick", None)
+            case RequestProposal(view, seq):
+                payload = codec.encode({"seq": seq, "txs": [self.rng.randbytes(32)]})
+                if self.byzantine is not None and not node.honest:
+                    if "bad_proposal" in self.byzantine.behaviours and self.rng.random() < 0.5:
+                        payload = b"garbage" + self.rng.randbytes(8)
+                    else:
+                        self.valid_payloads.add(payload)
+                else:
+                    self.valid_payloads.add(payload)
+                self._host_reply(node, 5, Propose(view, seq, payload))
+            case Validate(view, seq, digest, payload):
+                if self.byzantine is not None:
+                    self.valid_payloads.update(self.byzantine.alternatives)
+                    self.byzantine.alternatives.clear()
+                valid = payload in self.valid_payloads
+                self._host_reply(node, 5, Verdict(view, seq, digest, valid))
+            case FetchBlocks(from_seq, to_seq, peers):
+                self._fetch(node, from_seq, to_seq, peers)
+            case _:
+                pass
+
+    def _transmit(self, node: Node, to: int | None, data: bytes) -> None:
+        if not node.honest and self.byzantine is not None:
+            for dst, payload in self.byzantine.outgoing(to, data):
+                self.net.send(node.index, dst, payload)
+            return
+        targets = [i for i in range(len(self.nodes)) if i != node.index] if to is None else [to]
+        for dst in targets:
+            self.net.send(node.index, dst, data)
+
+    def _fetch(self, node: Node, from_seq: int, to_seq: int, peers: tuple[int, ...]) -> None:
+        candidates = [
+            n
+            for n in self.nodes
+            if n.index != node.index
+            and n.replica is not None
+            and not self.net.partitioned(node.index, n.index)
+        ]
+        entries: tuple[FetchedEntry, ...] = ()
+        if candidates:
+            source = self.rng.choice(candidates)
+            entries = tuple(source.ledger[from_seq - 1 : to_seq])
+            bad = self.byzantine is not None and "bad_fetch" in self.byzantine.behaviours
+            if entries and not source.honest and bad:
+                first = entries[0]
+                forged = FetchedEntry(
+                    first.seq, b"forged" + self.rng.randbytes(4), first.certificate
+                )
+                entries = (forged, *entries[1:])
+        self._host_reply(node, 20, Fetched(entries))
+
+    # --- invariants -------------------------------------------------------------------------
+
+    def _watch_votes(self, node: Node, data: bytes) -> None:
+        """No honest replica sends two different PRE-PREPAREs/PREPAREs/COMMITs for a (view, seq)."""
+        if not node.honest:
+            return
+        cfg = node.config
+        msg = m.decode(data, cfg.payload_bytes_max, cfg.message_bytes_max)
+        if isinstance(msg, m.PrePrepare | m.Prepare | m.CommitVote):
+            key = (node.index, msg.kind, msg.view, msg.seq)
+            known = self.votes.setdefault(key, msg.digest)
+            if known != msg.digest:
+                self.violations.append(f"equivocation: replica {node.index} {key[1:]}")
+        elif isinstance(msg, m.NewView):
+            for pp in msg.pre_prepares:
+                key = (node.index, pp.kind, pp.view, pp.seq)
+                if self.votes.setdefault(key, pp.digest) != pp.digest:
+                    self.violations.append(f"equivocation: replica {node.index} {key[1:]}")
+
+    def _on_commit(self, node: Node, c: Commit) -> None:
+        if c.seq != len(node.ledger) + 1:
+            if node.honest:
+                self.violations.append(f"order: replica {node.index} seq {c.seq}")
+            return
+        node.ledger.append(FetchedEntry(c.seq, c.payload, c.certificate))
+        self.trace.update(f"commit/{node.index}/{c.seq}/".encode() + c.digest)
+        if not node.honest:
+            return
+        known = self.committed.setdefault(c.seq, c.digest)
+        if known != c.digest:
+            self.violations.append(f"agreement: seq {c.seq} replica {node.index}")
+        null = c.payload == b"" and c.digest == NULL_DIGEST
+        if not null and (
+            m.payload_digest(c.payload) != c.digest or c.payload not in self.valid_payloads
+        ):
+            self.violations.append(f"validity: seq {c.seq} replica {node.index}")
+        try:
+            cert = CommitCertificate.decode(c.certificate)
+        except codec.CodecError:
+            self.violations.append(f"certificate: seq {c.seq} undecodable")
+            return
+        cfg = node.config
+        if (cert.seq, cert.digest, cert.view) != (
+            c.seq,
+            c.digest,
+            c.view,
+        ) or not verify_certificate(cert, cfg.validators, cfg.chain_id, self.verify):
+            self.violations.append(f"certificate: seq {c.seq} replica {node.index}")
+
+    def _live(self) -> bool:
+        assert self.gst_heights is not None
+        return all(
+            len(self.nodes[i].ledger) >= h + LIVENESS_BLOCKS for i, h in self.gst_heights.items()
+        )
+
+    def _liveness_problem(self) -> str | None:
+        if self.gst_heights is None or self._live():
+            return None
+        stuck = [
+            f"{i}:{len(self.nodes[i].ledger)}/{h + LIVENESS_BLOCKS}"
+            for i, h in self.gst_heights.items()
+            if len(self.nodes[i].ledger) < h + LIVENESS_BLOCKS
+        ]
+        return "no progress after GST: " + ",".join(stuck)
+
+
+def run_seed(seed: int, nodes: int = 4, factory: ReplicaFactory = Replica) -> SeedResult:
+    return Simulation(seed, nodes, factory).run()

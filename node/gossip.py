@@ -1,0 +1,86 @@
+"""Transaction gossip: admitted txs go to every peer once, many per frame.
+
+Validators form a full mesh, so a tx is forwarded by the node that admitted it from a client and
+not relayed again by the peers that receive it: each tx crosses each link at most once. A peer
+that missed it (link down at the time) gets it later on demand, when a proposal names it and the
+backup fetches the missing hashes from the primary. The seen-cache (bounded, oldest evicted)
+lets a node drop gossip it already processed without decoding or verifying it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    def peers(self) -> list[int]: ...
+
+    def send(self, to: int, msg: dict[str, Any]) -> bool: ...
+
+
+class SeenCache:
+    """A bounded set of recently seen tx hashes (insertion order eviction)."""
+
+    def __init__(self, size_max: int) -> None:
+        self._size_max = size_max
+        self._items: OrderedDict[bytes, None] = OrderedDict()
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._items
+
+    def add(self, key: bytes) -> bool:
+        """Insert; False when it was already there."""
+        if key in self._items:
+            return False
+        self._items[key] = None
+        if len(self._items) > self._size_max:
+            self._items.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Gossip:
+    """Batches outgoing txs per peer and flushes every ``flush_ms`` or when a batch is full."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        n_validators: int,
+        batch_txs_max: int = 1000,
+        flush_ms: int = 5,
+        seen_max: int = 200_000,
+    ) -> None:
+        self._sender = sender
+        self._batch_max = batch_txs_max
+        self._flush_s = flush_ms / 1000
+        self.seen = SeenCache(seen_max)
+        self._out: list[bytes] = []
+        self._wake = asyncio.Event()
+        self._n = n_validators
+
+    def forward(self, raws: list[bytes]) -> None:
+        """Queue txs (raw encodings) for every connected peer."""
+        self._out.extend(raws)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Flush loop; runs until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # A short wait collects more txs into the same frame under load.
+            await asyncio.sleep(self._flush_s)
+            out, self._out = self._out, []
+            for i in range(0, len(out), self._batch_max):
+                msg = {"t": "txs", "txs": out[i : i + self._batch_max]}
+                for peer in self._sender.peers():
+                    with contextlib.suppress(Exception):
+                        self._sender.send(peer, msg)

@@ -1,0 +1,106 @@
+"""P2P frames: one msgpack map per websocket binary message, with a type tag and checked fields.
+
+Frames between validators are not hashed or signed (consensus messages carry their own
+signatures inside ``data``), so they use plain msgpack with hard limits rather than the canonical
+codec. Anything that does not decode into a known, well-typed frame raises ``BadFrame``: the
+sender is a misbehaving peer (or not a peer at all) and gets disconnected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from common.codec import encode
+from common.crypto import SigningKey, verify
+
+HANDSHAKE_DOMAIN = b"vigil/p2p-handshake/v1"
+CHALLENGE_BYTES = 32
+
+# type tag -> required fields and their types (extra fields are ignored for forward compatibility)
+_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "hello": {"chain_id": str, "genesis": bytes, "index": int, "challenge": bytes},
+    "hello_ack": {"index": int, "challenge": bytes, "sig": bytes},
+    "auth": {"sig": bytes},
+    "ok": {},
+    "c": {"d": bytes},  # a consensus message for the replica
+    "txs": {"txs": list},  # gossiped raw transactions
+    "status": {"height": int, "view": int},
+    "req": {"id": int, "kind": str, "body": dict},  # request: get_txs, get_blocks
+    "resp": {"id": int, "body": dict},
+}
+
+
+class BadFrame(ValueError):
+    """A frame that is not valid msgpack, too big, or not a known well-typed message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def encode_frame(msg: dict[str, Any]) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def decode_frame(data: bytes, max_bytes: int) -> dict[str, Any]:
+    """Decode and type-check one frame; raises BadFrame with a short, bounded reason."""
+    if len(data) > max_bytes:
+        raise BadFrame("frame_too_large")
+    try:
+        msg = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_ext_len=0,
+        )
+    except Exception:  # noqa: BLE001 - msgpack raises many types on garbage
+        raise BadFrame("malformed") from None
+    if not isinstance(msg, dict):
+        raise BadFrame("not_a_map")
+    kind = msg.get("t")
+    fields = _FIELDS.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        raise BadFrame("unknown_type")
+    for name, typ in fields.items():
+        value = msg.get(name)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise BadFrame(f"bad_field_{kind}")
+    return msg
+
+
+def handshake_message(
+    chain_id: str, genesis_hash: bytes, challenge: bytes, signer: int, verifier: int
+) -> bytes:
+    """What a validator signs to prove its key: bound to the chain, both ends and a fresh nonce."""
+    return encode(
+        {
+            "chain_id": chain_id,
+            "genesis": genesis_hash,
+            "challenge": challenge,
+            "signer": signer,
+            "verifier": verifier,
+        }
+    )
+
+
+def sign_challenge(
+    key: SigningKey, chain_id: str, genesis_hash: bytes, challenge: bytes, me: int, them: int
+) -> bytes:
+    return key.sign(
+        HANDSHAKE_DOMAIN, handshake_message(chain_id, genesis_hash, challenge, me, them)
+    )
+
+
+def check_challenge(
+    public_key: bytes,
+    chain_id: str,
+    genesis_hash: bytes,
+    challenge: bytes,
+    signer: int,
+    me: int,
+    sig: bytes,
+) -> bool:
+    msg = handshake_message(chain_id, genesis_hash, challenge, signer, me)
+    return verify(public_key, HANDSHAKE_DOMAIN, msg, sig)

@@ -1,0 +1,270 @@
+"""Transactions behind proposals: validation of proposed blocks, tx lookup and peer fetches.
+
+A PRE-PREPARE carries tx hashes only (docs/architecture.md). A backup resolves them from its
+mempool, fetches the missing ones from the proposer (or any peer) in one request, verifies their
+signatures off the loop, then applies the block validity rules. Resolved tx lists are kept per
+digest until their seq commits, so the commit path needs no second lookup. The hashes in
+uncommitted proposals are "in flight": they may not appear in another uncommitted proposal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from common import codec
+from common.codec import CodecError, sha256
+from consensus.api import NULL_DIGEST
+from node.admission import Screened, _decode_and_verify
+from node.block import BLOCK_TXS_MAX, Proposal
+from node.chain import PROPOSAL_TXS_KEY
+from node.ledger import BlockInvalid, check_block_stateless, check_proposal
+from node.p2p import PeerError
+from node.tx import Transaction
+
+if TYPE_CHECKING:
+    from node.runtime import Node
+
+log = logging.getLogger(__name__)
+
+STATUS_CACHE_MAX = 100_000
+# Meta key of the tx bodies of a proposal we voted for or made: written before the vote leaves,
+# so a cluster that crashes between commit and execution can still execute (hashes alone in the
+# consensus log would not be enough). Deleted in the block's own commit batch.
+
+
+def proposal_txs_key(digest: bytes) -> bytes:
+    return PROPOSAL_TXS_KEY + digest
+
+
+FETCH_RETRY_S = 0.2
+
+
+class TxResolver:
+    def __init__(self, node: Node, timeout_s: float) -> None:
+        self.node = node
+        self._timeout_s = timeout_s
+        # seq -> (digest, tx hashes) of proposals we made or validated and that are not committed
+        self._uncommitted: dict[int, tuple[bytes, tuple[bytes, ...]]] = {}
+        self._resolved: dict[bytes, tuple[Transaction, ...]] = {}  # digest -> txs
+        self._by_hash: dict[bytes, Transaction] = {}  # every tx in _resolved
+        self.status: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # hash -> status, reason
+        self.quarantine: dict[bytes, tuple[Transaction, Screened]] = {}
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def uncommitted_hashes(self) -> set[bytes]:
+        return {h for _, hashes in self._uncommitted.values() for h in hashes}
+
+    def _record(self, seq: int, digest: bytes, txs: tuple[Transaction, ...]) -> None:
+        hashes = tuple(tx.hash for tx in txs)
+        self._uncommitted[seq] = (digest, hashes)
+        self._add(digest, txs)
+        self.node.mempool.mark_inflight(hashes)
+
+    async def _persist(self, digest: bytes, txs: tuple[Transaction, ...]) -> None:
+        chain = self.node.chain
+        assert chain is not None
+        data = codec.encode([tx.encode() for tx in txs])
+        await asyncio.get_running_loop().run_in_executor(
+            self.node.log_pool, chain.store.meta_put, proposal_txs_key(digest), data
+        )
+
+    def _stored(self, digest: bytes) -> tuple[Transaction, ...] | None:
+        chain = self.node.chain
+        assert chain is not None
+        raw = chain.store.meta_get(proposal_txs_key(digest))
+        if raw is None:
+            return None
+        try:
+            return tuple(Transaction.decode(r) for r in codec.decode(raw))
+        except (CodecError, TypeError):
+            return None
+
+    async def proposal(self, seq: int, txs: list[Transaction], timestamp_ms: int) -> bytes:
+        """The payload the primary proposes for ``seq`` (txs durable first, then in flight)."""
+        p = Proposal(seq, self.node.index, timestamp_ms, tuple(tx.hash for tx in txs))
+        payload = p.encode()
+        self._record(seq, sha256(payload), tuple(txs))
+        await self._persist(sha256(payload), tuple(txs))
+        return payload
+
+    def _add(self, digest: bytes, txs: tuple[Transaction, ...]) -> None:
+        self._resolved[digest] = txs
+        for tx in txs:
+            self._by_hash[tx.hash] = tx
+
+    def committed(self, seq: int, digest: bytes) -> bool:
+        """Forget what ``seq`` (and anything below) needed; True if our record for seq lost."""
+        superseded = seq in self._uncommitted and self._uncommitted[seq][0] != digest
+        done = [digest] + [self._uncommitted.pop(s)[0] for s in list(self._uncommitted) if s <= seq]
+        for d in done:
+            for tx in self._resolved.pop(d, ()):
+                self._by_hash.pop(tx.hash, None)
+        return superseded
+
+    def known(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._by_hash
+
+    def add_fetched(self, txs: dict[bytes, tuple[Transaction, ...]]) -> None:
+        for digest, block_txs in txs.items():
+            self._add(digest, block_txs)
+
+    def dropped(self, tx_hash: bytes, reason: str) -> None:
+        self._set_status(tx_hash, "rejected", reason)
+
+    def quarantined(self, tx: Transaction, verdict: Screened) -> None:
+        self.quarantine[tx.hash] = (tx, verdict)
+
+    def _set_status(self, tx_hash: bytes, status: str, reason: str) -> None:
+        self.status[tx_hash] = (status, reason)
+        if len(self.status) > STATUS_CACHE_MAX:
+            self.status.popitem(last=False)
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def lookup(self, tx_hash: bytes) -> Transaction | None:
+        entry = self.node.mempool.get(tx_hash)
+        return entry.tx if entry is not None else self._by_hash.get(tx_hash)
+
+    async def _fetch(self, hashes: list[bytes], peers: list[int]) -> dict[bytes, Transaction]:
+        """Ask peers (in order) for txs; returns the verified ones found."""
+        found: dict[bytes, Transaction] = {}
+        for peer in peers:
+            missing = [h for h in hashes if h not in found]
+            if not missing:
+                break
+            try:
+                body = await self.node.p2p.request(
+                    peer, "get_txs", {"hashes": missing}, self._timeout_s
+                )
+            except PeerError:
+                continue
+            raws = body.get("txs")
+            if not isinstance(raws, list):
+                continue
+            wanted = set(missing)
+            raws = [r for r in raws if isinstance(r, bytes) and sha256(r) in wanted]
+            for tx in await asyncio.to_thread(_decode_and_verify, raws):
+                if isinstance(tx, Transaction):
+                    found[tx.hash] = tx
+        return found
+
+    async def _resolve(
+        self, hashes: tuple[bytes, ...], first_peer: int | None
+    ) -> list[Transaction | None]:
+        txs = [self.lookup(h) for h in hashes]
+        missing = [h for h, tx in zip(hashes, txs, strict=True) if tx is None]
+        if missing:
+            peers = self.node.p2p.peers()
+            if first_peer is not None and first_peer in peers:
+                peers = [first_peer] + [p for p in peers if p != first_peer]
+            found = await self._fetch(missing, peers)
+            txs = [
+                tx if tx is not None else found.get(h) for h, tx in zip(hashes, txs, strict=True)
+            ]
+        return txs
+
+    # --- validation and commit --------------------------------------------------------------
+
+    async def validate(self, view: int, seq: int, digest: bytes, payload: bytes) -> bool:
+        """The Verdict for a proposed payload (docs/architecture.md, execution rule)."""
+        node = self.node
+        if digest == NULL_DIGEST or not payload:
+            return digest == NULL_DIGEST and not payload
+        try:
+            proposal = check_proposal(payload, seq, node.ccfg.primary(view), node.cfg.block_txs_max)
+            txs = await self._resolve(proposal.tx_hashes, proposal.proposer)
+            assert node.chain is not None
+            check_block_stateless(
+                proposal,
+                txs,
+                node.genesis.chain_id,
+                is_committed=node.chain.is_committed,
+                verify_signatures=False,  # mempool and fetched txs were verified on the way in
+            )
+            mine = set(proposal.tx_hashes)
+            for other, (_, hashes) in self._uncommitted.items():
+                if other != seq and mine.intersection(hashes):
+                    raise BlockInvalid("replay", f"tx already proposed at seq {other}")
+        except BlockInvalid as exc:
+            log.warning("proposal_invalid", extra={"seq": seq, "view": view, "reason": exc.reason})
+            return False
+        resolved = tuple(tx for tx in txs if tx is not None)
+        self._record(seq, digest, resolved)
+        await self._persist(digest, resolved)
+        return True
+
+    async def for_commit(self, seq: int, digest: bytes, payload: bytes) -> tuple[Transaction, ...]:
+        """The txs of a committed payload; fetched from peers until found (they must exist)."""
+        if not payload:
+            return ()
+        cached = self._resolved.get(digest)
+        if cached is not None:
+            return cached
+        stored = await asyncio.to_thread(self._stored, digest)
+        if stored is not None:
+            return stored
+        proposal = Proposal.decode(payload)
+        while True:
+            txs = await self._resolve(proposal.tx_hashes, proposal.proposer)
+            if all(tx is not None for tx in txs):
+                return tuple(tx for tx in txs if tx is not None)
+            log.warning("commit_txs_missing", extra={"seq": seq})
+            await asyncio.sleep(FETCH_RETRY_S)
+
+    # --- serving peers ----------------------------------------------------------------------
+
+    async def serve_get_txs(self, body: dict[str, Any]) -> dict[str, Any]:
+        hashes = body.get("hashes")
+        if not isinstance(hashes, list) or len(hashes) > BLOCK_TXS_MAX:
+            return {"error": "bad_request"}
+        out: list[bytes] = []
+        missing: list[bytes] = []
+        for h in hashes:
+            if not isinstance(h, bytes):
+                continue
+            tx = self.lookup(h)
+            if tx is not None:
+                out.append(tx.encode())
+            else:
+                missing.append(h)
+        if missing:
+            out.extend(await asyncio.to_thread(self._committed_txs, missing))
+        return {"txs": out}
+
+    def _committed_txs(self, hashes: list[bytes]) -> list[bytes]:
+        chain = self.node.chain
+        assert chain is not None
+        out: list[bytes] = []
+        for h in hashes:
+            loc = chain.store.get_tx_location(h)
+            if loc is None:
+                continue
+            block = chain.get_block(loc[0])
+            if block is not None and loc[1] < len(block.txs):
+                out.append(block.txs[loc[1]].encode())
+        return out
+
+    async def serve_get_blocks(self, body: dict[str, Any]) -> dict[str, Any]:
+        start, end = body.get("from"), body.get("to")
+        if not isinstance(start, int) or not isinstance(end, int) or start < 1 or end < start:
+            return {"error": "bad_request"}
+        end = min(end, start + self.node.cfg.catchup_batch_blocks - 1)
+        budget = self.node.cfg.p2p_msg_bytes_max // 2
+        chain = self.node.chain
+        assert chain is not None
+
+        def read() -> list[list[Any]]:
+            out: list[list[Any]] = []
+            size = 0
+            for height, block, cert in chain.store.blocks(start, end):
+                size += len(block) + len(cert) + 16
+                if out and size > budget:
+                    break
+                out.append([height, block, cert])
+            return out
+
+        return {"entries": await asyncio.to_thread(read)}

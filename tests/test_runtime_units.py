@@ -1,0 +1,126 @@
+"""Fast unit tests of the runtime's pure parts: config parsing, mempool rules, P2P frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.crypto import SigningKey, address_of
+from node.config import ConfigError, parse_config
+from node.errors import MEMPOOL_FULL, TX_BALANCE, TX_DUPLICATE, TX_NONCE, VigilError
+from node.ledger import Account
+from node.mempool import Mempool
+from node.peer_wire import BadFrame, decode_frame, encode_frame
+from node.tx import make_transfer
+
+BASE = {"node": {"index": 0, "data_dir": ".", "genesis": "g.json", "key_file": "k.json"}}
+
+
+def test_config_defaults_and_relative_paths() -> None:
+    cfg = parse_config(BASE, Path("/srv/n0"))
+    assert cfg.genesis_file == Path("/srv/n0/g.json")
+    assert cfg.block_txs_max == 2000
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({**BASE, "rpc": {"port": 0}}, "rpc.port"),
+        ({**BASE, "rpc": {"prot": 1}}, "rpc.prot"),
+        ({**BASE, "bogus": {}}, "bogus"),
+        ({"node": {"index": 0, "data_dir": "."}}, "node.genesis"),
+        ({**BASE, "consensus": {"log_window": 4}}, "consensus.log_window"),
+    ],
+)
+def test_config_errors_name_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config(data, Path("/"))
+
+
+KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(3)]
+
+
+def _pool(txs_max: int = 100) -> Mempool:
+    state = {address_of(k.public_key): Account(100, 0) for k in KEYS}
+    return Mempool("c", txs_max, 10**6, state.get)
+
+
+def _tx(k: int, nonce: int, amount: int = 1):
+    return make_transfer(KEYS[k], "c", address_of(KEYS[2].public_key), amount, 1, nonce)
+
+
+def test_mempool_orders_nonces_and_fifo_across_senders() -> None:
+    pool = _pool()
+    for tx in (_tx(0, 1), _tx(1, 0), _tx(0, 0), _tx(1, 1)):
+        pool.add(tx, tx.hash, 0.0)
+    picked = pool.select(10)
+    assert [(t.sender, t.nonce) for t in picked] == [
+        (KEYS[0].public_key, 0),
+        (KEYS[0].public_key, 1),
+        (KEYS[1].public_key, 0),
+        (KEYS[1].public_key, 1),
+    ]
+    assert pool.select(10) == []  # all in flight now
+
+
+def test_mempool_admission_rules() -> None:
+    pool = _pool(txs_max=2)
+    tx = _tx(0, 0)
+    pool.add(tx, tx.hash, 0.0)
+    with pytest.raises(VigilError) as e:
+        pool.add(tx, tx.hash, 0.0)
+    assert e.value.code == TX_DUPLICATE
+    with pytest.raises(VigilError) as e:
+        pool.add(_tx(0, 0, amount=2), _tx(0, 0, amount=2).hash, 0.0)
+    assert e.value.code == TX_NONCE
+    big = _tx(1, 0, amount=100)
+    with pytest.raises(VigilError) as e:
+        pool.add(big, big.hash, 0.0)
+    assert e.value.code == TX_BALANCE
+    ok = _tx(1, 0)
+    pool.add(ok, ok.hash, 0.0)
+    extra = _tx(1, 1)
+    with pytest.raises(VigilError) as e:
+        pool.add(extra, extra.hash, 0.0)
+    assert e.value.code == MEMPOOL_FULL
+
+
+def test_mempool_recheck_after_commit_drops_stale_nonces() -> None:
+    state = {address_of(k.public_key): Account(100, 0) for k in KEYS}
+    pool = Mempool("c", 100, 10**6, state.get)
+    a, b = _tx(0, 0), _tx(0, 1)
+    pool.add(a, a.hash, 0.0)
+    pool.add(b, b.hash, 0.0)
+    state[address_of(KEYS[0].public_key)] = Account(98, 2)  # both nonces used elsewhere
+    committed, dropped = pool.on_committed([a.hash], [address_of(KEYS[0].public_key)])
+    assert [e.hash for e in committed] == [a.hash]
+    assert [(e.hash, r) for e, r in dropped] == [(b.hash, "bad_nonce")]
+    assert len(pool) == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"\xc1", encode_frame([1, 2]), encode_frame({"t": "nope"}), encode_frame({"t": "c"})],
+)
+def test_bad_frames_raise_badframe(raw: bytes) -> None:
+    with pytest.raises(BadFrame):
+        decode_frame(raw, 1024)
+
+
+def test_frame_round_trip_and_size_limit() -> None:
+    frame = encode_frame({"t": "c", "d": b"x" * 10})
+    assert decode_frame(frame, 1024)["d"] == b"x" * 10
+    with pytest.raises(BadFrame):
+        decode_frame(frame, 5)
+
+
+def test_nonce_gap_is_not_runnable_work() -> None:
+    pool = _pool()
+    gapped = _tx(0, 3)
+    pool.add(gapped, gapped.hash, 0.0)
+    assert pool.has_ready()
+    assert not pool.has_runnable()
+    first = _tx(1, 0)
+    pool.add(first, first.hash, 0.0)
+    assert pool.has_runnable()
