@@ -173,7 +173,11 @@ class NodeServiceImpl:
 
     async def mempool_status(self) -> dict[str, Any]:
         m = self.node.mempool
-        return {"size": len(m), "bytes": m.bytes, "quarantined": len(self.node.screening.quarantine)}
+        return {
+            "size": len(m),
+            "bytes": m.bytes,
+            "quarantined": len(self.node.screening.quarantine),
+        }
 
     async def detector_status(self) -> dict[str, Any]:
         return self.node.screening.status()
