@@ -321,6 +321,16 @@ class Metrics:
         if block_seconds is not None:
             self.block_commit_seconds.observe(block_seconds)
 
+    def set_view(self, view: int, *, is_primary: bool) -> None:
+        """Current view and whether this node leads it (call at start-up and on every view change)."""
+        self.consensus_view.set(view)
+        self.is_primary.set(1 if is_primary else 0)
+
+    def set_mempool(self, *, txs: int, size_bytes: int) -> None:
+        """Mempool gauges; call after admission and after each commit (commits shrink it)."""
+        self.mempool_txs.set(txs)
+        self.mempool_bytes.set(size_bytes)
+
     @contextlib.contextmanager
     def time_storage_write(self) -> Iterator[None]:
         """``with metrics.time_storage_write(): db.write(batch)`` (works inside to_thread too)."""

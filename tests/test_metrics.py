@@ -156,6 +156,19 @@ def test_observe_committed_updates_chain_families() -> None:
     assert value["vigil_block_txs_count"] == 2.0
 
 
+def test_view_and_mempool_helpers() -> None:
+    m = Metrics()
+    m.set_view(3, is_primary=True)
+    m.set_mempool(txs=7, size_bytes=1400)
+    text = text_of(m)
+    assert "vigil_consensus_view 3.0" in text
+    assert "vigil_consensus_is_primary 1.0" in text
+    assert "vigil_mempool_txs 7.0" in text
+    assert "vigil_mempool_bytes 1400.0" in text
+    m.set_view(4, is_primary=False)
+    assert "vigil_consensus_is_primary 0.0" in text_of(m)
+
+
 def test_time_storage_write_observes_once() -> None:
     m = Metrics()
     with m.time_storage_write():
