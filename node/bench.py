@@ -28,6 +28,7 @@ from node.tx import make_transfer
 
 BATCH = 100
 DRAIN_S = 15.0
+DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault drills under load)
 
 
 async def _start_nonces(session: aiohttp.ClientSession, url: str, accounts: int) -> list[int]:
@@ -58,6 +59,29 @@ class Bench:
         self.quarantined = 0
         self.rejected = 0
         self.errors = 0
+        self.down_until: dict[int, float] = {}
+
+    def _live(self, first: int) -> int | None:
+        """``first`` or the next node not marked down; None when every node is down."""
+        now = time.monotonic()
+        for k in range(self.c.n):
+            node = (first + k) % self.c.n
+            if self.down_until.get(node, 0.0) <= now:
+                return node
+        return None
+
+    def _mark_down(self, node: int) -> None:
+        self.down_until[node] = time.monotonic() + DOWN_S
+
+    async def _any(self, s: aiohttp.ClientSession, fn: Any) -> Any:
+        """``await fn(node)`` on the first node that answers (start-up reads)."""
+        last: Exception | None = None
+        for node in range(self.c.n):
+            try:
+                return await fn(node)
+            except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+                last = exc
+        raise RuntimeError(f"no node answered: {last!r}")
 
     async def run(self) -> dict[str, Any]:
         args, c = self.args, self.c
@@ -66,9 +90,9 @@ class Bench:
             accounts = int(meta.get("bench_accounts", devnet.BENCH_ACCOUNTS))
             rate = None if args.rate == "max" else float(args.rate)
             count = int((rate or 3000) * args.duration * (1.0 if rate else 1.5)) + BATCH
-            nonces = await _start_nonces(s, c.rpc_url(0), accounts)
+            nonces = await self._any(s, lambda i: _start_nonces(s, c.rpc_url(i), accounts))
             txs = await asyncio.to_thread(self._presign, accounts, count, nonces)
-            start_h = (await self._call(s, 0, "node_status"))["height"]
+            start_h = (await self._any(s, lambda i: self._call(s, i, "node_status")))["height"]
             watcher = asyncio.create_task(self._watch(s, start_h))
             t0 = time.monotonic()
             deadline = t0 + args.duration
@@ -163,11 +187,22 @@ class Bench:
             for i, (raw, _) in enumerate(batch)
         ]
         now = time.monotonic()
-        try:
-            async with s.post(self.c.rpc_url(node), json=body) as resp:
-                answers = await resp.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            self.errors += len(batch)
+        answers = None
+        for _ in range(2):  # the chosen node, then once more on another live one
+            target = self._live(node)
+            if target is None:
+                break
+            try:
+                async with s.post(self.c.rpc_url(target), json=body) as resp:
+                    answers = await resp.json()
+                break
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                self.errors += len(batch)
+                self._mark_down(target)
+                node = target + 1
+        if answers is None:
+            if target is None:  # every node is down: nothing was even tried
+                self.errors += len(batch)
             return
         if not isinstance(answers, list):
             self.errors += len(batch)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import signal
 import sys
@@ -23,7 +22,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     """Run one validator until SIGTERM/SIGINT."""
     from node.config import ConfigError, load_config
     from node.genesis import GenesisError
-    from node.logs import setup_logging
+    from node.logs import LogConfigError, add_secret, setup_logging
     from node.runtime import Node, NodeError
     from storage.db import StorageError
 
@@ -31,12 +30,10 @@ def cmd_node(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         setup_logging(cfg.log_format, cfg.log_level)
         if cfg.admin_token:
-            from node.logs import add_secret
-
-            with contextlib.suppress(Exception):
-                add_secret(cfg.admin_token)
+            # Never run with a token the logs could leak: a failure here stops the node.
+            add_secret(cfg.admin_token)
         node = Node(cfg)
-    except (ConfigError, GenesisError, NodeError) as exc:
+    except (ConfigError, GenesisError, NodeError, LogConfigError) as exc:
         print(f"vigil node: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 

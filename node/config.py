@@ -165,6 +165,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Path], _Parser]]]] = {
         "format": ("log_format", lambda b: _str(("json", "kv"))),
     },
 }
+ADMIN_TOKEN_LEN_MIN = 16
 _REQUIRED = ("node.index", "node.data_dir", "node.genesis", "node.key_file")
 
 
@@ -195,6 +196,14 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> NodeConfig:
     token = os.environ.get("VIGIL_ADMIN_TOKEN")
     if token:
         kwargs["admin_token"] = token
+    admin = kwargs.get("admin_token", "")
+    if admin and len(admin) < ADMIN_TOKEN_LEN_MIN:
+        # A short bearer token is guessable, and the log redaction refuses short secrets.
+        source = "VIGIL_ADMIN_TOKEN" if token else "rpc.admin_token"
+        raise ConfigError(
+            f"{source}: must be at least {ADMIN_TOKEN_LEN_MIN} characters (or empty to refuse"
+            f" admin methods), got {len(admin)}"
+        )
     cfg = NodeConfig(**kwargs)
     if cfg.p2p_reconnect_min_ms > cfg.p2p_reconnect_max_ms:
         raise ConfigError("p2p.reconnect_min_ms: larger than p2p.reconnect_max_ms")

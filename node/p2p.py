@@ -36,6 +36,7 @@ from node.peer_wire import (
     check_challenge,
     decode_frame,
     encode_frame,
+    frame_label,
     sign_challenge,
 )
 
@@ -130,14 +131,16 @@ class P2P:
         conn = self._conns.get(to)
         if conn is None:
             return False
-        ok = conn.enqueue(encode_frame(msg))
-        self._sent(ok, msg["t"])
+        frame = encode_frame(msg)
+        ok = conn.enqueue(frame)
+        self._sent(ok, frame_label(msg), len(frame))
         return ok
 
     def broadcast(self, msg: dict[str, Any]) -> None:
         frame = encode_frame(msg)
+        label = frame_label(msg)
         for conn in list(self._conns.values()):
-            self._sent(conn.enqueue(frame), msg["t"])
+            self._sent(conn.enqueue(frame), label, len(frame))
 
     async def request(
         self, to: int, kind: str, body: dict[str, Any], timeout_s: float
@@ -169,13 +172,14 @@ class P2P:
         if not task.cancelled() and task.exception() is not None:
             log.error("p2p_task_failed", exc_info=task.exception())
 
-    def _count(self, direction: str, kind: str) -> None:
+    def _count(self, direction: str, kind: str, size: int) -> None:
         with contextlib.suppress(Exception):
             self._metrics.p2p_messages_total.labels(direction=direction, type=kind).inc()
+            self._metrics.p2p_bytes_total.labels(direction=direction).inc(size)
 
-    def _sent(self, ok: bool, kind: str) -> None:
+    def _sent(self, ok: bool, kind: str, size: int) -> None:
         if ok:
-            self._count("out", kind)
+            self._count("out", kind, size)
         else:
             with contextlib.suppress(Exception):
                 self._metrics.p2p_dropped_total.labels(type=kind).inc()
@@ -310,7 +314,7 @@ class P2P:
                     self._reject(exc.reason, conn.index)
                     break
                 kind = frame["t"]
-                self._count("in", kind)
+                self._count("in", frame_label(frame), len(msg.data))
                 if kind == "resp":
                     fut = self._pending.get(frame["id"])
                     if fut is not None and not fut.done():
@@ -336,9 +340,8 @@ class P2P:
         except Exception as exc:  # noqa: BLE001 - a bad request is answered, never fatal
             log.info("p2p_request_failed", extra={"peer": conn.index, "error": repr(exc)})
             body = {"error": type(exc).__name__}
-        self._sent(
-            conn.enqueue(encode_frame({"t": "resp", "id": frame["id"], "body": body})), "resp"
-        )
+        out = encode_frame({"t": "resp", "id": frame["id"], "body": body})
+        self._sent(conn.enqueue(out), "resp", len(out))
 
     async def _dial_loop(self, j: int) -> None:
         delay = self._backoff[0]

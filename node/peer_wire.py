@@ -44,6 +44,44 @@ def encode_frame(msg: dict[str, Any]) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
 
+# The core's message types as metric labels (a bounded set; consensus/messages.py names them).
+CONSENSUS_KINDS = {
+    "pre_prepare": "preprepare",
+    "prepare": "prepare",
+    "commit": "commit",
+    "checkpoint": "checkpoint",
+    "view_change": "viewchange",
+    "new_view": "newview",
+}
+
+
+def consensus_kind(data: bytes) -> str:
+    """The type of an encoded consensus message, as a metric label, without decoding the rest.
+
+    Walks the top-level msgpack map and skips values until the ``type`` key, so a big
+    PRE-PREPARE payload is never copied. Anything unexpected is ``"unknown"``.
+    """
+    try:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
+        unpacker.feed(data)
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == "type":
+                return CONSENSUS_KINDS.get(unpacker.unpack(), "unknown")
+            unpacker.skip()
+    except Exception:  # noqa: BLE001 - any garbage is just "unknown" here; the core rejects it
+        return "unknown"
+    return "unknown"
+
+
+def frame_label(msg: dict[str, Any]) -> str:
+    """The ``type`` label of a frame: its tag, or the consensus message kind for ``c`` frames."""
+    kind = msg.get("t")
+    if kind == "c":
+        data = msg.get("d")
+        return consensus_kind(data) if isinstance(data, bytes) else "unknown"
+    return kind if isinstance(kind, str) and kind in _FIELDS else "unknown"
+
+
 def decode_frame(data: bytes, max_bytes: int) -> dict[str, Any]:
     """Decode and type-check one frame; raises BadFrame with a short, bounded reason."""
     if len(data) > max_bytes:

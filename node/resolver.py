@@ -46,8 +46,10 @@ class TxResolver:
     def __init__(self, node: Node, timeout_s: float) -> None:
         self.node = node
         self._timeout_s = timeout_s
-        # seq -> (digest, tx hashes) of proposals we made or validated and that are not committed
-        self._uncommitted: dict[int, tuple[bytes, tuple[bytes, ...]]] = {}
+        # seq -> (digest, tx hashes, view) of proposals we made or validated, not yet committed.
+        # The view matters: a proposal of an older view may never commit (a NEW-VIEW can put
+        # another payload or a null request at its seq), so it must not block a newer view.
+        self._uncommitted: dict[int, tuple[bytes, tuple[bytes, ...], int]] = {}
         self._resolved: dict[bytes, tuple[Transaction, ...]] = {}  # digest -> txs
         self._by_hash: dict[bytes, Transaction] = {}  # every tx in _resolved
         self.status: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # hash -> status, reason
@@ -56,13 +58,34 @@ class TxResolver:
     # --- bookkeeping ------------------------------------------------------------------------
 
     def uncommitted_hashes(self) -> set[bytes]:
-        return {h for _, hashes in self._uncommitted.values() for h in hashes}
+        return {h for _, hashes, _ in self._uncommitted.values() for h in hashes}
 
-    def _record(self, seq: int, digest: bytes, txs: tuple[Transaction, ...]) -> None:
+    def _record(self, seq: int, digest: bytes, txs: tuple[Transaction, ...], view: int) -> None:
         hashes = tuple(tx.hash for tx in txs)
-        self._uncommitted[seq] = (digest, hashes)
+        self._uncommitted[seq] = (digest, hashes, view)
         self._add(digest, txs)
         self.node.mempool.mark_inflight(hashes)
+
+    def on_view_change(self, view: int, reproposed: list[tuple[int, bytes, bytes]]) -> None:
+        """Entered ``view``: forget in-flight records of older views, keep the NEW-VIEW's.
+
+        Records of older views would otherwise hold their txs "in flight" (so a new primary never
+        proposes them) and make us refuse the new primary's proposals of the same txs as replays,
+        while their seq may never commit: that stalled a cluster after two view changes.
+        ``reproposed`` are the NEW-VIEW's PRE-PREPAREs ``(seq, digest, payload)`` when known;
+        their txs stay in flight, so the new primary's duplicates are still refused.
+        Tx bodies stay cached by digest: an old-view payload may still commit.
+        """
+        head = self.node.chain_height()
+        self._uncommitted = {s: r for s, r in self._uncommitted.items() if r[2] >= view}
+        for seq, digest, payload in reproposed:
+            if seq <= head or digest == NULL_DIGEST or not payload:
+                continue
+            try:
+                hashes = Proposal.decode(payload).tx_hashes
+            except CodecError:
+                continue
+            self._uncommitted[seq] = (digest, tuple(hashes), view)
 
     async def _persist(self, digest: bytes, txs: tuple[Transaction, ...]) -> None:
         chain = self.node.chain
@@ -83,11 +106,13 @@ class TxResolver:
         except (CodecError, TypeError):
             return None
 
-    async def proposal(self, seq: int, txs: list[Transaction], timestamp_ms: int) -> bytes:
+    async def proposal(
+        self, view: int, seq: int, txs: list[Transaction], timestamp_ms: int
+    ) -> bytes:
         """The payload the primary proposes for ``seq`` (txs durable first, then in flight)."""
         p = Proposal(seq, self.node.index, timestamp_ms, tuple(tx.hash for tx in txs))
         payload = p.encode()
-        self._record(seq, sha256(payload), tuple(txs))
+        self._record(seq, sha256(payload), tuple(txs), view)
         await self._persist(sha256(payload), tuple(txs))
         return payload
 
@@ -186,14 +211,15 @@ class TxResolver:
                 verify_signatures=False,  # mempool and fetched txs were verified on the way in
             )
             mine = set(proposal.tx_hashes)
-            for other, (_, hashes) in self._uncommitted.items():
-                if other != seq and mine.intersection(hashes):
+            for other, (_, hashes, rec_view) in self._uncommitted.items():
+                # Only records of this view count: older ones may be superseded (on_view_change).
+                if other != seq and rec_view >= view and mine.intersection(hashes):
                     raise BlockInvalid("replay", f"tx already proposed at seq {other}")
         except BlockInvalid as exc:
             log.warning("proposal_invalid", extra={"seq": seq, "view": view, "reason": exc.reason})
             return False
         resolved = tuple(tx for tx in txs if tx is not None)
-        self._record(seq, digest, resolved)
+        self._record(seq, digest, resolved, view)
         await self._persist(digest, resolved)
         return True
 

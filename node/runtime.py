@@ -23,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
+from common.codec import CodecError
+from consensus import messages as cmsg
 from consensus.api import (
     Broadcast,
     Commit,
@@ -48,12 +50,15 @@ from consensus.replica import Replica
 from node.admission import Admission, Screened
 from node.catchup import CatchUp
 from node.chain import Chain
+from node.committer import run_committer, wait_head
 from node.config import NodeConfig, load_validator_key
 from node.genesis import Genesis
 from node.gossip import Gossip
 from node.mempool import Mempool
 from node.metrics import Metrics, serve_metrics, watch_loop_lag
 from node.p2p import P2P
+from node.peer_wire import consensus_kind
+from node.peerwatch import PeerWatch
 from node.resolver import TxResolver
 from node.screening import Screening
 from node.tx import Transaction
@@ -118,7 +123,9 @@ class Node:
             handshake_timeout_ms=cfg.p2p_handshake_timeout_ms,
         )
         self.gossip = Gossip(self.p2p, n)
-        self.peer_views: dict[int, int] = {}
+        self.watch = PeerWatch(self.ccfg.f)
+        self._nudge_until_s = 0.0  # keep "pending" up until then to make a stale view time out
+        self._nudge_view = -1
         self.subscribers: list[Any] = []
         self.proposals: deque[tuple[int, int]] = deque()
         self._propose_wake = asyncio.Event()
@@ -188,7 +195,10 @@ class Node:
             self.metrics,
         )
         self.metrics.chain_height.set(self.chain.height)
-        self.metrics.consensus_view.set(self.replica.view)
+        self.metrics.set_view(
+            self.replica.view, is_primary=self.ccfg.primary(self.replica.view) == self.index
+        )
+        self.metrics.set_mempool(txs=0, size_bytes=0)
         log.info(
             "node_started",
             extra={"index": self.index, "height": self.chain.height, "view": self.replica.view},
@@ -223,7 +233,7 @@ class Node:
                 for coro, name in (
                     (self._replica_loop(), "replica"),
                     (self._ticker(), "ticker"),
-                    (self._committer(), "committer"),
+                    (run_committer(self), "committer"),
                     (self._proposer(), "proposer"),
                     (self._status_loop(), "status"),
                     (self.admission.run(), "admission"),
@@ -279,6 +289,9 @@ class Node:
                 with self.metrics.time_storage_write():
                     await loop.run_in_executor(self.log_pool, self.store.log_write, records)
             for a in actions:
+                if isinstance(a, ViewChanged):
+                    entries = new_view_entries(a.view, events, actions, self.ccfg.payload_bytes_max)
+                    self.txs.on_view_change(a.view, entries)
                 self._perform(a)
 
     def _perform(self, a: Any) -> None:
@@ -304,8 +317,7 @@ class Node:
             case ViewChanged(view, primary):
                 log.warning("view_change", extra={"view": view, "primary": primary})
                 self.metrics.view_changes_total.inc()
-                self.metrics.consensus_view.set(view)
-                self.metrics.is_primary.set(1 if primary == self.index else 0)
+                self.metrics.set_view(view, is_primary=primary == self.index)
                 self.proposals.clear()
                 self.mempool.set_inflight(self.txs.uncommitted_hashes())
             case Dropped(reason):
@@ -320,14 +332,24 @@ class Node:
                 self.inbox.put_nowait(Tick(self.now_ms()))
 
     def _update_pending(self) -> None:
-        """Tell the core when the mempool starts or stops holding txs not yet in a proposal."""
-        pending = self.mempool.has_runnable()
+        """Tell the core when the mempool starts or stops holding txs not yet in a proposal.
+
+        While a view nudge is on (see ``_check_peers``) we claim work, so the core's request
+        timer runs and a replica stuck in an old view sends a VIEW-CHANGE.
+        """
+        pending = self.mempool.has_runnable() or self._nudging()
         if pending != self._pending:
             try:
                 self.inbox.put_nowait(Pending(pending))
             except asyncio.QueueFull:
                 return  # the ticker tries again
             self._pending = pending
+
+    def _nudging(self) -> bool:
+        # Only until the core leaves the stale view: claiming work after that would make it time
+        # out again and run ahead of the others into a view nobody else is in.
+        view = self.replica.view if self.replica is not None else 0
+        return view == self._nudge_view and time.monotonic() < self._nudge_until_s
 
     async def _validate(self, a: Validate) -> None:
         assert self.replica is not None
@@ -347,6 +369,8 @@ class Node:
                     continue
                 if not self.mempool.has_ready():
                     break  # woken again by admission
+                if self.watch.higher_view(view):
+                    break  # f+1 peers moved on: a proposal in our stale view only strands txs
                 wait_s = last_s + self.cfg.block_interval_ms / 1000 - time.monotonic()
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
@@ -355,89 +379,16 @@ class Node:
                 if not txs:
                     break
                 self.proposals.popleft()
-                payload = await self.txs.proposal(seq, txs, int(time.time() * 1000))
+                payload = await self.txs.proposal(view, seq, txs, int(time.time() * 1000))
                 last_s = time.monotonic()
                 await self.inbox.put(Propose(view, seq, payload))
 
     def chain_height(self) -> int:
         return self.chain.height if self.chain is not None else 0
 
-    # --- committing -------------------------------------------------------------------------
-
-    async def _committer(self) -> None:
-        assert self.chain is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            c = await self.commits.get()
-            if c.seq <= self.chain.height:
-                continue  # already applied (replayed from the log or by catch-up)
-            started = time.monotonic()
-            txs = await self.txs.for_commit(c.seq, c.digest, c.payload)
-            applied = await loop.run_in_executor(
-                self._write_pool,
-                self.chain.apply,
-                c.seq,
-                c.view,
-                c.digest,
-                c.payload,
-                c.certificate,
-                txs,
-                self.ccfg.primary(c.view),
-            )
-            self.metrics.storage_write_seconds.observe(applied.write_s)
-            self._after_commit(applied, c, time.monotonic() - started)
-
-    def _after_commit(self, applied: Any, c: Commit, took_s: float) -> None:
-        block, execution = applied.block, applied.execution
-        hashes = [tx.hash for tx in block.txs]
-        if self.txs.committed(c.seq, c.digest):
-            # Our proposal for this seq lost to another payload: its txs are proposable again.
-            self.mempool.set_inflight(self.txs.uncommitted_hashes())
-        now = asyncio.get_running_loop().time()
-        committed, dropped = self.mempool.on_committed(
-            hashes, [tx.sender_address for tx in block.txs]
-        )
-        for entry in committed:
-            self.metrics.tx_commit_latency_seconds.observe(max(0.0, now - entry.first_seen_s))
-        for entry, reason in dropped:
-            self.txs.dropped(entry.hash, reason)
-            self.metrics.txs_rejected_total.labels(reason=reason).inc()
-        for r in execution.receipts:
-            if not r.ok:
-                self.metrics.txs_rejected_total.labels(reason=r.reason).inc()
-        try:
-            self.screening.on_block_committed(block, execution.receipts)
-        except Exception:  # the admission policy must never stop commits
-            log.exception("detector_update_failed")
-        self.metrics.observe_committed(
-            height=block.height, view=c.view, txs=execution.executed, block_seconds=took_s
-        )
-        log.info(
-            "block_committed",
-            extra={
-                "height": block.height,
-                "txs": len(block.txs),
-                "view": c.view,
-                "ms": round(took_s * 1000, 1),
-            },
-        )
-        self._head_changed.set()
-        self._head_changed = asyncio.Event()
-        self._propose_wake.set()
-        self._update_pending()
-        if self.subscribers:
-            self._publish({"type": "block", **block.header.to_json(), "txs": len(block.txs)})
-            for r in execution.receipts:
-                self._publish({"type": "tx", "hash": "0x" + r.tx_hash.hex(), "status": r.status})
-
     async def wait_head(self, seq: int, timeout_s: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout_s):
-                while self.chain_height() < seq:
-                    await self._head_changed.wait()
-        except TimeoutError:
-            return False
-        return True
+        """Wait until the chain reaches ``seq``; False on timeout (catch-up uses it)."""
+        return await wait_head(self, seq, timeout_s)
 
     async def _deliver_fetched(
         self, entries: list[FetchedEntry], txs: dict[bytes, tuple[Transaction, ...]]
@@ -457,8 +408,7 @@ class Node:
     # --- admission callbacks ----------------------------------------------------------------
 
     def _on_admitted(self, txs: list[Transaction]) -> None:
-        self.metrics.mempool_txs.set(len(self.mempool))
-        self.metrics.mempool_bytes.set(self.mempool.bytes)
+        self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.bytes)
         self._propose_wake.set()
         self._update_pending()
         if self.subscribers:
@@ -480,7 +430,7 @@ class Node:
                 self.screening.on_peer_release(frame["txs"])
             self.admission.gossiped(frame["txs"], sender)
         elif kind == "status":
-            self.peer_views[sender] = frame["view"]
+            self.watch.on_status(sender, frame["height"], frame["view"])
             self.catchup.on_status(sender, frame["height"], slack=2 * self.cfg.pipeline_depth)
 
     async def _on_request(self, sender: int, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -495,6 +445,7 @@ class Node:
             self.p2p.send(peer, self._status_frame())
         else:
             self.catchup.peer_heights.pop(peer, None)
+            self.watch.forget(peer)
 
     def _status_frame(self) -> dict[str, Any]:
         view = self.replica.view if self.replica is not None else 0
@@ -504,14 +455,60 @@ class Node:
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
             self.p2p.broadcast(self._status_frame())
-            self.metrics.mempool_txs.set(len(self.mempool))
+            self._check_peers()
+            self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.bytes)
             self.metrics.ready.set(1 if self.is_ready() else 0)
+
+    def _check_peers(self) -> None:
+        """Close gaps the core cannot see on an idle cluster (node/peerwatch.py)."""
+        assert self.replica is not None
+        lag = self.watch.check(self.chain_height(), self.replica.view)
+        if lag.fetch_to:
+            log.info("behind_peers", extra={"height": self.chain_height(), "to": lag.fetch_to})
+            self.catchup.want(lag.fetch_to, lag.fetch_from)
+        now = time.monotonic()
+        timeout_s = self.cfg.request_timeout_ms / 1000
+        if lag.view_behind and not self._nudging():
+            # Held until the core leaves this view (bounded, in case progress keeps resetting
+            # its request timer); then the next check decides again.
+            log.warning("view_behind_peers", extra={"view": self.replica.view})
+            self._nudge_until_s = now + 10 * timeout_s
+            self._nudge_view = self.replica.view
+            self._update_pending()
 
     # --- health -----------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
+        """A quorum of peers, not catching up, not behind the peers' height or view."""
         quorum_peers = self.ccfg.quorum - 1
-        return len(self.p2p.peers()) >= quorum_peers and not self.catchup.syncing
+        return (
+            len(self.p2p.peers()) >= quorum_peers
+            and not self.catchup.syncing
+            and not self.watch.last.behind
+        )
+
+
+def new_view_entries(
+    view: int, events: list[Event], actions: list[Any], payload_bytes_max: int
+) -> list[tuple[int, bytes, bytes]]:
+    """The PRE-PREPAREs ``(seq, digest, payload)`` of the NEW-VIEW that made us enter ``view``.
+
+    The core accepts them without a ``Validate``, so the host learns them here: from the round's
+    received messages, or our own broadcast when we are the new primary. Only rounds that change
+    the view pay for this decoding. A hint for the in-flight bookkeeping, not a safety input.
+    """
+    candidates = [e.data for e in events if isinstance(e, Received)]
+    candidates += [a.data for a in actions if isinstance(a, Broadcast)]
+    for data in candidates:
+        if consensus_kind(data) != "newview":
+            continue
+        try:
+            nv = cmsg.decode(data, payload_bytes_max, len(data))
+        except CodecError:
+            continue
+        if isinstance(nv, cmsg.NewView) and nv.view == view:
+            return [(pp.seq, pp.digest, pp.payload) for pp in nv.pre_prepares]
+    return []
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

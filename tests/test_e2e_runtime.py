@@ -195,3 +195,64 @@ def test_kill_all_during_load_and_restart(tmp_path: Path) -> None:
         _heads_agree(c, [0, 1, 2, 3])
         for i in range(4):
             assert _committed_all(c, i, committed_before)
+
+
+def _ready(c: LocalCluster, i: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(c.cluster.rpc_url(i) + "/ready", timeout=5) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def test_restarted_laggard_syncs_while_idle_then_primary_kill_resumes(tmp_path: Path) -> None:
+    """Regression: a node restarted 1-3 blocks behind (and in an old view) on an idle cluster
+    stayed there, answered 200 on /ready, and once the primary died the cluster stalled."""
+    with LocalCluster(tmp_path, n=4) as c:
+        hashes = [
+            a["result"]["hash"]
+            for a in c.submit(1, [c.transfer(k, c.address(k + 1)) for k in range(5)])
+        ]
+        wait_for("first commit", lambda: _committed_all(c, 1, hashes))
+        lagger = c.rpc(1, "node_status")["primary"]
+        c.kill(lagger)
+        others = [i for i in range(4) if i != lagger]
+        h0 = c.height(others[0])
+        c.submit(others[0], [c.transfer(k, c.address(k + 1)) for k in range(10, 15)])
+        wait_for(
+            "a block of a new view", lambda: c.rpc(others[0], "block_get", ["latest"])["view"] > 0
+        )
+        hashes = [
+            a["result"]["hash"]
+            for a in c.submit(others[1], [c.transfer(k, c.address(k + 1)) for k in range(20, 25)])
+        ]
+        wait_for("commits without the lagger", lambda: _committed_all(c, others[1], hashes))
+        target = c.height(others[1])
+        assert target >= h0 + 2
+        c.start(lagger)  # now behind in height and in view, and nothing is submitted
+        c.wait_height(lagger, target, deadline_s=30)
+        view = c.rpc(others[0], "node_status")["view"]
+        wait_for(
+            "lagger in the cluster's view", lambda: c.rpc(lagger, "node_status")["view"] == view
+        )
+        wait_for("lagger ready", lambda: _ready(c, lagger))
+
+        primary = c.rpc(others[0], "node_status")["primary"]
+        assert primary != lagger
+        c.kill(primary)
+        killed_at = time.monotonic()
+        live = [i for i in range(4) if i != primary]
+        hashes = [
+            a["result"]["hash"]
+            for a in c.submit(live[0], [c.transfer(k, c.address(k + 1)) for k in range(30, 35)])
+        ]
+        wait_for(
+            "commits after the second primary died",
+            lambda: _committed_all(c, lagger, hashes),
+            deadline_s=60,
+        )
+        print(f"\nsecond primary kill -> txs committed: {time.monotonic() - killed_at:.2f} s")
+        assert _heads_agree(c, live) > target

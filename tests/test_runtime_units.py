@@ -124,3 +124,103 @@ def test_nonce_gap_is_not_runnable_work() -> None:
     first = _tx(1, 0)
     pool.add(first, first.hash, 0.0)
     assert pool.has_runnable()
+
+
+# --- liveness and observability fixes ---------------------------------------------------------
+
+
+def test_peerwatch_fetches_only_when_stuck_behind_f_plus_1_peers() -> None:
+    from node.peerwatch import PeerWatch, vouched
+
+    assert vouched([5, 9, 7], f=1) == 7
+    assert vouched([5], f=1) == 0
+    w = PeerWatch(f=1)
+    w.on_status(1, 30, 0)
+    assert w.check(head=25, view=0).fetch_to == 0  # one peer (maybe lying) is not enough
+    w.on_status(2, 26, 0)
+    first = w.check(head=25, view=0)
+    assert first.fetch_to == 26
+    assert first.behind
+    w.on_status(1, 40, 0)
+    w.on_status(2, 40, 0)
+    assert w.check(head=30, view=0).fetch_to == 0  # head moves: consensus carries it
+    both = w.check(head=30, view=0)
+    assert both.fetch_to == 40
+    assert both.fetch_from == (1, 2)
+    assert w.check(head=40, view=0).behind is False
+
+
+def test_peerwatch_view_behind_needs_two_checks_and_f_plus_1_peers() -> None:
+    from node.peerwatch import PeerWatch
+
+    w = PeerWatch(f=1)
+    w.on_status(1, 5, 3)
+    assert not w.higher_view(1)
+    w.on_status(2, 5, 2)
+    assert w.higher_view(1)
+    assert w.check(head=5, view=1).view_behind is False
+    assert w.check(head=5, view=1).view_behind is True
+    assert w.check(head=5, view=2).view_behind is False
+    w.forget(1)
+    assert not w.higher_view(1)
+
+
+def test_consensus_frames_are_labelled_by_message_kind() -> None:
+    from consensus import messages as m
+    from node.peer_wire import consensus_kind, frame_label
+
+    vote = m.encode(m.Prepare(1, 2, b"d" * 32, 0, b"s" * 64))
+    commit = m.encode(m.CommitVote(1, 2, b"d" * 32, 0, b"s" * 64))
+    pp = m.encode(m.PrePrepare(1, 2, b"d" * 32, b"p" * 5000, 0, b"s" * 64))
+    assert consensus_kind(vote) == "prepare"
+    assert consensus_kind(commit) == "commit"
+    assert frame_label({"t": "c", "d": pp}) == "preprepare"
+    assert frame_label({"t": "c", "d": b"\xc1junk"}) == "unknown"
+    assert frame_label({"t": "status", "height": 1, "view": 0}) == "status"
+
+
+@pytest.mark.parametrize("token", ["short", "x" * 15])
+def test_config_refuses_short_admin_token(token: str) -> None:
+    with pytest.raises(ConfigError, match=r"rpc\.admin_token"):
+        parse_config({**BASE, "rpc": {"admin_token": token}}, Path("/"))
+    assert parse_config({**BASE, "rpc": {"admin_token": "y" * 16}}, Path("/")).admin_token
+
+
+def test_bench_skips_nodes_marked_down() -> None:
+    import argparse
+    from types import SimpleNamespace
+
+    from node.bench import Bench
+
+    b = Bench(SimpleNamespace(n=4), argparse.Namespace())  # type: ignore[arg-type]
+    assert b._live(1) == 1
+    b._mark_down(1)
+    b._mark_down(2)
+    assert b._live(1) == 3
+    for i in (0, 3):
+        b._mark_down(i)
+    assert b._live(0) is None
+
+
+def test_view_change_releases_stale_inflight_records_but_keeps_new_view_ones() -> None:
+    """Root cause of a stall: an old view's proposal kept its txs in flight forever."""
+    from types import SimpleNamespace
+
+    from common.codec import sha256
+    from node.block import Proposal
+    from node.resolver import TxResolver
+
+    marked: list[bytes] = []
+    node = SimpleNamespace(
+        chain_height=lambda: 1,
+        mempool=SimpleNamespace(mark_inflight=marked.extend, get=lambda h: None),
+    )
+    r = TxResolver(node, 1.0)  # type: ignore[arg-type]
+    stale, kept = _tx(1, 0), _tx(2, 0)
+    r._record(2, b"a" * 32, (stale,), 0)  # our proposal in view 0 that nobody prepared
+    assert r.uncommitted_hashes() == {stale.hash}
+    payload = Proposal(3, 1, 0, (kept.hash,)).encode()
+    r.on_view_change(1, [(1, b"b" * 32, b"x"), (3, sha256(payload), payload)])
+    assert r.uncommitted_hashes() == {kept.hash}  # seq 1 is committed already: ignored
+    assert r.lookup(stale.hash) == stale  # bodies stay: an old payload may still commit
+    assert marked == [stale.hash]
