@@ -186,24 +186,77 @@ def _phrase(
     return None
 
 
+def _beyond_phrase(
+    name: str,
+    x: npt.NDArray[np.float64],
+    high: float,
+    rows: int,
+    tx: TxFacts,
+    sender: SenderHistory,
+) -> str | None:
+    """Plain words for a value above everything in the training window of ``rows`` txs."""
+    v = float(x[INDEX[name]])
+    last = f"the last {rows} transactions"
+    if name == "log_amount":
+        return None if tx.is_anchor else f"amount is {_times(v - high)} above anything in {last}"
+    if name == "amount_vs_sender":
+        if tx.is_anchor:
+            return None
+        return f"amount is {_times(v)} the sender's median (at most {_times(high)} in {last})"
+    if name == "fee_vs_typical":
+        return f"fee is {_times(v)} the typical fee (at most {_times(high)} in {last})"
+    if name == "receiver_novelty":
+        if v > 1.5:
+            return f"first transfer to a never-seen address (none in {last})"
+        return f"first transfer from this sender to this address (none in {last})"
+    base = _phrase(name, x, tx, sender)
+    if base is None:
+        return None
+    if name == "rate_recent":
+        return f"{base} (at most {round(2.0**high)} a minute in {last})"
+    if name == "fanout_recent":
+        return f"{base} (at most {round(2.0**high - 1.0)} in {last})"
+    return base
+
+
 def reasons(
     x: npt.NDArray[np.float64],
     contributions: npt.NDArray[np.float64],
     tx: TxFacts,
     sender: SenderHistory,
     limit: int = 3,
+    *,
+    odds: npt.NDArray[np.float64] | None = None,
+    high: npt.NDArray[np.float64] | None = None,
+    window_rows: int = 0,
 ) -> list[str]:
     """Up to ``limit`` plain-word reasons, from the features that isolated this tx most.
 
     ``contributions`` is per feature (e.g. IsolationForest.explain minus its typical value on
-    ordinary traffic); features contributing nothing positive are not reasons.
+    ordinary traffic); features contributing nothing positive are not reasons. With ``odds``
+    (per feature, > 0 where the value is above the training window's ``high``, as from
+    ml.calibration.Ranges.isolation_odds) those features come first, most out of range first,
+    and their phrase says how far beyond the window of ``window_rows`` txs they are.
     """
     if x.shape != (N_FEATURES,) or contributions.shape != (N_FEATURES,):
         raise ValueError(f"expected {N_FEATURES} features and contributions")
     out: list[str] = []
+    covered: set[int] = set()
+    if odds is not None and high is not None:
+        if odds.shape != (N_FEATURES,) or high.shape != (N_FEATURES,):
+            raise ValueError(f"expected {N_FEATURES} odds and highs")
+        for i in np.argsort(-odds, kind="stable").tolist():
+            if odds[i] <= 0.0 or len(out) >= limit:
+                break
+            phrase = _beyond_phrase(FEATURE_NAMES[i], x, float(high[i]), window_rows, tx, sender)
+            if phrase is not None and phrase not in out:
+                out.append(phrase)
+                covered.add(i)
     for i in np.argsort(-contributions, kind="stable").tolist():
         if contributions[i] <= 0.0 or len(out) >= limit:
             break
+        if i in covered:
+            continue
         phrase = _phrase(FEATURE_NAMES[i], x, tx, sender)
         if phrase is not None and phrase not in out:
             out.append(phrase)

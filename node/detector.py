@@ -23,12 +23,13 @@ import math
 import statistics
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from ml.calibration import Ranges, extrapolated_scores, tail_threshold
 from ml.features import (
     FANOUT_WINDOW_MS,
     INDEX,
@@ -41,7 +42,7 @@ from ml.features import (
     featurize,
     reasons,
 )
-from ml.iforest import IsolationForest
+from ml.iforest import IsolationForest, average_path_length
 
 FloatArray = npt.NDArray[np.float64]
 SEED_DOMAIN = b"vigil/detector/seed/v1"
@@ -61,6 +62,17 @@ SUBSPACES: tuple[tuple[int, ...], ...] = tuple(
     )
 )
 SUBSPACE_TREES = 50
+# Columns where a value above everything in the window is suspicious in itself, so it scores
+# beyond the window's edge (ml/calibration.py): how much moves, relative to anything seen and to
+# the sender's habit; a fat-fingered fee; and paying more distinct addresses than any sender did
+# (a burst, a drain spread over many addresses). Not the rate or receiver novelty: a busier day
+# or a new payee legitimately exceeds a window, and holding every tx of a load increase would
+# keep the window from ever learning it. Not the gap, the nonce gap (0 on every committed row)
+# or the anchor flag either.
+EXTRAPOLATED: tuple[int, ...] = tuple(
+    INDEX[name] for name in ("log_amount", "amount_vs_sender", "fee_vs_typical", "fanout_recent")
+)
+
 RECENT_SCORES_MAX = 2048
 
 
@@ -107,7 +119,7 @@ class DetectorConfig:
     min_train_txs: int = 100  # no model before this many committed txs
     warmup_txs: int = 200  # no quarantine before this many committed txs
     contamination: float = 0.002  # share of ordinary committed traffic above the threshold
-    score_floor: float = 0.62  # the threshold never goes below this score
+    score_floor: float = 0.5  # the threshold never goes below this score (0.5: an average row)
     n_trees: int = 100
     sample_size: int = 256
     accounts_max: int = 50_000  # senders whose history is kept (least recent evicted)
@@ -156,19 +168,36 @@ class TrainedModel:
 
     Each forest's score is mapped by ``s ** exponent`` (monotone, keeps (0, 1]) so that its own
     training quantile lands on the full forest's; the model score is the highest mapped score.
+    Values above the window's range in ``EXTRAPOLATED`` columns isolate early in every forest
+    that has the column (``ml/calibration.py``), so they score above the window's edge.
     """
 
     forest: IsolationForest  # on every feature; also the source of reasons
-    threshold: float
+    threshold: float  # quarantine when the score is strictly above
     baseline: FloatArray  # mean explain() of training rows: the "ordinary" contribution
     rows: int
     subspaces: tuple[tuple[tuple[int, ...], IsolationForest, float], ...] = ()
+    ranges: Ranges | None = None  # None: no extrapolation (plain forest scores)
 
     def score(self, X: FloatArray) -> FloatArray:
-        s = self.forest.score(X)
+        return self.score_detail(X)[0]
+
+    def score_detail(self, X: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Scores, and per row and column the chance an out-of-range value isolates at once."""
+        if self.ranges is None:
+            odds = np.zeros(X.shape)
+            s = self.forest.score(X)
+        else:
+            odds = self.ranges.isolation_odds(X)
+            s = extrapolated_scores(self.forest, X, odds)
         for columns, forest, exponent in self.subspaces:
-            s = np.maximum(s, forest.score(X[:, list(columns)]) ** exponent)
-        return s
+            cols = list(columns)
+            if self.ranges is None:
+                sub = forest.score(X[:, cols])
+            else:
+                sub = extrapolated_scores(forest, X[:, cols], odds[:, cols])
+            s = np.maximum(s, sub**exponent)
+        return s, odds
 
 
 def training_seed(height: int) -> int:
@@ -227,6 +256,7 @@ class Detector:
         self._model_version = 0
         self._trained_at = -1
         self._requested_at = -1
+        self._requested_rows = 0
         self._scores: deque[float] = deque(maxlen=RECENT_SCORES_MAX)
         self._quarantined: deque[bool] = deque(maxlen=RECENT_SCORES_MAX)
 
@@ -339,11 +369,18 @@ class Detector:
             return False
         if height <= self._requested_at:
             return False
-        return self._model is None or height % self.cfg.retrain_every_blocks == 0
+        # A first model may come from fewer rows than the warm-up asks for (scores and reasons
+        # early); the model that may quarantine is trained as soon as the window has them.
+        short = self._requested_rows < self._rows_for_warm() <= len(self._window)
+        return self._model is None or short or height % self.cfg.retrain_every_blocks == 0
+
+    def _rows_for_warm(self) -> int:
+        return min(self.cfg.warmup_txs, self.cfg.window_txs)
 
     def train_snapshot(self) -> tuple[FloatArray, int]:
         """The training window as a matrix, and the seed of the last observed height."""
         self._requested_at = self._height
+        self._requested_rows = len(self._window)
         return np.vstack(list(self._window)), training_seed(self._height)
 
     def fit(self, X: FloatArray, seed: int) -> TrainedModel:
@@ -355,9 +392,9 @@ class Detector:
         # Masking: with ~8 informative columns a tx extreme in just one of them (a 1000x amount)
         # is isolated only in the trees that happen to split on that column early, so its score
         # sits among ordinary rows' tails. A small forest per key subspace catches it. Each
-        # forest gets an equal share of the contamination, so ordinary traffic above the final
-        # threshold stays near ``contamination`` overall.
-        level = 1.0 - self.cfg.contamination / (1 + len(SUBSPACES))
+        # forest is aligned on the full forest's scale at an equal share of the contamination.
+        alpha = self.cfg.contamination
+        level = 1.0 - alpha / (1 + len(SUBSPACES))
         reference = float(np.quantile(forest.score(X), level, method="higher"))
         subspaces = []
         for i, cols in enumerate(SUBSPACES):
@@ -366,10 +403,20 @@ class Detector:
             own = float(np.quantile(sub.score(X[:, list(cols)]), level, method="higher"))
             exponent = math.log(reference) / math.log(own) if 0.0 < own < 1.0 else 1.0
             subspaces.append((cols, sub, exponent))
+        upper = np.zeros(X.shape[1], dtype=np.bool_)
+        upper[list(EXTRAPOLATED)] = True
+        ranges = Ranges.of(X, upper)
         sample = X[np.linspace(0, len(X) - 1, min(len(X), BASELINE_ROWS)).astype(np.intp)]
         baseline = forest.explain(sample).mean(axis=0)
-        threshold = max(reference, self.cfg.score_floor)
-        return TrainedModel(forest, threshold, baseline, len(X), tuple(subspaces))
+        model = TrainedModel(forest, 1.0, baseline, len(X), tuple(subspaces), ranges)
+        # Training rows are inside the range by definition: their scores are the plain forests'.
+        # The threshold is the combined score's tail quantile, extrapolated where the window is
+        # too small for it (ml/calibration.py); contamination 0 holds nothing.
+        if alpha > 0.0:
+            c_psi = float(average_path_length(forest.psi))
+            cut = tail_threshold(model.score(X), alpha, c_psi)
+            model = replace(model, threshold=max(cut, self.cfg.score_floor))
+        return model
 
     def install_model(self, model: TrainedModel | IsolationForest, height: int) -> None:
         """Use ``model`` from now on. A bare forest gets its threshold from the current window."""
@@ -385,8 +432,14 @@ class Detector:
 
     @property
     def warm(self) -> bool:
-        """Quarantine is allowed: a model exists and enough committed history stands behind it."""
-        return self._model is not None and self._committed_txs >= self.cfg.warmup_txs
+        """Quarantine is allowed: a model trained on at least ``warmup_txs`` rows (or a full
+        window) exists, and at least ``warmup_txs`` committed txs stand behind it."""
+        model = self._model
+        return (
+            model is not None
+            and model.rows >= self._rows_for_warm()
+            and self._committed_txs >= self.cfg.warmup_txs
+        )
 
     def score_batch(self, txs: Sequence[TxLike], now_ms: int) -> list[Verdict]:
         """Verdicts for a micro-batch, in order; each tx also joins the sender's pending history."""
@@ -409,14 +462,26 @@ class Detector:
         if model is None or not self.cfg.enabled:
             return [Verdict(0.0, 1.0, False, ()) for _ in txs]
         X = np.vstack(rows)
-        scores = model.score(X)
+        scores, odds = model.score_detail(X)
         excess = model.forest.explain(X) - model.baseline
+        high = model.ranges.high if model.ranges is not None else None
         warm = self.warm
         out: list[Verdict] = []
         for i, (facts, sh) in enumerate(context):
             score = float(scores[i])
-            quarantine = warm and score >= model.threshold
-            why = reasons(X[i], excess[i], facts, sh, self.cfg.reasons_max)
+            # Strict: a tx that merely ties the tail of ordinary traffic (few distinct values,
+            # so many rows share one score) is not held.
+            quarantine = warm and score > model.threshold
+            why = reasons(
+                X[i],
+                excess[i],
+                facts,
+                sh,
+                self.cfg.reasons_max,
+                odds=odds[i],
+                high=high,
+                window_rows=model.rows,
+            )
             out.append(Verdict(score, model.threshold, quarantine, tuple(why), self._model_version))
             self._scores.append(score)
             self._quarantined.append(quarantine)

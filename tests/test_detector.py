@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from ml.features import FANOUT_WINDOW_MS
 from node.detector import Detector, DetectorConfig, Verdict, training_seed
 
 
@@ -140,28 +141,40 @@ KINDS = ("huge", "drain", "burst")
 
 
 @functools.cache
-def run_traffic(seed: int) -> tuple[float, dict[str, float], list[Verdict]]:
+def run_traffic(seed: int) -> tuple[float, dict[str, float], list[Verdict], float]:
     """500 blocks of ordinary history, then 300 blocks scored at admission with an abnormal
     case every 10 blocks; quarantined txs are not committed. Returns (false-quarantine rate,
-    recall per kind, verdicts of the abnormal txs)."""
+    recall per kind, verdicts of the abnormal txs, false-quarantine rate of follow-ups).
+
+    A follow-up is an ordinary tx whose sender made an abnormal case less than the fan-out window
+    (10 min) ago: its fan-out is still above anything in the window, so holding it is by design
+    (the account just paid a dozen fresh addresses), not a false alarm about ordinary traffic."""
     traffic = Traffic(seed)
     det = Detector(DetectorConfig(retrain_every_blocks=100))
     det.note_addresses([a.addr for a in traffic.accounts])
     for block in traffic.ordinary_blocks(500):
         det.observe_block(block)
         train_if_due(det, block.header.height)
-    ordinary = quarantined = 0
+    ordinary = quarantined = follow_ups = follow_ups_held = 0
+    flagged: dict[bytes, int] = {}  # sender -> time of its last abnormal case
     hits = {k: [0, 0] for k in KINDS}
     abnormal: list[Verdict] = []
     for i in range(300):
         txs = [traffic.ordinary() for _ in range(traffic.per_block)]
         verdicts = det.score_batch(txs, traffic.now_ms + 500)
-        ordinary += len(verdicts)
-        quarantined += sum(v.quarantine for v in verdicts)
+        for tx, v in zip(txs, verdicts, strict=True):
+            since = flagged.get(tx.sender_address)
+            if since is not None and traffic.now_ms - since < FANOUT_WINDOW_MS:
+                follow_ups += 1
+                follow_ups_held += v.quarantine
+            else:
+                ordinary += 1
+                quarantined += v.quarantine
         commit = [tx for tx, v in zip(txs, verdicts, strict=True) if not v.quarantine]
         if i % 10 == 5:
             kind = KINDS[(i // 10) % 3]
             bad = traffic.abnormal(kind)
+            flagged[bad[0].sender_address] = traffic.now_ms
             found: list[Verdict] = []
             # Arrives in micro-batches of 4 over ~3 s, as admission would see it.
             for j in range(0, len(bad), 4):
@@ -175,36 +188,42 @@ def run_traffic(seed: int) -> tuple[float, dict[str, float], list[Verdict]]:
         block = traffic.block(commit)
         det.observe_block(block)
         train_if_due(det, block.header.height)
-    return quarantined / ordinary, {k: a / b for k, (a, b) in hits.items()}, abnormal
+    recall = {k: a / b for k, (a, b) in hits.items()}
+    return quarantined / ordinary, recall, abnormal, follow_ups_held / max(1, follow_ups)
 
 
 def test_detection_quality_on_generated_traffic() -> None:
     # Pooled over 4 seeded runs (40 huge, 40 drain, ~40 bursts of 12-20 txs, ~7000 ordinary).
-    # Measured: false quarantine ~0.4%, recall huge ~0.97, drain ~0.9, burst ~0.65 (a burst's
-    # first txs look like ordinary payments; what matters is that most of it is held).
-    # Floors: false quarantine <= 1% (contamination is 0.2%: 2.5x margin for senders who burst
-    # and then pay normally while their fan-out is still high), recall >= 0.8 / 0.7 / 0.5.
-    fq_rates, recalls = [], []
+    # Measured: false quarantine 0.14% (per seed 0-0.24%), recall huge 1.0, drain 1.0, burst
+    # 0.91; follow-ups (the abnormal sender's own next txs within 10 min) held 10%. Before
+    # extrapolation and the tail threshold: 0.20%, 0.975, 0.925, 0.65, follow-ups 2.4%.
+    # Huge and drain are above the window's range of amount_vs_sender, a burst above its fan-out,
+    # so they score beyond its edge (ml/calibration.py) instead of tying with its largest value.
+    # Floors: false quarantine <= 0.5% (contamination 0.2%, 2.5x margin: per seed it reaches
+    # 0.24%), recall >= 0.9 / 0.9 / 0.7 (a burst's first txs look ordinary), follow-ups <= 25%.
+    fq_rates, recalls, follow_ups = [], [], []
     for seed in range(4):
-        fq, recall, _ = run_traffic(seed)
+        fq, recall, _, follow_up = run_traffic(seed)
         fq_rates.append(fq)
         recalls.append(recall)
+        follow_ups.append(follow_up)
     mean = {k: sum(r[k] for r in recalls) / len(recalls) for k in KINDS}
-    assert sum(fq_rates) / len(fq_rates) <= 0.01
-    assert mean["huge"] >= 0.8
-    assert mean["drain"] >= 0.7
-    assert mean["burst"] >= 0.5
+    assert sum(fq_rates) / len(fq_rates) <= 0.005
+    assert mean["huge"] >= 0.9
+    assert mean["drain"] >= 0.9
+    assert mean["burst"] >= 0.7
+    assert sum(follow_ups) / len(follow_ups) <= 0.25
 
 
 def test_quarantined_txs_carry_plain_reasons() -> None:
-    _, _, verdicts = run_traffic(0)
+    _, _, verdicts, _ = run_traffic(0)
     held = [v for v in verdicts if v.quarantine]
     assert held
     for v in held:
-        assert v.score >= v.threshold
+        assert v.score > v.threshold
         assert 1 <= len(v.reasons) <= 3
     text = " | ".join(r for v in held for r in v.reasons)
-    assert "the sender's median" in text
+    assert "the sender's median (at most" in text
     assert "never-seen address" in text
 
 
@@ -253,10 +272,11 @@ def test_training_is_deterministic_across_nodes_and_scheduled_by_height() -> Non
             a.install_model(ma, h)
             b.install_model(mb, h)
     assert trained[0] == 17  # first height with min_train_txs (100) rows at 6 txs per block
-    assert trained[1:] == [20, 40, 60]
+    # 34: first height with warmup_txs (200) rows, where the model that may quarantine is trained.
+    assert trained[1:] == [20, 34, 40, 60]
     st = a.status()
     assert st["trained_at_height"] == 60
-    assert st["model_version"] == 4
+    assert st["model_version"] == 5
     assert st["window_size"] == 360
 
 
@@ -308,3 +328,80 @@ def test_disabled_detector_never_quarantines() -> None:
         det.observe_block(block)
         assert not det.needs_training(block.header.height)
     assert det.score_batch(traffic.abnormal("huge"), traffic.now_ms)[0].quarantine is False
+
+
+def _small_window(seed: int) -> tuple[Detector, dict[str, bytes], random.Random]:
+    """The e2e's warm-up: 100 transfers of 100..1000 from 40 accounts, one model on 100 rows."""
+    rng = random.Random(seed)
+    addrs = {f"a{k}": address(f"small-{seed}-{k}") for k in range(41)}
+    det = Detector(DetectorConfig(warmup_txs=100, min_train_txs=100))
+    det.note_addresses(list(addrs.values()))
+    plan = [k for k in range(40) for _ in range(1 + k % 4)]
+    rng.shuffle(plan)
+    now, nonces = 1_700_000_000_000, [0] * 41
+    for i in range(0, len(plan), 10):
+        txs = []
+        for k in plan[i : i + 10]:
+            to = addrs[f"a{(k + 1 + rng.randrange(2)) % 40}"]
+            txs.append(FakeTx("transfer", addrs[f"a{k}"], to, rng.randint(100, 1000), 1, nonces[k]))
+            nonces[k] += 1
+        now += 200
+        block = FakeBlock(FakeHeader(i // 10 + 1, now), tuple(txs))
+        det.observe_block(block)
+        train_if_due(det, block.header.height)
+    return det, addrs, rng
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_out_of_range_amounts_score_above_the_window_edge(seed: int) -> None:
+    det, addrs, _ = _small_window(seed)
+    assert det.warm
+    assert det.status()["trained_rows"] == 100
+    now = 1_800_000_000_000
+    sender = addrs["a2"]
+    payee = addrs["a3"]
+    ladder = [1000, 2000, 10**4, 10**6, 10**11]
+    txs = [FakeTx("transfer", sender, payee, a, 1, 50, address(f"l{a}")) for a in ladder]
+    # One at a time: each would otherwise join the sender's pending history of the next.
+    scores = [det.score_batch([tx], now)[0] for tx in txs]
+    values = [v.score for v in scores]
+    assert values == sorted(values)
+    assert values[-1] > values[2] > values[0]  # monotone beyond the range, flat inside it
+    huge = scores[-1]
+    assert huge.quarantine
+    assert huge.score > huge.threshold
+    assert huge.reasons[0].startswith("amount is ")
+    assert "above anything in the last 100 transactions" in " | ".join(huge.reasons)
+    ordinary = det.score_batch(
+        [FakeTx("transfer", addrs["a40"], addrs["a0"], 500, 1, 0, address("ord"))], now
+    )[0]
+    assert not ordinary.quarantine
+
+
+def test_bench_like_uniform_traffic_is_not_quarantined() -> None:
+    # node/bench.py: account k pays k + 1 (round robin), fee 1, here amounts 1..10 by account.
+    # Few distinct values: most rows tie on one score, which is the tail quantile; a strict
+    # ">" and the tail margin keep every one of them out of the quarantine.
+    accounts = 200
+    addrs = [address(f"bench-{k}") for k in range(accounts)]
+    det = Detector(DetectorConfig(retrain_every_blocks=20))
+    det.note_addresses(addrs)
+    nonces = [0] * accounts
+    now, j, held, scored = 1_700_000_000_000, 0, 0, 0
+    for height in range(1, 81):
+        txs = []
+        for _ in range(50):
+            k = j % accounts
+            j += 1
+            to = addrs[(k + 1) % accounts]
+            txs.append(FakeTx("transfer", addrs[k], to, 1 + k % 10, 1, nonces[k], address(f"b{j}")))
+            nonces[k] += 1
+        verdicts = det.score_batch(txs, now + 50)
+        if det.warm:
+            scored += len(verdicts)
+            held += sum(v.quarantine for v in verdicts)
+        now += 100
+        det.observe_block(FakeBlock(FakeHeader(height, now), tuple(txs)))
+        train_if_due(det, height)
+    assert scored >= 3000
+    assert held == 0
