@@ -26,6 +26,7 @@ from node.tx import make_transfer
 BENCH_SENDERS = 40
 BATCH = 20
 ORDINARY_MAX = 3000  # never send more than this while waiting for warm-up
+BURST_TXS = 30  # a burst this long to never-seen addresses stands far outside ordinary fan-out
 DEADLINE_S = 120.0
 _ids = itertools.count(1)
 
@@ -165,7 +166,7 @@ def _run(cluster: Cluster) -> int:
     burst = senders[-2]
     send(
         "burst to new addresses",
-        [burst.transfer(_fresh(), typical[burst.address]) for _ in range(12)],
+        [burst.transfer(_fresh(), typical[burst.address]) for _ in range(BURST_TXS)],
     )
     drain = senders[-3]
     balance = int(_call(url, "account_get", ["0x" + drain.address.hex()])["balance"])
