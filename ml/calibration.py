@@ -50,23 +50,31 @@ class Ranges:
     high: FloatArray
     upper: BoolArray
     rows: int
+    margin: FloatArray
 
     @classmethod
-    def of(cls, X: npt.ArrayLike, upper: npt.ArrayLike) -> Ranges:
+    def of(
+        cls, X: npt.ArrayLike, upper: npt.ArrayLike, margin: npt.ArrayLike | None = None
+    ) -> Ranges:
+        """Ranges of ``X``; ``margin`` (per column, default 0) is how far above the maximum a
+        value may go, in column units, before extrapolation starts."""
         data = check_matrix(X)
         mask = np.asarray(upper, dtype=np.bool_)
         if mask.shape != (data.shape[1],):
             raise ValueError(f"upper must have one flag per column ({data.shape[1]})")
-        return cls(data.min(axis=0), data.max(axis=0), mask, data.shape[0])
+        slack = np.zeros(data.shape[1]) if margin is None else np.asarray(margin, dtype=np.float64)
+        if slack.shape != (data.shape[1],) or not np.all(np.isfinite(slack)) or np.any(slack < 0):
+            raise ValueError(f"margin must be one finite value >= 0 per column ({data.shape[1]})")
+        return cls(data.min(axis=0), data.max(axis=0), mask, data.shape[0], slack)
 
     def isolation_odds(self, X: npt.ArrayLike) -> FloatArray:
         """Per row and column: the chance a split on that column isolates the row at once.
 
         0 inside the range and for columns that do not extrapolate; ``r / (1 + r)`` above it,
-        with ``r = (x - high) / max(high - low, SPREAD_MIN)``.
+        with ``r = (x - high - margin) / max(high - low, SPREAD_MIN)``.
         """
         data = check_matrix(X, self.low.size)
-        beyond = np.maximum(data - self.high, 0.0) * self.upper
+        beyond = np.maximum(data - self.high - self.margin, 0.0) * self.upper
         spread = np.maximum(self.high - self.low, SPREAD_MIN)
         ratio = beyond / spread
         odds: FloatArray = ratio / (1.0 + ratio)

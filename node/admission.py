@@ -4,7 +4,8 @@ Many concurrent ``tx_submit`` calls (a JSON-RPC batch, many clients) and gossip 
 bounded queue. A single task takes everything queued, decodes and checks signatures of the whole
 batch in a worker thread (the expensive part), then runs the cheap stateful mempool checks on the
 loop, in arrival order. Between the two sits the detector hook: a micro-batch of admissible txs
-is scored together and the quarantined ones are diverted instead of entering the mempool.
+is scored together; quarantined ones from this node's clients are diverted instead of entering
+the mempool (txs gossiped by other validators are scored but follow their entry node's verdict).
 Admitted txs from clients are queued for gossip; txs that came by gossip are not re-forwarded
 (validators form a full mesh, see node/gossip.py).
 """
@@ -179,7 +180,11 @@ class Admission:
         for n, (it, h, tx) in enumerate(admissible):
             self.gossip.seen.add(h)
             verdict = verdicts[n] if verdicts else None
-            if verdict is not None and verdict.quarantined:
+            # Quarantine is the entry validator's policy: a tx that another validator admitted
+            # from its own client is scored here (tx_get shows it) but not held. Divergent
+            # holds would look like a censoring primary to the PBFT request timer and send a
+            # lone replica into a view change the others never join.
+            if verdict is not None and verdict.quarantined and it.origin is None:
                 self._on_quarantined(tx, verdict)
                 if it.future is not None and not it.future.done():
                     it.future.set_result({"hash": "0x" + h.hex(), "status": "quarantined"})

@@ -72,6 +72,8 @@ SUBSPACE_TREES = 50
 EXTRAPOLATED: tuple[int, ...] = tuple(
     INDEX[name] for name in ("log_amount", "amount_vs_sender", "fee_vs_typical", "fanout_recent")
 )
+AMOUNT_COLUMNS = ("log_amount", "amount_vs_sender", "fee_vs_typical")
+AMOUNT_MARGIN = 1.0  # log2 units: extrapolation starts at twice the window's largest value
 
 RECENT_SCORES_MAX = 2048
 
@@ -405,7 +407,13 @@ class Detector:
             subspaces.append((cols, sub, exponent))
         upper = np.zeros(X.shape[1], dtype=np.bool_)
         upper[list(EXTRAPOLATED)] = True
-        ranges = Ranges.of(X, upper)
+        # Amounts and fees extrapolate only past twice the window's largest (one doubling in
+        # log2 units): a payment a little larger than anything seen is growth, not an outlier,
+        # and without the slack a small window would hold every such tx. Fan-out has none: a
+        # burst to new addresses must stand out from its first few transfers.
+        margin = np.zeros(X.shape[1])
+        margin[[INDEX[name] for name in AMOUNT_COLUMNS]] = AMOUNT_MARGIN
+        ranges = Ranges.of(X, upper, margin)
         sample = X[np.linspace(0, len(X) - 1, min(len(X), BASELINE_ROWS)).astype(np.intp)]
         baseline = forest.explain(sample).mean(axis=0)
         model = TrainedModel(forest, 1.0, baseline, len(X), tuple(subspaces), ranges)

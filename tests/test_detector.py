@@ -365,8 +365,10 @@ def test_out_of_range_amounts_score_above_the_window_edge(seed: int) -> None:
     # One at a time: each would otherwise join the sender's pending history of the next.
     scores = [det.score_batch([tx], now)[0] for tx in txs]
     values = [v.score for v in scores]
-    assert values == sorted(values)
-    assert values[-1] > values[2] > values[0]  # monotone beyond the range, flat inside it
+    # Monotone once past the amount margin (twice the window's largest); near the edge the
+    # plain forests decide, so 1000 and 2000 may come in either order.
+    assert values[2:] == sorted(values[2:])
+    assert values[-1] > values[2] > min(values[:2])
     huge = scores[-1]
     assert huge.quarantine
     assert huge.score > huge.threshold
