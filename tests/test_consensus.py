@@ -1,0 +1,311 @@
+"""The PBFT core driven directly: normal case, persistence order, restart, fetch, view change."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+
+from common.crypto import SigningKey
+from consensus import messages as m
+from consensus.api import (
+    Action,
+    Broadcast,
+    Commit,
+    ConsensusConfig,
+    Event,
+    FetchBlocks,
+    Fetched,
+    FetchedEntry,
+    Pending,
+    Persist,
+    Propose,
+    Received,
+    RequestProposal,
+    Send,
+    Tick,
+    Validate,
+    Verdict,
+    ViewChanged,
+)
+from consensus.certificate import CommitCertificate, verify_certificate
+from consensus.replica import Replica
+
+SEEDS = [bytes([i + 1]) * 32 for i in range(4)]
+VALIDATORS = tuple(SigningKey(s).public_key for s in SEEDS)
+
+
+def config(index: int, pipeline_depth: int = 2) -> ConsensusConfig:
+    return ConsensusConfig(
+        VALIDATORS,
+        index,
+        SEEDS[index],
+        checkpoint_interval=2,
+        pipeline_depth=pipeline_depth,
+        log_window=8,
+        request_timeout_ms=100,
+        view_change_timeout_ms=200,
+        payload_bytes_max=1024,
+        message_bytes_max=64 * 1024,
+    )
+
+
+class Harness:
+    """Four replicas, instant delivery, an obliging host that proposes ``blocks`` payloads."""
+
+    def __init__(self, blocks: int = 4, pipeline_depth: int = 2) -> None:
+        self.replicas = [Replica(config(i, pipeline_depth), random.Random(i)) for i in range(4)]
+        self.records: list[dict[bytes, bytes]] = [{} for _ in range(4)]
+        self.commits: list[list[Commit]] = [[] for _ in range(4)]
+        self.steps: list[list[Action]] = []
+        self.down: set[int] = set()
+        self.drop: Callable[[int, int, bytes], bool] = lambda src, dst, data: False
+        self.queue: deque[tuple[int, Event]] = deque()
+        self.blocks = blocks
+        self.proposed = 0
+        self.now_ms = 0
+
+    def feed(self, i: int, event: Event) -> list[Action]:
+        if i in self.down:
+            return []
+        actions = self.replicas[i].step(event)
+        self.steps.append(actions)
+        for a in actions:
+            match a:
+                case Persist(records):
+                    for k, v in records:
+                        if v is None:
+                            self.records[i].pop(k, None)
+                        else:
+                            self.records[i][k] = v
+                case Broadcast(data):
+                    for j in range(4):
+                        if j != i and not self.drop(i, j, data):
+                            self.queue.append((j, Received(i, data)))
+                case Send(to, data):
+                    if not self.drop(i, to, data):
+                        self.queue.append((to, Received(i, data)))
+                case Commit():
+                    self.commits[i].append(a)
+                case RequestProposal(view, seq):
+                    self.proposed += 1
+                    self.queue.append((i, Propose(view, seq, b"block-%d" % seq)))
+                    if self.proposed >= self.blocks:
+                        self.queue.append((i, Pending(False)))
+                case Validate(view, seq, digest, payload):
+                    self.queue.append((i, Verdict(view, seq, digest, payload.startswith(b"block"))))
+                case FetchBlocks(lo, hi, _):
+                    source = max(range(4), key=lambda j: len(self.commits[j]))
+                    entries = tuple(
+                        FetchedEntry(c.seq, c.payload, c.certificate)
+                        for c in self.commits[source]
+                        if lo <= c.seq <= hi
+                    )
+                    self.queue.append((i, Fetched(entries)))
+        return actions
+
+    def run(self, limit: int = 20_000) -> None:
+        for _ in range(limit):
+            if not self.queue:
+                return
+            i, event = self.queue.popleft()
+            self.feed(i, event)
+        raise AssertionError("harness did not quiesce")
+
+    def start(self) -> None:
+        for i in range(4):
+            self.feed(i, Pending(True))
+        self.run()
+
+    def tick(self, ms: int) -> None:
+        self.now_ms += ms
+        for i in range(4):
+            self.feed(i, Tick(self.now_ms))
+        self.run()
+
+
+def signed(msg: m.Message, index: int, chain: str = "vigil") -> bytes:
+    return m.encode(m.sign(msg, SigningKey(SEEDS[index]), chain))  # type: ignore[type-var]
+
+
+def test_normal_case_commits_in_order_with_verifiable_certificates() -> None:
+    h = Harness(blocks=6)
+    h.start()
+    for i in range(4):
+        assert [c.seq for c in h.commits[i]] == [1, 2, 3, 4, 5, 6]
+        assert [c.payload for c in h.commits[i]] == [b"block-%d" % s for s in range(1, 7)]
+        for c in h.commits[i]:
+            cert = CommitCertificate.decode(c.certificate)
+            assert (cert.seq, cert.digest, cert.view) == (c.seq, c.digest, 0)
+            assert verify_certificate(cert, VALIDATORS, "vigil")
+        assert h.replicas[i].committed_seq == 6
+        assert h.replicas[i].stable_checkpoint == 6
+    # garbage collection: nothing below the stable checkpoint stays in the log
+    assert not any(k.startswith(b"slot/") for k in h.records[1])
+
+
+def test_every_vote_is_persisted_before_it_is_sent() -> None:
+    h = Harness(blocks=4)
+    h.start()
+    checked = 0
+    for actions in h.steps:
+        persisted: set[bytes] = set()
+        for a in actions:
+            if isinstance(a, Persist):
+                persisted.update(k for k, _ in a.records)
+            elif isinstance(a, Broadcast):
+                msg = m.decode(a.data, 1024, 64 * 1024)
+                if isinstance(msg, m.PrePrepare | m.Prepare | m.CommitVote):
+                    assert b"slot/" + msg.seq.to_bytes(8, "big") in persisted
+                    checked += 1
+    assert checked >= 4 * 3
+
+
+def test_hostile_messages_are_dropped_with_reasons() -> None:
+    r = Replica(config(1), random.Random(1))
+    digest = m.payload_digest(b"block-1")
+    pp = m.PrePrepare(0, 1, digest, b"block-1", 0)
+
+    def reasons(sender: int, data: bytes) -> list[str]:
+        return [a.reason for a in r.step(Received(sender, data)) if hasattr(a, "reason")]
+
+    assert reasons(9, signed(pp, 0)) == ["unknown_sender"]
+    assert reasons(0, b"\x00garbage") == ["malformed"]
+    assert reasons(0, b"\x00" * (64 * 1024 + 1)) == ["oversize"]
+    assert reasons(2, signed(pp, 0)) == ["sender_mismatch"]
+    assert reasons(0, signed(pp, 0, chain="other")) == ["bad_signature"]
+    assert reasons(0, m.encode(m.PrePrepare(0, 1, digest, b"block-1", 0, b"\x01" * 64))) == [
+        "bad_signature"
+    ]
+    assert reasons(2, signed(m.PrePrepare(0, 1, digest, b"block-1", 2), 2)) == ["not_primary"]
+    far = m.PrePrepare(0, 9, m.payload_digest(b"x"), b"x", 0)
+    assert reasons(0, signed(far, 0)) == ["outside_watermarks"]
+    assert reasons(0, signed(m.PrePrepare(0, 1, digest, b"block-2", 0), 0)) == ["bad_digest"]
+    oversize = m.PrePrepare(0, 1, m.payload_digest(b"y" * 2000), b"y" * 2000, 0)
+    assert reasons(0, signed(oversize, 0)) == ["malformed"]
+
+    first = r.step(Received(0, signed(pp, 0)))
+    assert next(type(a) for a in first if not isinstance(a, Persist)) is Validate
+    other = m.PrePrepare(0, 1, m.payload_digest(b"block-X"), b"block-X", 0)
+    after = r.step(Received(0, signed(other, 0)))
+    assert [a.reason for a in after if hasattr(a, "reason")] == ["conflicting_pre_prepare"]
+    assert not any(isinstance(a, Validate | Broadcast) for a in after)
+    assert reasons(0, signed(pp, 0)) == ["duplicate"]
+    assert reasons(0, signed(m.Prepare(0, 1, digest, 0), 0)) == ["prepare_from_primary"]
+    assert reasons(2, signed(m.Prepare(0, 1, digest, 2), 2)) == []
+    assert reasons(2, signed(m.Prepare(0, 1, digest, 2), 2)) == ["duplicate"]
+    assert reasons(2, signed(m.Prepare(0, 1, m.payload_digest(b"z"), 2), 2)) == ["conflicting_vote"]
+    assert reasons(2, signed(m.Checkpoint(3, digest, 2), 2)) == ["bad_checkpoint_seq"]
+    assert r.dropped_counts["duplicate"] == 2
+    assert r.committed_seq == 0
+
+
+def test_random_bytes_never_raise() -> None:
+    r = Replica(config(1), random.Random(1))
+    rng = random.Random(7)
+    valid = signed(m.PrePrepare(0, 1, m.payload_digest(b"block-1"), b"block-1", 0), 0)
+    for _ in range(300):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        out = r.step(Received(rng.randrange(5), bytes(data[: rng.randint(0, len(data))])))
+        assert all(isinstance(a, Action.__args__) for a in out)  # type: ignore[attr-defined]
+    assert r.committed_seq == 0
+
+
+def test_old_view_messages_are_dropped_after_restart_in_a_later_view() -> None:
+    from consensus.log import KEY_VIEW, view_record
+
+    r = Replica(config(2), random.Random(2), records=[(KEY_VIEW, view_record(1, True))])
+    assert (r.view, r.primary) == (1, 1)
+    pp = m.PrePrepare(0, 1, m.payload_digest(b"block-1"), b"block-1", 0)
+    assert [a.reason for a in r.step(Received(0, signed(pp, 0))) if hasattr(a, "reason")] == [
+        "old_view"
+    ]
+
+
+def test_restarted_replica_keeps_its_votes() -> None:
+    cfg = config(1)
+    r = Replica(cfg, random.Random(1))
+    records: dict[bytes, bytes] = {}
+    digest = m.payload_digest(b"block-1")
+    sent: list[bytes] = []
+    for event in (
+        Received(0, signed(m.PrePrepare(0, 1, digest, b"block-1", 0), 0)),
+        Verdict(0, 1, digest, True),
+    ):
+        for a in r.step(event):
+            if isinstance(a, Persist):
+                records.update({k: v for k, v in a.records if v is not None})
+            if isinstance(a, Broadcast):
+                sent.append(a.data)
+    assert len(sent) == 1
+    again = Replica(cfg, random.Random(5), records=sorted(records.items()))
+    conflicting = m.PrePrepare(0, 1, m.payload_digest(b"block-X"), b"block-X", 0)
+    out = again.step(Received(0, signed(conflicting, 0)))
+    # It resends the very same PREPARE (same bytes) and refuses the conflicting PRE-PREPARE.
+    assert [a.data for a in out if isinstance(a, Broadcast)] == sent
+    assert [a.reason for a in out if hasattr(a, "reason")] == ["conflicting_pre_prepare"]
+    assert not any(isinstance(a, Validate) for a in out)
+
+
+def test_restart_reemits_commits_the_host_lost_and_fetches_the_rest() -> None:
+    h = Harness(blocks=3, pipeline_depth=1)
+    h.start()
+    assert [c.seq for c in h.commits[2]] == [1, 2, 3]
+    assert h.replicas[2].stable_checkpoint == 2
+    # The host lost block 3 only (its store lagged the log): the log re-emits it at once.
+    r = Replica(config(2, 1), random.Random(9), sorted(h.records[2].items()), 2)
+    out = r.step(Tick(0))
+    assert [(c.seq, c.payload) for c in out if isinstance(c, Commit)] == [(3, b"block-3")]
+    # The host lost every block: seqs under the stable checkpoint are fetched, 3 comes from the log.
+    h.replicas[2] = Replica(config(2, 1), random.Random(9), sorted(h.records[2].items()), 0)
+    h.commits[2] = []
+    out = h.feed(2, Tick(0))
+    assert [(a.from_seq, a.to_seq) for a in out if isinstance(a, FetchBlocks)] == [(1, 2)]
+    h.run()
+    assert [c.seq for c in h.commits[2]] == [1, 2, 3]
+    assert [c.digest for c in h.commits[2]] == [c.digest for c in h.commits[0]]
+
+
+def test_fetched_blocks_need_a_valid_certificate() -> None:
+    h = Harness(blocks=2)
+    h.start()
+    good = h.commits[0][0]
+    r = Replica(config(3), random.Random(3))
+    bad_payload = Fetched((FetchedEntry(1, b"block-evil", good.certificate),))
+    assert [a.reason for a in r.step(bad_payload) if hasattr(a, "reason")] == [
+        "fetched_bad_certificate"
+    ]
+    assert [
+        a.reason
+        for a in r.step(Fetched((FetchedEntry(1, good.payload, b"\x00"),)))
+        if hasattr(a, "reason")
+    ] == ["fetched_bad_certificate"]
+    out = r.step(Fetched((FetchedEntry(1, good.payload, good.certificate),)))
+    assert [(c.seq, c.payload) for c in out if isinstance(c, Commit)] == [(1, b"block-1")]
+    assert r.committed_seq == 1
+
+
+def test_view_change_re_proposes_prepared_payloads() -> None:
+    h = Harness(blocks=1)
+    # Phase 1: every COMMIT is lost, so seq 1 prepares everywhere but commits nowhere.
+    h.drop = lambda src, dst, data: isinstance(m.decode(data, 1024, 64 * 1024), m.CommitVote)
+    h.start()
+    assert all(not c for c in h.commits)
+    h.drop = lambda src, dst, data: False
+    h.down.add(0)  # the primary of view 0 goes silent
+    for i in (1, 2, 3):
+        h.feed(i, Pending(True))
+    h.run()
+    changed: list[Action] = []
+    for _ in range(20):
+        h.tick(100)
+        changed.extend(a for actions in h.steps for a in actions if isinstance(a, ViewChanged))
+        if all(h.commits[i] for i in (1, 2, 3)):
+            break
+    assert ViewChanged(1, 1) in changed
+    for i in (1, 2, 3):
+        first = h.commits[i][0]
+        assert (first.seq, first.view, first.payload) == (1, 1, b"block-1")
+        assert h.replicas[i].view == 1
