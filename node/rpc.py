@@ -30,7 +30,7 @@ from node.errors import (
     UNAUTHORIZED,
     VigilError,
 )
-from node.rpc_params import METHODS, bind_params
+from node.rpc_params import METHODS, bind_params, error_obj, response
 from node.service import NodeService
 from node.ws import WsConfig, WsHub
 
@@ -57,28 +57,11 @@ class RpcState:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def _error_obj(code: int, message: str, data: Any = None) -> dict[str, Any]:
-    err: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        err["data"] = data
-    return err
-
-
-def _response(id_: Any, *, result: Any = None, error: dict[str, Any] | None = None) -> str:
-    body: dict[str, Any] = {"jsonrpc": "2.0"}
-    if error is not None:
-        body["error"] = error
-    else:
-        body["result"] = result
-    body["id"] = id_
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)
-
-
 def _http_error(status: int, code: int, message: str, **headers: str) -> web.Response:
     """An HTTP-level refusal that still carries a JSON-RPC error body (id null)."""
     resp = web.Response(
         status=status,
-        text=_response(None, error=_error_obj(code, message)),
+        text=response(None, error=error_obj(code, message)),
         content_type="application/json",
         headers=headers or None,
     )
@@ -170,26 +153,26 @@ async def _call_one(state: RpcState, req: Any, authorized: bool) -> str | None:
     """Answer one request object; None for a notification. Never raises (except cancellation)."""
     if not isinstance(req, dict):
         _count(state, "unknown", "invalid")
-        return _response(None, error=_error_obj(INVALID_REQUEST, "request must be an object"))
+        return response(None, error=error_obj(INVALID_REQUEST, "request must be an object"))
     is_notification = "id" not in req
     id_ = req.get("id")
     if not _valid_id(id_):
         _count(state, "unknown", "invalid")
-        return _response(
-            None, error=_error_obj(INVALID_REQUEST, "id must be a string, number or null")
+        return response(
+            None, error=error_obj(INVALID_REQUEST, "id must be a string, number or null")
         )
     if req.get("jsonrpc") != "2.0":
         _count(state, "unknown", "invalid")
-        return _response(id_, error=_error_obj(INVALID_REQUEST, 'jsonrpc must be "2.0"'))
+        return response(id_, error=error_obj(INVALID_REQUEST, 'jsonrpc must be "2.0"'))
     name = req.get("method")
     if not isinstance(name, str):
         _count(state, "unknown", "invalid")
-        return _response(id_, error=_error_obj(INVALID_REQUEST, "method must be a string"))
+        return response(id_, error=error_obj(INVALID_REQUEST, "method must be a string"))
     params = req.get("params")
     if "params" in req and not isinstance(params, list | dict):
         _count(state, "unknown", "invalid")
-        return _response(
-            id_, error=_error_obj(INVALID_REQUEST, "params must be an array or an object")
+        return response(
+            id_, error=error_obj(INVALID_REQUEST, "params must be an array or an object")
         )
     method = METHODS.get(name)
     label = name if method is not None else "unknown"
@@ -204,25 +187,25 @@ async def _call_one(state: RpcState, req: Any, authorized: bool) -> str | None:
         args = bind_params(method, params)
         async with asyncio.timeout(state.request_timeout_s):
             result = await method.call(state.service, args)
-        text = _response(id_, result=result)
+        text = response(id_, result=result)
         outcome = "ok"
     except asyncio.CancelledError:
         raise
     except VigilError as exc:
-        error = _error_obj(exc.code, exc.message, exc.data)
+        error = error_obj(exc.code, exc.message, exc.data)
         outcome = _OUTCOME_OF_CODE.get(exc.code, "error")
     except TimeoutError:
-        error = _error_obj(TIMEOUT, f"request took longer than {state.request_timeout_s:g} s")
+        error = error_obj(TIMEOUT, f"request took longer than {state.request_timeout_s:g} s")
         outcome = "timeout"
     except Exception:  # the boundary: log it, answer -32603, keep serving
         log.exception("rpc_internal_error", extra={"method": label})
-        error = _error_obj(INTERNAL_ERROR, "internal error")
+        error = error_obj(INTERNAL_ERROR, "internal error")
         outcome = "internal"
     _count(state, label, outcome, time.perf_counter() - started)
     if is_notification:
         return None
     if error is not None:
-        return _response(id_, error=error)
+        return response(id_, error=error)
     return text
 
 
@@ -270,16 +253,16 @@ async def _serve_post(request: web.Request, state: RpcState) -> web.StreamRespon
         payload = parse_json(body)
     except ValueError as exc:
         _count(state, "unknown", "invalid")
-        return _json_reply(_response(None, error=_error_obj(PARSE_ERROR, f"parse error: {exc}")))
+        return _json_reply(response(None, error=error_obj(PARSE_ERROR, f"parse error: {exc}")))
     authorized = bearer_ok(request.headers.get("Authorization"), state.admin_token)
     if isinstance(payload, list):
         if not payload:
             _count(state, "unknown", "invalid")
-            return _json_reply(_response(None, error=_error_obj(INVALID_REQUEST, "empty batch")))
+            return _json_reply(response(None, error=error_obj(INVALID_REQUEST, "empty batch")))
         if len(payload) > state.batch_max:
             _count(state, "unknown", "invalid")
             msg = f"batch of {len(payload)} requests exceeds the limit of {state.batch_max}"
-            return _json_reply(_response(None, error=_error_obj(INVALID_REQUEST, msg)))
+            return _json_reply(response(None, error=error_obj(INVALID_REQUEST, msg)))
         parts = await asyncio.gather(*(_call_one(state, r, authorized) for r in payload))
         answered = [p for p in parts if p is not None]
         if not answered:

@@ -7,6 +7,7 @@ rather than a generic failure.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -227,3 +228,22 @@ METHODS: dict[str, Method] = {
         Method("quarantine_reject", (Param("hash", _HASH),), _quarantine_reject, admin=True),
     )
 }
+
+
+def error_obj(code: int, message: str, data: Any = None) -> dict[str, Any]:
+    """A JSON-RPC 2.0 error object."""
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return err
+
+
+def response(id_: Any, *, result: Any = None, error: dict[str, Any] | None = None) -> str:
+    """One JSON-RPC 2.0 response (HTTP and websocket alike), as compact JSON."""
+    body: dict[str, Any] = {"jsonrpc": "2.0"}
+    if error is not None:
+        body["error"] = error
+    else:
+        body["result"] = result
+    body["id"] = id_
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)

@@ -26,7 +26,7 @@ from node.errors import (
     PARSE_ERROR,
     VigilError,
 )
-from node.rpc_params import HASH_BYTES, hex_bytes
+from node.rpc_params import HASH_BYTES, hex_bytes, response
 from node.service import Event, NodeService
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,6 @@ class WsConfig:
 class Subscription:
     topic: str  # "blocks" or "tx"
     tx_hash: str | None  # lower-case 0x hex for topic "tx"
-
-
-def _reply(id_: Any, *, result: Any = None, error: dict[str, Any] | None = None) -> str:
-    body: dict[str, Any] = {"jsonrpc": "2.0"}
-    if error is not None:
-        body["error"] = error
-    else:
-        body["result"] = result
-    body["id"] = id_
-    return json.dumps(body, separators=(",", ":"))
 
 
 class _Connection:
@@ -120,16 +110,16 @@ class _Connection:
         try:
             req = json.loads(data)
         except (ValueError, RecursionError):
-            self.push(_reply(None, error={"code": PARSE_ERROR, "message": "parse error"}))
+            self.push(response(None, error={"code": PARSE_ERROR, "message": "parse error"}))
             return
         if not isinstance(req, dict) or req.get("jsonrpc") != "2.0":
             err = {"code": INVALID_REQUEST, "message": "expected a JSON-RPC 2.0 request object"}
-            self.push(_reply(None, error=err))
+            self.push(response(None, error=err))
             return
         id_ = req.get("id")
         if isinstance(id_, bool) or not (id_ is None or isinstance(id_, str | int | float)):
             err = {"code": INVALID_REQUEST, "message": "id must be a string, number or null"}
-            self.push(_reply(None, error=err))
+            self.push(response(None, error=err))
             return
         try:
             result = await self._dispatch(req.get("method"), req.get("params"))
@@ -137,15 +127,17 @@ class _Connection:
             raise
         except VigilError as exc:
             if "id" in req:
-                self.push(_reply(id_, error={"code": exc.code, "message": exc.message}))
+                self.push(response(id_, error={"code": exc.code, "message": exc.message}))
             return
         except Exception:  # boundary: no stack trace to the client
             log.exception("ws_internal_error")
             if "id" in req:
-                self.push(_reply(id_, error={"code": INTERNAL_ERROR, "message": "internal error"}))
+                self.push(
+                    response(id_, error={"code": INTERNAL_ERROR, "message": "internal error"})
+                )
             return
         if "id" in req:
-            self.push(_reply(id_, result=result))
+            self.push(response(id_, result=result))
         if isinstance(result, str) and self.subs.get(result, None) is not None:
             await self._push_current_status(result)
 
