@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from common.codec import CodecError
@@ -26,6 +26,15 @@ from node.tx import Transaction
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[list[FetchedEntry], dict[bytes, tuple[Transaction, ...]]], Awaitable[None]]
+
+
+ROUND_FAILURES_MAX = 20
+
+
+def vouched_height(heights: Iterable[int], f: int) -> int:
+    """The highest height at least f+1 peers report (so at least one honest peer has it)."""
+    ordered = sorted(heights, reverse=True)
+    return ordered[f] if len(ordered) > f else 0
 
 
 class CatchUpError(Exception):
@@ -71,7 +80,9 @@ class CatchUp:
         batch_blocks: int,
         timeout_s: float,
         metrics: Any,
+        f: int = 0,
     ) -> None:
+        self._f = f  # how many peers may lie about their height
         self._p2p = p2p
         self._head = head
         self._deliver = deliver
@@ -96,10 +107,15 @@ class CatchUp:
         self._wake.set()
 
     def on_status(self, peer: int, height: int, slack: int) -> None:
-        """A peer's head; fetch when it is more than ``slack`` blocks ahead of ours."""
+        """A peer's head; fetch when f+1 peers are more than ``slack`` blocks ahead of ours.
+
+        One peer alone is not believed: a faulty one reporting height 2**63 would otherwise keep
+        this node "syncing" (not ready) forever, fetching blocks nobody has.
+        """
         self.peer_heights[peer] = height
-        if height > self._head() + slack:
-            self.want(height)
+        vouched = vouched_height(self.peer_heights.values(), self._f)
+        if vouched > self._head() + slack:
+            self.want(vouched)
 
     def _candidates(self, next_seq: int) -> list[int]:
         connected = set(self._p2p.peers())
@@ -115,10 +131,15 @@ class CatchUp:
             await self._wake.wait()
             self._wake.clear()
             failures = 0
-            while self._head() < self.target and failures < 20:
+            while self._head() < self.target and failures < ROUND_FAILURES_MAX:
                 if not await self._one_round():
                     failures += 1
                     await asyncio.sleep(min(0.1 * failures, 1.0))
+            if failures >= ROUND_FAILURES_MAX:
+                # Nobody could serve the target: forget it rather than stay "syncing" for good.
+                # A real gap comes back (the core's FetchBlocks, f+1 peers' status frames).
+                log.warning("catchup_gave_up", extra={"height": self._head(), "to": self.target})
+                self.target = self._head()
             self._set_syncing()
 
     def _set_syncing(self) -> None:

@@ -46,7 +46,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except StorageError as exc:
+    except (StorageError, NodeError, ConfigError) as exc:
         print(f"vigil node: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:  # typically a port already in use

@@ -46,6 +46,10 @@ OnFrame = Callable[[int, dict[str, Any]], Awaitable[None]]
 OnRequest = Callable[[int, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 OnPeer = Callable[[int, bool], None]
 HEARTBEAT_S = 5.0
+# Requests one peer may have us working on at once; more are answered "busy" without work, so a
+# flood of block-range requests cannot pile up reads and answers without bound.
+REQUESTS_INFLIGHT_MAX = 8
+QUEUE_BYTES_MIN = 64 * 1024 * 1024
 
 
 class PeerError(Exception):
@@ -88,11 +92,14 @@ class P2P:
         self._metrics = metrics
         self._msg_max = msg_bytes_max
         self._queue_max = send_queue_max
+        # Frames are up to msg_bytes_max each, so a count limit alone could hold gigabytes.
+        self._queue_bytes = max(QUEUE_BYTES_MIN, 4 * msg_bytes_max)
         self._backoff = (reconnect_min_ms / 1000, reconnect_max_ms / 1000)
         self._hs_timeout = handshake_timeout_ms / 1000
         self._conns: dict[int, PeerConn] = {}
         self._changed = {i: asyncio.Event() for i in range(len(validators))}
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        # request id -> (peer asked, future): only that peer's answer resolves it
+        self._pending: dict[int, tuple[int, asyncio.Future[dict[str, Any]]]] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -114,13 +121,13 @@ class P2P:
         self._closing = True
         for t in list(self._tasks):
             t.cancel()
-        for conn in list(self._conns.values()):
-            await conn.close()
+        # In parallel: each close may wait up to its timeout for a slow peer.
+        await asyncio.gather(*(c.close() for c in list(self._conns.values())))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        for fut in self._pending.values():
+        for _, fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(PeerError("closing"))
 
@@ -148,7 +155,7 @@ class P2P:
         """Ask peer ``to`` and wait for its answer; PeerError when it cannot be had in time."""
         rid = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        self._pending[rid] = (to, fut)
         try:
             if not self.send(to, {"t": "req", "id": rid, "kind": kind, "body": body}):
                 raise PeerError(f"peer {to} not connected")
@@ -199,6 +206,11 @@ class P2P:
             self._reject(f"handshake_{getattr(exc, 'reason', type(exc).__name__)}")
             await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
             return ws
+        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+            # The stranger went away mid-handshake (send on a closing socket): nothing to serve.
+            self._reject("handshake_aborted")
+            await ws.close()
+            return ws
         if peer is None:
             await ws.close()
             return ws
@@ -236,7 +248,7 @@ class P2P:
             self.validators[j], self.chain_id, self.genesis_hash, mine, j, self.index, auth["sig"]
         ):
             raise HandshakeError("bad_signature")
-        conn = PeerConn(j, ws, dialer=j, queue_max=self._queue_max)
+        conn = PeerConn(j, ws, dialer=j, queue_max=self._queue_max, bytes_max=self._queue_bytes)
         if not self._register(conn):
             return None
         await ws.send_bytes(encode_frame({"t": "ok"}))
@@ -269,7 +281,9 @@ class P2P:
         ok = await self._recv(ws)
         if ok["t"] != "ok":
             raise HandshakeError("not_accepted")
-        conn = PeerConn(j, ws, dialer=self.index, queue_max=self._queue_max)
+        conn = PeerConn(
+            j, ws, dialer=self.index, queue_max=self._queue_max, bytes_max=self._queue_bytes
+        )
         return conn if self._register(conn) else None
 
     def _register(self, conn: PeerConn) -> bool:
@@ -316,13 +330,24 @@ class P2P:
                 kind = frame["t"]
                 self._count("in", frame_label(frame), len(msg.data))
                 if kind == "resp":
-                    fut = self._pending.get(frame["id"])
-                    if fut is not None and not fut.done():
+                    asked, fut = self._pending.get(frame["id"], (None, None))
+                    if fut is not None and asked == conn.index and not fut.done():
                         fut.set_result(frame["body"])
                 elif kind == "req":
-                    self._spawn(self._answer(conn, frame), "p2p-answer")
+                    self._take_request(conn, frame)
+                elif kind in ("hello", "hello_ack", "auth", "ok"):
+                    continue  # handshake frames after the handshake: nothing to do
                 else:
-                    await self._on_frame(conn.index, frame)
+                    try:
+                        await self._on_frame(conn.index, frame)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a peer's frame never kills the link task
+                        log.info(
+                            "peer_frame_failed", extra={"peer": conn.index, "error": repr(exc)}
+                        )
+                        self._reject("bad_content", conn.index)
+                        break
         finally:
             await conn.close()
             if self._conns.get(conn.index) is conn:
@@ -332,6 +357,16 @@ class P2P:
                 log.info("peer_disconnected", extra={"peer": conn.index})
                 self._on_peer(conn.index, False)
 
+    def _take_request(self, conn: PeerConn, frame: dict[str, Any]) -> None:
+        if conn.requests_inflight >= REQUESTS_INFLIGHT_MAX:
+            with contextlib.suppress(Exception):
+                self._metrics.p2p_rejected_total.labels(reason="request_busy").inc()
+            out = encode_frame({"t": "resp", "id": frame["id"], "body": {"error": "busy"}})
+            self._sent(conn.enqueue(out), "resp", len(out))
+            return
+        conn.requests_inflight += 1
+        self._spawn(self._answer(conn, frame), "p2p-answer")
+
     async def _answer(self, conn: PeerConn, frame: dict[str, Any]) -> None:
         try:
             body = await self._on_request(conn.index, frame["kind"], frame["body"])
@@ -340,6 +375,8 @@ class P2P:
         except Exception as exc:  # noqa: BLE001 - a bad request is answered, never fatal
             log.info("p2p_request_failed", extra={"peer": conn.index, "error": repr(exc)})
             body = {"error": type(exc).__name__}
+        finally:
+            conn.requests_inflight -= 1
         out = encode_frame({"t": "resp", "id": frame["id"], "body": body})
         self._sent(conn.enqueue(out), "resp", len(out))
 
@@ -372,8 +409,8 @@ class P2P:
                     self._reject(f"dial_{exc}")
             except BadFrame as exc:
                 self._reject(f"dial_{exc.reason}")
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass  # peer down: retry after the back-off
+            except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError):
+                pass  # peer down, or its socket closed mid-handshake: retry after the back-off
             if conn is not None:
                 delay = self._backoff[0]
                 await self._serve(conn)

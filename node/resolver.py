@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from common import codec
 from common.codec import CodecError, sha256
 from consensus.api import NULL_DIGEST
-from node.admission import Screened, _decode_and_verify
+from node.admission import _decode_and_verify
 from node.block import BLOCK_TXS_MAX, Proposal
 from node.chain import PROPOSAL_TXS_KEY
 from node.ledger import BlockInvalid, check_block_stateless, check_proposal
@@ -51,9 +51,11 @@ class TxResolver:
         # another payload or a null request at its seq), so it must not block a newer view.
         self._uncommitted: dict[int, tuple[bytes, tuple[bytes, ...], int]] = {}
         self._resolved: dict[bytes, tuple[Transaction, ...]] = {}  # digest -> txs
+        # digest -> seq it was proposed or fetched for: every seq at or below a commit is done
+        # with, so _resolved stays bounded (superseded and forged entries never commit).
+        self._seq_of: dict[bytes, int] = {}
         self._by_hash: dict[bytes, Transaction] = {}  # every tx in _resolved
         self.status: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # hash -> status, reason
-        self.quarantine: dict[bytes, tuple[Transaction, Screened]] = {}
 
     # --- bookkeeping ------------------------------------------------------------------------
 
@@ -63,7 +65,7 @@ class TxResolver:
     def _record(self, seq: int, digest: bytes, txs: tuple[Transaction, ...], view: int) -> None:
         hashes = tuple(tx.hash for tx in txs)
         self._uncommitted[seq] = (digest, hashes, view)
-        self._add(digest, txs)
+        self._add(digest, txs, seq)
         self.node.mempool.mark_inflight(hashes)
 
     def on_view_change(self, view: int, reproposed: list[tuple[int, bytes, bytes]]) -> None:
@@ -116,8 +118,9 @@ class TxResolver:
         await self._persist(sha256(payload), tuple(txs))
         return payload
 
-    def _add(self, digest: bytes, txs: tuple[Transaction, ...]) -> None:
+    def _add(self, digest: bytes, txs: tuple[Transaction, ...], seq: int) -> None:
         self._resolved[digest] = txs
+        self._seq_of[digest] = max(seq, self._seq_of.get(digest, 0))
         for tx in txs:
             self._by_hash[tx.hash] = tx
 
@@ -125,23 +128,32 @@ class TxResolver:
         """Forget what ``seq`` (and anything below) needed; True if our record for seq lost."""
         superseded = seq in self._uncommitted and self._uncommitted[seq][0] != digest
         done = [digest] + [self._uncommitted.pop(s)[0] for s in list(self._uncommitted) if s <= seq]
+        done += [d for d, s in self._seq_of.items() if s <= seq]
+        gone: set[bytes] = set()
         for d in done:
+            self._seq_of.pop(d, None)
             for tx in self._resolved.pop(d, ()):
                 self._by_hash.pop(tx.hash, None)
+                gone.add(tx.hash)
+        if gone:  # a tx may also sit in a live proposal (re-proposed in a later view)
+            for txs in self._resolved.values():
+                for tx in txs:
+                    if tx.hash in gone:
+                        self._by_hash[tx.hash] = tx
         return superseded
 
     def known(self, tx_hash: bytes) -> bool:
         return tx_hash in self._by_hash
 
-    def add_fetched(self, txs: dict[bytes, tuple[Transaction, ...]]) -> None:
+    def add_fetched(
+        self, txs: dict[bytes, tuple[Transaction, ...]], seqs: dict[bytes, int]
+    ) -> None:
+        """Txs of fetched blocks by payload digest; ``seqs`` gives each digest's seq."""
         for digest, block_txs in txs.items():
-            self._add(digest, block_txs)
+            self._add(digest, block_txs, seqs.get(digest, self.node.chain_height() + 1))
 
     def dropped(self, tx_hash: bytes, reason: str) -> None:
         self._set_status(tx_hash, "rejected", reason)
-
-    def quarantined(self, tx: Transaction, verdict: Screened) -> None:
-        self.quarantine[tx.hash] = (tx, verdict)
 
     def _set_status(self, tx_hash: bytes, status: str, reason: str) -> None:
         self.status[tx_hash] = (status, reason)
@@ -278,10 +290,13 @@ class TxResolver:
         start, end = body.get("from"), body.get("to")
         if not isinstance(start, int) or not isinstance(end, int) or start < 1 or end < start:
             return {"error": "bad_request"}
-        end = min(end, start + self.node.cfg.catchup_batch_blocks - 1)
-        budget = self.node.cfg.p2p_msg_bytes_max // 2
         chain = self.node.chain
         assert chain is not None
+        # Clamp to what exists: a range of 2**63 blocks reads at most one batch of real ones.
+        end = min(end, start + self.node.cfg.catchup_batch_blocks - 1, chain.height)
+        if end < start:
+            return {"entries": []}
+        budget = self.node.cfg.p2p_msg_bytes_max // 2
 
         def read() -> list[list[Any]]:
             out: list[list[Any]] = []

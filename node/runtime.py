@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import random
 import time
 from collections import deque
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from common.codec import CodecError
+from common.codec import CodecError, sha256
 from consensus import messages as cmsg
 from consensus.api import (
     Broadcast,
@@ -50,7 +52,7 @@ from consensus.replica import Replica
 from node.admission import Admission, Screened
 from node.catchup import CatchUp
 from node.chain import Chain
-from node.committer import run_committer, wait_head
+from node.committer import HeldCheckpoints, run_committer, wait_head
 from node.config import NodeConfig, load_validator_key
 from node.genesis import Genesis
 from node.gossip import Gossip
@@ -66,6 +68,7 @@ from storage.db import Store
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 INBOX_MAX = 10_000
 ROUND_EVENTS_MAX = 256
 STATUS_EVERY_S = 1.0
@@ -128,6 +131,7 @@ class Node:
         self._nudge_view = -1
         self.subscribers: list[Any] = []
         self.proposals: deque[tuple[int, int]] = deque()
+        self.held_checkpoints = HeldCheckpoints()
         self._propose_wake = asyncio.Event()
         self._head_changed = asyncio.Event()
         self._pending = False
@@ -193,6 +197,7 @@ class Node:
             self.cfg.catchup_batch_blocks,
             self.cfg.p2p_request_timeout_ms / 1000,
             self.metrics,
+            f=self.ccfg.f,
         )
         self.metrics.chain_height.set(self.chain.height)
         self.metrics.set_view(
@@ -205,65 +210,80 @@ class Node:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then shut down gracefully."""
+        """Serve until ``stop`` is set, then shut down gracefully.
+
+        A listener that cannot bind raises NodeError naming its config key; whatever was opened
+        before it (the database, other listeners) is closed first.
+        """
         from node.rpc import make_rpc_app, start_rpc_server
         from node.service_impl import NodeServiceImpl
 
-        await self._open()
-        p2p_app = web.Application(client_max_size=self.cfg.p2p_msg_bytes_max)
-        p2p_app.add_routes(self.p2p.routes())
-        p2p_runner = web.AppRunner(
-            p2p_app, access_log=None, handle_signals=False, shutdown_timeout=0.5
-        )
-        await p2p_runner.setup()
-        await web.TCPSite(p2p_runner, self.cfg.p2p_host, self.cfg.p2p_port).start()
-        self.service = NodeServiceImpl(self)
-        rpc_app = make_rpc_app(
-            self.service,
-            admin_token=self.cfg.admin_token or None,
-            body_bytes_max=self.cfg.rpc_body_bytes_max,
-            batch_max=self.cfg.rpc_batch_max,
-            metrics=self.metrics,
-        )
-        rpc_runner = await start_rpc_server(rpc_app, self.cfg.rpc_host, self.cfg.rpc_port)
         tasks: list[asyncio.Task[Any]] = []
-        try:
-            async with serve_metrics(self.metrics, self.cfg.metrics_host, self.cfg.metrics_port):
-                self.p2p.start()
-                for coro, name in (
-                    (self._replica_loop(), "replica"),
-                    (self._ticker(), "ticker"),
-                    (run_committer(self), "committer"),
-                    (self._proposer(), "proposer"),
-                    (self._status_loop(), "status"),
-                    (self.admission.run(), "admission"),
-                    (self.gossip.run(), "gossip"),
-                    (self.catchup.run(), "catchup"),
-                    (watch_loop_lag(self.metrics), "looplag"),
-                ):
-                    task = asyncio.create_task(coro, name=name)
-                    task.add_done_callback(self._task_done)
-                    tasks.append(task)
-                log.info("node_serving", extra={"rpc_port": self.cfg.rpc_port})
-                await stop.wait()
-        finally:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self._close_storage)
+            await self._open()
+            p2p_app = web.Application(client_max_size=self.cfg.p2p_msg_bytes_max)
+            p2p_app.add_routes(self.p2p.routes())
+            p2p_runner = web.AppRunner(
+                p2p_app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+            )
+            await p2p_runner.setup()
+            stack.push_async_callback(_cleanup, p2p_runner, 2)
+            stack.push_async_callback(self.p2p.close)
+            site = web.TCPSite(p2p_runner, self.cfg.p2p_host, self.cfg.p2p_port)
+            await _listen("p2p", self.cfg.p2p_host, self.cfg.p2p_port, site.start())
+            self.service = NodeServiceImpl(self)
+            rpc_app = make_rpc_app(
+                self.service,
+                admin_token=self.cfg.admin_token or None,
+                body_bytes_max=self.cfg.rpc_body_bytes_max,
+                batch_max=self.cfg.rpc_batch_max,
+                metrics=self.metrics,
+            )
+            host, port = self.cfg.metrics_host, self.cfg.metrics_port
+            await _listen(
+                "metrics",
+                host,
+                port,
+                stack.enter_async_context(serve_metrics(self.metrics, host, port)),
+            )
+            host, port = self.cfg.rpc_host, self.cfg.rpc_port
+            rpc_runner = await _listen("rpc", host, port, start_rpc_server(rpc_app, host, port))
+            stack.push_async_callback(_cancel_all, tasks)
+            stack.push_async_callback(_cleanup, rpc_runner, 3)  # first: stop taking requests
+            self.p2p.start()
+            for coro, name in (
+                (self._replica_loop(), "replica"),
+                (self._ticker(), "ticker"),
+                (run_committer(self), "committer"),
+                (self._proposer(), "proposer"),
+                (self._status_loop(), "status"),
+                (self.admission.run(), "admission"),
+                (self.gossip.run(), "gossip"),
+                (self.catchup.run(), "catchup"),
+                (watch_loop_lag(self.metrics), "looplag"),
+            ):
+                task = asyncio.create_task(coro, name=name)
+                task.add_done_callback(self._task_done)
+                tasks.append(task)
+            log.info("node_serving", extra={"rpc_port": self.cfg.rpc_port})
+            await stop.wait()
             log.info("node_stopping")
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(3):
-                    await rpc_runner.cleanup()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.p2p.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await p2p_runner.cleanup()
-            # Finish the write in progress (never close LevelDB under a writer), then close.
-            await asyncio.to_thread(self._write_pool.shutdown, True)
-            await asyncio.to_thread(self.log_pool.shutdown, True)
-            if self.store is not None:
-                self.store.close()
-            log.info("node_stopped")
+        log.info("node_stopped")
+
+    async def _close_storage(self) -> None:
+        """Finish the writes in progress and the reads in worker threads, then close LevelDB.
+
+        Never close LevelDB under a thread still using it: cancelled tasks leave their
+        ``to_thread`` work running (block reads for a peer, catch-up checks).
+        """
+        await asyncio.to_thread(self._write_pool.shutdown, True)
+        await asyncio.to_thread(self.log_pool.shutdown, True)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await asyncio.get_running_loop().shutdown_default_executor()
+        if self.store is not None:
+            self.store.close()
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -301,7 +321,11 @@ class Node:
             case Send(to, data):
                 self.p2p.send(to, {"t": "c", "d": data})
             case Broadcast(data):
-                self.p2p.broadcast({"t": "c", "d": data})
+                seq = checkpoint_seq(data, self.ccfg.payload_bytes_max)
+                if seq is not None and seq > self.chain_height():
+                    self.held_checkpoints.hold(seq, data)  # sent once the block is written
+                else:
+                    self.p2p.broadcast({"t": "c", "d": data})
             case Commit():
                 self.commits.put_nowait(a)
             case SetTimer():
@@ -393,7 +417,8 @@ class Node:
     async def _deliver_fetched(
         self, entries: list[FetchedEntry], txs: dict[bytes, tuple[Transaction, ...]]
     ) -> None:
-        self.txs.add_fetched(txs)
+        seqs = {sha256(e.payload): e.seq for e in entries if e.payload}
+        self.txs.add_fetched(txs, seqs)
         await self.inbox.put(Fetched(tuple(entries)))
 
     # --- events for subscribers ---------------------------------------------------------------
@@ -509,6 +534,40 @@ def new_view_entries(
         if isinstance(nv, cmsg.NewView) and nv.view == view:
             return [(pp.seq, pp.digest, pp.payload) for pp in nv.pre_prepares]
     return []
+
+
+def checkpoint_seq(data: bytes, payload_bytes_max: int) -> int | None:
+    """The seq of an encoded CHECKPOINT of ours, None for any other message."""
+    if consensus_kind(data) != "checkpoint":
+        return None
+    try:
+        msg = cmsg.decode(data, payload_bytes_max, len(data))
+    except CodecError:
+        return None
+    return msg.seq if isinstance(msg, cmsg.Checkpoint) else None
+
+
+async def _listen(what: str, host: str, port: int, start: Awaitable[_T]) -> _T:
+    """Await a listener's start; a bind failure becomes a NodeError naming the config key."""
+    try:
+        return await start
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why = "address already in use"
+        raise NodeError(f"{what}.port: cannot listen on {host}:{port}: {why}") from None
+
+
+async def _cleanup(runner: web.AppRunner, timeout_s: float) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            await runner.cleanup()
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
