@@ -22,8 +22,8 @@ import hashlib
 import math
 import statistics
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -162,6 +162,13 @@ class Verdict:
     quarantine: bool
     reasons: tuple[str, ...]
     model_version: int = 0
+    # Reasons of a tx that is not held are worked out only if someone asks (tx_get): they cost
+    # about as much as the scoring itself, and almost nobody reads them for ordinary traffic.
+    later: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False, repr=False)
+
+    def all_reasons(self) -> tuple[str, ...]:
+        """The reasons, computing deferred ones now."""
+        return self.later() if self.later is not None and not self.reasons else self.reasons
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,26 +478,48 @@ class Detector:
             return [Verdict(0.0, 1.0, False, ()) for _ in txs]
         X = np.vstack(rows)
         scores, odds = model.score_detail(X)
-        excess = model.forest.explain(X) - model.baseline
         high = model.ranges.high if model.ranges is not None else None
         warm = self.warm
+        # Strict: a tx that merely ties the tail of ordinary traffic (few distinct values, so
+        # many rows share one score) is not held.
+        held = (scores > model.threshold) & warm
+        held_rows = np.flatnonzero(held)
+        excess_held = (
+            model.forest.explain(X[held_rows]) - model.baseline if held_rows.size else None
+        )
         out: list[Verdict] = []
         for i, (facts, sh) in enumerate(context):
             score = float(scores[i])
-            # Strict: a tx that merely ties the tail of ordinary traffic (few distinct values,
-            # so many rows share one score) is not held.
-            quarantine = warm and score > model.threshold
-            why = reasons(
-                X[i],
-                excess[i],
-                facts,
-                sh,
-                self.cfg.reasons_max,
-                odds=odds[i],
-                high=high,
-                window_rows=model.rows,
+            quarantine = bool(held[i])
+
+            def why(i: int = i, facts: TxFacts = facts, sh: SenderHistory = sh) -> tuple[str, ...]:
+                row = X[i : i + 1]
+                if excess_held is not None and held[i]:
+                    excess = excess_held[int(np.searchsorted(held_rows, i))]
+                else:
+                    excess = (model.forest.explain(row) - model.baseline)[0]
+                found = reasons(
+                    X[i],
+                    excess,
+                    facts,
+                    sh,
+                    self.cfg.reasons_max,
+                    odds=odds[i],
+                    high=high,
+                    window_rows=model.rows,
+                )
+                return tuple(found)
+
+            out.append(
+                Verdict(
+                    score,
+                    model.threshold,
+                    quarantine,
+                    why() if quarantine else (),
+                    self._model_version,
+                    later=None if quarantine else why,
+                )
             )
-            out.append(Verdict(score, model.threshold, quarantine, tuple(why), self._model_version))
             self._scores.append(score)
             self._quarantined.append(quarantine)
         return out

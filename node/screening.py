@@ -34,7 +34,7 @@ from common.codec import CodecError, sha256
 from common.crypto import to_hex
 from node import quarantine as qmod
 from node.admission import Screened
-from node.detector import Detector, DetectorConfig
+from node.detector import Detector, DetectorConfig, Verdict
 from node.errors import INVALID_PARAMS, NOT_FOUND, VigilError
 from node.ledger import Receipt
 from node.quarantine import Held, Persist, Quarantine
@@ -102,7 +102,7 @@ class Screening:
         self.quarantine = Quarantine(
             store, persist=persist, on_rejected=self._count_rejected, **qargs
         )
-        self._anomaly: OrderedDict[bytes, tuple[float, float, tuple[str, ...]]] = OrderedDict()
+        self._anomaly: OrderedDict[bytes, Verdict] = OrderedDict()
         self._trusted: OrderedDict[bytes, None] = OrderedDict()
         self._training: asyncio.Task[None] | None = None
         self._releaser: Releaser | None = None
@@ -160,7 +160,7 @@ class Screening:
                 out.append(Screened(False))
                 continue
             h = tx.hash
-            self._anomaly[h] = (v.score, v.threshold, v.reasons)
+            self._anomaly[h] = v
             self._anomaly.move_to_end(h)
             if len(self._anomaly) > ANOMALY_MAX:
                 self._anomaly.popitem(last=False)
@@ -179,7 +179,7 @@ class Screening:
         if h in self.quarantine:
             return
         known = self._anomaly.get(h)
-        threshold = known[1] if known is not None else 0.0
+        threshold = known.threshold if known is not None else 0.0
         score = verdict.score if verdict.score is not None else 0.0
         now = self.clock_ms()
         self.quarantine.hold(Held(tx, score, threshold, tuple(verdict.reasons), now), now)
@@ -312,7 +312,7 @@ class Screening:
         v = self._anomaly.get(tx_hash)
         if v is None:
             return None
-        return {"score": v[0], "threshold": v[1], "reasons": list(v[2])}
+        return {"score": v.score, "threshold": v.threshold, "reasons": list(v.all_reasons())}
 
     def tx_info(self, tx_hash: bytes) -> dict[str, Any] | None:
         """tx_get's answer for a quarantined or quarantine-rejected tx, else None."""

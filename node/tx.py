@@ -85,6 +85,10 @@ class Transaction:
     signature: bytes
     # Cache of encode(); not part of the value (compare=False) and rebuilt by dataclasses.replace.
     _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    # Hash and sender address are asked for many times per tx on the admission path (dedup,
+    # mempool, gossip, detector): computed once, like the encoding.
+    _hash: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _sender_address: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def _unsigned_map(self) -> dict[str, Any]:
         m: dict[str, Any] = {
@@ -155,11 +159,19 @@ class Transaction:
     @property
     def hash(self) -> bytes:
         """SHA-256 of the canonical signed encoding (the signature is covered)."""
-        return codec.sha256(self.encode())
+        h = self._hash
+        if h is None:
+            h = codec.sha256(self.encode())
+            object.__setattr__(self, "_hash", h)
+        return h
 
     @property
     def sender_address(self) -> bytes:
-        return address_of(self.sender)
+        a = self._sender_address
+        if a is None:
+            a = address_of(self.sender)
+            object.__setattr__(self, "_sender_address", a)
+        return a
 
     @property
     def size_bytes(self) -> int:

@@ -1,5 +1,7 @@
 """Ledger execution and block validity: nonces, balances, fees, anchors, replays, chain ids."""
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -219,8 +221,7 @@ def test_check_block_stateless_rules():
     other = _t(0, 1, 1, 1, 1)
     proposal = Proposal(1, 0, 0, (tx.hash,))
     check_block_stateless(proposal, [tx], CHAIN, is_committed=lambda h: False)
-    forged = type(tx)(**{**{f: getattr(tx, f) for f in tx.__slots__ if f != "_encoded"},
-                         "signature": bytes(64)})  # fmt: skip
+    forged = dataclasses.replace(tx, signature=bytes(64))
     cases = [
         ([None], proposal, "missing_tx"),
         ([], proposal, "missing_tx"),
