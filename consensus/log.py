@@ -1,8 +1,9 @@
 """The replica's per-seq message log and the records it persists (the consensus-log namespace).
 
 Keys: ``b"view"`` (current view and whether it is active), ``b"stable"`` (stable checkpoint with
-its proof), ``b"slot/" + seq (8 bytes big-endian)`` (the votes this replica cast at that seq and
-what it committed there). The host stores them verbatim and hands them back on restart.
+its proof), ``b"new_view"`` (the NEW-VIEW it sent as primary, so it can still hand it to laggards
+after a restart), ``b"slot/" + seq (8 bytes big-endian)`` (the votes this replica cast at that
+seq and what it committed there). The host stores them verbatim and hands them back on restart.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from consensus.messages import PreparedCert, PrePrepare, Sigs
 
 KEY_VIEW = b"view"
 KEY_STABLE = b"stable"
+KEY_NEW_VIEW = b"new_view"  # the NEW-VIEW this replica sent as primary of its current view
 SLOT_PREFIX = b"slot/"
 
 

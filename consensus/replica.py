@@ -39,6 +39,7 @@ from consensus.api import (
 )
 from consensus.certificate import CommitCertificate, verify_certificate
 from consensus.log import (
+    KEY_NEW_VIEW,
     KEY_STABLE,
     KEY_VIEW,
     SLOT_PREFIX,
@@ -150,8 +151,11 @@ class Replica:
     def _restore(self, records: list[tuple[bytes, bytes]], committed_seq: int) -> None:
         out = self._startup
         slots: list[Slot] = []
+        new_view: bytes | None = None
         for key, value in records:
-            if key == KEY_VIEW:
+            if key == KEY_NEW_VIEW:
+                new_view = value
+            elif key == KEY_VIEW:
                 self._view, self._active = parse_view_record(value)
             elif key == KEY_STABLE:
                 seq, digest, proof = parse_stable_record(value)
@@ -160,6 +164,7 @@ class Replica:
                 slots.append(
                     Slot.from_record(int.from_bytes(key[len(SLOT_PREFIX) :], "big"), value)
                 )
+        self._new_view = vcc.restore_new_view(self, new_view)
         for slot in slots:
             if slot.seq > self._stable_seq:
                 self._slots[slot.seq] = slot
@@ -282,6 +287,7 @@ class Replica:
         if len(queue) >= FUTURE_PER_SENDER_MAX:
             return self._drop(out, "future_buffer_full", msg.sender)
         queue.append(msg)
+        vcc.on_buffered(self, out)
 
     def _on_pre_prepare(self, pp: m.PrePrepare, out: list[Action]) -> None:
         if pp.sender != self._cfg.primary(pp.view):

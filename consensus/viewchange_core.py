@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from common import codec
 from consensus import messages as m
 from consensus.api import Action, Broadcast, Persist, Send, ViewChanged
-from consensus.log import KEY_VIEW, slot_key, view_record
+from consensus.log import KEY_NEW_VIEW, KEY_VIEW, slot_key, view_record
 from consensus.viewchange import Selection, view_change_problem
 
 if TYPE_CHECKING:
@@ -171,6 +172,10 @@ def enter_view(
     for slot in r._slots.values():
         slot.clear_votes()
     records: list[tuple[bytes, bytes | None]] = [(KEY_VIEW, view_record(view, True))]
+    if nv.sender == r._me:
+        # Only the primary answers a laggard's VIEW-CHANGE with its NEW-VIEW (on_view_change);
+        # without this record a restart would leave it nothing to answer with.
+        records.append((KEY_NEW_VIEW, m.encode(nv)))
     sends: list[Action] = []
     backup = r._cfg.primary(view) != r._me
     for pp in nv.pre_prepares:
@@ -198,3 +203,40 @@ def enter_view(
         for msg in future[sender]:
             if msg.view >= view:
                 r._dispatch(msg, out)
+
+
+def restore_new_view(r: Replica, data: bytes | None) -> m.NewView | None:
+    """The persisted NEW-VIEW, if it is ours and for the view we restarted in (active)."""
+    if data is None or not r._active:
+        return None
+    try:
+        nv = m.decode(data, r._cfg.payload_bytes_max, max(len(data), r._cfg.message_bytes_max))
+    except codec.CodecError:
+        return None
+    if not isinstance(nv, m.NewView) or nv.view != r._view or nv.sender != r._me:
+        return None
+    return nv
+
+
+def on_buffered(r: Replica, out: list[Action]) -> None:
+    """f+1 senders already voting in a later view: ask for that view's NEW-VIEW (section 4.5.2).
+
+    An honest replica sends PRE-PREPARE/PREPARE/COMMIT of a view only after entering it, so f+1
+    distinct (signature-checked) senders prove a NEW-VIEW exists for the (f+1)-th highest of
+    their views. A replica that missed it (down during the view change, or its NEW-VIEW lost)
+    would otherwise follow by catch-up without ever voting: under load every fetched commit
+    resets its request timer, so it never times out, and the cluster stays one failure away
+    from a stall. Its VIEW-CHANGE for that view is answered by the view's primary with the
+    NEW-VIEW (on_view_change), or, if the others have moved on, their VIEW-CHANGEs pull it along.
+    """
+    views = sorted(
+        (
+            max(msg.view for msg in queue)
+            for sender, queue in r._future.items()
+            if queue and sender != r._me
+        ),
+        reverse=True,
+    )
+    f = r._cfg.f
+    if len(views) > f and views[f] > r._view:
+        start_view_change(r, views[f], out)

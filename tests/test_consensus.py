@@ -58,6 +58,7 @@ class Harness:
         self.records: list[dict[bytes, bytes]] = [{} for _ in range(4)]
         self.commits: list[list[Commit]] = [[] for _ in range(4)]
         self.steps: list[list[Action]] = []
+        self.actions_of: list[list[Action]] = [[] for _ in range(4)]
         self.down: set[int] = set()
         self.drop: Callable[[int, int, bytes], bool] = lambda src, dst, data: False
         self.queue: deque[tuple[int, Event]] = deque()
@@ -70,6 +71,7 @@ class Harness:
             return []
         actions = self.replicas[i].step(event)
         self.steps.append(actions)
+        self.actions_of[i].extend(actions)
         for a in actions:
             match a:
                 case Persist(records):
@@ -309,3 +311,81 @@ def test_view_change_re_proposes_prepared_payloads() -> None:
         first = h.commits[i][0]
         assert (first.seq, first.view, first.payload) == (1, 1, b"block-1")
         assert h.replicas[i].view == 1
+
+
+def _view_one_without_replica_3(h: Harness) -> None:
+    """Replicas 0-2 change to view 1 while 3 hears nothing; view 1 then orders two blocks."""
+    h.down.add(3)
+    # Every view-0 PRE-PREPARE is lost, so the work pending in view 0 times out.
+    h.drop = lambda src, dst, data: (
+        isinstance(msg := m.decode(data, 1024, 64 * 1024), m.PrePrepare) and msg.view == 0
+    )
+    h.start()
+    for _ in range(10):
+        h.tick(100)
+        if all(h.replicas[i].view == 1 and h.replicas[i].view_active for i in (0, 1, 2)):
+            break
+    assert all(h.replicas[i].view == 1 for i in (0, 1, 2))
+    assert all(len(h.commits[i]) >= 2 for i in (0, 1, 2))
+    h.drop = lambda src, dst, data: False
+
+
+def _rejoin_3_under_load(h: Harness) -> list[Action]:
+    """3 comes back in view 0 and only messages flow (no tick): it must rejoin view 1 and vote."""
+    h.down.discard(3)
+    h.replicas[3] = Replica(config(3), random.Random(33), sorted(h.records[3].items()))
+    assert (h.replicas[3].view, h.replicas[3].view_active) == (0, True)
+    first = len(h.steps)
+    h.blocks += 6
+    h.feed(1, Pending(True))
+    h.run()
+    return [a for actions in h.steps[first:] for a in actions]
+
+
+def test_laggard_in_an_old_view_rejoins_without_a_timeout() -> None:
+    # f+1 replicas sending messages of a later view prove that view has a NEW-VIEW; the laggard
+    # asks for it with a VIEW-CHANGE (answered by the primary) instead of following by catch-up.
+    h = Harness(blocks=2)
+    _view_one_without_replica_3(h)
+    _rejoin_3_under_load(h)
+    r = h.replicas[3]
+    assert (r.view, r.view_active) == (1, True)
+    assert h.commits[3]
+    assert [c.digest for c in h.commits[3]] == [c.digest for c in h.commits[0][: len(h.commits[3])]]
+    votes = [m.decode(a.data, 1024, 64 * 1024) for a in h.actions_of[3] if isinstance(a, Broadcast)]
+    assert any(isinstance(v, m.CommitVote) and v.view == 1 for v in votes)
+
+
+def test_laggard_rejoins_after_the_new_primary_restarted() -> None:
+    # The primary of view 1 restarts from its records: it must still be able to hand its NEW-VIEW
+    # to the laggard, so the NEW-VIEW is part of what it persists.
+    h = Harness(blocks=2)
+    _view_one_without_replica_3(h)
+    h.replicas[1] = Replica(config(1), random.Random(11), sorted(h.records[1].items()), 2)
+    assert (h.replicas[1].view, h.replicas[1].view_active) == (1, True)
+    _rejoin_3_under_load(h)
+    assert (h.replicas[3].view, h.replicas[3].view_active) == (1, True)
+    assert len(h.commits[3]) == len(h.commits[0])
+
+
+def test_a_valid_new_view_for_a_later_view_is_adopted_directly() -> None:
+    h = Harness(blocks=2)
+    _view_one_without_replica_3(h)
+    new_view = next(
+        a.data
+        for a in h.actions_of[1]
+        if isinstance(a, Broadcast) and isinstance(m.decode(a.data, 1024, 64 * 1024), m.NewView)
+    )
+    r = Replica(config(3), random.Random(3))
+    out = r.step(Received(1, new_view))
+    assert (r.view, r.view_active) == (1, True)
+    assert ViewChanged(1, 1) in out
+    # Persisted before anything is sent, and a replay of it later is just an old message.
+    assert isinstance(out[0], Persist)
+    assert [a.reason for a in r.step(Received(1, new_view)) if hasattr(a, "reason")] == ["old_view"]
+    # Relayed by someone else it does not count: the transport sender must be the signer.
+    other = Replica(config(3), random.Random(3))
+    assert [a.reason for a in other.step(Received(2, new_view)) if hasattr(a, "reason")] == [
+        "sender_mismatch"
+    ]
+    assert other.view == 0

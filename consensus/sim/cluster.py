@@ -377,9 +377,24 @@ class Simulation:
         ) or not verify_certificate(cert, cfg.validators, cfg.chain_id, self.verify):
             self.violations.append(f"certificate: seq {c.seq} replica {node.index}")
 
+    def _laggards(self) -> list[int]:
+        """Honest replicas active in a view below another honest replica's active view.
+
+        Committing is not enough: such a replica can follow by catch-up alone and never vote,
+        which leaves the cluster one failure from a stall. (A replica that ran *ahead* into a
+        view change is fine: its VIEW-CHANGE stays on record for the next one, section 4.5.2.)
+        """
+        active = [
+            (n.index, n.replica.view)
+            for n in self.nodes
+            if n.honest and n.replica is not None and n.replica.view_active
+        ]
+        top = max((v for _, v in active), default=0)
+        return [i for i, v in active if v < top]
+
     def _live(self) -> bool:
         assert self.gst_heights is not None
-        return all(
+        return not self._laggards() and all(
             len(self.nodes[i].ledger) >= h + LIVENESS_BLOCKS for i, h in self.gst_heights.items()
         )
 
@@ -391,7 +406,8 @@ class Simulation:
             for i, h in self.gst_heights.items()
             if len(self.nodes[i].ledger) < h + LIVENESS_BLOCKS
         ]
-        return "no progress after GST: " + ",".join(stuck)
+        stale = [f"{i}:view" for i in self._laggards()]
+        return "no progress after GST: " + ",".join(stuck + stale)
 
 
 def run_seed(seed: int, nodes: int = 4, factory: ReplicaFactory = Replica) -> SeedResult:
