@@ -96,16 +96,28 @@ def extrapolated_path_lengths(h: FloatArray, level_odds: FloatArray) -> FloatArr
     return out
 
 
-def extrapolated_scores(forest: IsolationForest, X: npt.ArrayLike, odds: FloatArray) -> FloatArray:
+def extrapolated_scores(
+    forest: IsolationForest,
+    X: npt.ArrayLike,
+    odds: FloatArray,
+    *,
+    lengths: FloatArray | None = None,
+) -> FloatArray:
     """The forest's score with out-of-range columns isolating early.
 
     ``odds`` is ``Ranges.isolation_odds`` over the forest's own columns. Each level draws a
-    column uniformly, so the per-level chance is the mean of the columns' odds.
+    column uniformly, so the per-level chance is the mean of the columns' odds. ``lengths``,
+    if given, is ``forest.path_lengths(X)`` already computed (e.g. remembered by the caller).
     """
     data = check_matrix(X, forest.n_features)
     if odds.shape != data.shape:
         raise ValueError("odds must have the shape of X")
-    h = forest.path_lengths(data)
+    if lengths is None:
+        h = forest.path_lengths(data)
+    elif lengths.shape != (data.shape[0],):
+        raise ValueError("lengths must have one path length per row of X")
+    else:
+        h = lengths
     c = float(average_path_length(forest.psi))
     if c <= 0.0:
         return forest.score(data)

@@ -50,7 +50,8 @@ class SenderHistory:
     tx_count: int = 0  # committed txs
     median_amount: float | None = None  # of its recent transfers; None if it has made none
     last_timestamp_ms: int | None = None
-    recent_timestamps_ms: tuple[int, ...] = ()  # its recent txs (committed and admitted)
+    # Its recent txs (committed and admitted): at least every one in the last RATE_WINDOW_MS.
+    recent_timestamps_ms: tuple[int, ...] = ()
     recent_receivers: int = 0  # distinct receivers in FANOUT_WINDOW_MS, not counting this tx's
     next_nonce: int = 0
 
@@ -72,55 +73,94 @@ class ChainHistory:
     median_gap_s: float | None = None  # between a sender's consecutive txs
 
 
-def _log_ratio(value: float, reference: float) -> float:
-    return math.log2((1.0 + value) / (1.0 + reference))
+# Columns of the raw matrix ``feature_rows`` turns into features, one row per tx. NaN stands for
+# "none": a sender without transfers has no median amount, an account's first tx has no gap.
+RAW_COLUMNS: tuple[str, ...] = (
+    "amount",  # the tx's amount (anchors: ignored, they get the sender's typical amount)
+    "sender_median",  # median of the sender's recent transfers, NaN if it has made none
+    "fee",
+    "gap_s",  # seconds since the sender's previous tx (may be negative: clocks), NaN if none
+    "recent",  # the sender's txs in [now - RATE_WINDOW_MS, now]
+    "novelty",  # 0 paid before by this sender, 1 new to the sender, 2 new to the chain
+    "fanout",  # distinct receivers in FANOUT_WINDOW_MS, including this tx's if new to the sender
+    "nonce_gap",  # nonce minus the sender's next expected nonce
+    "is_anchor",  # 1.0 or 0.0
+)
+N_RAW = len(RAW_COLUMNS)
+
+
+def feature_rows(raw: npt.ArrayLike, chain: ChainHistory) -> npt.NDArray[np.float64]:
+    """Features (order of FEATURE_NAMES) of many txs at once, from their RAW_COLUMNS matrix.
+
+    Column-wise numpy, so that a micro-batch costs a few array operations instead of a Python
+    function call per tx; ``featurize`` is the one-row case of this.
+    """
+    r = np.asarray(raw, dtype=np.float64)
+    if r.ndim != 2 or r.shape[1] != N_RAW:
+        raise ValueError(f"raw must be a (txs x {N_RAW}) matrix")
+    anchor = r[:, 8] > 0.5
+    median = r[:, 1]
+    has_median = ~np.isnan(median)
+    reference = np.where(has_median, median, 0.0)
+    # An anchor moves no value: give it the sender's typical amount so that "amount 0" does
+    # not make every anchor look like a tiny, odd transfer; is_anchor tells the two apart.
+    chain_typical = chain.median_amount if chain.median_amount is not None else 0.0
+    typical = np.where(has_median, reference, chain_typical)
+    amount = np.where(anchor, typical, np.maximum(r[:, 0], 0.0))
+    out = np.empty((r.shape[0], N_FEATURES))
+    out[:, 0] = np.log2(1.0 + amount)
+    # A sender without transfers has no typical amount: neutral here (log_amount still sees the
+    # size). Comparing with the chain's median instead spreads ordinary rows over +-7 bits and
+    # hides a sender's 1000x jump among them.
+    out[:, 1] = np.where(has_median, np.log2((1.0 + amount) / (1.0 + reference)), 0.0)
+    fee_ref = chain.median_fee
+    if fee_ref is None:
+        out[:, 2] = 0.0
+    else:
+        out[:, 2] = np.log2((1.0 + np.maximum(r[:, 2], 0.0)) / (1.0 + fee_ref))
+    # An account's first tx is not anomalous for that reason alone: give it the typical gap.
+    first_gap_s = chain.median_gap_s if chain.median_gap_s is not None else GAP_CAP_S
+    gap = r[:, 3]
+    gap_s = np.where(np.isnan(gap), first_gap_s, np.maximum(np.nan_to_num(gap), 0.0))
+    out[:, 3] = np.log2(1.0 + np.minimum(gap_s, GAP_CAP_S))
+    out[:, 4] = np.log2(1.0 + r[:, 4])
+    out[:, 5] = r[:, 5]
+    out[:, 6] = np.log2(1.0 + r[:, 6])
+    nonce_gap = r[:, 7]
+    out[:, 7] = np.copysign(np.log2(1.0 + np.abs(nonce_gap)), nonce_gap)
+    out[:, 8] = anchor
+    return out
+
+
+def raw_row(
+    tx: TxFacts, sender: SenderHistory, receiver: ReceiverHistory
+) -> tuple[float, float, float, float, float, float, float, float, float]:
+    """One tx's RAW_COLUMNS from its summaries."""
+    now = tx.timestamp_ms
+    nan = math.nan
+    last = sender.last_timestamp_ms
+    recent = sum(1 for t in sender.recent_timestamps_ms if now - RATE_WINDOW_MS <= t <= now)
+    new_to_sender = not tx.is_anchor and not receiver.paid_by_sender
+    new_to_chain = not tx.is_anchor and not receiver.seen_on_chain
+    return (
+        float(tx.amount),
+        nan if sender.median_amount is None else sender.median_amount,
+        float(tx.fee),
+        nan if last is None else (now - last) / 1000.0,
+        float(recent),
+        2.0 if new_to_chain else 1.0 if new_to_sender else 0.0,
+        float(sender.recent_receivers + (1 if new_to_sender else 0)),
+        float(tx.nonce - sender.next_nonce),
+        1.0 if tx.is_anchor else 0.0,
+    )
 
 
 def featurize(
     tx: TxFacts, sender: SenderHistory, receiver: ReceiverHistory, chain: ChainHistory
 ) -> npt.NDArray[np.float64]:
     """The fixed feature vector (order of FEATURE_NAMES) of one transaction."""
-    now = tx.timestamp_ms
-    reference = sender.median_amount
-    if tx.is_anchor:
-        # An anchor moves no value: give it the sender's typical amount so that "amount 0" does
-        # not make every anchor look like a tiny, odd transfer; is_anchor tells the two apart.
-        typical = reference if reference is not None else chain.median_amount
-        amount = typical if typical is not None else 0.0
-    else:
-        amount = float(max(tx.amount, 0))
-    # A sender without transfers has no typical amount: neutral here (log_amount still sees the
-    # size). Comparing with the chain's median instead spreads ordinary rows over +-7 bits and
-    # hides a sender's 1000x jump among them.
-    amount_vs_sender = 0.0 if reference is None else _log_ratio(amount, reference)
-    fee_ref = chain.median_fee
-    fee_vs_typical = 0.0 if fee_ref is None else _log_ratio(float(max(tx.fee, 0)), fee_ref)
-    if sender.last_timestamp_ms is None:
-        # An account's first tx is not anomalous for that reason alone: give it the typical gap.
-        gap_s = chain.median_gap_s if chain.median_gap_s is not None else GAP_CAP_S
-    else:
-        gap_s = max(0.0, (now - sender.last_timestamp_ms) / 1000.0)
-    gap_s = min(GAP_CAP_S, gap_s)
-    recent = sum(1 for t in sender.recent_timestamps_ms if now - RATE_WINDOW_MS <= t <= now)
-    new_to_sender = not tx.is_anchor and not receiver.paid_by_sender
-    new_to_chain = not tx.is_anchor and not receiver.seen_on_chain
-    fanout = sender.recent_receivers + (1 if new_to_sender else 0)
-    gap = tx.nonce - sender.next_nonce
-    nonce_gap = math.copysign(math.log2(1.0 + abs(gap)), gap)
-    return np.array(
-        [
-            math.log2(1.0 + amount),
-            amount_vs_sender,
-            fee_vs_typical,
-            math.log2(1.0 + gap_s),
-            math.log2(1.0 + recent),
-            2.0 if new_to_chain else 1.0 if new_to_sender else 0.0,
-            math.log2(1.0 + fanout),
-            nonce_gap,
-            float(tx.is_anchor),
-        ],
-        dtype=np.float64,
-    )
+    row: npt.NDArray[np.float64] = feature_rows([raw_row(tx, sender, receiver)], chain)[0]
+    return row
 
 
 # --- reasons -----------------------------------------------------------------------------------

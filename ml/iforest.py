@@ -88,6 +88,10 @@ class IsolationForest:
         self._bits: list[FloatArray] = []  # per level: log2 of parent size over node size
         self._leaf: FloatArray = np.zeros(0)  # bottom level: depth + c(size)
         self._c_psi = 0.0
+        # One-column forests only: E[h(x)] is a step function of x that changes only at split
+        # thresholds, so it is tabulated at fit time and scoring is a binary search.
+        self._steps: FloatArray | None = None  # sorted distinct finite thresholds
+        self._step_lengths: FloatArray = np.zeros(0)  # E[h] below steps[0], then from each step
 
     @property
     def fitted(self) -> bool:
@@ -162,7 +166,23 @@ class IsolationForest:
         self._feature, self._threshold, self._bits, self._leaf = features, thresholds, bits, leaf
         self.n_features, self.psi, self.limit = d, psi, limit
         self._c_psi = float(average_path_length(psi))
+        self._steps = None
+        if d == 1:
+            self._tabulate()
         return self
+
+    def _tabulate(self) -> None:
+        """E[h(x)] of a one-column forest on each interval between consecutive thresholds.
+
+        Every split compares ``x >= t``, so all x in ``[steps[k], steps[k+1])`` take the same
+        path in every tree as ``steps[k]`` itself, and all x below ``steps[0]`` the same as
+        ``-inf``: traversing those representatives gives the exact path lengths of any x.
+        """
+        cuts = np.concatenate(self._threshold) if self._threshold else np.zeros(0)
+        steps = np.unique(cuts[np.isfinite(cuts)])
+        below = np.array([-np.inf if steps.size else 0.0])
+        self._step_lengths = self._traverse(np.concatenate((below, steps))[:, None])
+        self._steps = steps
 
     def _choose_splits(
         self,
@@ -222,6 +242,14 @@ class IsolationForest:
     def path_lengths(self, X: npt.ArrayLike) -> FloatArray:
         """E[h(x)]: each row's path length averaged over the trees."""
         data = self._check_fitted(X)
+        if self._steps is not None:
+            at = np.searchsorted(self._steps, data[:, 0], side="right")
+            lengths: FloatArray = self._step_lengths.take(at)
+            return lengths
+        return self._traverse(data)
+
+    def _traverse(self, data: FloatArray) -> FloatArray:
+        """Path lengths by walking every tree, level by level, for all rows at once."""
         n, d = data.shape
         flat = data.ravel()
         trees = self.n_trees
@@ -244,8 +272,14 @@ class IsolationForest:
                 right_buf[:rows],
             )
             base = (np.arange(start, stop, dtype=np.intp) * d)[:, None]
-            idx = np.tile(tree_ids, (rows, 1))
-            for level in range(self.limit):
+            if self.limit == 0:
+                idx = np.tile(tree_ids, (rows, 1))
+            else:
+                # Level 0 holds one node per tree: a column gather, no index arithmetic.
+                block = data[start:stop]
+                np.greater_equal(block[:, features[0]], thresholds[0], out=right)
+                idx = np.add(tree_ids << 1, right)
+            for level in range(1, self.limit):
                 features[level].take(idx, out=cell, mode="clip")
                 np.add(cell, base, out=cell)
                 flat.take(cell, out=value, mode="clip")

@@ -2,14 +2,19 @@
 
 The admission path of node/admission.py, stage by stage, on the same pre-signed transfers from
 many funded accounts: decode and signature check of a micro-batch (the worker-thread part),
-mempool checks and insertion, and the detector's ``score_batch`` over the same micro-batch with
+mempool check, the detector's ``score_batch``, and mempool insertion (which checks again), with
 a warm model trained on committed history. Prints one JSON object with txs/s with and without
 screening and the share of admission time the detector costs (issue target: at most 10%).
+
+The machine is shared and noisy, so the two passes alternate for ``--rounds`` rounds and each
+figure is the fastest round (the least disturbed one). Every screened round scores the same txs
+with a fresh copy of the same warm detector, so it sees the same history and holds the same txs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import time
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256, help="micro-batch size")
     ap.add_argument("--accounts", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating passes; the best counts")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     keys = [SigningKey(rng.randbytes(32)) for _ in range(args.accounts)]
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             make_transfer(keys[i], CHAIN_ID, to, rng.randint(100, 1000), 1, n // len(keys)).encode()
         )
 
-    def admit(screen: bool) -> tuple[float, float, int]:
+    def admit(screen: Detector | None) -> tuple[float, float, int]:
         pool = Mempool(CHAIN_ID, 10**7, 10**10, lambda a: Account(10**15, 0))
         t_screen = 0.0
         held = 0
@@ -83,27 +89,40 @@ def main(argv: list[str] | None = None) -> int:
                 for t in _decode_and_verify(raws[start : start + args.batch])
                 if isinstance(t, Transaction)
             ]
-            if screen:
+            for tx in txs:  # as node/admission.py: checked before screening, rechecked on add
+                pool.check(tx, tx.hash)
+            if screen is not None:
                 s0 = time.perf_counter()
-                verdicts = det.score_batch(txs, 1_800_000_400_000 + start // 2)  # 2000 tx/s
+                verdicts = screen.score_batch(txs, 1_800_000_400_000 + start // 2)  # 2000 tx/s
                 t_screen += time.perf_counter() - s0
                 held += sum(v.quarantine for v in verdicts)
             for tx in txs:
                 pool.add(tx, tx.hash, 0.0)
         return time.perf_counter() - t0, t_screen, held
 
-    admit(False)  # warm caches
-    plain_s, _, _ = admit(False)
-    screened_s, screen_s, held = admit(True)
+    admit(None)  # warm caches
+    plain: list[float] = []
+    screened: list[float] = []
+    screening: list[float] = []
+    helds: set[int] = set()
+    for _ in range(max(1, args.rounds)):
+        plain.append(admit(None)[0])
+        total_s, screen_s, held = admit(copy.deepcopy(det))
+        screened.append(total_s)
+        screening.append(screen_s)
+        helds.add(held)
+    assert len(helds) == 1, f"rounds held different txs: {sorted(helds)}"
+    plain_s, screened_s, screen_s = min(plain), min(screened), min(screening)
     out = {
         "txs": args.txs,
         "batch": args.batch,
+        "rounds": len(plain),
         "admission_txs_per_s_without_screening": round(args.txs / plain_s, 1),
         "admission_txs_per_s_with_screening": round(args.txs / screened_s, 1),
         "screening_us_per_tx": round(screen_s / args.txs * 1e6, 2),
         "screening_share_of_admission": round(screen_s / screened_s, 4),
         "throughput_cost": round(1 - plain_s / screened_s, 4),
-        "held": held,
+        "held": helds.pop(),
     }
     print(json.dumps(out))
     return 0

@@ -18,13 +18,14 @@ The runtime drives it::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import statistics
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -36,15 +37,15 @@ from ml.features import (
     N_FEATURES,
     RATE_WINDOW_MS,
     ChainHistory,
-    ReceiverHistory,
     SenderHistory,
     TxFacts,
-    featurize,
+    feature_rows,
     reasons,
 )
 from ml.iforest import IsolationForest, average_path_length
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
 SEED_DOMAIN = b"vigil/detector/seed/v1"
 SENDER_AMOUNTS_MAX = 32  # the sender's median is over its last this-many transfers
 SENDER_EVENTS_MAX = 64  # timestamps/receivers kept per sender for rate and fan-out
@@ -76,6 +77,10 @@ AMOUNT_COLUMNS = ("log_amount", "amount_vs_sender", "fee_vs_typical")
 AMOUNT_MARGIN = 1.0  # log2 units: extrapolation starts at twice the window's largest value
 
 RECENT_SCORES_MAX = 2048
+MEMO_ROWS_MAX = 4096
+_EMPTY: set[bytes] = (
+    set()
+)  # shared "no recent receivers"; never added to  # distinct subspace rows whose path lengths a model remembers
 
 
 class TxLike(Protocol):
@@ -187,6 +192,11 @@ class TrainedModel:
     rows: int
     subspaces: tuple[tuple[tuple[int, ...], IsolationForest, float], ...] = ()
     ranges: Ranges | None = None  # None: no extrapolation (plain forest scores)
+    # Path lengths of distinct rows already seen, per multi-column subspace: a cache (scoring
+    # runs on the event loop only), so the model is still a value.
+    memo: dict[int, dict[tuple[float, ...], float]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def score(self, X: FloatArray) -> FloatArray:
         return self.score_detail(X)[0]
@@ -199,14 +209,74 @@ class TrainedModel:
         else:
             odds = self.ranges.isolation_odds(X)
             s = extrapolated_scores(self.forest, X, odds)
-        for columns, forest, exponent in self.subspaces:
+        for k, (columns, forest, exponent) in enumerate(self.subspaces):
             cols = list(columns)
+            part, part_odds = X[:, cols], odds[:, cols]
             if self.ranges is None:
-                sub = forest.score(X[:, cols])
+                sub = forest.score(part)
+            elif len(cols) == 1:  # tabulated by the forest itself: a binary search per row
+                sub = extrapolated_scores(forest, part, part_odds)
             else:
-                sub = extrapolated_scores(forest, X[:, cols], odds[:, cols])
+                # Rate, fan-out and novelty take few distinct values: each distinct row's path
+                # length is computed once and remembered.
+                part, first, inverse = _distinct_rows(part)
+                lengths = self._remembered_lengths(k, forest, part)
+                sub = extrapolated_scores(forest, part, part_odds[first], lengths=lengths)[inverse]
             s = np.maximum(s, sub**exponent)
         return s, odds
+
+    def _remembered_lengths(self, k: int, forest: IsolationForest, rows: FloatArray) -> FloatArray:
+        memo = self.memo.setdefault(k, {})
+        keys = [tuple(r) for r in rows.tolist()]
+        missing = [i for i, key in enumerate(keys) if key not in memo]
+        if missing:
+            if len(memo) + len(missing) > MEMO_ROWS_MAX:
+                memo.clear()
+            for i, h in zip(missing, forest.path_lengths(rows[missing]).tolist(), strict=True):
+                memo[keys[i]] = h
+        return np.array([memo[key] for key in keys])
+
+
+def _distinct_rows(rows: FloatArray) -> tuple[FloatArray, IntArray, IntArray]:
+    """The distinct rows, the index of one occurrence of each, and each row's distinct index.
+
+    Like ``np.unique(rows, axis=0, ...)`` at a fraction of its cost on small batches.
+    """
+    order = np.lexsort(rows.T[::-1])
+    ordered = rows[order]
+    new = np.empty(len(rows), dtype=np.bool_)
+    new[:1] = True
+    np.any(ordered[1:] != ordered[:-1], axis=1, out=new[1:])
+    inverse = np.empty(len(rows), dtype=np.intp)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], order[new], inverse
+
+
+_SET_VERDICT = tuple(
+    getattr(Verdict, name).__set__
+    for name in ("score", "threshold", "quarantine", "reasons", "model_version", "later")
+)
+
+
+def _verdict(
+    score: float,
+    threshold: float,
+    quarantine: bool,
+    reasons: tuple[str, ...],
+    model_version: int,
+    later: Callable[[], tuple[str, ...]] | None,
+) -> Verdict:
+    """``Verdict(...)`` at half the cost: the admission path makes one per tx, and a frozen
+    dataclass's ``__init__`` goes through ``object.__setattr__`` once per field."""
+    v: Verdict = object.__new__(Verdict)
+    set_score, set_threshold, set_quarantine, set_reasons, set_version, set_later = _SET_VERDICT
+    set_score(v, score)
+    set_threshold(v, threshold)
+    set_quarantine(v, quarantine)
+    set_reasons(v, reasons)
+    set_version(v, model_version)
+    set_later(v, later)
+    return v
 
 
 def training_seed(height: int) -> int:
@@ -220,23 +290,74 @@ def _median(values: deque[int]) -> float | None:
 
 
 class _Account:
-    __slots__ = ("amounts", "events", "last_ms", "next_nonce", "receivers", "tx_count")
+    __slots__ = (
+        "amounts",
+        "events",
+        "last_ms",
+        "median",
+        "next_nonce",
+        "ordered",
+        "receivers",
+        "tx_count",
+    )
 
     def __init__(self) -> None:
         self.tx_count = 0
         self.amounts: deque[int] = deque(maxlen=SENDER_AMOUNTS_MAX)
+        self.median = math.nan  # of ``amounts``, kept on commit so scoring need not sort
         self.events: deque[tuple[int, bytes]] = deque(maxlen=SENDER_EVENTS_MAX)
+        # Event times never went down (block times normally do not): the recent events are
+        # then a suffix of ``events`` and scoring stops at the first older one.
+        self.ordered = True
         self.receivers: OrderedDict[bytes, None] = OrderedDict()
         self.last_ms: int | None = None
         self.next_nonce = 0
 
+    def add_event(self, timestamp_ms: int, receiver: bytes) -> None:
+        if self.events and timestamp_ms < self.events[-1][0]:
+            self.ordered = False
+        self.events.append((timestamp_ms, receiver))
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
+
+class _Pending(NamedTuple):
+    """A tx admitted here and not yet committed (a tuple: made once per scored tx)."""
+
     tx_hash: bytes
     timestamp_ms: int
     receiver: bytes
     nonce: int
+
+
+class _Context(NamedTuple):
+    """What a tx's reasons need besides its features, captured when it was scored."""
+
+    amount: int
+    fee: int
+    is_anchor: bool
+    timestamp_ms: int
+    nonce: int
+    tx_count: int
+    median_amount: float | None
+    last_timestamp_ms: int | None
+    rate_timestamps_ms: tuple[int, ...]  # sorted; every event at or after now - RATE_WINDOW_MS
+    recent_receivers: int
+    next_nonce: int
+
+    def facts(self) -> TxFacts:
+        return TxFacts(self.amount, self.fee, self.is_anchor, self.timestamp_ms, self.nonce)
+
+    def sender(self) -> SenderHistory:
+        return SenderHistory(
+            self.tx_count,
+            self.median_amount,
+            self.last_timestamp_ms,
+            self.rate_timestamps_ms,
+            self.recent_receivers,
+            self.next_nonce,
+        )
+
+
+RawRow = tuple[float, float, float, float, float, float, float, float, float]
 
 
 def _lru_touch(table: OrderedDict[bytes, Any], key: bytes, value: Any, cap: int) -> None:
@@ -283,15 +404,18 @@ class Detector:
         self._height = max(self._height, header.height)
         if receipts_ok is not None and len(receipts_ok) != len(block.txs):
             raise ValueError("receipts_ok must have one entry per tx in the block")
+        raws: list[RawRow] = []
         for i, tx in enumerate(block.txs):
             sender = tx.sender_address
             self._forget_pending(sender, tx.hash)
             if receipts_ok is not None and not receipts_ok[i]:
                 continue  # skipped by execution: no state change, not ordinary traffic either
             acct = self._accounts.get(sender)
-            facts, sh, rh = self._view(tx, acct, (), now)
-            self._window.append(featurize(facts, sh, rh, self._chain))
+            raws.append(self._raw(tx, acct, (), now)[0])
             self._apply(tx, sender, acct, now)
+        if raws:
+            # Every row of a block sees the chain summary as of the block before it.
+            self._window.extend(feature_rows(raws, self._chain))
         if block.txs:
             gap_ms = _median(self._chain_gaps_ms)
             self._chain = ChainHistory(
@@ -314,12 +438,13 @@ class Detector:
         self._committed_txs += 1
         if tx.kind == "transfer":
             acct.amounts.append(tx.amount)
-            acct.events.append((now, tx.to))
+            acct.median = float(statistics.median(acct.amounts))
+            acct.add_event(now, tx.to)
             _lru_touch(acct.receivers, tx.to, None, SENDER_RECEIVERS_MAX)
             _lru_touch(self._addresses, tx.to, None, self.cfg.addresses_max)
             self._chain_amounts.append(tx.amount)
         else:
-            acct.events.append((now, b""))
+            acct.add_event(now, b"")
 
     def _forget_pending(self, sender: bytes, tx_hash: bytes) -> None:
         queue = self._pending.get(sender)
@@ -332,43 +457,92 @@ class Detector:
         if not queue:
             del self._pending[sender]
 
-    def _view(
+    def _raw(
         self, tx: TxLike, acct: _Account | None, pending: Sequence[_Pending], now: int
-    ) -> tuple[TxFacts, SenderHistory, ReceiverHistory]:
-        """The tx and its summaries as seen at ``now`` (committed history plus ``pending``)."""
+    ) -> tuple[RawRow, tuple[Any, ...]]:
+        """The tx's ml.features.RAW_COLUMNS as seen at ``now`` (committed history plus
+        ``pending``), and the fields of its ``_Context`` (a plain tuple: cheaper to make, and
+        most are never read). Called once per scored tx, so it touches only the sender's recent
+        events and copies nothing."""
         is_anchor = tx.kind != "transfer"
-        facts = TxFacts(tx.amount, tx.fee, is_anchor, now, tx.nonce)
-        events: list[tuple[int, bytes]] = list(acct.events) if acct is not None else []
-        events.extend((p.timestamp_ms, p.receiver) for p in pending)
-        horizon = now - max(RATE_WINDOW_MS, FANOUT_WINDOW_MS)
-        recent = [(t, r) for t, r in events if t >= horizon]
+        to = b"" if is_anchor else tx.to
+        rate_from = now - RATE_WINDOW_MS
         fanout_from = now - FANOUT_WINDOW_MS
-        distinct = {r for t, r in recent if r and t >= fanout_from}
-        last = max((t for t, _ in events), default=None)
+        horizon = min(rate_from, fanout_from)
+        last: int | None = None
+        rate_ts: list[int] = []  # at or after rate_from, for the reasons
+        recent = 0  # in [rate_from, now], for the feature
+        distinct: set[bytes] = _EMPTY
+        if acct is not None and acct.events:
+            events = acct.events
+            if acct.ordered:
+                last = events[-1][0]
+                scan: Any = reversed(events) if last >= horizon else ()
+            else:
+                last = max(t for t, _ in events)
+                scan = events
+            for t, r in scan:
+                if t < horizon:
+                    if acct.ordered:
+                        break
+                    continue
+                if r and t >= fanout_from:
+                    if distinct is _EMPTY:
+                        distinct = set()
+                    distinct.add(r)
+                if t >= rate_from:
+                    rate_ts.append(t)
+                    recent += t <= now
         next_nonce = acct.next_nonce if acct is not None else 0
+        paid = acct is not None and not is_anchor and to in acct.receivers
         for p in pending:
+            t = p.timestamp_ms
+            last = t if last is None else max(last, t)
             next_nonce = max(next_nonce, p.nonce + 1)
-        sender = SenderHistory(
-            tx_count=acct.tx_count if acct is not None else 0,
-            median_amount=float(statistics.median(acct.amounts))
-            if acct is not None and acct.amounts
-            else None,
-            last_timestamp_ms=last,
-            recent_timestamps_ms=tuple(sorted(t for t, _ in recent)),
-            recent_receivers=len(distinct - {tx.to}) if not is_anchor else len(distinct),
-            next_nonce=next_nonce,
-        )
+            if p.receiver == to and not is_anchor:
+                paid = True
+            if t >= horizon:
+                if p.receiver and t >= fanout_from:
+                    if distinct is _EMPTY:
+                        distinct = set()
+                    distinct.add(p.receiver)
+                if t >= rate_from:
+                    rate_ts.append(t)
+                    recent += t <= now
         if is_anchor:
-            receiver = ReceiverHistory()
+            novelty = 0.0
+            receivers = len(distinct)
+            fanout = receivers
         else:
-            to = tx.to
-            paid = (acct is not None and to in acct.receivers) or any(
-                p.receiver == to for p in pending
-            )
-            receiver = ReceiverHistory(
-                seen_on_chain=paid or to in self._addresses, paid_by_sender=paid
-            )
-        return facts, sender, receiver
+            novelty = 0.0 if paid else 1.0 if to in self._addresses else 2.0
+            receivers = len(distinct) - (to in distinct)
+            fanout = receivers + (not paid)
+        median = acct.median if acct is not None else math.nan
+        raw = (
+            float(tx.amount),
+            median,
+            float(tx.fee),
+            math.nan if last is None else (now - last) / 1000.0,
+            float(recent),
+            novelty,
+            float(fanout),
+            float(tx.nonce - next_nonce),
+            1.0 if is_anchor else 0.0,
+        )
+        context = (
+            tx.amount,
+            tx.fee,
+            is_anchor,
+            now,
+            tx.nonce,
+            acct.tx_count if acct is not None else 0,
+            None if math.isnan(median) else median,
+            last,
+            tuple(sorted(rate_ts)) if rate_ts else (),
+            receivers,
+            next_nonce,
+        )
+        return raw, context
 
     # --- training ---------------------------------------------------------------------------
 
@@ -460,77 +634,59 @@ class Detector:
         """Verdicts for a micro-batch, in order; each tx also joins the sender's pending history."""
         if not txs:
             return []
-        rows: list[FloatArray] = []
-        context: list[tuple[TxFacts, SenderHistory]] = []
+        model = self._model
+        scoring = model is not None and self.cfg.enabled
+        raws: list[RawRow] = []
+        contexts: list[tuple[Any, ...]] = []
+        accounts = self._accounts
         for tx in txs:
             sender = tx.sender_address
             pending = self._pending_of(sender, now_ms)
-            facts, sh, rh = self._view(tx, self._accounts.get(sender), pending, now_ms)
-            rows.append(featurize(facts, sh, rh, self._chain))
-            context.append((facts, sh))
+            if scoring:
+                raw, context = self._raw(tx, accounts.get(sender), pending, now_ms)
+                raws.append(raw)
+                contexts.append(context)
             tx_hash = tx.hash
-            if all(p.tx_hash != tx_hash for p in pending):  # a re-delivered tx counts once
-                pending.append(
-                    _Pending(tx_hash, now_ms, b"" if facts.is_anchor else tx.to, tx.nonce)
-                )
-        model = self._model
-        if model is None or not self.cfg.enabled:
+            # A re-delivered tx counts once.
+            if not pending or all(p.tx_hash != tx_hash for p in pending):
+                to = b"" if tx.kind != "transfer" else tx.to
+                pending.append(_Pending(tx_hash, now_ms, to, tx.nonce))
+        if model is None or not scoring:
             return [Verdict(0.0, 1.0, False, ()) for _ in txs]
-        X = np.vstack(rows)
+        X = feature_rows(raws, self._chain)
         scores, odds = model.score_detail(X)
-        high = model.ranges.high if model.ranges is not None else None
-        warm = self.warm
         # Strict: a tx that merely ties the tail of ordinary traffic (few distinct values, so
         # many rows share one score) is not held.
-        held = (scores > model.threshold) & warm
-        held_rows = np.flatnonzero(held)
-        excess_held = (
-            model.forest.explain(X[held_rows]) - model.baseline if held_rows.size else None
-        )
+        held = (scores > model.threshold) & self.warm
+        batch = _Scored(model, X, odds, contexts, held, self.cfg.reasons_max)
+        version = self._model_version
+        threshold = model.threshold
         out: list[Verdict] = []
-        for i, (facts, sh) in enumerate(context):
-            score = float(scores[i])
-            quarantine = bool(held[i])
-
-            def why(i: int = i, facts: TxFacts = facts, sh: SenderHistory = sh) -> tuple[str, ...]:
-                row = X[i : i + 1]
-                if excess_held is not None and held[i]:
-                    excess = excess_held[int(np.searchsorted(held_rows, i))]
-                else:
-                    excess = (model.forest.explain(row) - model.baseline)[0]
-                found = reasons(
-                    X[i],
-                    excess,
-                    facts,
-                    sh,
-                    self.cfg.reasons_max,
-                    odds=odds[i],
-                    high=high,
-                    window_rows=model.rows,
+        why = batch.reasons
+        for i, (score, quarantine) in enumerate(zip(scores.tolist(), held.tolist(), strict=True)):
+            if quarantine:
+                out.append(_verdict(score, threshold, True, why(i), version, None))
+            else:
+                out.append(
+                    _verdict(score, threshold, False, (), version, functools.partial(why, i))
                 )
-                return tuple(found)
-
-            out.append(
-                Verdict(
-                    score,
-                    model.threshold,
-                    quarantine,
-                    why() if quarantine else (),
-                    self._model_version,
-                    later=None if quarantine else why,
-                )
-            )
-            self._scores.append(score)
-            self._quarantined.append(quarantine)
+        self._scores.extend(scores.tolist())
+        self._quarantined.extend(held.tolist())
         return out
 
     def _pending_of(self, sender: bytes, now_ms: int) -> deque[_Pending]:
-        queue = self._pending.get(sender)
+        table = self._pending
+        queue = table.get(sender)
         if queue is None:
             queue = deque(maxlen=SENDER_EVENTS_MAX)
-        while queue and queue[0].timestamp_ms < now_ms - self.cfg.pending_ttl_ms:
+            table[sender] = queue
+            if len(table) > PENDING_SENDERS_MAX:
+                table.popitem(last=False)
+            return queue
+        table.move_to_end(sender)
+        expired = now_ms - self.cfg.pending_ttl_ms
+        while queue and queue[0].timestamp_ms < expired:
             queue.popleft()
-        _lru_touch(self._pending, sender, queue, PENDING_SENDERS_MAX)
         return queue
 
     def status(self) -> dict[str, Any]:
@@ -559,3 +715,47 @@ class Detector:
             "committed_txs_seen": self._committed_txs,
             "warmup_txs": self.cfg.warmup_txs,
         }
+
+
+class _Scored:
+    """One scored micro-batch: reasons of its txs, the held ones' computed together."""
+
+    __slots__ = ("X", "contexts", "excess_held", "held_rows", "high", "limit", "model", "odds")
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        X: FloatArray,
+        odds: FloatArray,
+        contexts: list[tuple[Any, ...]],
+        held: npt.NDArray[np.bool_],
+        limit: int,
+    ) -> None:
+        self.model, self.X, self.odds, self.contexts, self.limit = model, X, odds, contexts, limit
+        self.high = model.ranges.high if model.ranges is not None else None
+        self.held_rows = np.flatnonzero(held)
+        self.excess_held = (
+            model.forest.explain(X[self.held_rows]) - model.baseline
+            if self.held_rows.size
+            else None
+        )
+
+    def reasons(self, i: int) -> tuple[str, ...]:
+        model = self.model
+        at = int(np.searchsorted(self.held_rows, i))
+        if self.excess_held is not None and at < self.held_rows.size and self.held_rows[at] == i:
+            excess = self.excess_held[at]
+        else:
+            excess = (model.forest.explain(self.X[i : i + 1]) - model.baseline)[0]
+        context = _Context._make(self.contexts[i])
+        found = reasons(
+            self.X[i],
+            excess,
+            context.facts(),
+            context.sender(),
+            self.limit,
+            odds=self.odds[i],
+            high=self.high,
+            window_rows=model.rows,
+        )
+        return tuple(found)

@@ -9,6 +9,7 @@ counterparty), ``burst`` (a dozen-plus transfers within seconds, each to a fresh
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import random
@@ -407,3 +408,32 @@ def test_bench_like_uniform_traffic_is_not_quarantined() -> None:
         train_if_due(det, height)
     assert scored >= 3000
     assert held == 0
+
+
+def test_verdicts_do_not_depend_on_batching_or_on_the_ordered_fast_path() -> None:
+    # Scoring keeps running summaries and scores distinct subspace rows once per batch; none of
+    # that may change a verdict. A batch sees the pending txs of its earlier txs, exactly as
+    # one-tx batches at the same time do; and an account whose block times went backwards (so
+    # its events are scanned in full) scores like one scanned from the newest event back.
+    traffic = Traffic(5)
+    det = Detector(DetectorConfig(retrain_every_blocks=100))
+    det.note_addresses([a.addr for a in traffic.accounts])
+    for block in traffic.ordinary_blocks(300):
+        det.observe_block(block)
+        train_if_due(det, block.header.height)
+    assert det.warm
+    txs = [traffic.ordinary() for _ in range(40)] + traffic.abnormal("burst")
+    txs += traffic.abnormal("huge") + traffic.abnormal("drain")
+    unordered = copy.deepcopy(det)
+    for acct in unordered._accounts.values():
+        acct.ordered = False
+    one_by_one = copy.deepcopy(det)
+    now = traffic.now_ms + 500
+    batched = det.score_batch(txs, now)
+    singles = [one_by_one.score_batch([tx], now)[0] for tx in txs]
+    scanned = unordered.score_batch(txs, now)
+    assert sum(v.quarantine for v in batched) >= 3
+    for a, b, c in zip(batched, singles, scanned, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-12) == c.score
+        assert a.quarantine == b.quarantine == c.quarantine
+        assert a.all_reasons() == b.all_reasons() == c.all_reasons()

@@ -16,7 +16,9 @@ from ml.features import (
     ReceiverHistory,
     SenderHistory,
     TxFacts,
+    feature_rows,
     featurize,
+    raw_row,
     reasons,
 )
 
@@ -165,3 +167,24 @@ def test_reasons_first_tx_and_limits() -> None:
     assert reasons(x, -c, t, sender) == []
     with pytest.raises(ValueError, match="features"):
         reasons(x[:3], c, t, sender)
+
+
+def test_feature_rows_of_a_batch_equal_featurize_one_by_one() -> None:
+    # The detector featurizes a micro-batch column-wise; a row must not depend on its batch.
+    cases = [
+        (tx(), regular(), KNOWN),
+        (tx(amount=10**11, fee=0), regular(median_amount=None), KNOWN),
+        (tx(anchor=True), regular(median_amount=None), ReceiverHistory()),
+        (tx(anchor=True), regular(), ReceiverHistory()),
+        (tx(nonce=2), regular(last_timestamp_ms=None, recent_timestamps_ms=()), KNOWN),
+        (tx(nonce=9), regular(last_timestamp_ms=NOW + 5_000), ReceiverHistory(False, False)),
+        (tx(amount=-3), regular(recent_receivers=7), ReceiverHistory(True, False)),
+    ]
+    for chain in (CHAIN, ChainHistory()):
+        raw = [raw_row(*case) for case in cases]
+        batch = feature_rows(raw, chain)
+        assert batch.shape == (len(cases), N_FEATURES)
+        for row, case in zip(batch, cases, strict=True):
+            assert np.array_equal(row, featurize(*case, chain))
+    with pytest.raises(ValueError, match="matrix"):
+        feature_rows(np.zeros((2, 3)), CHAIN)

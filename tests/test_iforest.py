@@ -159,3 +159,17 @@ def test_scores_are_in_unit_interval(n: int, d: int, seed: int) -> None:
     s = forest.score(probe)
     assert s.shape == (n + 5,)
     assert ((s > 0.0) & (s <= 1.0)).all()
+
+
+def test_one_column_forest_scores_by_table_exactly_as_by_walking_its_trees() -> None:
+    rng = np.random.default_rng(7)
+    column = np.concatenate([rng.lognormal(3.0, 1.0, 2000), [0.0, 0.0, 5.0]])[:, None]
+    forest = IsolationForest(n_trees=50, seed=4).fit(column)
+    cuts = np.concatenate([t[np.isfinite(t)] for t in forest._threshold])
+    probes = np.concatenate(
+        [cuts, np.nextafter(cuts, -np.inf), rng.lognormal(3.0, 2.0, 500), [-1e300, 1e300]]
+    )[:, None]
+    assert np.array_equal(forest.path_lengths(probes), forest._traverse(probes))
+    constant = IsolationForest(n_trees=5, seed=0).fit(np.ones((10, 1)))
+    lengths = constant.path_lengths(np.array([[0.0], [1.0], [2.0]]))
+    assert np.allclose(lengths, average_path_length(10))
