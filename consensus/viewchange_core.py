@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from common import codec
+from consensus import checkpoint, normal
 from consensus import messages as m
 from consensus.api import Action, Broadcast, Persist, Send, ViewChanged
 from consensus.log import KEY_NEW_VIEW, KEY_VIEW, slot_key, view_record
@@ -168,7 +169,9 @@ def enter_view(
     r._request_deadline_ms = None
     r._requested.clear()
     if selection.stable_seq > r._stable_seq:
-        r._adopt_stable(selection.stable_seq, selection.stable_digest, selection.stable_proof, out)
+        checkpoint.adopt_stable(
+            r, selection.stable_seq, selection.stable_digest, selection.stable_proof, out
+        )
     for slot in r._slots.values():
         slot.clear_votes()
     records: list[tuple[bytes, bytes | None]] = [(KEY_VIEW, view_record(view, True))]
@@ -185,7 +188,7 @@ def enter_view(
         if slot.committed is not None and slot.committed.digest != pp.digest:
             r._drop(out, "new_view_conflicts_commit", nv.sender)
             continue
-        r._accept_pre_prepare(slot, pp, validated=True)
+        normal.accept_pre_prepare(slot, pp, validated=True)
         if backup:
             vote = r._vote(m.Prepare(view, pp.seq, pp.digest, r._me))
             slot.prepare_sent = True
