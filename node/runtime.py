@@ -1,12 +1,11 @@
 """The validator process: wires P2P, admission, the PBFT core, the chain, catch-up and the servers.
 
-One task owns the ``Replica`` and is fed by a bounded queue; ``step`` is never re-entered. It
-drains what is queued, steps each event, then performs the collected actions in order with one
-twist that keeps the rule "a Persist is durable before any later send": all Persist records of
-the round are written in one durable batch first, then sends and the rest follow in order.
+``Node`` holds the node's parts and state, opens them, starts the tasks and shuts them down in
+order; the tasks live in their own modules. One task owns the ``Replica`` and is fed by a
+bounded queue (node/driver.py, with the ticker, proposer and status tasks that feed it).
 Slow work runs elsewhere so the core keeps moving: validation of proposals (which may fetch
 missing txs from the primary) in its own tasks, execution and storage of committed blocks in the
-committer task and a worker thread, catch-up in its own task.
+committer task and a worker thread (node/committer.py), catch-up in its own task.
 """
 
 from __future__ import annotations
@@ -25,41 +24,28 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from common.codec import CodecError, sha256
-from consensus import messages as cmsg
-from consensus.api import (
-    Broadcast,
-    Commit,
-    ConsensusConfig,
-    Dropped,
-    Event,
-    FetchBlocks,
-    Fetched,
-    FetchedEntry,
-    Pending,
-    Persist,
-    Propose,
-    Received,
-    RequestProposal,
-    Send,
-    SetTimer,
-    Tick,
-    Validate,
-    Verdict,
-    ViewChanged,
-)
+from common.codec import sha256
+from consensus.api import Commit, ConsensusConfig, Event, Fetched, FetchedEntry, Received
 from consensus.replica import Replica
 from node.admission import Admission, Screened
 from node.catchup import CatchUp
 from node.chain import Chain
 from node.committer import HeldCheckpoints, run_committer, wait_head
 from node.config import NodeConfig, load_validator_key
+from node.driver import (
+    perform,
+    run_proposer,
+    run_replica,
+    run_status,
+    run_ticker,
+    status_frame,
+    update_pending,
+)
 from node.genesis import Genesis
 from node.gossip import Gossip
 from node.mempool import Mempool
 from node.metrics import Metrics, serve_metrics, watch_loop_lag
 from node.p2p import P2P
-from node.peer_wire import consensus_kind
 from node.peerwatch import PeerWatch
 from node.resolver import TxResolver
 from node.screening import Screening
@@ -70,8 +56,6 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 INBOX_MAX = 10_000
-ROUND_EVENTS_MAX = 256
-STATUS_EVERY_S = 1.0
 VERSION = "0.1.0"
 
 
@@ -253,11 +237,11 @@ class Node:
             stack.push_async_callback(_cleanup, rpc_runner, 3)  # first: stop taking requests
             self.p2p.start()
             for coro, name in (
-                (self._replica_loop(), "replica"),
-                (self._ticker(), "ticker"),
+                (run_replica(self), "replica"),
+                (run_ticker(self), "ticker"),
                 (run_committer(self), "committer"),
-                (self._proposer(), "proposer"),
-                (self._status_loop(), "status"),
+                (run_proposer(self), "proposer"),
+                (run_status(self), "status"),
                 (self.admission.run(), "admission"),
                 (self.gossip.run(), "gossip"),
                 (self.catchup.run(), "catchup"),
@@ -291,121 +275,14 @@ class Node:
             # A dead core task leaves a zombie validator: better to stop loudly.
             os._exit(70)
 
-    # --- the core ---------------------------------------------------------------------------
-
-    async def _replica_loop(self) -> None:
-        assert self.replica is not None
-        assert self.store is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            events = [await self.inbox.get()]
-            while len(events) < ROUND_EVENTS_MAX and not self.inbox.empty():
-                events.append(self.inbox.get_nowait())
-            actions = []
-            for ev in events:
-                actions.extend(self.replica.step(ev))
-            records = [r for a in actions if isinstance(a, Persist) for r in a.records]
-            if records:
-                with self.metrics.time_storage_write():
-                    await loop.run_in_executor(self.log_pool, self.store.log_write, records)
-            for a in actions:
-                if isinstance(a, ViewChanged):
-                    entries = new_view_entries(a.view, events, actions, self.ccfg.payload_bytes_max)
-                    self.txs.on_view_change(a.view, entries)
-                self._perform(a)
+    # --- the core (node/driver.py) ------------------------------------------------------------
+    # Methods as well, for the callers that hold a Node: the committer, admission, unit tests.
 
     def _perform(self, a: Any) -> None:
-        match a:
-            case Persist():
-                pass  # written above, before any send of this round
-            case Send(to, data):
-                self.p2p.send(to, {"t": "c", "d": data})
-            case Broadcast(data):
-                seq = checkpoint_seq(data, self.ccfg.payload_bytes_max)
-                if seq is not None and seq > self.chain_height():
-                    self.held_checkpoints.hold(seq, data)  # sent once the block is written
-                else:
-                    self.p2p.broadcast({"t": "c", "d": data})
-            case Commit():
-                self.commits.put_nowait(a)
-            case SetTimer():
-                pass  # the ticker wakes the core every tick_ms, finer than any timer we use
-            case RequestProposal(view, seq):
-                self.proposals.append((view, seq))
-                self._propose_wake.set()
-            case Validate():
-                task = asyncio.create_task(self._validate(a))
-                task.add_done_callback(_log_failure)
-            case FetchBlocks(_, to_seq, peers):
-                self.catchup.want(to_seq, peers)
-            case ViewChanged(view, primary):
-                log.warning("view_change", extra={"view": view, "primary": primary})
-                self.metrics.view_changes_total.inc()
-                self.metrics.set_view(view, is_primary=primary == self.index)
-                self.proposals.clear()
-                self.mempool.set_inflight(self.txs.uncommitted_hashes())
-            case Dropped(reason):
-                self.metrics.consensus_dropped_total.labels(reason=reason).inc()
-
-    async def _ticker(self) -> None:
-        tick_s = self.cfg.tick_ms / 1000
-        while True:
-            await asyncio.sleep(tick_s)
-            self._update_pending()
-            with contextlib.suppress(asyncio.QueueFull):
-                self.inbox.put_nowait(Tick(self.now_ms()))
+        perform(self, a)
 
     def _update_pending(self) -> None:
-        """Tell the core when the mempool starts or stops holding txs not yet in a proposal.
-
-        While a view nudge is on (see ``_check_peers``) we claim work, so the core's request
-        timer runs and a replica stuck in an old view sends a VIEW-CHANGE.
-        """
-        pending = self.mempool.has_runnable() or self._nudging()
-        if pending != self._pending:
-            try:
-                self.inbox.put_nowait(Pending(pending))
-            except asyncio.QueueFull:
-                return  # the ticker tries again
-            self._pending = pending
-
-    def _nudging(self) -> bool:
-        # Only until the core leaves the stale view: claiming work after that would make it time
-        # out again and run ahead of the others into a view nobody else is in.
-        view = self.replica.view if self.replica is not None else 0
-        return view == self._nudge_view and time.monotonic() < self._nudge_until_s
-
-    async def _validate(self, a: Validate) -> None:
-        assert self.replica is not None
-        valid = await self.txs.validate(a.view, a.seq, a.digest, a.payload)
-        await self.inbox.put(Verdict(a.view, a.seq, a.digest, valid))
-
-    async def _proposer(self) -> None:
-        assert self.replica is not None
-        last_s = 0.0
-        while True:
-            await self._propose_wake.wait()
-            self._propose_wake.clear()
-            while self.proposals:
-                view, seq = self.proposals[0]
-                if view != self.replica.view or seq <= self.chain_height():
-                    self.proposals.popleft()
-                    continue
-                if not self.mempool.has_ready():
-                    break  # woken again by admission
-                if self.watch.higher_view(view):
-                    break  # f+1 peers moved on: a proposal in our stale view only strands txs
-                wait_s = last_s + self.cfg.block_interval_ms / 1000 - time.monotonic()
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
-                    continue  # state may have changed while we slept
-                txs = self.mempool.select(self.cfg.block_txs_max)
-                if not txs:
-                    break
-                self.proposals.popleft()
-                payload = await self.txs.proposal(view, seq, txs, int(time.time() * 1000))
-                last_s = time.monotonic()
-                await self.inbox.put(Propose(view, seq, payload))
+        update_pending(self)
 
     def chain_height(self) -> int:
         return self.chain.height if self.chain is not None else 0
@@ -467,39 +344,10 @@ class Node:
 
     def _on_peer(self, peer: int, up: bool) -> None:
         if up:
-            self.p2p.send(peer, self._status_frame())
+            self.p2p.send(peer, status_frame(self))
         else:
             self.catchup.peer_heights.pop(peer, None)
             self.watch.forget(peer)
-
-    def _status_frame(self) -> dict[str, Any]:
-        view = self.replica.view if self.replica is not None else 0
-        return {"t": "status", "height": self.chain_height(), "view": view}
-
-    async def _status_loop(self) -> None:
-        while True:
-            await asyncio.sleep(STATUS_EVERY_S)
-            self.p2p.broadcast(self._status_frame())
-            self._check_peers()
-            self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.bytes)
-            self.metrics.ready.set(1 if self.is_ready() else 0)
-
-    def _check_peers(self) -> None:
-        """Close gaps the core cannot see on an idle cluster (node/peerwatch.py)."""
-        assert self.replica is not None
-        lag = self.watch.check(self.chain_height(), self.replica.view)
-        if lag.fetch_to:
-            log.info("behind_peers", extra={"height": self.chain_height(), "to": lag.fetch_to})
-            self.catchup.want(lag.fetch_to, lag.fetch_from)
-        now = time.monotonic()
-        timeout_s = self.cfg.request_timeout_ms / 1000
-        if lag.view_behind and not self._nudging():
-            # Held until the core leaves this view (bounded, in case progress keeps resetting
-            # its request timer); then the next check decides again.
-            log.warning("view_behind_peers", extra={"view": self.replica.view})
-            self._nudge_until_s = now + 10 * timeout_s
-            self._nudge_view = self.replica.view
-            self._update_pending()
 
     # --- health -----------------------------------------------------------------------------
 
@@ -511,40 +359,6 @@ class Node:
             and not self.catchup.syncing
             and not self.watch.last.behind
         )
-
-
-def new_view_entries(
-    view: int, events: list[Event], actions: list[Any], payload_bytes_max: int
-) -> list[tuple[int, bytes, bytes]]:
-    """The PRE-PREPAREs ``(seq, digest, payload)`` of the NEW-VIEW that made us enter ``view``.
-
-    The core accepts them without a ``Validate``, so the host learns them here: from the round's
-    received messages, or our own broadcast when we are the new primary. Only rounds that change
-    the view pay for this decoding. A hint for the in-flight bookkeeping, not a safety input.
-    """
-    candidates = [e.data for e in events if isinstance(e, Received)]
-    candidates += [a.data for a in actions if isinstance(a, Broadcast)]
-    for data in candidates:
-        if consensus_kind(data) != "newview":
-            continue
-        try:
-            nv = cmsg.decode(data, payload_bytes_max, len(data))
-        except CodecError:
-            continue
-        if isinstance(nv, cmsg.NewView) and nv.view == view:
-            return [(pp.seq, pp.digest, pp.payload) for pp in nv.pre_prepares]
-    return []
-
-
-def checkpoint_seq(data: bytes, payload_bytes_max: int) -> int | None:
-    """The seq of an encoded CHECKPOINT of ours, None for any other message."""
-    if consensus_kind(data) != "checkpoint":
-        return None
-    try:
-        msg = cmsg.decode(data, payload_bytes_max, len(data))
-    except CodecError:
-        return None
-    return msg.seq if isinstance(msg, cmsg.Checkpoint) else None
 
 
 async def _listen(what: str, host: str, port: int, start: Awaitable[_T]) -> _T:
@@ -568,8 +382,3 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("task_failed", extra={"task": task.get_name()}, exc_info=task.exception())
