@@ -192,7 +192,7 @@ async def run_status(node: Node) -> None:
         await asyncio.sleep(STATUS_EVERY_S)
         node.p2p.broadcast(status_frame(node))
         check_peers(node)
-        node.metrics.set_mempool(txs=len(node.mempool), size_bytes=node.mempool.bytes)
+        node.metrics.set_mempool(txs=len(node.mempool), size_bytes=node.mempool.size_bytes)
         node.metrics.ready.set(1 if node.is_ready() else 0)
 
 

@@ -66,7 +66,7 @@ class Mempool:
         return tx_hash in self._entries
 
     @property
-    def bytes(self) -> int:
+    def size_bytes(self) -> int:
         return self._bytes
 
     def get(self, tx_hash: bytes) -> Entry | None:

@@ -310,7 +310,7 @@ class Node:
     # --- admission callbacks ----------------------------------------------------------------
 
     def _on_admitted(self, txs: list[Transaction]) -> None:
-        self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.bytes)
+        self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
         self._propose_wake.set()
         self._update_pending()
         if self.subscribers:

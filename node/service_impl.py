@@ -175,7 +175,7 @@ class NodeServiceImpl:
         m = self.node.mempool
         return {
             "size": len(m),
-            "bytes": m.bytes,
+            "bytes": m.size_bytes,
             "quarantined": len(self.node.screening.quarantine),
         }
 
