@@ -425,7 +425,7 @@ def test_verdicts_do_not_depend_on_batching_or_on_the_ordered_fast_path() -> Non
     txs = [traffic.ordinary() for _ in range(40)] + traffic.abnormal("burst")
     txs += traffic.abnormal("huge") + traffic.abnormal("drain")
     unordered = copy.deepcopy(det)
-    for acct in unordered._accounts.values():
+    for acct in unordered._history._accounts.values():
         acct.ordered = False
     one_by_one = copy.deepcopy(det)
     now = traffic.now_ms + 500

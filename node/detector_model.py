@@ -1,0 +1,188 @@
+"""The detector's model: isolation forests fitted on the training window, calibrated, scored.
+
+Pure numpy on float rows (no transactions, no history): ``train_model`` runs in an executor, so
+it touches nothing shared. The model is a value apart from a cache of path lengths that only the
+event loop's scoring fills.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from ml.calibration import Ranges, extrapolated_scores, tail_threshold
+from ml.features import INDEX
+from ml.iforest import IsolationForest, average_path_length
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+BASELINE_ROWS = 256
+# Subspaces with a forest of their own: sizes, and the shape of a burst to fresh addresses.
+SUBSPACES: tuple[tuple[int, ...], ...] = tuple(
+    tuple(INDEX[name] for name in names)
+    for names in (
+        ("log_amount",),
+        ("amount_vs_sender",),
+        ("rate_recent", "fanout_recent", "receiver_novelty"),
+    )
+)
+SUBSPACE_TREES = 50
+# Columns where a value above everything in the window is suspicious in itself, so it scores
+# beyond the window's edge (ml/calibration.py): how much moves, relative to anything seen and to
+# the sender's habit; a fat-fingered fee; and paying more distinct addresses than any sender did
+# (a burst, a drain spread over many addresses). Not the rate or receiver novelty: a busier day
+# or a new payee legitimately exceeds a window, and holding every tx of a load increase would
+# keep the window from ever learning it. Not the gap, the nonce gap (0 on every committed row)
+# or the anchor flag either.
+EXTRAPOLATED: tuple[int, ...] = tuple(
+    INDEX[name] for name in ("log_amount", "amount_vs_sender", "fee_vs_typical", "fanout_recent")
+)
+AMOUNT_COLUMNS = ("log_amount", "amount_vs_sender", "fee_vs_typical")
+AMOUNT_MARGIN = 1.0  # log2 units: extrapolation starts at twice the window's largest value
+MEMO_ROWS_MAX = 4096  # distinct subspace rows whose path lengths a model remembers
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedModel:
+    """A fitted forest, forests on key subspaces, and their calibration on the training rows.
+
+    Each forest's score is mapped by ``s ** exponent`` (monotone, keeps (0, 1]) so that its own
+    training quantile lands on the full forest's; the model score is the highest mapped score.
+    Values above the window's range in ``EXTRAPOLATED`` columns isolate early in every forest
+    that has the column (``ml/calibration.py``), so they score above the window's edge.
+    """
+
+    forest: IsolationForest  # on every feature; also the source of reasons
+    threshold: float  # quarantine when the score is strictly above
+    baseline: FloatArray  # mean explain() of training rows: the "ordinary" contribution
+    rows: int
+    subspaces: tuple[tuple[tuple[int, ...], IsolationForest, float], ...] = ()
+    ranges: Ranges | None = None  # None: no extrapolation (plain forest scores)
+    # Path lengths of distinct rows already seen, per multi-column subspace: a cache (scoring
+    # runs on the event loop only), so the model is still a value.
+    memo: dict[int, dict[tuple[float, ...], float]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def score(self, X: FloatArray) -> FloatArray:
+        return self.score_detail(X)[0]
+
+    def score_detail(self, X: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Scores, and per row and column the chance an out-of-range value isolates at once."""
+        if self.ranges is None:
+            odds = np.zeros(X.shape)
+            s = self.forest.score(X)
+        else:
+            odds = self.ranges.isolation_odds(X)
+            s = extrapolated_scores(self.forest, X, odds)
+        for k, (columns, forest, exponent) in enumerate(self.subspaces):
+            cols = list(columns)
+            part, part_odds = X[:, cols], odds[:, cols]
+            if self.ranges is None:
+                sub = forest.score(part)
+            elif len(cols) == 1:  # tabulated by the forest itself: a binary search per row
+                sub = extrapolated_scores(forest, part, part_odds)
+            else:
+                # Rate, fan-out and novelty take few distinct values: each distinct row's path
+                # length is computed once and remembered.
+                part, first, inverse = _distinct_rows(part)
+                lengths = self._remembered_lengths(k, forest, part)
+                sub = extrapolated_scores(forest, part, part_odds[first], lengths=lengths)[inverse]
+            s = np.maximum(s, sub**exponent)
+        return s, odds
+
+    def _remembered_lengths(self, k: int, forest: IsolationForest, rows: FloatArray) -> FloatArray:
+        memo = self.memo.setdefault(k, {})
+        keys = [tuple(r) for r in rows.tolist()]
+        missing = [i for i, key in enumerate(keys) if key not in memo]
+        if missing:
+            if len(memo) + len(missing) > MEMO_ROWS_MAX:
+                memo.clear()
+            for i, h in zip(missing, forest.path_lengths(rows[missing]).tolist(), strict=True):
+                memo[keys[i]] = h
+        return np.array([memo[key] for key in keys])
+
+
+def _distinct_rows(rows: FloatArray) -> tuple[FloatArray, IntArray, IntArray]:
+    """The distinct rows, the index of one occurrence of each, and each row's distinct index.
+
+    Like ``np.unique(rows, axis=0, ...)`` at a fraction of its cost on small batches.
+    """
+    order = np.lexsort(rows.T[::-1])
+    ordered = rows[order]
+    new = np.empty(len(rows), dtype=np.bool_)
+    new[:1] = True
+    np.any(ordered[1:] != ordered[:-1], axis=1, out=new[1:])
+    inverse = np.empty(len(rows), dtype=np.intp)
+    inverse[order] = np.cumsum(new) - 1
+    return ordered[new], order[new], inverse
+
+
+def train_model(
+    X: FloatArray,
+    seed: int,
+    *,
+    n_trees: int,
+    sample_size: int,
+    contamination: float,
+    score_floor: float,
+) -> TrainedModel:
+    """Fit and calibrate a model on the window ``X``. Pure and thread-safe."""
+    forest = IsolationForest(n_trees, sample_size, seed).fit(X)
+    return calibrate(
+        forest,
+        X,
+        seed,
+        sample_size=sample_size,
+        contamination=contamination,
+        score_floor=score_floor,
+    )
+
+
+def calibrate(
+    forest: IsolationForest,
+    X: FloatArray,
+    seed: int,
+    *,
+    sample_size: int,
+    contamination: float,
+    score_floor: float,
+) -> TrainedModel:
+    """A model around a forest fitted on ``X``: subspace forests, ranges, baseline, threshold."""
+    # Masking: with ~8 informative columns a tx extreme in just one of them (a 1000x amount)
+    # is isolated only in the trees that happen to split on that column early, so its score
+    # sits among ordinary rows' tails. A small forest per key subspace catches it. Each
+    # forest is aligned on the full forest's scale at an equal share of the contamination.
+    alpha = contamination
+    level = 1.0 - alpha / (1 + len(SUBSPACES))
+    reference = float(np.quantile(forest.score(X), level, method="higher"))
+    subspaces = []
+    for i, cols in enumerate(SUBSPACES):
+        sub = IsolationForest(SUBSPACE_TREES, sample_size, seed + 1 + i)
+        sub.fit(X[:, list(cols)])
+        own = float(np.quantile(sub.score(X[:, list(cols)]), level, method="higher"))
+        exponent = math.log(reference) / math.log(own) if 0.0 < own < 1.0 else 1.0
+        subspaces.append((cols, sub, exponent))
+    upper = np.zeros(X.shape[1], dtype=np.bool_)
+    upper[list(EXTRAPOLATED)] = True
+    # Amounts and fees extrapolate only past twice the window's largest (one doubling in
+    # log2 units): a payment a little larger than anything seen is growth, not an outlier,
+    # and without the slack a small window would hold every such tx. Fan-out has none: a
+    # burst to new addresses must stand out from its first few transfers.
+    margin = np.zeros(X.shape[1])
+    margin[[INDEX[name] for name in AMOUNT_COLUMNS]] = AMOUNT_MARGIN
+    ranges = Ranges.of(X, upper, margin)
+    sample = X[np.linspace(0, len(X) - 1, min(len(X), BASELINE_ROWS)).astype(np.intp)]
+    baseline = forest.explain(sample).mean(axis=0)
+    model = TrainedModel(forest, 1.0, baseline, len(X), tuple(subspaces), ranges)
+    # Training rows are inside the range by definition: their scores are the plain forests'.
+    # The threshold is the combined score's tail quantile, extrapolated where the window is
+    # too small for it (ml/calibration.py); contamination 0 holds nothing.
+    if alpha > 0.0:
+        c_psi = float(average_path_length(forest.psi))
+        cut = tail_threshold(model.score(X), alpha, c_psi)
+        model = replace(model, threshold=max(cut, score_floor))
+    return model

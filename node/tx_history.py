@@ -1,0 +1,361 @@
+"""The detector's view of the chain: bounded per-sender and chain summaries, and raw feature rows.
+
+Summaries are folded from committed blocks only (block timestamps, executed txs), so every honest
+node holds the same history at a height. Txs admitted here but not yet committed form a
+short-lived pending overlay that scoring also sees, so a burst is visible before it commits.
+A tx's row is built from the sender's summary as it stood before the tx: ml/ turns the raw
+columns into features (``ml.features.feature_rows``) and never sees a transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ml.features import (
+    FANOUT_WINDOW_MS,
+    RATE_WINDOW_MS,
+    ChainHistory,
+    SenderHistory,
+    TxFacts,
+    feature_rows,
+)
+
+FloatArray = npt.NDArray[np.float64]
+SENDER_AMOUNTS_MAX = 32  # the sender's median is over its last this-many transfers
+SENDER_EVENTS_MAX = 64  # timestamps/receivers kept per sender for rate and fan-out
+SENDER_RECEIVERS_MAX = 256  # receivers a sender has paid, most recent kept
+CHAIN_RECENT_MAX = 2048  # transfers behind the chain's median amount and fee
+PENDING_SENDERS_MAX = 10_000
+# The shared "no recent receivers" of a row: most senders have none in the fan-out window, and
+# not making a set for each of them is measurable on the admission path. Never added to.
+_EMPTY: set[bytes] = set()
+
+RawRow = tuple[float, float, float, float, float, float, float, float, float]
+
+
+class TxLike(Protocol):
+    """What the detector reads from a node.tx.Transaction."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def nonce(self) -> int: ...
+    @property
+    def fee(self) -> int: ...
+    @property
+    def to(self) -> bytes: ...
+    @property
+    def amount(self) -> int: ...
+    @property
+    def hash(self) -> bytes: ...
+    @property
+    def sender_address(self) -> bytes: ...
+
+
+class HeaderLike(Protocol):
+    @property
+    def height(self) -> int: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+
+
+class BlockLike(Protocol):
+    @property
+    def header(self) -> HeaderLike: ...
+    @property
+    def txs(self) -> Sequence[TxLike]: ...
+
+
+class TxContext(NamedTuple):
+    """What a tx's reasons need besides its features, captured when it was scored."""
+
+    amount: int
+    fee: int
+    is_anchor: bool
+    timestamp_ms: int
+    nonce: int
+    tx_count: int
+    median_amount: float | None
+    last_timestamp_ms: int | None
+    rate_timestamps_ms: tuple[int, ...]  # sorted; every event at or after now - RATE_WINDOW_MS
+    recent_receivers: int
+    next_nonce: int
+
+    def facts(self) -> TxFacts:
+        return TxFacts(self.amount, self.fee, self.is_anchor, self.timestamp_ms, self.nonce)
+
+    def sender(self) -> SenderHistory:
+        return SenderHistory(
+            self.tx_count,
+            self.median_amount,
+            self.last_timestamp_ms,
+            self.rate_timestamps_ms,
+            self.recent_receivers,
+            self.next_nonce,
+        )
+
+
+class _Account:
+    __slots__ = (
+        "amounts",
+        "events",
+        "last_ms",
+        "median",
+        "next_nonce",
+        "ordered",
+        "receivers",
+        "tx_count",
+    )
+
+    def __init__(self) -> None:
+        self.tx_count = 0
+        self.amounts: deque[int] = deque(maxlen=SENDER_AMOUNTS_MAX)
+        self.median = math.nan  # of ``amounts``, kept on commit so scoring need not sort
+        self.events: deque[tuple[int, bytes]] = deque(maxlen=SENDER_EVENTS_MAX)
+        # Event times never went down (block times normally do not): the recent events are
+        # then a suffix of ``events`` and scoring stops at the first older one.
+        self.ordered = True
+        self.receivers: OrderedDict[bytes, None] = OrderedDict()
+        self.last_ms: int | None = None
+        self.next_nonce = 0
+
+    def add_event(self, timestamp_ms: int, receiver: bytes) -> None:
+        if self.events and timestamp_ms < self.events[-1][0]:
+            self.ordered = False
+        self.events.append((timestamp_ms, receiver))
+
+
+class _Pending(NamedTuple):
+    """A tx admitted here and not yet committed (a tuple: made once per scored tx)."""
+
+    tx_hash: bytes
+    timestamp_ms: int
+    receiver: bytes
+    nonce: int
+
+
+def _median(values: deque[int]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def _lru_touch(table: OrderedDict[bytes, Any], key: bytes, value: Any, cap: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > cap:
+        table.popitem(last=False)
+
+
+class TxHistory:
+    """Bounded-memory history: senders (least recent evicted), addresses seen, chain medians."""
+
+    def __init__(self, accounts_max: int, addresses_max: int, pending_ttl_ms: int) -> None:
+        self.accounts_max = accounts_max
+        self.addresses_max = addresses_max
+        self.pending_ttl_ms = pending_ttl_ms
+        self.chain = ChainHistory()  # as of the last observed block
+        self.committed_txs = 0
+        self._accounts: OrderedDict[bytes, _Account] = OrderedDict()
+        self._addresses: OrderedDict[bytes, None] = OrderedDict()
+        self._pending: OrderedDict[bytes, deque[_Pending]] = OrderedDict()
+        self._chain_amounts: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
+        self._chain_fees: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
+        self._chain_gaps_ms: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
+
+    def note_addresses(self, addresses: Sequence[bytes]) -> None:
+        """Addresses known before any block (genesis accounts) are not "never seen"."""
+        for a in addresses:
+            _lru_touch(self._addresses, a, None, self.addresses_max)
+
+    def observe_block(
+        self, block: BlockLike, receipts_ok: Sequence[bool] | None = None
+    ) -> FloatArray | None:
+        """Fold a committed block in; the feature rows of its executed txs (None: there are none).
+
+        Each row sees its sender's history as of the tx before it, and the chain summary as of
+        the block before this one.
+        """
+        now = block.header.timestamp_ms
+        if receipts_ok is not None and len(receipts_ok) != len(block.txs):
+            raise ValueError("receipts_ok must have one entry per tx in the block")
+        raws: list[RawRow] = []
+        for i, tx in enumerate(block.txs):
+            sender = tx.sender_address
+            self._forget_pending(sender, tx.hash)
+            if receipts_ok is not None and not receipts_ok[i]:
+                continue  # skipped by execution: no state change, not ordinary traffic either
+            acct = self._accounts.get(sender)
+            raws.append(self._raw(tx, acct, (), now)[0])
+            self._apply(tx, sender, acct, now)
+        rows = feature_rows(raws, self.chain) if raws else None
+        if block.txs:
+            gap_ms = _median(self._chain_gaps_ms)
+            self.chain = ChainHistory(
+                median_amount=_median(self._chain_amounts),
+                median_fee=_median(self._chain_fees),
+                median_gap_s=None if gap_ms is None else gap_ms / 1000,
+            )
+        return rows
+
+    def admit(
+        self, txs: Sequence[TxLike], now_ms: int, rows: bool
+    ) -> tuple[list[RawRow], list[tuple[Any, ...]]]:
+        """Each tx joins its sender's pending history. With ``rows``, also its raw row and the
+        fields of its ``TxContext``, as seen just before it joined (empty lists without)."""
+        raws: list[RawRow] = []
+        contexts: list[tuple[Any, ...]] = []
+        accounts = self._accounts
+        for tx in txs:
+            sender = tx.sender_address
+            pending = self._pending_of(sender, now_ms)
+            if rows:
+                raw, context = self._raw(tx, accounts.get(sender), pending, now_ms)
+                raws.append(raw)
+                contexts.append(context)
+            tx_hash = tx.hash
+            # A re-delivered tx counts once.
+            if not pending or all(p.tx_hash != tx_hash for p in pending):
+                to = b"" if tx.kind != "transfer" else tx.to
+                pending.append(_Pending(tx_hash, now_ms, to, tx.nonce))
+        return raws, contexts
+
+    def _apply(self, tx: TxLike, sender: bytes, acct: _Account | None, now: int) -> None:
+        if acct is None:
+            acct = _Account()
+        _lru_touch(self._accounts, sender, acct, self.accounts_max)
+        _lru_touch(self._addresses, sender, None, self.addresses_max)
+        acct.tx_count += 1
+        if acct.last_ms is not None:
+            self._chain_gaps_ms.append(now - acct.last_ms)
+        acct.last_ms = now
+        acct.next_nonce = max(acct.next_nonce, tx.nonce + 1)
+        self._chain_fees.append(tx.fee)
+        self.committed_txs += 1
+        if tx.kind == "transfer":
+            acct.amounts.append(tx.amount)
+            acct.median = float(statistics.median(acct.amounts))
+            acct.add_event(now, tx.to)
+            _lru_touch(acct.receivers, tx.to, None, SENDER_RECEIVERS_MAX)
+            _lru_touch(self._addresses, tx.to, None, self.addresses_max)
+            self._chain_amounts.append(tx.amount)
+        else:
+            acct.add_event(now, b"")
+
+    def _forget_pending(self, sender: bytes, tx_hash: bytes) -> None:
+        queue = self._pending.get(sender)
+        if queue is None:
+            return
+        kept = [p for p in queue if p.tx_hash != tx_hash]
+        if len(kept) != len(queue):
+            queue.clear()
+            queue.extend(kept)
+        if not queue:
+            del self._pending[sender]
+
+    def _pending_of(self, sender: bytes, now_ms: int) -> deque[_Pending]:
+        table = self._pending
+        queue = table.get(sender)
+        if queue is None:
+            queue = deque(maxlen=SENDER_EVENTS_MAX)
+            table[sender] = queue
+            if len(table) > PENDING_SENDERS_MAX:
+                table.popitem(last=False)
+            return queue
+        table.move_to_end(sender)
+        expired = now_ms - self.pending_ttl_ms
+        while queue and queue[0].timestamp_ms < expired:
+            queue.popleft()
+        return queue
+
+    def _raw(
+        self, tx: TxLike, acct: _Account | None, pending: Sequence[_Pending], now: int
+    ) -> tuple[RawRow, tuple[Any, ...]]:
+        """The tx's ml.features.RAW_COLUMNS as seen at ``now`` (committed history plus
+        ``pending``), and the fields of its ``TxContext`` (a plain tuple: cheaper to make, and
+        most are never read). Called once per scored tx, so it touches only the sender's recent
+        events and copies nothing."""
+        is_anchor = tx.kind != "transfer"
+        to = b"" if is_anchor else tx.to
+        rate_from = now - RATE_WINDOW_MS
+        fanout_from = now - FANOUT_WINDOW_MS
+        horizon = min(rate_from, fanout_from)
+        last: int | None = None
+        rate_ts: list[int] = []  # at or after rate_from, for the reasons
+        recent = 0  # in [rate_from, now], for the feature
+        distinct: set[bytes] = _EMPTY
+        if acct is not None and acct.events:
+            events = acct.events
+            if acct.ordered:
+                last = events[-1][0]
+                scan: Any = reversed(events) if last >= horizon else ()
+            else:
+                last = max(t for t, _ in events)
+                scan = events
+            for t, r in scan:
+                if t < horizon:
+                    if acct.ordered:
+                        break
+                    continue
+                if r and t >= fanout_from:
+                    if distinct is _EMPTY:
+                        distinct = set()
+                    distinct.add(r)
+                if t >= rate_from:
+                    rate_ts.append(t)
+                    recent += t <= now
+        next_nonce = acct.next_nonce if acct is not None else 0
+        paid = acct is not None and not is_anchor and to in acct.receivers
+        for p in pending:
+            t = p.timestamp_ms
+            last = t if last is None else max(last, t)
+            next_nonce = max(next_nonce, p.nonce + 1)
+            if p.receiver == to and not is_anchor:
+                paid = True
+            if t >= horizon:
+                if p.receiver and t >= fanout_from:
+                    if distinct is _EMPTY:
+                        distinct = set()
+                    distinct.add(p.receiver)
+                if t >= rate_from:
+                    rate_ts.append(t)
+                    recent += t <= now
+        if is_anchor:
+            novelty = 0.0
+            receivers = len(distinct)
+            fanout = receivers
+        else:
+            novelty = 0.0 if paid else 1.0 if to in self._addresses else 2.0
+            receivers = len(distinct) - (to in distinct)
+            fanout = receivers + (not paid)
+        median = acct.median if acct is not None else math.nan
+        raw = (
+            float(tx.amount),
+            median,
+            float(tx.fee),
+            math.nan if last is None else (now - last) / 1000.0,
+            float(recent),
+            novelty,
+            float(fanout),
+            float(tx.nonce - next_nonce),
+            1.0 if is_anchor else 0.0,
+        )
+        context = (
+            tx.amount,
+            tx.fee,
+            is_anchor,
+            now,
+            tx.nonce,
+            acct.tx_count if acct is not None else 0,
+            None if math.isnan(median) else median,
+            last,
+            tuple(sorted(rate_ts)) if rate_ts else (),
+            receivers,
+            next_nonce,
+        )
+        return raw, context
