@@ -41,7 +41,7 @@ EXTRAPOLATED: tuple[int, ...] = tuple(
     INDEX[name] for name in ("log_amount", "amount_vs_sender", "fee_vs_typical", "fanout_recent")
 )
 AMOUNT_COLUMNS = ("log_amount", "amount_vs_sender", "fee_vs_typical")
-AMOUNT_MARGIN = 1.0  # log2 units: extrapolation starts at twice the window's largest value
+AMOUNT_MARGIN = math.log2(10.0)  # log2 units: extrapolation starts at 10x the window's largest
 MEMO_ROWS_MAX = 4096  # distinct subspace rows whose path lengths a model remembers
 
 
@@ -168,10 +168,10 @@ def calibrate(
         subspaces.append((cols, sub, exponent))
     upper = np.zeros(X.shape[1], dtype=np.bool_)
     upper[list(EXTRAPOLATED)] = True
-    # Amounts and fees extrapolate only past twice the window's largest (one doubling in
-    # log2 units): a payment a little larger than anything seen is growth, not an outlier,
-    # and without the slack a small window would hold every such tx. Fan-out has none: a
-    # burst to new addresses must stand out from its first few transfers.
+    # Amounts and fees extrapolate only past 10x the window's largest (AMOUNT_MARGIN in log2
+    # units): a payment somewhat larger than anything seen is growth, not an outlier, and a
+    # small or degenerate window (all amounts 1 after a benchmark) says little about scale.
+    # Fan-out has none: a burst to new addresses must stand out from its first few transfers.
     margin = np.zeros(X.shape[1])
     margin[[INDEX[name] for name in AMOUNT_COLUMNS]] = AMOUNT_MARGIN
     ranges = Ranges.of(X, upper, margin)
