@@ -160,19 +160,29 @@ class Bench:
         deadline: float,
     ) -> None:
         sent_batches = 0
+        sent_txs = 0
         inflight: set[asyncio.Task[None]] = set()
+        # Open loop sends this client's share of the rate in small groups (about 20 a second),
+        # so a low rate is not turned into bursts of a whole pre-built batch.
+        group = BATCH if rate is None else max(1, min(BATCH, round(rate / self.args.clients / 20)))
         while queue and time.monotonic() < deadline:
             batch = queue.pop(0)
+            if len(batch) > group:
+                queue.insert(0, batch[group:])
+                batch = batch[:group]
             node = (n + sent_batches) % self.c.n
             sent_batches += 1
             if rate is None:
                 await self._send(s, node, batch)
                 continue
             # Open loop: this client's share of the rate, whatever the answers.
-            due = t0 + sent_batches * BATCH * self.args.clients / rate
+            due = t0 + sent_txs * self.args.clients / rate
+            sent_txs += len(batch)
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if time.monotonic() >= deadline:
+                break
             task = asyncio.create_task(self._send(s, node, batch))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
@@ -188,6 +198,7 @@ class Bench:
         ]
         now = time.monotonic()
         answers = None
+        target = None
         for _ in range(2):  # the chosen node, then once more on another live one
             target = self._live(node)
             if target is None:
@@ -197,19 +208,18 @@ class Bench:
                     answers = await resp.json()
                 break
             except (aiohttp.ClientError, TimeoutError, ValueError):
-                self.errors += len(batch)
                 self._mark_down(target)
                 node = target + 1
-        if answers is None:
-            if target is None:  # every node is down: nothing was even tried
-                self.errors += len(batch)
-            return
-        if not isinstance(answers, list):
+        if not isinstance(answers, list):  # no node took the batch (or it answered garbage)
             self.errors += len(batch)
             return
         for a in answers:
+            i = a.get("id") if isinstance(a, dict) else None
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(batch):
+                self.errors += 1
+                continue
             self.submitted += 1
-            h = batch[a["id"]][1]
+            h = batch[i][1]
             if "result" in a:
                 self.sent_at[h] = now
                 if a["result"]["status"] == "quarantined":

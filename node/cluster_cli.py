@@ -11,8 +11,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from node import devnet
+from node import demo, devnet
 from node.devnet import Cluster
+from node.promconfig import write_prometheus_config
 
 
 def _rpc(url: str, method: str, timeout_s: float = 2.0) -> Any:
@@ -45,13 +46,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         c = devnet.init_cluster(root, devnet.base_ports(args.base_port, args.n))
         try:
-            from node.promconfig import write_prometheus_config
-
             write_prometheus_config(
                 root / "prometheus.yml", [c.metrics_url(i) for i in range(c.n)], "vigil-local"
             )
-        except Exception:  # noqa: BLE001 - optional extra, never blocks `up`
-            pass
+        except OSError as exc:  # a convenience file: say so, but never block `up`
+            print(f"warning: prometheus.yml not written: {exc}", file=sys.stderr)
         print(f"created a {c.n}-node cluster in {root}")
     for i in range(c.n):
         devnet.start_node(c, i)
@@ -178,11 +177,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from node import demo  # type: ignore[attr-defined]
-    except ImportError:
-        print("demo: not available yet (the detector work provides node/demo.py)", file=sys.stderr)
-        return 1
     return int(demo.run(_load(args)))
 
 

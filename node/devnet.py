@@ -113,6 +113,14 @@ def render_config(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (mode 0600), also when it already existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 def init_cluster(
     root: Path,
     ports: list[Ports],
@@ -143,9 +151,7 @@ def init_cluster(
     )
     genesis.save(root / "genesis.json")
     token = secrets.token_hex(24)
-    fd = os.open(root / "admin_token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    _write_private(root / "admin_token", token + "\n")
     for i in range(n):
         d = root / f"node{i}"
         d.mkdir(exist_ok=True)
@@ -164,7 +170,8 @@ def init_cluster(
         }
         for name, table in (overrides or {}).items():
             sections.setdefault(name, {}).update(table)
-        (d / "config.toml").write_text(render_config(sections))
+        # The config carries the admin token: readable by its owner only, like the token file.
+        _write_private(d / "config.toml", render_config(sections))
     meta = {
         "n": n,
         "chain_id": CHAIN_ID,

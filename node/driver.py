@@ -97,6 +97,8 @@ def perform(node: Node, a: Any) -> None:
             node._propose_wake.set()
         case Validate():
             task = asyncio.create_task(validate(node, a))
+            node.validations.add(task)
+            task.add_done_callback(node.validations.discard)
             task.add_done_callback(_log_failure)
         case FetchBlocks(_, to_seq, peers):
             node.catchup.want(to_seq, peers)

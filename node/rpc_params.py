@@ -8,6 +8,7 @@ rather than a generic failure.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -247,3 +248,58 @@ def response(id_: Any, *, result: Any = None, error: dict[str, Any] | None = Non
         body["result"] = result
     body["id"] = id_
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+JSON_DEPTH_MAX = 32  # deeper request documents are refused before the parser recurses
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf, which no JSON answer can carry back (an id, a param): refuse it here.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body; ValueError for anything that is not plain, shallow JSON."""
+    # Cheap C-speed bound first: with few brackets the document cannot be deep.
+    if body.count(b"[") + body.count(b"{") > JSON_DEPTH_MAX:
+        _check_depth_raw(body)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("body is not UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nesting too deep") from None
+    except ValueError as exc:
+        raise ValueError(str(exc).split(":")[0]) from None
+
+
+def _check_depth_raw(body: bytes) -> None:
+    """Reject bodies nested deeper than JSON_DEPTH_MAX before the parser recurses into them."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > JSON_DEPTH_MAX:
+                raise ValueError(f"nesting deeper than {JSON_DEPTH_MAX}")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1

@@ -115,6 +115,8 @@ class Node:
         self._nudge_view = -1
         self.subscribers: list[Any] = []
         self.proposals: deque[tuple[int, int]] = deque()
+        # Validations in progress: a strong reference, so a running check is never collected.
+        self.validations: set[asyncio.Task[None]] = set()
         self.held_checkpoints = HeldCheckpoints()
         self._propose_wake = asyncio.Event()
         self._head_changed = asyncio.Event()

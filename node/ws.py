@@ -26,7 +26,7 @@ from node.errors import (
     PARSE_ERROR,
     VigilError,
 )
-from node.rpc_params import HASH_BYTES, hex_bytes, response
+from node.rpc_params import HASH_BYTES, hex_bytes, parse_json, response
 from node.service import Event, NodeService
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ class _Connection:
 
     async def handle_text(self, data: str) -> None:
         try:
-            req = json.loads(data)
-        except (ValueError, RecursionError):
+            req = parse_json(data.encode())
+        except ValueError:
             self.push(response(None, error={"code": PARSE_ERROR, "message": "parse error"}))
             return
         if not isinstance(req, dict) or req.get("jsonrpc") != "2.0":

@@ -261,7 +261,15 @@ async def test_batch_limit(rpc: Rpc) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{", b"not json", b'{"jsonrpc": "2.0", "id": NaN, "method": "x"}', b"\xff\xfe", b""],
+    [
+        b"{",
+        b"not json",
+        b'{"jsonrpc": "2.0", "id": NaN, "method": "x"}',
+        b'{"jsonrpc": "2.0", "id": 1e400, "method": "node_status"}',
+        b'[{"jsonrpc": "2.0", "id": 1e400, "method": "node_status"}, {"jsonrpc": "2.0", "id": 2, "method": "node_status"}]',
+        b"\xff\xfe",
+        b"",
+    ],
 )
 async def test_parse_errors(rpc: Rpc, raw: bytes) -> None:
     status, body = await rpc.post(raw)

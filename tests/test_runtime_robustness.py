@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import stat
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +15,7 @@ from common.codec import sha256
 from common.crypto import SigningKey
 from consensus import messages as cmsg
 from consensus.api import Broadcast
+from node import devnet
 from node.catchup import CatchUp, vouched_height
 from node.committer import HeldCheckpoints
 from node.p2p import P2P, REQUESTS_INFLIGHT_MAX
@@ -207,3 +210,14 @@ async def test_block_range_requests_beyond_the_head_are_answered_empty() -> None
         assert await r.serve_get_blocks(body) == {"error": "bad_request"}
     assert await r.serve_get_blocks({"from": 2, "to": 2**63}) == {"entries": []}
     assert reads == [(2, 3)]  # never a read past the head (2**64 does not even fit a key)
+
+
+def test_cluster_files_with_the_admin_token_are_private(tmp_path: Path) -> None:
+
+    devnet.init_cluster(tmp_path, devnet.base_ports(41000, 4))
+    token = (tmp_path / "admin_token").read_text().strip()
+    assert stat.S_IMODE((tmp_path / "admin_token").stat().st_mode) == 0o600
+    for i in range(4):
+        config = tmp_path / f"node{i}" / "config.toml"
+        assert token in config.read_text()
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600

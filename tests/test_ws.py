@@ -97,10 +97,10 @@ async def test_tx_topic_gets_current_status_then_changes(
 async def test_ws_errors(env: tuple[FakeService, TestServer]) -> None:
     _, srv = env
     async with aiohttp.ClientSession() as s, s.ws_connect(srv.make_url("/ws")) as ws:
-        await ws.send_str("{nope")
-        assert (
-            json.loads((await ws.receive(timeout=10)).data)["error"]["code"] == errors.PARSE_ERROR
-        )
+        for bad in ("{nope", '{"jsonrpc":"2.0","id":1e400,"method":"subscribe","params":{}}'):
+            await ws.send_str(bad)
+            reply = json.loads((await ws.receive(timeout=10)).data)
+            assert reply["error"]["code"] == errors.PARSE_ERROR
         r = await _rpc(ws, 1, "subscribe", {"topic": "mempool"})
         assert r["error"]["code"] == errors.INVALID_PARAMS
         r = await _rpc(ws, 2, "subscribe", {"topic": "tx", "hash": "0x12"})
