@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,6 @@ QUARANTINE_LIST_MAX = 1000
 QUARANTINE_LIST_DEFAULT = 100
 
 Parser = Callable[[Any, str], Any]
-Handler = Callable[[NodeService, dict[str, Any]], Awaitable[Any]]
 
 
 def params_error(name: str, expected: str, detail: str = "") -> VigilError:
@@ -113,10 +112,14 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class Method:
+    """A JSON-RPC method: the NodeService method of the same name, params in their order."""
+
     name: str
     params: tuple[Param, ...]
-    call: Handler
     admin: bool = False
+
+    async def call(self, service: NodeService, args: dict[str, Any]) -> Any:
+        return await getattr(service, self.name)(*(args[p.name] for p in self.params))
 
 
 def bind_params(method: Method, raw: list[Any] | dict[str, Any] | None) -> dict[str, Any]:
@@ -159,74 +162,25 @@ _HASH = hex_bytes(HASH_BYTES)
 _NO_PARAMS: tuple[Param, ...] = ()
 
 
-async def _node_status(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.node_status()
-
-
-async def _tx_submit(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.tx_submit(a["tx"])
-
-
-async def _tx_get(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.tx_get(a["hash"])
-
-
-async def _tx_proof(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.tx_proof(a["hash"])
-
-
-async def _anchor_get(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.anchor_get(a["digest"])
-
-
-async def _account_get(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.account_get(a["address"])
-
-
-async def _block_get(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.block_get(a["height"])
-
-
-async def _mempool_status(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.mempool_status()
-
-
-async def _detector_status(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.detector_status()
-
-
-async def _quarantine_list(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.quarantine_list(a["limit"])
-
-
-async def _quarantine_release(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.quarantine_release(a["hash"])
-
-
-async def _quarantine_reject(s: NodeService, a: dict[str, Any]) -> Any:
-    return await s.quarantine_reject(a["hash"])
-
-
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("node_status", _NO_PARAMS, _node_status),
-        Method("tx_submit", (Param("tx", hex_bytes(size_max=TX_BYTES_MAX)),), _tx_submit),
-        Method("tx_get", (Param("hash", _HASH),), _tx_get),
-        Method("tx_proof", (Param("hash", _HASH),), _tx_proof),
-        Method("anchor_get", (Param("digest", _HASH),), _anchor_get),
-        Method("account_get", (Param("address", hex_bytes(ADDRESS_BYTES)),), _account_get),
-        Method("block_get", (Param("height", height_param, False, None),), _block_get),
-        Method("mempool_status", _NO_PARAMS, _mempool_status),
-        Method("detector_status", _NO_PARAMS, _detector_status),
+        Method("node_status", _NO_PARAMS),
+        Method("tx_submit", (Param("tx", hex_bytes(size_max=TX_BYTES_MAX)),)),
+        Method("tx_get", (Param("hash", _HASH),)),
+        Method("tx_proof", (Param("hash", _HASH),)),
+        Method("anchor_get", (Param("digest", _HASH),)),
+        Method("account_get", (Param("address", hex_bytes(ADDRESS_BYTES)),)),
+        Method("block_get", (Param("height", height_param, False, None),)),
+        Method("mempool_status", _NO_PARAMS),
+        Method("detector_status", _NO_PARAMS),
         Method(
             "quarantine_list",
             (Param("limit", uint_param(QUARANTINE_LIST_MAX), False, QUARANTINE_LIST_DEFAULT),),
-            _quarantine_list,
             admin=True,
         ),
-        Method("quarantine_release", (Param("hash", _HASH),), _quarantine_release, admin=True),
-        Method("quarantine_reject", (Param("hash", _HASH),), _quarantine_reject, admin=True),
+        Method("quarantine_release", (Param("hash", _HASH),), admin=True),
+        Method("quarantine_reject", (Param("hash", _HASH),), admin=True),
     )
 }
 
