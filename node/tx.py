@@ -7,7 +7,7 @@ it); this module is the reference implementation and tests/vectors/ pins it byte
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common import codec
@@ -208,18 +208,7 @@ class Transaction:
 
 def _signed(unsigned: Transaction, key: SigningKey) -> Transaction:
     sig = key.sign(TX_DOMAIN, unsigned.signing_bytes())
-    tx = Transaction(
-        kind=unsigned.kind,
-        chain_id=unsigned.chain_id,
-        sender=unsigned.sender,
-        nonce=unsigned.nonce,
-        fee=unsigned.fee,
-        to=unsigned.to,
-        amount=unsigned.amount,
-        digest=unsigned.digest,
-        memo=unsigned.memo,
-        signature=sig,
-    )
+    tx = replace(unsigned, signature=sig)  # the cached encoding and hash start empty again
     tx.encode()  # validates sizes now rather than at first use
     return tx
 

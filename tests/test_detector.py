@@ -13,7 +13,7 @@ import copy
 import functools
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -382,23 +382,25 @@ def test_out_of_range_amounts_score_above_the_window_edge(seed: int) -> None:
     assert not ordinary.quarantine
 
 
-def test_bench_like_uniform_traffic_is_not_quarantined() -> None:
-    # node/bench.py: account k pays k + 1 (round robin), fee 1, here amounts 1..10 by account.
-    # Few distinct values: most rows tie on one score, which is the tail quantile; a strict
-    # ">" and the tail margin keep every one of them out of the quarantine.
-    accounts = 200
-    addrs = [address(f"bench-{k}") for k in range(accounts)]
-    det = Detector(DetectorConfig(retrain_every_blocks=20))
-    det.note_addresses(addrs)
-    nonces = [0] * accounts
+def _round_robin(
+    det: Detector, addrs: list[bytes], blocks: int, amount_of: Callable[[int], int], tag: str
+) -> tuple[int, int, int]:
+    """Bench-shaped traffic (node/bench.py): account k pays k + 1, fee 1, 50 txs a block.
+
+    Each block is first scored at admission, then committed; returns (scored while warm,
+    held while warm, last block time).
+    """
+    nonces = [0] * len(addrs)
     now, j, held, scored = 1_700_000_000_000, 0, 0, 0
-    for height in range(1, 81):
+    for height in range(1, blocks + 1):
         txs = []
         for _ in range(50):
-            k = j % accounts
+            k = j % len(addrs)
             j += 1
-            to = addrs[(k + 1) % accounts]
-            txs.append(FakeTx("transfer", addrs[k], to, 1 + k % 10, 1, nonces[k], address(f"b{j}")))
+            to = addrs[(k + 1) % len(addrs)]
+            txs.append(
+                FakeTx("transfer", addrs[k], to, amount_of(k), 1, nonces[k], address(f"{tag}{j}"))
+            )
             nonces[k] += 1
         verdicts = det.score_batch(txs, now + 50)
         if det.warm:
@@ -407,6 +409,17 @@ def test_bench_like_uniform_traffic_is_not_quarantined() -> None:
         now += 100
         det.observe_block(FakeBlock(FakeHeader(height, now), tuple(txs)))
         train_if_due(det, height)
+    return scored, held, now
+
+
+def test_bench_like_uniform_traffic_is_not_quarantined() -> None:
+    # node/bench.py: account k pays k + 1 (round robin), fee 1, here amounts 1..10 by account.
+    # Few distinct values: most rows tie on one score, which is the tail quantile; a strict
+    # ">" and the tail margin keep every one of them out of the quarantine.
+    addrs = [address(f"bench-{k}") for k in range(200)]
+    det = Detector(DetectorConfig(retrain_every_blocks=20))
+    det.note_addresses(addrs)
+    scored, held, _ = _round_robin(det, addrs, 80, lambda k: 1 + k % 10, "b")
     assert scored >= 3000
     assert held == 0
 
@@ -415,32 +428,10 @@ def test_a_small_payment_after_a_window_of_identical_amounts_is_not_held() -> No
     # Seen on a live cluster after scripts/bench: 5000 transfers of amount 1, then a wallet's
     # first transfer of 7 was held ("4.0x above anything"). A window with no spread says little
     # about scale, so amounts extrapolate only from 10x the window's largest; 10**11 still does.
-    accounts = 200
-    addrs = [address(f"same-{k}") for k in range(accounts)]
+    addrs = [address(f"same-{k}") for k in range(200)]
     det = Detector(DetectorConfig(retrain_every_blocks=20))
     det.note_addresses(addrs)
-    nonces = [0] * accounts
-    now, j = 1_700_000_000_000, 0
-    for height in range(1, 61):
-        txs = []
-        for _ in range(50):
-            k = j % accounts
-            j += 1
-            txs.append(
-                FakeTx(
-                    "transfer",
-                    addrs[k],
-                    addrs[(k + 1) % accounts],
-                    1,
-                    1,
-                    nonces[k],
-                    address(f"s{j}"),
-                )
-            )
-            nonces[k] += 1
-        now += 100
-        det.observe_block(FakeBlock(FakeHeader(height, now), tuple(txs)))
-        train_if_due(det, height)
+    _, _, now = _round_robin(det, addrs, 60, lambda k: 1, "s")
     assert det.warm
     newcomer = address("newcomer")
     small = FakeTx("transfer", newcomer, addrs[1], 7, 1, 0, address("small"))
