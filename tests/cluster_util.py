@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from common.crypto import SigningKey, address_of
-from node import devnet
-from node.devnet import Cluster, Ports
-from node.tx import make_transfer
+from node.chain.tx import make_transfer
+from node.tools import devnet
+from node.tools.devnet import Cluster, Ports
 
 DEADLINE_S = 60.0
 
@@ -274,7 +274,7 @@ class Load:
 
     def _resync(self, raws: list[bytes]) -> None:
         """Reset local nonces of the senders in ``raws`` from a live node's pending view."""
-        from node.tx import Transaction
+        from node.chain.tx import Transaction
 
         senders = {Transaction.decode(r).sender for r in raws}
         for k in self.accounts:

@@ -11,10 +11,10 @@ import sys
 import time
 
 from common.crypto import SigningKey, address_of
-from node.block import Block, BlockHeader, Proposal, build_block, genesis_header
-from node.genesis import Genesis, Validator
-from node.ledger import Account, Execution, execute_block, genesis_accounts
-from node.tx import Transaction, make_anchor, make_transfer
+from node.chain.block import Block, BlockHeader, Proposal, build_block, genesis_header
+from node.chain.genesis import Genesis, Validator
+from node.chain.ledger import Account, Execution, execute_block, genesis_accounts
+from node.chain.tx import Transaction, make_anchor, make_transfer
 from storage import Store
 
 CHAIN = "crash-test"

@@ -11,7 +11,7 @@ from common.codec import CodecError
 from common.crypto import SigningKey, address_of
 from common.merkle import merkle_root
 from consensus.api import NULL_DIGEST
-from node.block import (
+from node.chain.block import (
     Block,
     BlockHeader,
     Proposal,
@@ -19,8 +19,8 @@ from node.block import (
     genesis_header,
     header_matches_certificate,
 )
-from node.genesis import Genesis, GenesisError, Validator
-from node.tx import make_transfer
+from node.chain.genesis import Genesis, GenesisError, Validator
+from node.chain.tx import make_transfer
 
 KEY = SigningKey(b"\x05" * 32)
 GENESIS = Genesis(

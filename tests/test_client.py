@@ -1,4 +1,4 @@
-"""node/client.py against the RPC app and a fake node: results, RpcError codes, batches."""
+"""node/tools/client.py against the RPC app and a fake node: results, RpcError codes, batches."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from node import errors
-from node.client import AsyncClient, Client, ClientError, RpcError
-from node.rpc import make_rpc_app
+from node.api.rpc import make_rpc_app
+from node.tools.client import AsyncClient, Client, ClientError, RpcError
 from tests.test_rpc_fake import FakeService, signed_transfer
 from tests.test_wallet_cli import fake_node  # noqa: F401 - pytest fixture
 

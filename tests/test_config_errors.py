@@ -1,6 +1,6 @@
 """`vigil node --config` refuses a bad set-up with one line naming the problem, never a traceback.
 
-Real subprocesses of the console entry point (``python -m node.cli``); each case is one start.
+Real subprocesses of the console entry point (``python -m node.tools.cli``); each case is one start.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from node import devnet
+from node.tools import devnet
 from tests.cluster_util import free_ports, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ def _run(config: Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str
     env = dict(os.environ)
     env.pop("VIGIL_ADMIN_TOKEN", None)
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", "node", "--config", str(config)],
+        [sys.executable, "-m", "node.tools.cli", "node", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -77,7 +77,11 @@ def test_missing_file(tmp_path: Path) -> None:
         ("unknown_key", lambda t: t.replace("[rpc]", "[rpc]\nprot = 5"), ("rpc.prot", "unknown")),
         ("unknown_section", lambda t: t + "\n[rcp]\nport = 5\n", ("rcp", "unknown section")),
         ("wrong_type", lambda t: t.replace("[p2p]", '[p2p]\nsend_queue_max = "lots"'), ("p2p",)),
-        ("bad_genesis", lambda t: t.replace("../genesis.json", "missing.json"), ("node.genesis",)),
+        (
+            "bad_genesis",
+            lambda t: t.replace("../genesis.json", "missing.json"),
+            ("node.genesis",),
+        ),
         ("bad_key", lambda t: t.replace('"key.json"', '"../genesis.json"'), ("node.key_file",)),
     ],
 )

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from node.block import Block, genesis_header
-from node.ledger import Account, Receipt, execute_block, genesis_accounts
+from node.chain.block import Block, genesis_header
+from node.chain.ledger import Account, Receipt, execute_block, genesis_accounts
 from storage import Store
 from tests.crash_worker import ADDRS, CHAIN, GENESIS, certificate_for
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from node.metrics import Metrics, parse_families
+from node.host.metrics import Metrics, parse_families
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "vigil-dashboard.json"
 PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "heatmap", "table", "bargauge", "text"}

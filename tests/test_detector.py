@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from ml.features import FANOUT_WINDOW_MS
-from node.detector import Detector, DetectorConfig, Verdict, training_seed
+from node.detect.detector import Detector, DetectorConfig, Verdict, training_seed
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +385,7 @@ def test_out_of_range_amounts_score_above_the_window_edge(seed: int) -> None:
 def _round_robin(
     det: Detector, addrs: list[bytes], blocks: int, amount_of: Callable[[int], int], tag: str
 ) -> tuple[int, int, int]:
-    """Bench-shaped traffic (node/bench.py): account k pays k + 1, fee 1, 50 txs a block.
+    """Bench-shaped traffic (node/tools/bench.py): account k pays k + 1, fee 1, 50 txs a block.
 
     Each block is first scored at admission, then committed; returns (scored while warm,
     held while warm, last block time).
@@ -413,7 +413,7 @@ def _round_robin(
 
 
 def test_bench_like_uniform_traffic_is_not_quarantined() -> None:
-    # node/bench.py: account k pays k + 1 (round robin), fee 1, here amounts 1..10 by account.
+    # node/tools/bench.py: account k pays k + 1 (round robin), fee 1, here amounts 1..10 by account.
     # Few distinct values: most rows tie on one score, which is the tail quantile; a strict
     # ">" and the tail margin keep every one of them out of the quarantine.
     addrs = [address(f"bench-{k}") for k in range(200)]

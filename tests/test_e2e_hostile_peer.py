@@ -21,8 +21,8 @@ import msgpack
 import pytest
 
 from common.crypto import SigningKey, from_hex
-from node.genesis import Genesis
-from node.peer_wire import decode_frame, encode_frame, sign_challenge
+from node.chain.genesis import Genesis
+from node.net.wire import decode_frame, encode_frame, sign_challenge
 from tests.cluster_util import LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e

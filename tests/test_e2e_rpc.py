@@ -14,12 +14,12 @@ import aiohttp
 import pytest
 
 from common.crypto import SigningKey, address_of, to_hex
-from node.client import AsyncClient
-from node.devnet import bench_key
-from node.genesis import Genesis
-from node.keyfile import save_key
-from node.proofs import ProofError, verify_tx_inclusion
-from node.wallet_cli import main
+from node.chain.genesis import Genesis
+from node.tools.client import AsyncClient
+from node.tools.devnet import bench_key
+from node.tools.keyfile import save_key
+from node.tools.proofs import ProofError, verify_tx_inclusion
+from node.tools.wallet import main
 from tests.cluster_util import LocalCluster, wait_for
 
 pytestmark = [

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.crypto import SigningKey, address_of
-from node.block import Proposal, build_block
-from node.genesis import Genesis, Validator
-from node.ledger import (
+from node.chain.block import Proposal, build_block
+from node.chain.genesis import Genesis, Validator
+from node.chain.ledger import (
     Account,
     BlockInvalid,
     Execution,
@@ -19,7 +19,7 @@ from node.ledger import (
     execute_block,
     genesis_accounts,
 )
-from node.tx import make_anchor, make_transfer
+from node.chain.tx import make_anchor, make_transfer
 
 CHAIN = "test-chain"
 KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]

@@ -1,4 +1,4 @@
-"""node.logs: one structured line per event in both formats, secrets masked everywhere."""
+"""node.host.logs: one structured line per event in both formats, secrets masked everywhere."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from node.logs import LogConfigError, add_secret, clear_secrets, redact, setup_logging
+from node.host.logs import LogConfigError, add_secret, clear_secrets, redact, setup_logging
 
 TOKEN = "adm-7f3c9a1e5b2d4f60"
 
@@ -39,7 +39,7 @@ def kv_parse(line: str) -> dict[str, str]:
 def test_json_line_per_event_with_fields() -> None:
     out = io.StringIO()
     setup_logging("json", "info", out)
-    log = logging.getLogger("node.runtime")
+    log = logging.getLogger("node.host.runtime")
     log.info("block_committed", extra={"height": 7, "txs": 120, "view": 1, "ms": 12.5})
     log.warning("view_change", extra={"from_view": 1, "to_view": 2, "reason": "timeout"})
     log.warning("peer_misbehaving", extra={"peer": 3, "reason": "bad_frame", "digest": b"\xab"})
@@ -49,7 +49,7 @@ def test_json_line_per_event_with_fields() -> None:
     first = got[0]
     assert first["event"] == "block_committed"
     assert first["level"] == "info"
-    assert first["logger"] == "node.runtime"
+    assert first["logger"] == "node.host.runtime"
     assert (first["height"], first["txs"], first["view"], first["ms"]) == (7, 120, 1, 12.5)
     assert first["ts"].endswith("Z")
     assert got[1]["level"] == "warning"
@@ -62,7 +62,7 @@ def test_kv_format_and_text_alias() -> None:
     for fmt in ("kv", "text"):
         out = io.StringIO()
         setup_logging(fmt, "DEBUG", out)
-        log = logging.getLogger("node.p2p")
+        log = logging.getLogger("node.net.p2p")
         log.debug("peer_connected", extra={"peer": 1})
         log.warning("peer_misbehaving", extra={"peer": 2, "reason": 'has "quotes" and = sign'})
         got = [kv_parse(line) for line in lines(out)]
@@ -79,7 +79,9 @@ def test_traceback_folded_into_one_line() -> None:
     try:
         raise RuntimeError("boom")
     except RuntimeError:
-        logging.getLogger("node.rpc").exception("rpc_internal_error", extra={"method": "tx_get"})
+        logging.getLogger("node.api.rpc").exception(
+            "rpc_internal_error", extra={"method": "tx_get"}
+        )
     (line,) = lines(out)
     record = json.loads(line)
     assert record["event"] == "rpc_internal_error"
@@ -91,7 +93,7 @@ def test_secret_masked_in_message_fields_and_traceback(fmt: str) -> None:
     out = io.StringIO()
     setup_logging(fmt, "info", out)
     add_secret(TOKEN)
-    log = logging.getLogger("node.config")
+    log = logging.getLogger("node.host.config")
     log.info("config_loaded", extra={"admin_token": TOKEN, "url": f"http://x/?t={TOKEN}"})
     log.info("bearer %s seen", TOKEN)
     try:

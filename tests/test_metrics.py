@@ -1,4 +1,4 @@
-"""node.metrics: every contract family by its exact name, bounded labels, served over HTTP."""
+"""node.host.metrics: every contract family by its exact name, bounded labels, served over HTTP."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.metrics import (
+from node.host.metrics import (
     CONTRACT_FAMILIES,
     LATENCY_BUCKETS_S,
     RPC_UNKNOWN_METHOD,

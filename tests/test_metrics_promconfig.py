@@ -1,4 +1,4 @@
-"""node.promconfig: the prometheus.yml that scripts/cluster up writes."""
+"""node.tools.promconfig: the prometheus.yml that scripts/cluster up writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node.promconfig import PromConfigError, render_prometheus_config, write_prometheus_config
+from node.tools.promconfig import PromConfigError, render_prometheus_config, write_prometheus_config
 
 
 def test_written_config_lists_every_node(tmp_path: Path) -> None:

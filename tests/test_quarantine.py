@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from common.crypto import SigningKey
-from node.quarantine import EXPIRED, FULL, REJECTED, Held, Quarantine, Rejected
-from node.tx import make_transfer
+from node.chain.tx import make_transfer
+from node.detect.quarantine import EXPIRED, FULL, REJECTED, Held, Quarantine, Rejected
 from storage.db import Store
 
 KEY = SigningKey(hashlib.sha256(b"quarantine-test").digest())

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from node import errors
-from node.rpc import bearer_ok, make_rpc_app
+from node.api.rpc import bearer_ok, make_rpc_app
 from tests.test_rpc_fake import FakeService
 
 TOKEN = "correct-horse-battery-staple"

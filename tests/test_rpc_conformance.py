@@ -1,4 +1,4 @@
-"""JSON-RPC 2.0 conformance of node/rpc.py against a fake NodeService over a real socket."""
+"""JSON-RPC 2.0 conformance of node/api/rpc.py against a fake NodeService over a real socket."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from node import errors
-from node.rpc import make_rpc_app
+from node.api.rpc import make_rpc_app
 from tests.test_rpc_fake import FakeService, signed_transfer
 
 TOKEN = "s3cret-token"

@@ -8,9 +8,9 @@ from typing import Any
 
 from common.codec import CodecError
 from common.crypto import SigningKey, address_of, to_hex
+from node.api.service import NodeService
+from node.chain.tx import Transaction, make_transfer
 from node.errors import NOT_FOUND, TX_BALANCE, TX_INVALID, VigilError
-from node.service import NodeService
-from node.tx import Transaction, make_transfer
 
 CHAIN_ID = "vigil-test"
 

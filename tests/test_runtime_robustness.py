@@ -15,15 +15,15 @@ from common.codec import sha256
 from common.crypto import SigningKey
 from consensus import messages as cmsg
 from consensus.api import Broadcast
-from node import devnet
-from node.catchup import CatchUp, vouched_height
-from node.committer import HeldCheckpoints
-from node.p2p import P2P, REQUESTS_INFLIGHT_MAX
-from node.peer import PeerConn
-from node.peer_wire import decode_frame, encode_frame
-from node.resolver import TxResolver
-from node.runtime import Node
-from node.tx import make_transfer
+from node.chain.tx import make_transfer
+from node.host.committer import HeldCheckpoints
+from node.host.resolver import TxResolver
+from node.host.runtime import Node
+from node.net.catchup import CatchUp, vouched_height
+from node.net.p2p import P2P, REQUESTS_INFLIGHT_MAX
+from node.net.peer import PeerConn
+from node.net.wire import decode_frame, encode_frame
+from node.tools import devnet
 
 
 class FakeWs:

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from common.crypto import SigningKey, address_of
-from node.config import ConfigError, parse_config
+from node.chain.ledger import Account
+from node.chain.mempool import Mempool
+from node.chain.tx import make_transfer
 from node.errors import MEMPOOL_FULL, TX_BALANCE, TX_DUPLICATE, TX_NONCE, VigilError
-from node.ledger import Account
-from node.mempool import Mempool
-from node.peer_wire import BadFrame, decode_frame, encode_frame
-from node.tx import make_transfer
+from node.host.config import ConfigError, parse_config
+from node.net.wire import BadFrame, decode_frame, encode_frame
 
 BASE = {"node": {"index": 0, "data_dir": ".", "genesis": "g.json", "key_file": "k.json"}}
 
@@ -130,7 +130,7 @@ def test_nonce_gap_is_not_runnable_work() -> None:
 
 
 def test_peerwatch_fetches_only_when_stuck_behind_f_plus_1_peers() -> None:
-    from node.peerwatch import PeerWatch, vouched
+    from node.net.peerwatch import PeerWatch, vouched
 
     assert vouched([5, 9, 7], f=1) == 7
     assert vouched([5], f=1) == 0
@@ -151,7 +151,7 @@ def test_peerwatch_fetches_only_when_stuck_behind_f_plus_1_peers() -> None:
 
 
 def test_peerwatch_view_behind_needs_two_checks_and_f_plus_1_peers() -> None:
-    from node.peerwatch import PeerWatch
+    from node.net.peerwatch import PeerWatch
 
     w = PeerWatch(f=1)
     w.on_status(1, 5, 3)
@@ -167,7 +167,7 @@ def test_peerwatch_view_behind_needs_two_checks_and_f_plus_1_peers() -> None:
 
 def test_consensus_frames_are_labelled_by_message_kind() -> None:
     from consensus import messages as m
-    from node.peer_wire import consensus_kind, frame_label
+    from node.net.wire import consensus_kind, frame_label
 
     vote = m.encode(m.Prepare(1, 2, b"d" * 32, 0, b"s" * 64))
     commit = m.encode(m.CommitVote(1, 2, b"d" * 32, 0, b"s" * 64))
@@ -190,7 +190,7 @@ def test_bench_skips_nodes_marked_down() -> None:
     import argparse
     from types import SimpleNamespace
 
-    from node.bench import Bench
+    from node.tools.bench import Bench
 
     b = Bench(SimpleNamespace(n=4), argparse.Namespace())  # type: ignore[arg-type]
     assert b._live(1) == 1
@@ -207,8 +207,8 @@ def test_view_change_releases_stale_inflight_records_but_keeps_new_view_ones() -
     from types import SimpleNamespace
 
     from common.codec import sha256
-    from node.block import Proposal
-    from node.resolver import TxResolver
+    from node.chain.block import Proposal
+    from node.host.resolver import TxResolver
 
     marked: list[bytes] = []
     node = SimpleNamespace(

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from common.crypto import address_of
-from node import devnet
-from node.admission import Screened
+from node.chain.tx import Transaction, make_transfer
 from node.errors import NOT_FOUND, VigilError
-from node.metrics import Metrics
-from node.screening import Screening, split_config
-from node.tx import Transaction, make_transfer
+from node.host.admission import Screened
+from node.host.metrics import Metrics
+from node.host.screening import Screening, split_config
+from node.tools import devnet
 from storage.db import Store
 
 ACCOUNTS = 40

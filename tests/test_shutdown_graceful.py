@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node import devnet
+from node.tools import devnet
 from storage.db import Store
 from tests.cluster_util import Load, LocalCluster, wait_for
 

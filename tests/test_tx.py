@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from common import codec
 from common.codec import CodecError
 from common.crypto import SigningKey, address_of
-from node.tx import (
+from node.chain.tx import (
     MEMO_BYTES_MAX,
     TX_BYTES_MAX,
     Transaction,

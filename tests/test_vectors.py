@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.crypto import SigningKey
 from common.merkle import merkle_proof, merkle_root, verify_proof
-from node.tx import Transaction, make_anchor, make_transfer
+from node.chain.tx import Transaction, make_anchor, make_transfer
 from tests.vectors_gen import build
 
 VECTORS = Path(__file__).resolve().parent / "vectors"

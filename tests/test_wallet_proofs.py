@@ -1,4 +1,4 @@
-"""Client-side proof checks (node/proofs.py) on a block signed by a real 4-validator set."""
+"""Client-side proof checks (node/tools/proofs.py) on a block signed by a real 4-validator set."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from common.crypto import SigningKey, to_hex
 from common.merkle import merkle_proof
 from consensus.certificate import CommitCertificate
 from consensus.messages import domain, vote_content
-from node.block import BlockHeader, Proposal, build_block
-from node.proofs import ProofError, verify_anchor_tx, verify_tx_inclusion
-from node.tx import make_anchor, make_transfer
+from node.chain.block import BlockHeader, Proposal, build_block
+from node.chain.tx import make_anchor, make_transfer
+from node.tools.proofs import ProofError, verify_anchor_tx, verify_tx_inclusion
 
 CHAIN = "vigil-proofs"
 KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]

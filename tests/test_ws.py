@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from node import errors
-from node.rpc import make_rpc_app
-from node.ws import WsConfig
+from node.api.rpc import make_rpc_app
+from node.api.ws import WsConfig
 from tests.test_rpc_fake import FakeService, signed_transfer
 
 

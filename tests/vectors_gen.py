@@ -8,7 +8,7 @@ from typing import Any
 
 from common.crypto import SigningKey, address_of, signing_bytes, to_hex
 from common.merkle import merkle_proof, merkle_root
-from node.tx import TX_DOMAIN, Transaction, make_anchor, make_transfer
+from node.chain.tx import TX_DOMAIN, Transaction, make_anchor, make_transfer
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")

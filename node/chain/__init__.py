@@ -1,0 +1,1 @@
+"""Chain rules: transactions, blocks, ledger, genesis, mempool. No asyncio, no aiohttp."""

@@ -1,0 +1,133 @@
+"""The committed chain of one node: its head, and the execution and storage of committed payloads.
+
+``apply`` runs in a worker thread (it is the CPU and disk part of a commit): it builds the block
+every replica derives from the payload (prev_hash from our own head), executes it with the
+ledger against the stored state, and writes block, certificate, receipts, accounts, anchors and
+head in ONE LevelDB batch. Only the committer task calls ``apply``, so reads of the head and the
+state inside it are consistent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from consensus.api import NULL_DIGEST
+from node.chain.block import Block, BlockHeader, Proposal, build_block, genesis_header
+from node.chain.genesis import Genesis
+from node.chain.ledger import Account, Execution, execute_block, genesis_accounts
+from node.chain.tx import Transaction
+from storage.db import Store
+
+GENESIS_META_KEY = b"genesis_hash"
+# Meta key prefix of the tx bodies of a proposal this node voted for or made (node/host/resolver.py).
+PROPOSAL_TXS_KEY = b"ptx"
+
+
+class ChainError(Exception):
+    """The local database does not belong to this genesis, or a commit is out of order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    block: Block
+    execution: Execution
+    write_s: float
+
+
+class Chain:
+    def __init__(self, store: Store, genesis: Genesis) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.head: BlockHeader = genesis_header(genesis)
+        self._genesis_accounts = genesis_accounts(genesis)
+
+    @property
+    def height(self) -> int:
+        return self.head.height
+
+    def load(self) -> None:
+        """Check the database belongs to this genesis and read the head (blocking)."""
+        stored = self.store.meta_get(GENESIS_META_KEY)
+        if stored is None:
+            if self.store.head() is not None:
+                raise ChainError("database has blocks but no genesis hash")
+            self.store.meta_put(GENESIS_META_KEY, self.genesis.hash)
+        elif stored != self.genesis.hash:
+            raise ChainError("database was created for a different genesis")
+        head = self.store.head()
+        if head is not None:
+            raw = self.store.get_block(head[0])
+            if raw is None:
+                raise ChainError(f"head block {head[0]} missing")
+            self.head = Block.decode(raw).header
+
+    # --- state reads (thread safe: plyvel reads) ------------------------------------------
+
+    def read_account(self, address: bytes) -> Account | None:
+        raw = self.store.get_account(address)
+        if raw is not None:
+            return Account.decode(raw)
+        # Genesis balances are not written to the database; they are the base state.
+        return self._genesis_accounts.get(address)
+
+    def read_anchor(self, digest: bytes) -> bytes | None:
+        return self.store.get_anchor(digest)
+
+    def is_committed(self, tx_hash: bytes) -> bool:
+        return self.store.get_tx_location(tx_hash) is not None
+
+    def get_block(self, height: int) -> Block | None:
+        if height == 0:
+            return Block(genesis_header(self.genesis), ())
+        raw = self.store.get_block(height)
+        return Block.decode(raw) if raw is not None else None
+
+    def header(self, height: int) -> BlockHeader | None:
+        block = self.get_block(height)
+        return block.header if block is not None else None
+
+    # --- commit ---------------------------------------------------------------------------
+
+    def build(
+        self, seq: int, view: int, payload: bytes, txs: Sequence[Transaction], null_proposer: int
+    ) -> Block:
+        if seq != self.head.height + 1:
+            raise ChainError(f"commit of seq {seq} on head {self.head.height}")
+        proposal = Proposal.decode(payload) if payload else None
+        return build_block(proposal, txs, self.head, view, null_proposer)
+
+    def apply(
+        self,
+        seq: int,
+        view: int,
+        digest: bytes,
+        payload: bytes,
+        certificate: bytes,
+        txs: Sequence[Transaction],
+        null_proposer: int,
+    ) -> Applied:
+        """Build, execute and durably write the block of ``seq`` (blocking; worker thread)."""
+        block = self.build(seq, view, payload, txs, null_proposer)
+        if (digest == NULL_DIGEST) != (not payload):
+            raise ChainError(f"seq {seq}: payload and digest disagree about a null block")
+        proposer = self.genesis.validators[block.header.proposer].address
+        execution = execute_block(
+            block, proposer, self.genesis.chain_id, self.read_account, self.read_anchor
+        )
+        started = time.perf_counter()
+        self.store.commit_block(
+            height=block.height,
+            block_hash=block.hash,
+            block=block.encode(),
+            certificate=certificate,
+            txs=[(r.tx_hash, r.encode()) for r in execution.receipts],
+            accounts={a: acct.encode() for a, acct in execution.accounts.items()},
+            anchors=dict(execution.anchors),
+            extra={
+                PROPOSAL_TXS_KEY + digest: None
+            },  # the proposal's tx bodies are in the block now
+        )
+        self.head = block.header
+        return Applied(block, execution, time.perf_counter() - started)

@@ -1,0 +1,233 @@
+"""Transactions waiting to be ordered: admission rules, per-sender nonce order, FIFO across senders.
+
+Admission (after the caller decoded the tx and checked its signature off the loop): chain id,
+size, not already known, nonce not behind the account, no second tx with the same nonce, balance
+covers amount + fee of everything the sender has pending, and the count and byte limits
+(``mempool_full`` when reached). Selection for a block walks senders in arrival order and takes
+each sender's txs in nonce order from the next nonce the chain will accept, skipping txs already
+placed in uncommitted proposals (in flight). After each committed block the mempool drops what
+the block included and rechecks the touched senders against the new state.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from node.chain.ledger import Account
+from node.chain.tx import TX_BYTES_MAX, Transaction
+from node.errors import (
+    MEMPOOL_FULL,
+    TX_BALANCE,
+    TX_DUPLICATE,
+    TX_INVALID,
+    TX_NONCE,
+    VigilError,
+)
+
+NONCE_AHEAD_MAX = 1000  # a tx this far ahead of its account is refused rather than parked
+
+ReadAccount = Callable[[bytes], Account | None]
+
+
+@dataclass(slots=True)
+class Entry:
+    tx: Transaction
+    hash: bytes
+    sender: bytes  # address
+    size: int
+    first_seen_s: float  # loop clock, for the commit-latency metric
+    order: int  # arrival order, FIFO across senders
+
+
+class Mempool:
+    def __init__(
+        self, chain_id: str, txs_max: int, bytes_max: int, read_account: ReadAccount
+    ) -> None:
+        self.chain_id = chain_id
+        self.txs_max = txs_max
+        self.bytes_max = bytes_max
+        self._read_account = read_account
+        self._entries: dict[bytes, Entry] = {}
+        self._by_sender: dict[bytes, dict[int, Entry]] = {}
+        self._ready: OrderedDict[bytes, None] = OrderedDict()  # not in flight, arrival order
+        self._inflight: set[bytes] = set()
+        self._bytes = 0
+        self._order = itertools.count()
+
+    # --- queries --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._entries
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, tx_hash: bytes) -> Entry | None:
+        return self._entries.get(tx_hash)
+
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def has_runnable(self, scan_max: int = 2000) -> bool:
+        """Whether some tx not yet proposed could run now (its nonce is the sender's next).
+
+        Txs behind a nonce gap do not count: a primary cannot propose them, so they must not
+        arm the backups' request timers (that would trigger view changes forever).
+        """
+        for n, tx_hash in enumerate(self._ready):
+            if n >= scan_max:
+                return True  # assume work rather than scanning a huge backlog every tick
+            entry = self._entries[tx_hash]
+            nonce = self._next_nonce(entry.sender)
+            pending = self._by_sender[entry.sender]
+            while nonce in pending and pending[nonce].hash in self._inflight:
+                nonce += 1
+            if entry.tx.nonce == nonce:
+                return True
+        return False
+
+    # --- admission ------------------------------------------------------------------------
+
+    def check(self, tx: Transaction, tx_hash: bytes) -> None:
+        """Raise VigilError when ``tx`` cannot enter; the mempool is not changed."""
+        if tx.chain_id != self.chain_id:
+            raise VigilError(TX_INVALID, f"wrong chain id {tx.chain_id!r}")
+        size = tx.size_bytes
+        if size > TX_BYTES_MAX:
+            raise VigilError(TX_INVALID, "transaction too large")
+        if tx_hash in self._entries:
+            raise VigilError(TX_DUPLICATE, "transaction already pending")
+        sender = tx.sender_address
+        account = self._read_account(sender) or Account(0, 0)
+        if tx.nonce < account.nonce:
+            raise VigilError(
+                TX_NONCE, f"nonce {tx.nonce} already used (account at {account.nonce})"
+            )
+        if tx.nonce > account.nonce + NONCE_AHEAD_MAX:
+            raise VigilError(TX_NONCE, f"nonce {tx.nonce} too far ahead of {account.nonce}")
+        pending = self._by_sender.get(sender, {})
+        if tx.nonce in pending:
+            raise VigilError(TX_NONCE, f"nonce {tx.nonce} already pending for this sender")
+        spend = sum(e.tx.amount + e.tx.fee for e in pending.values())
+        if spend + tx.amount + tx.fee > account.balance:
+            raise VigilError(TX_BALANCE, "balance does not cover amount + fee of pending txs")
+        if len(self._entries) >= self.txs_max or self._bytes + size > self.bytes_max:
+            raise VigilError(MEMPOOL_FULL, "mempool full, retry later")
+
+    def add(self, tx: Transaction, tx_hash: bytes, now_s: float) -> Entry:
+        """Check then insert; raises VigilError with the reason when refused."""
+        self.check(tx, tx_hash)
+        entry = Entry(tx, tx_hash, tx.sender_address, tx.size_bytes, now_s, next(self._order))
+        self._entries[tx_hash] = entry
+        self._by_sender.setdefault(entry.sender, {})[tx.nonce] = entry
+        self._ready[tx_hash] = None
+        self._bytes += entry.size
+        return entry
+
+    # --- block building -------------------------------------------------------------------
+
+    def select(self, txs_max: int) -> list[Transaction]:
+        """Up to ``txs_max`` txs in an order the ledger will execute, marked in flight."""
+        out: list[Transaction] = []
+        expected: dict[bytes, int] = {}
+        for tx_hash in list(self._ready):
+            if len(out) >= txs_max:
+                break
+            entry = self._entries[tx_hash]
+            if entry.sender in expected:
+                continue  # this sender's runnable chain was already taken below
+            nonce = self._next_nonce(entry.sender)
+            pending = self._by_sender[entry.sender]
+            while len(out) < txs_max and nonce in pending:
+                e = pending[nonce]
+                if e.hash in self._ready:
+                    out.append(e.tx)
+                    self._mark_inflight(e.hash)
+                nonce += 1
+            expected[entry.sender] = nonce
+        return out
+
+    def _next_nonce(self, sender: bytes) -> int:
+        account = self._read_account(sender)
+        return account.nonce if account is not None else 0
+
+    def _mark_inflight(self, tx_hash: bytes) -> None:
+        self._ready.pop(tx_hash, None)
+        self._inflight.add(tx_hash)
+
+    def mark_inflight(self, hashes: Iterable[bytes]) -> None:
+        """Txs placed in a proposal (ours or a validated one): not proposable again for now."""
+        for h in hashes:
+            if h in self._entries:
+                self._mark_inflight(h)
+
+    def set_inflight(self, hashes: Iterable[bytes]) -> None:
+        """Make exactly ``hashes`` (txs in uncommitted proposals) in flight; others become ready.
+
+        Called after a view change: proposals of the old view may never commit.
+        """
+        wanted = {h for h in hashes if h in self._entries}
+        back = [h for h in self._inflight if h not in wanted]
+        self._inflight = wanted
+        for h in wanted:
+            self._ready.pop(h, None)
+        if back:
+            for h in back:
+                self._ready[h] = None
+            # Restore arrival order so FIFO across senders still holds.
+            ordered = sorted(self._ready, key=lambda h: self._entries[h].order)
+            self._ready = OrderedDict.fromkeys(ordered)
+
+    # --- after a commit -------------------------------------------------------------------
+
+    def _remove(self, tx_hash: bytes) -> Entry | None:
+        entry = self._entries.pop(tx_hash, None)
+        if entry is None:
+            return None
+        self._ready.pop(tx_hash, None)
+        self._inflight.discard(tx_hash)
+        self._bytes -= entry.size
+        pending = self._by_sender.get(entry.sender)
+        if pending is not None:
+            pending.pop(entry.tx.nonce, None)
+            if not pending:
+                del self._by_sender[entry.sender]
+        return entry
+
+    def remove(self, tx_hash: bytes) -> Entry | None:
+        return self._remove(tx_hash)
+
+    def on_committed(
+        self, tx_hashes: Iterable[bytes], senders: Iterable[bytes]
+    ) -> tuple[list[Entry], list[tuple[Entry, str]]]:
+        """Drop committed txs, then recheck ``senders`` against the new state.
+
+        Returns (entries that were committed, (entries dropped as no longer valid, reason)).
+        """
+        committed = [e for e in (self._remove(h) for h in tx_hashes) if e is not None]
+        dropped: list[tuple[Entry, str]] = []
+        for sender in set(senders):
+            pending = self._by_sender.get(sender)
+            if not pending:
+                continue
+            account = self._read_account(sender) or Account(0, 0)
+            spend = 0
+            for nonce in sorted(pending):
+                entry = pending[nonce]
+                if nonce < account.nonce:
+                    dropped.append((entry, "bad_nonce"))
+                    continue
+                spend += entry.tx.amount + entry.tx.fee
+                if spend > account.balance and entry.hash not in self._inflight:
+                    dropped.append((entry, "insufficient_balance"))
+                    spend -= entry.tx.amount + entry.tx.fee
+        for entry, _ in dropped:
+            self._remove(entry.hash)
+        return committed, dropped

@@ -1,0 +1,1 @@
+"""Admission screening: detector wiring, sender history, quarantine. No asyncio, no aiohttp."""

@@ -1,0 +1,383 @@
+"""The online transaction anomaly detector: history from committed blocks, training, scoring.
+
+An admission policy, never a validity rule: it only decides whether a tx waits in the quarantine.
+Training rows come from committed blocks alone (history as of each tx's position in the chain,
+block timestamps), so every honest node holds the same window at a height and, with the seed
+derived from that height, trains the same model. Scoring also sees the node's recently admitted
+txs (a short-lived overlay), so a burst is visible before it commits.
+
+This module is the facade: the history and raw rows live in node/detect/history.py, the forests,
+calibration and model scores in node/detect/model.py; their public names are re-exported here.
+
+The runtime drives it::
+
+    detector.observe_block(block, receipts_ok)           # after each commit, on the loop
+    if detector.needs_training(height):
+        X, seed = detector.train_snapshot()
+        model = await loop.run_in_executor(None, detector.fit, X, seed)
+        detector.install_model(model, height)
+    verdicts = detector.score_batch(txs, now_ms)          # micro-batch on admission
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ml.features import N_FEATURES, feature_rows, reasons
+from ml.iforest import IsolationForest
+from node.detect.history import (
+    CHAIN_RECENT_MAX,
+    PENDING_SENDERS_MAX,
+    SENDER_AMOUNTS_MAX,
+    SENDER_EVENTS_MAX,
+    SENDER_RECEIVERS_MAX,
+    BlockLike,
+    HeaderLike,
+    RawRow,
+    TxContext,
+    TxHistory,
+    TxLike,
+)
+from node.detect.model import (
+    AMOUNT_COLUMNS,
+    AMOUNT_MARGIN,
+    BASELINE_ROWS,
+    EXTRAPOLATED,
+    MEMO_ROWS_MAX,
+    SUBSPACE_TREES,
+    SUBSPACES,
+    FloatArray,
+    IntArray,
+    TrainedModel,
+    calibrate,
+    train_model,
+)
+
+__all__ = [
+    "AMOUNT_COLUMNS",
+    "AMOUNT_MARGIN",
+    "BASELINE_ROWS",
+    "CHAIN_RECENT_MAX",
+    "EXTRAPOLATED",
+    "MEMO_ROWS_MAX",
+    "PENDING_SENDERS_MAX",
+    "RECENT_SCORES_MAX",
+    "SEED_DOMAIN",
+    "SENDER_AMOUNTS_MAX",
+    "SENDER_EVENTS_MAX",
+    "SENDER_RECEIVERS_MAX",
+    "SUBSPACES",
+    "SUBSPACE_TREES",
+    "BlockLike",
+    "Detector",
+    "DetectorConfig",
+    "FloatArray",
+    "HeaderLike",
+    "IntArray",
+    "RawRow",
+    "TrainedModel",
+    "TxLike",
+    "Verdict",
+    "training_seed",
+]
+
+SEED_DOMAIN = b"vigil/detector/seed/v1"
+RECENT_SCORES_MAX = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """The ``[detector]`` config table; see docs/detector.md for how to tune each key."""
+
+    enabled: bool = True  # False: score nothing, quarantine nothing
+    window_txs: int = 5000  # committed txs in the training window
+    retrain_every_blocks: int = 50  # train at heights that are multiples of this
+    min_train_txs: int = 100  # no model before this many committed txs
+    warmup_txs: int = 200  # no quarantine before this many committed txs
+    contamination: float = 0.002  # share of ordinary committed traffic above the threshold
+    score_floor: float = 0.5  # the threshold never goes below this score (0.5: an average row)
+    n_trees: int = 100
+    sample_size: int = 256
+    accounts_max: int = 50_000  # senders whose history is kept (least recent evicted)
+    addresses_max: int = 200_000  # addresses remembered as "seen on chain"
+    pending_ttl_ms: int = 300_000  # admitted-but-uncommitted txs count as history this long
+    reasons_max: int = 3
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "enabled":
+                if not isinstance(value, bool):
+                    raise ValueError("detector.enabled: expected true or false")
+            elif f.name in ("contamination", "score_floor"):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"detector.{f.name}: expected a number")
+                if not 0.0 <= float(value) < 1.0:
+                    raise ValueError(f"detector.{f.name}: expected a number in [0, 1)")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"detector.{f.name}: expected a positive integer")
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any]) -> DetectorConfig:
+        """From the node config's ``[detector]`` table; unknown keys are errors naming the key."""
+        known = {f.name for f in fields(cls)}
+        for key in table:
+            if key not in known:
+                raise ValueError(f"detector.{key}: unknown key")
+        return cls(**dict(table))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The detector's word on one tx. ``model_version == 0``: no model yet, score means nothing."""
+
+    score: float
+    threshold: float
+    quarantine: bool
+    reasons: tuple[str, ...]
+    model_version: int = 0
+    # Reasons of a tx that is not held are worked out only if someone asks (tx_get): they cost
+    # about as much as the scoring itself, and almost nobody reads them for ordinary traffic.
+    later: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False, repr=False)
+
+    def all_reasons(self) -> tuple[str, ...]:
+        """The reasons, computing deferred ones now."""
+        return self.later() if self.later is not None and not self.reasons else self.reasons
+
+
+_SET_VERDICT = tuple(
+    getattr(Verdict, name).__set__
+    for name in ("score", "threshold", "quarantine", "reasons", "model_version", "later")
+)
+
+
+def _verdict(
+    score: float,
+    threshold: float,
+    quarantine: bool,
+    reasons: tuple[str, ...],
+    model_version: int,
+    later: Callable[[], tuple[str, ...]] | None,
+) -> Verdict:
+    """``Verdict(...)`` at half the cost: the admission path makes one per tx, and a frozen
+    dataclass's ``__init__`` goes through ``object.__setattr__`` once per field."""
+    v: Verdict = object.__new__(Verdict)
+    set_score, set_threshold, set_quarantine, set_reasons, set_version, set_later = _SET_VERDICT
+    set_score(v, score)
+    set_threshold(v, threshold)
+    set_quarantine(v, quarantine)
+    set_reasons(v, reasons)
+    set_version(v, model_version)
+    set_later(v, later)
+    return v
+
+
+def training_seed(height: int) -> int:
+    """The model seed at a height: the same on every honest node."""
+    digest = hashlib.sha256(SEED_DOMAIN + height.to_bytes(8, "big")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class Detector:
+    """The training window, the current model and recent verdicts, over a ``TxHistory``."""
+
+    def __init__(self, cfg: DetectorConfig | None = None) -> None:
+        self.cfg = cfg or DetectorConfig()
+        self._history = TxHistory(
+            self.cfg.accounts_max, self.cfg.addresses_max, self.cfg.pending_ttl_ms
+        )
+        self._window: deque[FloatArray] = deque(maxlen=self.cfg.window_txs)
+        self._height = 0
+        self._model: TrainedModel | None = None
+        self._model_version = 0
+        self._trained_at = -1
+        self._requested_at = -1
+        self._requested_rows = 0
+        self._scores: deque[float] = deque(maxlen=RECENT_SCORES_MAX)
+        self._quarantined: deque[bool] = deque(maxlen=RECENT_SCORES_MAX)
+
+    # --- history ----------------------------------------------------------------------------
+    def note_addresses(self, addresses: Sequence[bytes]) -> None:
+        """Addresses known before any block (genesis accounts) are not "never seen"."""
+        self._history.note_addresses(addresses)
+
+    def observe_block(self, block: BlockLike, receipts_ok: Sequence[bool] | None = None) -> None:
+        """Fold a committed block into the history and the training window (executed txs only)."""
+        self._height = max(self._height, block.header.height)
+        rows = self._history.observe_block(block, receipts_ok)
+        if rows is not None:
+            self._window.extend(rows)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def needs_training(self, height: int) -> bool:
+        """Train at multiples of ``retrain_every_blocks`` (all nodes alike), or now if no model."""
+        if not self.cfg.enabled or len(self._window) < self.cfg.min_train_txs:
+            return False
+        if height <= self._requested_at:
+            return False
+        # A first model may come from fewer rows than the warm-up asks for (scores and reasons
+        # early); the model that may quarantine is trained as soon as the window has them.
+        short = self._requested_rows < self._rows_for_warm() <= len(self._window)
+        return self._model is None or short or height % self.cfg.retrain_every_blocks == 0
+
+    def _rows_for_warm(self) -> int:
+        return min(self.cfg.warmup_txs, self.cfg.window_txs)
+
+    def train_snapshot(self) -> tuple[FloatArray, int]:
+        """The training window as a matrix, and the seed of the last observed height."""
+        self._requested_at = self._height
+        self._requested_rows = len(self._window)
+        return np.vstack(list(self._window)), training_seed(self._height)
+
+    def fit(self, X: FloatArray, seed: int) -> TrainedModel:
+        """Pure and thread-safe (touches no detector state): run it in an executor."""
+        cfg = self.cfg
+        return train_model(
+            X,
+            seed,
+            n_trees=cfg.n_trees,
+            sample_size=cfg.sample_size,
+            contamination=cfg.contamination,
+            score_floor=cfg.score_floor,
+        )
+
+    def install_model(self, model: TrainedModel | IsolationForest, height: int) -> None:
+        """Use ``model`` from now on. A bare forest gets its threshold from the current window."""
+        if isinstance(model, IsolationForest):
+            cfg = self.cfg
+            model = calibrate(
+                model,
+                np.vstack(list(self._window)),
+                model.seed,
+                sample_size=cfg.sample_size,
+                contamination=cfg.contamination,
+                score_floor=cfg.score_floor,
+            )
+        if model.forest.n_features != N_FEATURES:
+            raise ValueError(f"model has {model.forest.n_features} features, need {N_FEATURES}")
+        self._model = model
+        self._model_version += 1
+        self._trained_at = height
+
+    # --- scoring ----------------------------------------------------------------------------
+
+    @property
+    def warm(self) -> bool:
+        """Quarantine is allowed: a model trained on at least ``warmup_txs`` rows (or a full
+        window) exists, and at least ``warmup_txs`` committed txs stand behind it."""
+        model = self._model
+        return (
+            model is not None
+            and model.rows >= self._rows_for_warm()
+            and self._history.committed_txs >= self.cfg.warmup_txs
+        )
+
+    def score_batch(self, txs: Sequence[TxLike], now_ms: int) -> list[Verdict]:
+        """Verdicts for a micro-batch, in order; each tx also joins the sender's pending history."""
+        if not txs:
+            return []
+        model = self._model
+        scoring = model is not None and self.cfg.enabled
+        raws, contexts = self._history.admit(txs, now_ms, rows=scoring)
+        if model is None or not scoring:
+            return [Verdict(0.0, 1.0, False, ()) for _ in txs]
+        X = feature_rows(raws, self._history.chain)
+        scores, odds = model.score_detail(X)
+        # Strict: a tx that merely ties the tail of ordinary traffic (few distinct values, so
+        # many rows share one score) is not held.
+        held = (scores > model.threshold) & self.warm
+        batch = _Scored(model, X, odds, contexts, held, self.cfg.reasons_max)
+        version = self._model_version
+        threshold = model.threshold
+        out: list[Verdict] = []
+        why = batch.reasons
+        for i, (score, quarantine) in enumerate(zip(scores.tolist(), held.tolist(), strict=True)):
+            if quarantine:
+                out.append(_verdict(score, threshold, True, why(i), version, None))
+            else:
+                out.append(
+                    _verdict(score, threshold, False, (), version, functools.partial(why, i))
+                )
+        self._scores.extend(scores.tolist())
+        self._quarantined.extend(held.tolist())
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """For ``detector_status`` and the metrics."""
+        model = self._model
+        scores = np.array(self._scores) if self._scores else None
+        quantiles = (
+            {f"p{q}": float(np.quantile(scores, q / 100.0)) for q in (50, 90, 99)}
+            if scores is not None
+            else {"p50": None, "p90": None, "p99": None}
+        )
+        flags = self._quarantined
+        return {
+            "enabled": self.cfg.enabled,
+            "model_version": self._model_version,
+            "trained_at_height": self._trained_at if model is not None else None,
+            "trained_rows": model.rows if model is not None else 0,
+            "window_size": len(self._window),
+            "window_txs_max": self.cfg.window_txs,
+            "threshold": model.threshold if model is not None else None,
+            "contamination": self.cfg.contamination,
+            "score_quantiles": quantiles,
+            "scored_recent": len(flags),
+            "quarantine_rate": (sum(flags) / len(flags)) if flags else 0.0,
+            "warm": self.warm,
+            "committed_txs_seen": self._history.committed_txs,
+            "warmup_txs": self.cfg.warmup_txs,
+        }
+
+
+class _Scored:
+    """One scored micro-batch: reasons of its txs, the held ones' computed together."""
+
+    __slots__ = ("X", "contexts", "excess_held", "held_rows", "high", "limit", "model", "odds")
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        X: FloatArray,
+        odds: FloatArray,
+        contexts: list[tuple[Any, ...]],
+        held: npt.NDArray[np.bool_],
+        limit: int,
+    ) -> None:
+        self.model, self.X, self.odds, self.contexts, self.limit = model, X, odds, contexts, limit
+        self.high = model.ranges.high if model.ranges is not None else None
+        self.held_rows = np.flatnonzero(held)
+        self.excess_held = (
+            model.forest.explain(X[self.held_rows]) - model.baseline
+            if self.held_rows.size
+            else None
+        )
+
+    def reasons(self, i: int) -> tuple[str, ...]:
+        model = self.model
+        at = int(np.searchsorted(self.held_rows, i))
+        if self.excess_held is not None and at < self.held_rows.size and self.held_rows[at] == i:
+            excess = self.excess_held[at]
+        else:
+            excess = (model.forest.explain(self.X[i : i + 1]) - model.baseline)[0]
+        context = TxContext._make(self.contexts[i])
+        found = reasons(
+            self.X[i],
+            excess,
+            context.facts(),
+            context.sender(),
+            self.limit,
+            odds=self.odds[i],
+            high=self.high,
+            window_rows=model.rows,
+        )
+        return tuple(found)

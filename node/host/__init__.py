@@ -1,0 +1,1 @@
+"""The validator process: runtime wiring, consensus driver, committer, admission, config, logs, metrics."""

@@ -1,0 +1,205 @@
+"""The admission path: txs from RPC and gossip are batched, verified off the loop, then admitted.
+
+Many concurrent ``tx_submit`` calls (a JSON-RPC batch, many clients) and gossip frames land in one
+bounded queue. A single task takes everything queued, decodes and checks signatures of the whole
+batch in a worker thread (the expensive part), then runs the cheap stateful mempool checks on the
+loop, in arrival order. Between the two sits the detector hook: a micro-batch of admissible txs
+is scored together; quarantined ones from this node's clients are diverted instead of entering
+the mempool (txs gossiped by other validators are scored but follow their entry node's verdict).
+Admitted txs from clients are queued for gossip; txs that came by gossip are not re-forwarded
+(validators form a full mesh, see node/net/gossip.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from common.codec import CodecError, sha256
+from node.chain.mempool import Mempool
+from node.chain.tx import TX_BYTES_MAX, Transaction
+from node.errors import OVERLOADED, TX_DUPLICATE, TX_INVALID, VigilError
+from node.net.gossip import Gossip
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 2048
+
+
+@dataclass(slots=True)
+class _Item:
+    raw: bytes
+    origin: int | None  # peer index for gossip, None for a client
+    future: asyncio.Future[dict[str, Any]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """The detector's verdict on one admissible tx."""
+
+    quarantined: bool
+    score: float | None = None
+    reasons: tuple[str, ...] = ()
+
+
+class Screen(Protocol):
+    """The admission policy hook (the detector): one verdict per tx, same order."""
+
+    def __call__(self, txs: Sequence[Transaction]) -> Sequence[Screened]: ...
+
+
+def _decode_and_verify(raws: list[bytes]) -> list[Transaction | str]:
+    """Worker-thread part: decode and check signatures; a string is the reason of a failure."""
+    out: list[Transaction | str] = []
+    for raw in raws:
+        try:
+            tx = Transaction.decode(raw)
+        except CodecError as exc:
+            out.append(f"does not decode: {exc.reason}")
+            continue
+        out.append(tx if tx.verify_signature() else "bad signature")
+    return out
+
+
+class Admission:
+    def __init__(
+        self,
+        mempool: Mempool,
+        gossip: Gossip,
+        is_committed: Callable[[bytes], bool],
+        on_admitted: Callable[[list[Transaction]], None],
+        on_quarantined: Callable[[Transaction, Screened], None],
+        metrics: Any,
+        queue_max: int = 50_000,
+    ) -> None:
+        self.mempool = mempool
+        self.gossip = gossip
+        self._is_committed = is_committed
+        self._on_admitted = on_admitted
+        self._on_quarantined = on_quarantined
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max)
+        self.screen: Screen | None = None  # set by the detector wiring
+        self.clock: Callable[[], float] = lambda: asyncio.get_running_loop().time()
+
+    def _rejected(self, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            self._metrics.txs_rejected_total.labels(reason=reason).inc()
+
+    async def submit(self, raw: bytes) -> dict[str, Any]:
+        """A client's tx: resolves to {"hash", "status"} or raises VigilError."""
+        if len(raw) > TX_BYTES_MAX:
+            self._rejected("tx_invalid")
+            raise VigilError(TX_INVALID, f"transaction longer than {TX_BYTES_MAX} bytes")
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Item(raw, None, fut))
+        except asyncio.QueueFull:
+            raise VigilError(OVERLOADED, "admission queue full, retry later") from None
+        return await fut
+
+    def admit_released(self, tx: Transaction) -> dict[str, Any]:
+        """A tx an operator released from the quarantine: into the mempool without screening.
+
+        Raises VigilError (nonce, balance, full) and changes nothing when the mempool refuses it.
+        """
+        h = tx.hash
+        self.mempool.add(tx, h, self.clock())
+        self.gossip.seen.add(h)
+        self._on_admitted([tx])
+        return {"hash": "0x" + h.hex(), "status": "pending"}
+
+    def gossiped(self, raws: list[Any], origin: int) -> None:
+        """Txs from a peer; dropped silently when already seen or when the queue is full."""
+        seen = self.gossip.seen
+        for raw in raws:
+            if not isinstance(raw, bytes) or len(raw) > TX_BYTES_MAX:
+                continue
+            h = sha256(raw)
+            if h in seen:
+                continue
+            try:
+                self._queue.put_nowait(_Item(raw, origin, None))
+            except asyncio.QueueFull:
+                self._rejected("admission_full")
+                return
+
+    async def run(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < BATCH_MAX and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            try:
+                await self._admit(items)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop admission for good
+                log.exception("admission_failed")
+                for it in items:
+                    if it.future is not None and not it.future.done():
+                        it.future.set_exception(VigilError(-32000, "admission failed"))
+
+    def _fail(self, item: _Item, code: int, message: str, reason: str) -> None:
+        self._rejected(reason)
+        if item.future is not None and not item.future.done():
+            item.future.set_exception(VigilError(code, message))
+
+    async def _admit(self, items: list[_Item]) -> None:
+        # Cheap dedup first so replayed gossip and resubmissions skip signature checks.
+        fresh: list[tuple[_Item, bytes]] = []
+        for it in items:
+            h = sha256(it.raw)
+            if h in self.mempool or self._is_committed(h):
+                self._fail(it, TX_DUPLICATE, "transaction already known", "tx_duplicate")
+                continue
+            fresh.append((it, h))
+        if not fresh:
+            return
+        checked = await asyncio.to_thread(_decode_and_verify, [it.raw for it, _ in fresh])
+        admissible: list[tuple[_Item, bytes, Transaction]] = []
+        for (it, h), tx in zip(fresh, checked, strict=True):
+            if isinstance(tx, str):
+                self._fail(it, TX_INVALID, tx, "tx_invalid")
+                continue
+            try:
+                self.mempool.check(tx, h)
+            except VigilError as exc:
+                self._fail(it, exc.code, exc.message, exc.name)
+                continue
+            admissible.append((it, h, tx))
+        verdicts: Sequence[Screened] = ()
+        if self.screen is not None and admissible:
+            verdicts = self.screen([tx for _, _, tx in admissible])
+        now = self.clock()
+        admitted: list[Transaction] = []
+        forward: list[bytes] = []
+        for n, (it, h, tx) in enumerate(admissible):
+            self.gossip.seen.add(h)
+            verdict = verdicts[n] if verdicts else None
+            # Quarantine is the entry validator's policy: a tx that another validator admitted
+            # from its own client is scored here (tx_get shows it) but not held. Divergent
+            # holds would look like a censoring primary to the PBFT request timer and send a
+            # lone replica into a view change the others never join.
+            if verdict is not None and verdict.quarantined and it.origin is None:
+                self._on_quarantined(tx, verdict)
+                if it.future is not None and not it.future.done():
+                    it.future.set_result({"hash": "0x" + h.hex(), "status": "quarantined"})
+                continue
+            try:
+                self.mempool.add(tx, h, now)  # rechecked: an earlier tx of this batch may clash
+            except VigilError as exc:
+                self._fail(it, exc.code, exc.message, exc.name)
+                continue
+            admitted.append(tx)
+            if it.origin is None:
+                forward.append(it.raw)
+            if it.future is not None and not it.future.done():
+                it.future.set_result({"hash": "0x" + h.hex(), "status": "pending"})
+        if forward:
+            self.gossip.forward(forward)
+        if admitted:
+            self._on_admitted(admitted)

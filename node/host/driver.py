@@ -1,0 +1,258 @@
+"""The consensus driver: the task that owns the ``Replica``, and the tasks that feed its inbox.
+
+Functions over the running ``node.host.runtime.Node`` (apart to keep each module small, as in
+node/host/committer.py). One task owns the replica and is fed by a bounded queue; ``step`` is never
+re-entered. It drains what is queued, steps each event, then performs the collected actions in
+order with one twist that keeps the rule "a Persist is durable before any later send": all
+Persist records of the round are written in one durable batch first, then sends and the rest
+follow in order. The feeders: a ticker (time and the "pending work" flag), the proposer (our
+proposals when primary), validation tasks (verdicts on the primary's proposals) and the status
+loop (which closes gaps the core cannot see on an idle cluster, node/net/peerwatch.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from common.codec import CodecError
+from consensus import messages as cmsg
+from consensus.api import (
+    Broadcast,
+    Commit,
+    Dropped,
+    Event,
+    FetchBlocks,
+    Pending,
+    Persist,
+    Propose,
+    Received,
+    RequestProposal,
+    Send,
+    SetTimer,
+    Tick,
+    Validate,
+    Verdict,
+    ViewChanged,
+)
+from node.net.wire import consensus_kind
+
+if TYPE_CHECKING:
+    from node.host.runtime import Node
+
+log = logging.getLogger("node.host.runtime")  # same logger name: operators grep view_change there
+
+ROUND_EVENTS_MAX = 256
+STATUS_EVERY_S = 1.0
+
+
+# --- the core -------------------------------------------------------------------------------
+
+
+async def run_replica(node: Node) -> None:
+    """The task that owns the replica: step a round of queued events, persist, then act."""
+    assert node.replica is not None
+    assert node.store is not None
+    loop = asyncio.get_running_loop()
+    while True:
+        events = [await node.inbox.get()]
+        while len(events) < ROUND_EVENTS_MAX and not node.inbox.empty():
+            events.append(node.inbox.get_nowait())
+        actions = []
+        for ev in events:
+            actions.extend(node.replica.step(ev))
+        records = [r for a in actions if isinstance(a, Persist) for r in a.records]
+        if records:
+            with node.metrics.time_storage_write():
+                await loop.run_in_executor(node.log_pool, node.store.log_write, records)
+        for a in actions:
+            if isinstance(a, ViewChanged):
+                entries = new_view_entries(a.view, events, actions, node.ccfg.payload_bytes_max)
+                node.txs.on_view_change(a.view, entries)
+            perform(node, a)
+
+
+def perform(node: Node, a: Any) -> None:
+    """Carry out one action of the core (its Persist records are already written)."""
+    match a:
+        case Persist():
+            pass  # written above, before any send of this round
+        case Send(to, data):
+            node.p2p.send(to, {"t": "c", "d": data})
+        case Broadcast(data):
+            seq = checkpoint_seq(data, node.ccfg.payload_bytes_max)
+            if seq is not None and seq > node.chain_height():
+                node.held_checkpoints.hold(seq, data)  # sent once the block is written
+            else:
+                node.p2p.broadcast({"t": "c", "d": data})
+        case Commit():
+            node.commits.put_nowait(a)
+        case SetTimer():
+            pass  # the ticker wakes the core every tick_ms, finer than any timer we use
+        case RequestProposal(view, seq):
+            node.proposals.append((view, seq))
+            node._propose_wake.set()
+        case Validate():
+            task = asyncio.create_task(validate(node, a))
+            node.validations.add(task)
+            task.add_done_callback(node.validations.discard)
+            task.add_done_callback(_log_failure)
+        case FetchBlocks(_, to_seq, peers):
+            node.catchup.want(to_seq, peers)
+        case ViewChanged(view, primary):
+            log.warning("view_change", extra={"view": view, "primary": primary})
+            node.metrics.view_changes_total.inc()
+            node.metrics.set_view(view, is_primary=primary == node.index)
+            node.proposals.clear()
+            node.mempool.set_inflight(node.txs.uncommitted_hashes())
+        case Dropped(reason):
+            node.metrics.consensus_dropped_total.labels(reason=reason).inc()
+
+
+# --- feeders --------------------------------------------------------------------------------
+
+
+async def run_ticker(node: Node) -> None:
+    tick_s = node.cfg.tick_ms / 1000
+    while True:
+        await asyncio.sleep(tick_s)
+        update_pending(node)
+        with contextlib.suppress(asyncio.QueueFull):
+            node.inbox.put_nowait(Tick(node.now_ms()))
+
+
+def update_pending(node: Node) -> None:
+    """Tell the core when the mempool starts or stops holding txs not yet in a proposal.
+
+    While a view nudge is on (see ``check_peers``) we claim work, so the core's request
+    timer runs and a replica stuck in an old view sends a VIEW-CHANGE.
+    """
+    pending = node.mempool.has_runnable() or nudging(node)
+    if pending != node._pending:
+        try:
+            node.inbox.put_nowait(Pending(pending))
+        except asyncio.QueueFull:
+            return  # the ticker tries again
+        node._pending = pending
+
+
+def nudging(node: Node) -> bool:
+    # Only until the core leaves the stale view: claiming work after that would make it time
+    # out again and run ahead of the others into a view nobody else is in.
+    view = node.replica.view if node.replica is not None else 0
+    return view == node._nudge_view and time.monotonic() < node._nudge_until_s
+
+
+async def validate(node: Node, a: Validate) -> None:
+    assert node.replica is not None
+    valid = await node.txs.validate(a.view, a.seq, a.digest, a.payload)
+    await node.inbox.put(Verdict(a.view, a.seq, a.digest, valid))
+
+
+async def run_proposer(node: Node) -> None:
+    """Fill the core's proposal requests from the mempool, at most one per block interval."""
+    assert node.replica is not None
+    last_s = 0.0
+    while True:
+        await node._propose_wake.wait()
+        node._propose_wake.clear()
+        while node.proposals:
+            view, seq = node.proposals[0]
+            if view != node.replica.view or seq <= node.chain_height():
+                node.proposals.popleft()
+                continue
+            if not node.mempool.has_ready():
+                break  # woken again by admission
+            if node.watch.higher_view(view):
+                break  # f+1 peers moved on: a proposal in our stale view only strands txs
+            wait_s = last_s + node.cfg.block_interval_ms / 1000 - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+                continue  # state may have changed while we slept
+            txs = node.mempool.select(node.cfg.block_txs_max)
+            if not txs:
+                break
+            node.proposals.popleft()
+            payload = await node.txs.proposal(view, seq, txs, int(time.time() * 1000))
+            last_s = time.monotonic()
+            await node.inbox.put(Propose(view, seq, payload))
+
+
+# --- status and idle catch-up ---------------------------------------------------------------
+
+
+def status_frame(node: Node) -> dict[str, Any]:
+    view = node.replica.view if node.replica is not None else 0
+    return {"t": "status", "height": node.chain_height(), "view": view}
+
+
+async def run_status(node: Node) -> None:
+    while True:
+        await asyncio.sleep(STATUS_EVERY_S)
+        node.p2p.broadcast(status_frame(node))
+        check_peers(node)
+        node.metrics.set_mempool(txs=len(node.mempool), size_bytes=node.mempool.size_bytes)
+        node.metrics.ready.set(1 if node.is_ready() else 0)
+
+
+def check_peers(node: Node) -> None:
+    """Close gaps the core cannot see on an idle cluster (node/net/peerwatch.py)."""
+    assert node.replica is not None
+    lag = node.watch.check(node.chain_height(), node.replica.view)
+    if lag.fetch_to:
+        log.info("behind_peers", extra={"height": node.chain_height(), "to": lag.fetch_to})
+        node.catchup.want(lag.fetch_to, lag.fetch_from)
+    now = time.monotonic()
+    timeout_s = node.cfg.request_timeout_ms / 1000
+    if lag.view_behind and not nudging(node):
+        # Held until the core leaves this view (bounded, in case progress keeps resetting
+        # its request timer); then the next check decides again.
+        log.warning("view_behind_peers", extra={"view": node.replica.view})
+        node._nudge_until_s = now + 10 * timeout_s
+        node._nudge_view = node.replica.view
+        update_pending(node)
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+
+def new_view_entries(
+    view: int, events: list[Event], actions: list[Any], payload_bytes_max: int
+) -> list[tuple[int, bytes, bytes]]:
+    """The PRE-PREPAREs ``(seq, digest, payload)`` of the NEW-VIEW that made us enter ``view``.
+
+    The core accepts them without a ``Validate``, so the host learns them here: from the round's
+    received messages, or our own broadcast when we are the new primary. Only rounds that change
+    the view pay for this decoding. A hint for the in-flight bookkeeping, not a safety input.
+    """
+    candidates = [e.data for e in events if isinstance(e, Received)]
+    candidates += [a.data for a in actions if isinstance(a, Broadcast)]
+    for data in candidates:
+        if consensus_kind(data) != "newview":
+            continue
+        try:
+            nv = cmsg.decode(data, payload_bytes_max, len(data))
+        except CodecError:
+            continue
+        if isinstance(nv, cmsg.NewView) and nv.view == view:
+            return [(pp.seq, pp.digest, pp.payload) for pp in nv.pre_prepares]
+    return []
+
+
+def checkpoint_seq(data: bytes, payload_bytes_max: int) -> int | None:
+    """The seq of an encoded CHECKPOINT of ours, None for any other message."""
+    if consensus_kind(data) != "checkpoint":
+        return None
+    try:
+        msg = cmsg.decode(data, payload_bytes_max, len(data))
+    except CodecError:
+        return None
+    return msg.seq if isinstance(msg, cmsg.Checkpoint) else None
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task_failed", extra={"task": task.get_name()}, exc_info=task.exception())

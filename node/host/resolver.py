@@ -1,0 +1,311 @@
+"""Transactions behind proposals: validation of proposed blocks, tx lookup and peer fetches.
+
+A PRE-PREPARE carries tx hashes only (docs/architecture.md). A backup resolves them from its
+mempool, fetches the missing ones from the proposer (or any peer) in one request, verifies their
+signatures off the loop, then applies the block validity rules. Resolved tx lists are kept per
+digest until their seq commits, so the commit path needs no second lookup. The hashes in
+uncommitted proposals are "in flight": they may not appear in another uncommitted proposal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from common import codec
+from common.codec import CodecError, sha256
+from consensus.api import NULL_DIGEST
+from node.chain.block import BLOCK_TXS_MAX, Proposal
+from node.chain.chain import PROPOSAL_TXS_KEY
+from node.chain.ledger import BlockInvalid, check_block_stateless, check_proposal
+from node.chain.tx import Transaction
+from node.host.admission import _decode_and_verify
+from node.net.p2p import PeerError
+
+if TYPE_CHECKING:
+    from node.host.runtime import Node
+
+log = logging.getLogger(__name__)
+
+STATUS_CACHE_MAX = 100_000
+# Meta key of the tx bodies of a proposal we voted for or made: written before the vote leaves,
+# so a cluster that crashes between commit and execution can still execute (hashes alone in the
+# consensus log would not be enough). Deleted in the block's own commit batch.
+
+
+def proposal_txs_key(digest: bytes) -> bytes:
+    return PROPOSAL_TXS_KEY + digest
+
+
+FETCH_RETRY_S = 0.2
+
+
+class TxResolver:
+    def __init__(self, node: Node, timeout_s: float) -> None:
+        self.node = node
+        self._timeout_s = timeout_s
+        # seq -> (digest, tx hashes, view) of proposals we made or validated, not yet committed.
+        # The view matters: a proposal of an older view may never commit (a NEW-VIEW can put
+        # another payload or a null request at its seq), so it must not block a newer view.
+        self._uncommitted: dict[int, tuple[bytes, tuple[bytes, ...], int]] = {}
+        self._resolved: dict[bytes, tuple[Transaction, ...]] = {}  # digest -> txs
+        # digest -> seq it was proposed or fetched for: every seq at or below a commit is done
+        # with, so _resolved stays bounded (superseded and forged entries never commit).
+        self._seq_of: dict[bytes, int] = {}
+        self._by_hash: dict[bytes, Transaction] = {}  # every tx in _resolved
+        self.status: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # hash -> status, reason
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def uncommitted_hashes(self) -> set[bytes]:
+        return {h for _, hashes, _ in self._uncommitted.values() for h in hashes}
+
+    def _record(self, seq: int, digest: bytes, txs: tuple[Transaction, ...], view: int) -> None:
+        hashes = tuple(tx.hash for tx in txs)
+        self._uncommitted[seq] = (digest, hashes, view)
+        self._add(digest, txs, seq)
+        self.node.mempool.mark_inflight(hashes)
+
+    def on_view_change(self, view: int, reproposed: list[tuple[int, bytes, bytes]]) -> None:
+        """Entered ``view``: forget in-flight records of older views, keep the NEW-VIEW's.
+
+        Records of older views would otherwise hold their txs "in flight" (so a new primary never
+        proposes them) and make us refuse the new primary's proposals of the same txs as replays,
+        while their seq may never commit: that stalled a cluster after two view changes.
+        ``reproposed`` are the NEW-VIEW's PRE-PREPAREs ``(seq, digest, payload)`` when known;
+        their txs stay in flight, so the new primary's duplicates are still refused.
+        Tx bodies stay cached by digest: an old-view payload may still commit.
+        """
+        head = self.node.chain_height()
+        self._uncommitted = {s: r for s, r in self._uncommitted.items() if r[2] >= view}
+        for seq, digest, payload in reproposed:
+            if seq <= head or digest == NULL_DIGEST or not payload:
+                continue
+            try:
+                hashes = Proposal.decode(payload).tx_hashes
+            except CodecError:
+                continue
+            self._uncommitted[seq] = (digest, tuple(hashes), view)
+
+    async def _persist(self, digest: bytes, txs: tuple[Transaction, ...]) -> None:
+        chain = self.node.chain
+        assert chain is not None
+        data = codec.encode([tx.encode() for tx in txs])
+        await asyncio.get_running_loop().run_in_executor(
+            self.node.log_pool, chain.store.meta_put, proposal_txs_key(digest), data
+        )
+
+    def _stored(self, digest: bytes) -> tuple[Transaction, ...] | None:
+        chain = self.node.chain
+        assert chain is not None
+        raw = chain.store.meta_get(proposal_txs_key(digest))
+        if raw is None:
+            return None
+        try:
+            return tuple(Transaction.decode(r) for r in codec.decode(raw))
+        except (CodecError, TypeError):
+            return None
+
+    async def proposal(
+        self, view: int, seq: int, txs: list[Transaction], timestamp_ms: int
+    ) -> bytes:
+        """The payload the primary proposes for ``seq`` (txs durable first, then in flight)."""
+        p = Proposal(seq, self.node.index, timestamp_ms, tuple(tx.hash for tx in txs))
+        payload = p.encode()
+        self._record(seq, sha256(payload), tuple(txs), view)
+        await self._persist(sha256(payload), tuple(txs))
+        return payload
+
+    def _add(self, digest: bytes, txs: tuple[Transaction, ...], seq: int) -> None:
+        self._resolved[digest] = txs
+        self._seq_of[digest] = max(seq, self._seq_of.get(digest, 0))
+        for tx in txs:
+            self._by_hash[tx.hash] = tx
+
+    def committed(self, seq: int, digest: bytes) -> bool:
+        """Forget what ``seq`` (and anything below) needed; True if our record for seq lost."""
+        superseded = seq in self._uncommitted and self._uncommitted[seq][0] != digest
+        done = [digest] + [self._uncommitted.pop(s)[0] for s in list(self._uncommitted) if s <= seq]
+        done += [d for d, s in self._seq_of.items() if s <= seq]
+        gone: set[bytes] = set()
+        for d in done:
+            self._seq_of.pop(d, None)
+            for tx in self._resolved.pop(d, ()):
+                self._by_hash.pop(tx.hash, None)
+                gone.add(tx.hash)
+        if gone:  # a tx may also sit in a live proposal (re-proposed in a later view)
+            for txs in self._resolved.values():
+                for tx in txs:
+                    if tx.hash in gone:
+                        self._by_hash[tx.hash] = tx
+        return superseded
+
+    def known(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._by_hash
+
+    def add_fetched(
+        self, txs: dict[bytes, tuple[Transaction, ...]], seqs: dict[bytes, int]
+    ) -> None:
+        """Txs of fetched blocks by payload digest; ``seqs`` gives each digest's seq."""
+        for digest, block_txs in txs.items():
+            self._add(digest, block_txs, seqs.get(digest, self.node.chain_height() + 1))
+
+    def dropped(self, tx_hash: bytes, reason: str) -> None:
+        self._set_status(tx_hash, "rejected", reason)
+
+    def _set_status(self, tx_hash: bytes, status: str, reason: str) -> None:
+        self.status[tx_hash] = (status, reason)
+        if len(self.status) > STATUS_CACHE_MAX:
+            self.status.popitem(last=False)
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def lookup(self, tx_hash: bytes) -> Transaction | None:
+        entry = self.node.mempool.get(tx_hash)
+        return entry.tx if entry is not None else self._by_hash.get(tx_hash)
+
+    async def _fetch(self, hashes: list[bytes], peers: list[int]) -> dict[bytes, Transaction]:
+        """Ask peers (in order) for txs; returns the verified ones found."""
+        found: dict[bytes, Transaction] = {}
+        for peer in peers:
+            missing = [h for h in hashes if h not in found]
+            if not missing:
+                break
+            try:
+                body = await self.node.p2p.request(
+                    peer, "get_txs", {"hashes": missing}, self._timeout_s
+                )
+            except PeerError:
+                continue
+            raws = body.get("txs")
+            if not isinstance(raws, list):
+                continue
+            wanted = set(missing)
+            raws = [r for r in raws if isinstance(r, bytes) and sha256(r) in wanted]
+            for tx in await asyncio.to_thread(_decode_and_verify, raws):
+                if isinstance(tx, Transaction):
+                    found[tx.hash] = tx
+        return found
+
+    async def _resolve(
+        self, hashes: tuple[bytes, ...], first_peer: int | None
+    ) -> list[Transaction | None]:
+        txs = [self.lookup(h) for h in hashes]
+        missing = [h for h, tx in zip(hashes, txs, strict=True) if tx is None]
+        if missing:
+            peers = self.node.p2p.peers()
+            if first_peer is not None and first_peer in peers:
+                peers = [first_peer] + [p for p in peers if p != first_peer]
+            found = await self._fetch(missing, peers)
+            txs = [
+                tx if tx is not None else found.get(h) for h, tx in zip(hashes, txs, strict=True)
+            ]
+        return txs
+
+    # --- validation and commit --------------------------------------------------------------
+
+    async def validate(self, view: int, seq: int, digest: bytes, payload: bytes) -> bool:
+        """The Verdict for a proposed payload (docs/architecture.md, execution rule)."""
+        node = self.node
+        if digest == NULL_DIGEST or not payload:
+            return digest == NULL_DIGEST and not payload
+        try:
+            proposal = check_proposal(payload, seq, node.ccfg.primary(view), node.cfg.block_txs_max)
+            txs = await self._resolve(proposal.tx_hashes, proposal.proposer)
+            assert node.chain is not None
+            check_block_stateless(
+                proposal,
+                txs,
+                node.genesis.chain_id,
+                is_committed=node.chain.is_committed,
+                verify_signatures=False,  # mempool and fetched txs were verified on the way in
+            )
+            mine = set(proposal.tx_hashes)
+            for other, (_, hashes, rec_view) in self._uncommitted.items():
+                # Only records of this view count: older ones may be superseded (on_view_change).
+                if other != seq and rec_view >= view and mine.intersection(hashes):
+                    raise BlockInvalid("replay", f"tx already proposed at seq {other}")
+        except BlockInvalid as exc:
+            log.warning("proposal_invalid", extra={"seq": seq, "view": view, "reason": exc.reason})
+            return False
+        resolved = tuple(tx for tx in txs if tx is not None)
+        self._record(seq, digest, resolved, view)
+        await self._persist(digest, resolved)
+        return True
+
+    async def for_commit(self, seq: int, digest: bytes, payload: bytes) -> tuple[Transaction, ...]:
+        """The txs of a committed payload; fetched from peers until found (they must exist)."""
+        if not payload:
+            return ()
+        cached = self._resolved.get(digest)
+        if cached is not None:
+            return cached
+        stored = await asyncio.to_thread(self._stored, digest)
+        if stored is not None:
+            return stored
+        proposal = Proposal.decode(payload)
+        while True:
+            txs = await self._resolve(proposal.tx_hashes, proposal.proposer)
+            if all(tx is not None for tx in txs):
+                return tuple(tx for tx in txs if tx is not None)
+            log.warning("commit_txs_missing", extra={"seq": seq})
+            await asyncio.sleep(FETCH_RETRY_S)
+
+    # --- serving peers ----------------------------------------------------------------------
+
+    async def serve_get_txs(self, body: dict[str, Any]) -> dict[str, Any]:
+        hashes = body.get("hashes")
+        if not isinstance(hashes, list) or len(hashes) > BLOCK_TXS_MAX:
+            return {"error": "bad_request"}
+        out: list[bytes] = []
+        missing: list[bytes] = []
+        for h in hashes:
+            if not isinstance(h, bytes):
+                continue
+            tx = self.lookup(h)
+            if tx is not None:
+                out.append(tx.encode())
+            else:
+                missing.append(h)
+        if missing:
+            out.extend(await asyncio.to_thread(self._committed_txs, missing))
+        return {"txs": out}
+
+    def _committed_txs(self, hashes: list[bytes]) -> list[bytes]:
+        chain = self.node.chain
+        assert chain is not None
+        out: list[bytes] = []
+        for h in hashes:
+            loc = chain.store.get_tx_location(h)
+            if loc is None:
+                continue
+            block = chain.get_block(loc[0])
+            if block is not None and loc[1] < len(block.txs):
+                out.append(block.txs[loc[1]].encode())
+        return out
+
+    async def serve_get_blocks(self, body: dict[str, Any]) -> dict[str, Any]:
+        start, end = body.get("from"), body.get("to")
+        if not isinstance(start, int) or not isinstance(end, int) or start < 1 or end < start:
+            return {"error": "bad_request"}
+        chain = self.node.chain
+        assert chain is not None
+        # Clamp to what exists: a range of 2**63 blocks reads at most one batch of real ones.
+        end = min(end, start + self.node.cfg.catchup_batch_blocks - 1, chain.height)
+        if end < start:
+            return {"entries": []}
+        budget = self.node.cfg.p2p_msg_bytes_max // 2
+
+        def read() -> list[list[Any]]:
+            out: list[list[Any]] = []
+            size = 0
+            for height, block, cert in chain.store.blocks(start, end):
+                size += len(block) + len(cert) + 16
+                if out and size > budget:
+                    break
+                out.append([height, block, cert])
+            return out
+
+        return {"entries": await asyncio.to_thread(read)}

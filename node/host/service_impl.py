@@ -1,0 +1,213 @@
+"""``NodeService`` over a running ``Node``: what the RPC layer (node/api/rpc.py, node/api/ws.py) calls.
+
+Reads of LevelDB go through a worker thread when they may touch more than a key or two (a block,
+a proof); single-key reads are microseconds and stay on the loop. Results follow the shapes of
+../shared/CONTRACT.md section 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from common.crypto import to_hex
+from common.merkle import merkle_proof
+from consensus.certificate import CommitCertificate
+from node.api.service import Event
+from node.chain.ledger import Receipt
+from node.errors import NOT_FOUND, NOT_READY, VigilError
+
+if TYPE_CHECKING:
+    from node.chain.chain import Chain
+    from node.host.runtime import Node
+
+
+class NodeServiceImpl:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @property
+    def _chain(self) -> Chain:
+        if self.node.chain is None:
+            raise VigilError(NOT_READY, "node is starting")
+        return self.node.chain
+
+    async def node_status(self) -> dict[str, Any]:
+        node, chain = self.node, self._chain
+        replica = node.replica
+        view = replica.view if replica is not None else 0
+        primary = node.ccfg.primary(view)
+        return {
+            "chain_id": node.genesis.chain_id,
+            "node_id": node.index,
+            "version": "0.1.0",
+            "height": chain.height,
+            "head_hash": to_hex(chain.head.hash),
+            "view": view,
+            "primary": primary,
+            "is_primary": primary == node.index,
+            "validators": [
+                {"index": v.index, "public_key": to_hex(v.public_key), "p2p_url": v.p2p_url}
+                for v in node.genesis.validators
+            ],
+            "peers": node.p2p.peers(),
+            "syncing": node.catchup.syncing,
+            "mempool": len(node.mempool),
+            "quarantine": len(node.screening.quarantine),
+        }
+
+    async def tx_submit(self, raw: bytes) -> dict[str, Any]:
+        return await self.node.admission.submit(raw)
+
+    def _committed(self, tx_hash: bytes) -> dict[str, Any] | None:
+        chain = self._chain
+        loc = chain.store.get_tx_location(tx_hash)
+        if loc is None:
+            return None
+        height, index = loc
+        block = chain.get_block(height)
+        raw_receipt = chain.store.get_receipt(tx_hash)
+        if block is None or raw_receipt is None or index >= len(block.txs):
+            return None
+        receipt = Receipt.decode(raw_receipt)
+        out = block.txs[index].to_json()
+        out.update(status=receipt.status, height=height, index=index)
+        if receipt.reason:
+            out["reason"] = receipt.reason
+        return out
+
+    async def tx_get(self, tx_hash: bytes) -> dict[str, Any]:
+        node = self.node
+        entry = node.mempool.get(tx_hash)
+        anomaly = node.screening.anomaly(tx_hash)
+        scored = {"anomaly": anomaly} if anomaly is not None else {}
+        if entry is not None:
+            return {
+                **entry.tx.to_json(),
+                "status": "pending",
+                "height": None,
+                "index": None,
+                **scored,
+            }
+        found = await asyncio.to_thread(self._committed, tx_hash)
+        if found is not None:
+            return {**found, **scored}
+        held = node.screening.tx_info(tx_hash)  # quarantined, or rejected from the quarantine
+        if held is not None:
+            return held
+        status = node.txs.status.get(tx_hash)
+        if status is not None:
+            return {
+                "hash": to_hex(tx_hash),
+                "status": status[0],
+                "reason": status[1],
+                "height": None,
+                "index": None,
+            }
+        raise VigilError(NOT_FOUND, "unknown transaction")
+
+    def _proof(self, tx_hash: bytes) -> dict[str, Any]:
+        chain = self._chain
+        loc = chain.store.get_tx_location(tx_hash)
+        block = chain.get_block(loc[0]) if loc is not None else None
+        if loc is None or block is None:
+            raise VigilError(NOT_FOUND, "transaction not committed")
+        hashes = block.tx_hashes
+        return {
+            "hash": to_hex(tx_hash),
+            "height": loc[0],
+            "index": loc[1],
+            "tx_root": to_hex(block.header.tx_root),
+            "branch": [to_hex(b) for b in merkle_proof(hashes, loc[1])],
+            "size": len(hashes),
+        }
+
+    async def tx_proof(self, tx_hash: bytes) -> dict[str, Any]:
+        return await asyncio.to_thread(self._proof, tx_hash)
+
+    def _anchor(self, digest: bytes) -> dict[str, Any]:
+        chain = self._chain
+        tx_hash = chain.read_anchor(digest)
+        loc = chain.store.get_tx_location(tx_hash) if tx_hash is not None else None
+        header = chain.header(loc[0]) if loc is not None else None
+        if tx_hash is None or loc is None or header is None:
+            raise VigilError(NOT_FOUND, "no committed anchor of this digest")
+        return {
+            "hash": to_hex(tx_hash),
+            "height": loc[0],
+            "index": loc[1],
+            "timestamp": header.timestamp_ms,
+            "digest": to_hex(digest),
+        }
+
+    async def anchor_get(self, digest: bytes) -> dict[str, Any]:
+        return await asyncio.to_thread(self._anchor, digest)
+
+    async def account_get(self, address: bytes) -> dict[str, Any]:
+        acct = self._chain.read_account(address)
+        return {
+            "address": to_hex(address),
+            "balance": acct.balance if acct else 0,
+            "nonce": acct.nonce if acct else 0,
+        }
+
+    def _block(self, height: int | None) -> dict[str, Any]:
+        chain = self._chain
+        h = chain.height if height is None else height
+        if h < 0 or h > chain.height:
+            raise VigilError(NOT_FOUND, f"no block at height {h}")
+        block = chain.get_block(h)
+        if block is None:
+            raise VigilError(NOT_FOUND, f"no block at height {h}")
+        raw_cert = chain.store.get_certificate(h) if h > 0 else None
+        cert = CommitCertificate.decode(raw_cert).to_json() if raw_cert is not None else None
+        return {
+            **block.header.to_json(),
+            "tx_hashes": [to_hex(x) for x in block.tx_hashes],
+            "certificate": cert,
+        }
+
+    async def block_get(self, height: int | None) -> dict[str, Any]:
+        return await asyncio.to_thread(self._block, height)
+
+    async def mempool_status(self) -> dict[str, Any]:
+        m = self.node.mempool
+        return {
+            "size": len(m),
+            "bytes": m.size_bytes,
+            "quarantined": len(self.node.screening.quarantine),
+        }
+
+    async def detector_status(self) -> dict[str, Any]:
+        return self.node.screening.status()
+
+    async def quarantine_list(self, limit: int) -> list[dict[str, Any]]:
+        return self.node.screening.listing(limit)
+
+    async def quarantine_release(self, tx_hash: bytes) -> dict[str, Any]:
+        return self.node.screening.release(tx_hash)
+
+    async def quarantine_reject(self, tx_hash: bytes) -> dict[str, Any]:
+        return self.node.screening.reject(tx_hash)
+
+    def health(self) -> dict[str, Any]:
+        node = self.node
+        return {
+            "height": node.chain_height(),
+            "syncing": node.catchup.syncing if node.chain is not None else True,
+            "peers": len(node.p2p.peers()),
+        }
+
+    def ready(self) -> bool:
+        return self.node.chain is not None and self.node.is_ready()
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        subs = self.node.subscribers
+        subs.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in subs:
+                subs.remove(callback)
+
+        return unsubscribe

@@ -1,0 +1,1 @@
+"""Peer-to-peer networking: connections, wire frames, gossip, catch-up, peer status."""

@@ -1,0 +1,1 @@
+"""Tools people run (CLI, wallet, client, cluster, devnet, demo, bench); nothing in the node imports this package."""

@@ -1,0 +1,309 @@
+"""``scripts/bench``: load a cluster with signed transfers and print one JSON line of results.
+
+Transfers are pre-signed before the clock starts (signing is not what we measure), from the
+funded bench accounts of node/tools/devnet.py, round-robin over the nodes in JSON-RPC batches. With
+``--rate R`` batches leave on an open-loop schedule (R tx/s whatever the answers); with
+``--rate max`` each client sends its next batch as soon as the previous one is answered. Commits
+are tracked per tx by watching blocks (``block_get``) from one node: latency = submit to the
+first time the client sees the tx in a committed block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from common.crypto import address_of
+from node.chain.tx import make_transfer
+from node.tools import devnet
+from node.tools.devnet import Cluster
+
+BATCH = 100
+DRAIN_S = 15.0
+DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault drills under load)
+
+
+async def _start_nonces(session: aiohttp.ClientSession, url: str, accounts: int) -> list[int]:
+    calls = [
+        {
+            "jsonrpc": "2.0",
+            "id": k,
+            "method": "account_get",
+            "params": ["0x" + address_of(devnet.bench_key(k).public_key).hex()],
+        }
+        for k in range(accounts)
+    ]
+    nonces = [0] * accounts
+    for i in range(0, accounts, 100):
+        async with session.post(url, json=calls[i : i + 100]) as resp:
+            for a in await resp.json():
+                nonces[a["id"]] = a["result"]["nonce"]
+    return nonces
+
+
+class Bench:
+    def __init__(self, cluster: Cluster, args: argparse.Namespace) -> None:
+        self.c = cluster
+        self.args = args
+        self.sent_at: dict[str, float] = {}
+        self.committed_at: dict[str, float] = {}
+        self.submitted = 0
+        self.quarantined = 0
+        self.rejected = 0
+        self.errors = 0
+        self.down_until: dict[int, float] = {}
+
+    def _live(self, first: int) -> int | None:
+        """``first`` or the next node not marked down; None when every node is down."""
+        now = time.monotonic()
+        for k in range(self.c.n):
+            node = (first + k) % self.c.n
+            if self.down_until.get(node, 0.0) <= now:
+                return node
+        return None
+
+    def _mark_down(self, node: int) -> None:
+        self.down_until[node] = time.monotonic() + DOWN_S
+
+    async def _any(self, s: aiohttp.ClientSession, fn: Any) -> Any:
+        """``await fn(node)`` on the first node that answers (start-up reads)."""
+        last: Exception | None = None
+        for node in range(self.c.n):
+            try:
+                return await fn(node)
+            except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+                last = exc
+        raise RuntimeError(f"no node answered: {last!r}")
+
+    async def run(self) -> dict[str, Any]:
+        args, c = self.args, self.c
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+            meta = json.loads((c.root / "cluster.json").read_text())
+            accounts = int(meta.get("bench_accounts", devnet.BENCH_ACCOUNTS))
+            rate = None if args.rate == "max" else float(args.rate)
+            count = int((rate or 3000) * args.duration * (1.0 if rate else 1.5)) + BATCH
+            nonces = await self._any(s, lambda i: _start_nonces(s, c.rpc_url(i), accounts))
+            txs = await asyncio.to_thread(self._presign, accounts, count, nonces)
+            start_h = (await self._any(s, lambda i: self._call(s, i, "node_status")))["height"]
+            watcher = asyncio.create_task(self._watch(s, start_h))
+            t0 = time.monotonic()
+            deadline = t0 + args.duration
+            queue = [txs[i : i + BATCH] for i in range(0, len(txs), BATCH)]
+            await asyncio.gather(
+                *(self._client(s, n, queue, rate, t0, deadline) for n in range(args.clients))
+            )
+            send_end = time.monotonic()
+            drain_until = send_end + DRAIN_S
+            while time.monotonic() < drain_until and len(self.committed_at) < len(self.sent_at):
+                await asyncio.sleep(0.1)
+            watcher.cancel()
+            elapsed = max(send_end - t0, 1e-9)
+        lat = sorted(
+            (self.committed_at[h] - self.sent_at[h]) * 1000
+            for h in self.committed_at
+            if h in self.sent_at
+        )
+
+        def q(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None
+
+        committed = len(lat)
+        return {
+            "nodes": c.n,
+            "duration_s": round(elapsed, 2),
+            "submitted": self.submitted,
+            "committed": committed,
+            "tps": round(committed / elapsed, 1),
+            "p50_ms": q(0.50),
+            "p95_ms": q(0.95),
+            "p99_ms": q(0.99),
+            "quarantined": self.quarantined,
+            "rejected": self.rejected,
+            "errors": self.errors,
+        }
+
+    def _presign(self, accounts: int, count: int, nonces: list[int]) -> list[tuple[str, str]]:
+        keys = [devnet.bench_key(k) for k in range(accounts)]
+        addrs = [address_of(k.public_key) for k in keys]
+        out = []
+        for j in range(count):
+            k = j % accounts
+            tx = make_transfer(keys[k], devnet.CHAIN_ID, addrs[(k + 1) % accounts], 1, 1, nonces[k])
+            nonces[k] += 1
+            out.append(("0x" + tx.encode().hex(), "0x" + tx.hash.hex()))
+        return out
+
+    async def _call(
+        self, s: aiohttp.ClientSession, node: int, method: str, params: Any = None
+    ) -> Any:
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
+        if params is not None:
+            body["params"] = params
+        async with s.post(self.c.rpc_url(node), json=body) as resp:
+            return (await resp.json())["result"]
+
+    async def _client(
+        self,
+        s: aiohttp.ClientSession,
+        n: int,
+        queue: list[list[tuple[str, str]]],
+        rate: float | None,
+        t0: float,
+        deadline: float,
+    ) -> None:
+        sent_batches = 0
+        sent_txs = 0
+        inflight: set[asyncio.Task[None]] = set()
+        # Open loop sends this client's share of the rate in small groups (about 20 a second),
+        # so a low rate is not turned into bursts of a whole pre-built batch.
+        group = BATCH if rate is None else max(1, min(BATCH, round(rate / self.args.clients / 20)))
+        while queue and time.monotonic() < deadline:
+            batch = queue.pop(0)
+            if len(batch) > group:
+                queue.insert(0, batch[group:])
+                batch = batch[:group]
+            node = (n + sent_batches) % self.c.n
+            sent_batches += 1
+            if rate is None:
+                await self._send(s, node, batch)
+                continue
+            # Open loop: this client's share of the rate, whatever the answers.
+            due = t0 + sent_txs * self.args.clients / rate
+            sent_txs += len(batch)
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if time.monotonic() >= deadline:
+                break
+            task = asyncio.create_task(self._send(s, node, batch))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        if inflight:
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _send(
+        self, s: aiohttp.ClientSession, node: int, batch: list[tuple[str, str]]
+    ) -> None:
+        body = [
+            {"jsonrpc": "2.0", "id": i, "method": "tx_submit", "params": [raw]}
+            for i, (raw, _) in enumerate(batch)
+        ]
+        now = time.monotonic()
+        answers = None
+        target = None
+        for _ in range(2):  # the chosen node, then once more on another live one
+            target = self._live(node)
+            if target is None:
+                break
+            try:
+                async with s.post(self.c.rpc_url(target), json=body) as resp:
+                    answers = await resp.json()
+                break
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                self._mark_down(target)
+                node = target + 1
+        if not isinstance(answers, list):  # no node took the batch (or it answered garbage)
+            self.errors += len(batch)
+            return
+        for a in answers:
+            i = a.get("id") if isinstance(a, dict) else None
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(batch):
+                self.errors += 1
+                continue
+            self.submitted += 1
+            h = batch[i][1]
+            if "result" in a:
+                self.sent_at[h] = now
+                if a["result"]["status"] == "quarantined":
+                    self.quarantined += 1
+            else:
+                self.rejected += 1
+
+    async def _watch(self, s: aiohttp.ClientSession, height: int) -> None:
+        node = 0
+        while True:
+            try:
+                top = (await self._call(s, node, "node_status"))["height"]
+                for h in range(height + 1, top + 1):
+                    block = await self._call(s, node, "block_get", [h])
+                    now = time.monotonic()
+                    for tx_hash in block["tx_hashes"]:
+                        self.committed_at.setdefault(tx_hash, now)
+                    height = h
+            except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
+                node = (node + 1) % self.c.n
+            await asyncio.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench")
+    parser.add_argument("--dir", default=".cluster")
+    parser.add_argument("--rate", default="max", help="tx/s, or max")
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--spawn", type=int, default=0, help="start N nodes in a temp dir")
+    args = parser.parse_args(argv)
+    if args.rate != "max":
+        try:
+            float(args.rate)
+        except ValueError:
+            parser.error("--rate: a number or max")
+    if args.spawn:
+        with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
+            import socket
+
+            socks = [socket.socket() for _ in range(3 * args.spawn)]
+            for sk in socks:
+                sk.bind(("127.0.0.1", 0))
+            ports = [sk.getsockname()[1] for sk in socks]
+            for sk in socks:
+                sk.close()
+            cluster = devnet.init_cluster(
+                Path(tmp) / "cluster",
+                [devnet.Ports(*ports[3 * i : 3 * i + 3]) for i in range(args.spawn)],
+            )
+            try:
+                for i in range(cluster.n):
+                    devnet.start_node(cluster, i)
+                _wait_connected(cluster)
+                result = asyncio.run(Bench(cluster, args).run())
+            finally:
+                devnet.stop_nodes(cluster, list(range(cluster.n)))
+    else:
+        root = Path(args.dir)
+        if not (root / "cluster.json").exists():
+            print(f"no cluster in {root}; run scripts/cluster up or use --spawn N", file=sys.stderr)
+            return 1
+        result = asyncio.run(Bench(Cluster.load(root), args).run())
+    print(json.dumps(result))
+    return 0
+
+
+def _wait_connected(cluster: Cluster, timeout_s: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ok = 0
+        for i in range(cluster.n):
+            try:
+                with urllib.request.urlopen(cluster.rpc_url(i) + "/health", timeout=2) as r:
+                    ok += json.loads(r.read())["peers"] >= cluster.n - 1
+            except (OSError, ValueError):
+                pass
+        if ok == cluster.n:
+            return
+        time.sleep(0.2)
+    raise SystemExit("cluster did not become healthy")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The ``vigil`` console script: one argparse subcommand per function.
+
+``vigil node --config FILE`` runs a validator. Wallet-facing subcommands (keygen, wallet, verify,
+tx) live in node/tools/wallet.py, which exposes ``register(subparsers)``; each subcommand sets
+``func`` (taking the parsed args, returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+from collections.abc import Sequence
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    """Run one validator until SIGTERM/SIGINT."""
+    from node.chain.genesis import GenesisError
+    from node.host.config import ConfigError, load_config
+    from node.host.logs import LogConfigError, add_secret, setup_logging
+    from node.host.runtime import Node, NodeError
+    from storage.db import StorageError
+
+    try:
+        cfg = load_config(args.config)
+        setup_logging(cfg.log_format, cfg.log_level)
+        if cfg.admin_token:
+            # Never run with a token the logs could leak: a failure here stops the node.
+            add_secret(cfg.admin_token)
+        node = Node(cfg)
+    except (ConfigError, GenesisError, NodeError, LogConfigError) as exc:
+        print(f"vigil node: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await node.run(stop)
+
+    try:
+        asyncio.run(main())
+    except (StorageError, NodeError, ConfigError) as exc:
+        print(f"vigil node: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # typically a port already in use
+        print(f"vigil node: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigil", description="Vigil permissioned PBFT node")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("node", help="run a validator node")
+    p.add_argument("--config", required=True, help="TOML config file (docs/config.md)")
+    p.set_defaults(func=cmd_node)
+    # Other subcommands register themselves if their module is present.
+    for module in ("node.tools.wallet",):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
