@@ -110,7 +110,31 @@ class Fetched:
     entries: tuple[FetchedEntry, ...]
 
 
-Event = Tick | Received | Pending | Propose | Verdict | Fetched
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The host's block for ``seq`` (and every seq below it) is durable.
+
+    The core sends its CHECKPOINT for a seq only once that seq is applied, so a checkpoint never
+    becomes stable (and the log below it collected) while the block behind it could still be lost.
+    """
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """Validator ``sender`` says it has committed ``height`` and works in ``view``.
+
+    Sent over an authenticated link but not signed: a hint the core may act on (fetch, leave a
+    view nobody joined), never evidence that changes what is safe.
+    """
+
+    sender: int
+    height: int
+    view: int
+
+
+Event = Tick | Received | Pending | Propose | Verdict | Fetched | Applied | PeerStatus
 
 
 # --- actions -----------------------------------------------------------------------------------
@@ -188,11 +212,25 @@ class FetchBlocks:
 
 
 @dataclass(frozen=True, slots=True)
+class Reproposed:
+    """One PRE-PREPARE of a NEW-VIEW: the host learns which payloads are in flight again."""
+
+    seq: int
+    digest: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ViewChanged:
-    """Informational: this replica entered ``view`` (NEW-VIEW accepted or sent)."""
+    """This replica entered ``view`` (NEW-VIEW accepted or sent), re-proposing ``reproposed``.
+
+    The re-proposed payloads are accepted without a ``Validate``; the host uses them to know
+    which transactions are in flight, and never needs to decode the NEW-VIEW itself.
+    """
 
     view: int
     primary: int
+    reproposed: tuple[Reproposed, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,13 @@ from consensus import viewchange_core as vcc
 from consensus.api import (
     NULL_DIGEST,
     Action,
+    Applied,
     Broadcast,
     ConsensusConfig,
     Dropped,
     Event,
     Fetched,
+    PeerStatus,
     Pending,
     Propose,
     Received,
@@ -218,6 +220,8 @@ class Replica:
                 normal.on_verdict(self, view, seq, digest, valid, out)
             case Fetched(entries):
                 checkpoint.on_fetched(self, entries, out)
+            case Applied() | PeerStatus():
+                pass  # the host reports them; the rules that use them land with issue 11/12
         self._after_step(out)
         return out
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from common import codec
 from consensus import checkpoint, normal
 from consensus import messages as m
-from consensus.api import Action, Broadcast, Persist, Send, ViewChanged
+from consensus.api import Action, Broadcast, Persist, Reproposed, Send, ViewChanged
 from consensus.log import KEY_NEW_VIEW, KEY_VIEW, slot_key, view_record
 from consensus.viewchange import Selection, view_change_problem
 
@@ -200,7 +200,8 @@ def enter_view(
         out.append(announce)
     out.extend(sends)
     r._next_seq = max(selection.max_seq, r._last_committed, r._stable_seq) + 1
-    out.append(ViewChanged(view, r._cfg.primary(view)))
+    reproposed = tuple(Reproposed(pp.seq, pp.digest, pp.payload) for pp in nv.pre_prepares)
+    out.append(ViewChanged(view, r._cfg.primary(view), reproposed))
     future, r._future = r._future, {}
     for sender in sorted(future):
         for msg in future[sender]:
