@@ -11,27 +11,18 @@ blindly. Other helpers' e2e tests reuse this module.
 
 from __future__ import annotations
 
-import itertools
-import json
 import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from common.crypto import SigningKey, address_of
 from node.chain.tx import make_transfer
 from node.tools import devnet
+from node.tools.client import Client, ClientError, RpcError
 from node.tools.devnet import Cluster, Ports
 
 DEADLINE_S = 60.0
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
 
 
 def free_ports(count: int) -> list[int]:
@@ -47,16 +38,6 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def http_json(url: str, body: Any = None, timeout_s: float = 10.0, token: str | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        return json.loads(resp.read() or b"null")
-
-
 def wait_for(what: str, check: Any, deadline_s: float = DEADLINE_S, every_s: float = 0.1) -> Any:
     """Poll ``check()`` until it returns a truthy value; AssertionError naming ``what`` otherwise."""
     end = time.monotonic() + deadline_s
@@ -66,7 +47,7 @@ def wait_for(what: str, check: Any, deadline_s: float = DEADLINE_S, every_s: flo
             value = check()
             if value:
                 return value
-        except (OSError, urllib.error.URLError, RpcError, ValueError) as exc:
+        except (ClientError, RpcError, KeyError, TypeError, ValueError) as exc:
             last_exc = exc
         time.sleep(every_s)
     raise AssertionError(f"timed out waiting for {what} (last error: {last_exc})")
@@ -92,7 +73,6 @@ class LocalCluster:
             root / "cluster", ports, overrides=base, bench_accounts=bench_accounts
         )
         self.n = n
-        self._ids = itertools.count(1)
         self._nonces: dict[int, int] = {}
         self.bench_accounts = bench_accounts
 
@@ -137,26 +117,24 @@ class LocalCluster:
 
     # --- rpc ------------------------------------------------------------------------------
 
+    def client(self, i: int, admin: bool = False, timeout_s: float = 10.0) -> Client:
+        """The one JSON-RPC client (node/tools/client.py), pointed at node i."""
+        token = self.cluster.admin_token if admin else None
+        return Client(self.cluster.rpc_url(i), admin_token=token, timeout_s=timeout_s)
+
     def rpc(self, i: int, method: str, params: Any = None, admin: bool = False) -> Any:
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
-        if params is not None:
-            body["params"] = params
-        answer = http_json(
-            self.cluster.rpc_url(i), body, token=self.cluster.admin_token if admin else None
-        )
-        if "error" in answer:
-            raise RpcError(answer["error"]["code"], answer["error"]["message"])
-        return answer["result"]
+        return self.client(i, admin).call(method, params)
 
     def rpc_batch(self, i: int, calls: list[tuple[str, Any]]) -> list[Any]:
+        """One batch request; the raw answers (``result`` or ``error`` objects), in call order."""
         body = [
             {"jsonrpc": "2.0", "id": k, "method": m, "params": p} for k, (m, p) in enumerate(calls)
         ]
-        answers = http_json(self.cluster.rpc_url(i), body, timeout_s=30)
+        answers = self.client(i).post(body, timeout_s=30)
         return [a for a in sorted(answers, key=lambda a: a["id"])]
 
     def health(self, i: int) -> dict[str, Any]:
-        return http_json(self.cluster.rpc_url(i) + "/health", timeout_s=2)
+        return dict(self.client(i, timeout_s=2).health())
 
     def height(self, i: int) -> int:
         return int(self.rpc(i, "node_status")["height"])
@@ -259,7 +237,7 @@ class Load:
                 raws.append(self.c.transfer(k, self.c.address(k + 1)))
             try:
                 answers = self.c.submit(node, raws)
-            except (OSError, urllib.error.URLError, ValueError):
+            except (ClientError, ValueError):
                 self.errors += 1
                 # The node did not take them: those nonces are lost, so resync from the chain.
                 self._resync(raws)
@@ -285,7 +263,7 @@ class Load:
                         continue
                     try:
                         acct = self.c.rpc(i, "account_get", ["0x" + self.c.address(k).hex()])
-                    except (OSError, urllib.error.URLError, RpcError, ValueError):
+                    except (ClientError, RpcError, ValueError):
                         continue
                     self.c._nonces[k] = int(acct["nonce"])
                     break

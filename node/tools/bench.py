@@ -24,6 +24,7 @@ import aiohttp
 from common.crypto import address_of
 from node.chain.tx import make_transfer
 from node.tools import devnet
+from node.tools.client import AsyncClient, Client, ClientError, RpcError
 from node.tools.devnet import Cluster
 
 BATCH = 100
@@ -32,20 +33,17 @@ DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault dri
 
 
 async def _start_nonces(session: aiohttp.ClientSession, url: str, accounts: int) -> list[int]:
+    client = AsyncClient(url, session=session)
     calls = [
-        {
-            "jsonrpc": "2.0",
-            "id": k,
-            "method": "account_get",
-            "params": ["0x" + address_of(devnet.bench_key(k).public_key).hex()],
-        }
+        ("account_get", ["0x" + address_of(devnet.bench_key(k).public_key).hex()])
         for k in range(accounts)
     ]
-    nonces = [0] * accounts
+    nonces: list[int] = []
     for i in range(0, accounts, 100):
-        async with session.post(url, json=calls[i : i + 100]) as resp:
-            for a in await resp.json():
-                nonces[a["id"]] = a["result"]["nonce"]
+        for answer in await client.batch(calls[i : i + 100]):
+            if isinstance(answer, Exception):
+                raise SystemExit(f"cannot read bench account nonces from {url}: {answer}")
+            nonces.append(int(answer["nonce"]))
     return nonces
 
 
@@ -79,7 +77,7 @@ class Bench:
         for node in range(self.c.n):
             try:
                 return await fn(node)
-            except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+            except (ClientError, RpcError, KeyError, TypeError, ValueError) as exc:
                 last = exc
         raise RuntimeError(f"no node answered: {last!r}")
 
@@ -144,11 +142,7 @@ class Bench:
     async def _call(
         self, s: aiohttp.ClientSession, node: int, method: str, params: Any = None
     ) -> Any:
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
-        if params is not None:
-            body["params"] = params
-        async with s.post(self.c.rpc_url(node), json=body) as resp:
-            return (await resp.json())["result"]
+        return await AsyncClient(self.c.rpc_url(node), session=s).call(method, params)
 
     async def _client(
         self,
@@ -192,40 +186,34 @@ class Bench:
     async def _send(
         self, s: aiohttp.ClientSession, node: int, batch: list[tuple[str, str]]
     ) -> None:
-        body = [
-            {"jsonrpc": "2.0", "id": i, "method": "tx_submit", "params": [raw]}
-            for i, (raw, _) in enumerate(batch)
-        ]
+        calls = [("tx_submit", [raw]) for raw, _ in batch]
         now = time.monotonic()
-        answers = None
+        answers: list[Any] | None = None
         target = None
         for _ in range(2):  # the chosen node, then once more on another live one
             target = self._live(node)
             if target is None:
                 break
             try:
-                async with s.post(self.c.rpc_url(target), json=body) as resp:
-                    answers = await resp.json()
+                answers = await AsyncClient(self.c.rpc_url(target), session=s).batch(calls)
                 break
-            except (aiohttp.ClientError, TimeoutError, ValueError):
+            except ClientError:
                 self._mark_down(target)
                 node = target + 1
-        if not isinstance(answers, list):  # no node took the batch (or it answered garbage)
+        if answers is None:  # no node took the batch (or it answered garbage)
             self.errors += len(batch)
             return
-        for a in answers:
-            i = a.get("id") if isinstance(a, dict) else None
-            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(batch):
+        for (_, h), a in zip(batch, answers, strict=True):
+            if isinstance(a, ClientError):
                 self.errors += 1
                 continue
             self.submitted += 1
-            h = batch[i][1]
-            if "result" in a:
-                self.sent_at[h] = now
-                if a["result"]["status"] == "quarantined":
-                    self.quarantined += 1
-            else:
+            if isinstance(a, RpcError):
                 self.rejected += 1
+                continue
+            self.sent_at[h] = now
+            if a["status"] == "quarantined":
+                self.quarantined += 1
 
     async def _watch(self, s: aiohttp.ClientSession, height: int) -> None:
         node = 0
@@ -238,7 +226,7 @@ class Bench:
                     for tx_hash in block["tx_hashes"]:
                         self.committed_at.setdefault(tx_hash, now)
                     height = h
-            except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
+            except (ClientError, RpcError, KeyError, TypeError, ValueError):
                 node = (node + 1) % self.c.n
             await asyncio.sleep(0.05)
 
@@ -288,16 +276,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _wait_connected(cluster: Cluster, timeout_s: float = 60.0) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         ok = 0
         for i in range(cluster.n):
             try:
-                with urllib.request.urlopen(cluster.rpc_url(i) + "/health", timeout=2) as r:
-                    ok += json.loads(r.read())["peers"] >= cluster.n - 1
-            except (OSError, ValueError):
+                health = Client(cluster.rpc_url(i), timeout_s=2).health()
+                ok += health["peers"] >= cluster.n - 1
+            except (ClientError, KeyError, TypeError):
                 pass
         if ok == cluster.n:
             return

@@ -1,4 +1,4 @@
-"""Python client of the Vigil JSON-RPC API: async (aiohttp) with a small sync wrapper.
+"""The one Python client of the Vigil JSON-RPC API: async (aiohttp) and blocking (urllib).
 
 Results are the JSON objects of docs/rpc.md, typed as TypedDicts. A JSON-RPC error raises
 :class:`RpcError` carrying the code (see node/errors.py); a transport problem (refused, timeout,
@@ -8,10 +8,13 @@ not JSON) raises :class:`ClientError` with one readable line.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
-from collections.abc import Sequence
-from typing import Any, TypedDict
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Sequence
+from typing import Any, Generic, TypedDict, TypeVar
 
 import aiohttp
 
@@ -101,13 +104,115 @@ class BlockInfo(TypedDict, total=False):
 
 
 Call = tuple[str, Any]
+R = TypeVar("R")
 
 
 def _hex(value: bytes | str) -> str:
     return to_hex(value) if isinstance(value, bytes) else value
 
 
-class AsyncClient:
+class _Codec:
+    """JSON-RPC 2.0 requests and answers, shared by both transports."""
+
+    def __init__(self, url: str, admin_token: str | None) -> None:
+        self.url = url.rstrip("/") + "/"
+        self.base = url.rstrip("/")
+        self._headers = {"Content-Type": "application/json"}
+        if admin_token:
+            self._headers["Authorization"] = f"Bearer {admin_token}"
+        self._ids = itertools.count(1)
+
+    def _request(self, method: str, params: Any) -> dict[str, Any]:
+        req: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
+        if params is not None:
+            req["params"] = params
+        return req
+
+    def _parse(self, status: int, text: str) -> Any:
+        if status == 204:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ClientError(f"node at {self.url} answered HTTP {status} without JSON")
+
+    @staticmethod
+    def _unwrap(answer: Any) -> Any:
+        if not isinstance(answer, dict):
+            raise ClientError("malformed JSON-RPC answer")
+        if "error" in answer:
+            err = answer["error"] if isinstance(answer["error"], dict) else {}
+            raise RpcError(
+                int(err.get("code", -32603)), str(err.get("message", "error")), err.get("data")
+            )
+        if "result" not in answer:
+            raise ClientError("malformed JSON-RPC answer")
+        return answer["result"]
+
+    def _split_batch(self, reqs: list[dict[str, Any]], answer: Any) -> list[Any]:
+        """Each slot of a batch answer: its result, the RpcError it carried, or a ClientError."""
+        if isinstance(answer, dict):  # the whole batch was refused (size limit, parse error)
+            self._unwrap(answer)
+            raise ClientError("malformed JSON-RPC batch answer")
+        if not isinstance(answer, list):
+            raise ClientError("malformed JSON-RPC batch answer")
+        by_id = {a.get("id"): a for a in answer if isinstance(a, dict)}
+        out: list[Any] = []
+        for req in reqs:
+            try:
+                out.append(self._unwrap(by_id.get(req["id"])))
+            except (RpcError, ClientError) as exc:
+                out.append(exc)
+        return out
+
+
+class _Methods(Generic[R]):
+    """The typed methods of CONTRACT.md section 2, written once for both transports.
+
+    ``call`` returns the result (blocking ``Client``) or an awaitable of it (``AsyncClient``).
+    """
+
+    def call(self, method: str, params: Any = None) -> R:
+        raise NotImplementedError
+
+    def node_status(self) -> R:
+        return self.call("node_status")
+
+    def tx_submit(self, raw: bytes) -> R:
+        return self.call("tx_submit", {"tx": to_hex(raw)})
+
+    def tx_get(self, tx_hash: bytes | str) -> R:
+        return self.call("tx_get", {"hash": _hex(tx_hash)})
+
+    def tx_proof(self, tx_hash: bytes | str) -> R:
+        return self.call("tx_proof", {"hash": _hex(tx_hash)})
+
+    def anchor_get(self, digest: bytes | str) -> R:
+        return self.call("anchor_get", {"digest": _hex(digest)})
+
+    def account_get(self, address: bytes | str) -> R:
+        return self.call("account_get", {"address": _hex(address)})
+
+    def block_get(self, height: int | None = None) -> R:
+        return self.call("block_get", {"height": "latest" if height is None else height})
+
+    def mempool_status(self) -> R:
+        return self.call("mempool_status")
+
+    def detector_status(self) -> R:
+        return self.call("detector_status")
+
+    def quarantine_list(self, limit: int = 100) -> R:
+        return self.call("quarantine_list", {"limit": limit})
+
+    def quarantine_release(self, tx_hash: bytes | str) -> R:
+        return self.call("quarantine_release", {"hash": _hex(tx_hash)})
+
+    def quarantine_reject(self, tx_hash: bytes | str) -> R:
+        return self.call("quarantine_reject", {"hash": _hex(tx_hash)})
+
+
+class AsyncClient(_Codec, _Methods[Awaitable[Any]]):
     """``async with AsyncClient(url) as c: await c.node_status()``."""
 
     def __init__(
@@ -118,14 +223,10 @@ class AsyncClient:
         timeout_s: float = 10.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self.url = url.rstrip("/") + "/"
-        self._headers = {"Content-Type": "application/json"}
-        if admin_token:
-            self._headers["Authorization"] = f"Bearer {admin_token}"
+        super().__init__(url, admin_token)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session = session
         self._owns_session = session is None
-        self._next_id = 0
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -144,106 +245,37 @@ class AsyncClient:
             self._owns_session = True
         return self._session
 
-    async def _post(self, payload: Any) -> Any:
+    async def _get(self, url: str, payload: Any = None) -> tuple[int, str]:
         try:
+            if payload is None:
+                async with self._sess().get(url) as resp:
+                    return resp.status, await resp.text()
             async with self._sess().post(
-                self.url, data=json.dumps(payload), headers=self._headers
+                url, data=json.dumps(payload), headers=self._headers
             ) as resp:
-                text = await resp.text()
-                if resp.status == 204:
-                    return None
+                return resp.status, await resp.text()
         except (aiohttp.ClientError, OSError) as exc:
             raise ClientError(f"cannot reach node at {self.url}: {exc or type(exc).__name__}")
         except TimeoutError:
             raise ClientError(f"node at {self.url} did not answer in time")
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise ClientError(f"node at {self.url} answered HTTP {resp.status} without JSON")
 
-    def _request(self, method: str, params: Any) -> dict[str, Any]:
-        self._next_id += 1
-        req: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
-        if params is not None:
-            req["params"] = params
-        return req
-
-    @staticmethod
-    def _unwrap(answer: Any) -> Any:
-        if not isinstance(answer, dict):
-            raise ClientError("malformed JSON-RPC answer")
-        if "error" in answer:
-            err = answer["error"] if isinstance(answer["error"], dict) else {}
-            raise RpcError(
-                int(err.get("code", -32603)), str(err.get("message", "error")), err.get("data")
-            )
-        if "result" not in answer:
-            raise ClientError("malformed JSON-RPC answer")
-        return answer["result"]
+    async def _post(self, payload: Any) -> Any:
+        return self._parse(*await self._get(self.url, payload))
 
     async def call(self, method: str, params: Any = None) -> Any:
         """One call; returns its result or raises RpcError / ClientError."""
         return self._unwrap(await self._post(self._request(method, params)))
 
     async def batch(self, calls: Sequence[Call]) -> list[Any]:
-        """One HTTP request for many calls; each slot holds a result or an RpcError instance."""
+        """One HTTP request for many calls; each slot holds a result or an error instance."""
         if not calls:
             return []
         reqs = [self._request(m, p) for m, p in calls]
-        answer = await self._post(reqs)
-        if isinstance(answer, dict):  # the whole batch was refused (size limit, parse error)
-            self._unwrap(answer)
-            raise ClientError("malformed JSON-RPC batch answer")
-        if not isinstance(answer, list):
-            raise ClientError("malformed JSON-RPC batch answer")
-        by_id = {a.get("id"): a for a in answer if isinstance(a, dict)}
-        out: list[Any] = []
-        for req in reqs:
-            a = by_id.get(req["id"])
-            try:
-                out.append(self._unwrap(a))
-            except RpcError as exc:
-                out.append(exc)
-        return out
+        return self._split_batch(reqs, await self._post(reqs))
 
-    # --- typed methods (CONTRACT.md section 2) ---
-
-    async def node_status(self) -> NodeStatus:
-        return await self.call("node_status")  # type: ignore[no-any-return]
-
-    async def tx_submit(self, raw: bytes) -> SubmitResult:
-        return await self.call("tx_submit", {"tx": to_hex(raw)})  # type: ignore[no-any-return]
-
-    async def tx_get(self, tx_hash: bytes | str) -> TxInfo:
-        return await self.call("tx_get", {"hash": _hex(tx_hash)})  # type: ignore[no-any-return]
-
-    async def tx_proof(self, tx_hash: bytes | str) -> TxProof:
-        return await self.call("tx_proof", {"hash": _hex(tx_hash)})  # type: ignore[no-any-return]
-
-    async def anchor_get(self, digest: bytes | str) -> AnchorInfo:
-        return await self.call("anchor_get", {"digest": _hex(digest)})  # type: ignore[no-any-return]
-
-    async def account_get(self, address: bytes | str) -> Account:
-        return await self.call("account_get", {"address": _hex(address)})  # type: ignore[no-any-return]
-
-    async def block_get(self, height: int | None = None) -> BlockInfo:
-        h: int | str = "latest" if height is None else height
-        return await self.call("block_get", {"height": h})  # type: ignore[no-any-return]
-
-    async def mempool_status(self) -> dict[str, Any]:
-        return await self.call("mempool_status")  # type: ignore[no-any-return]
-
-    async def detector_status(self) -> dict[str, Any]:
-        return await self.call("detector_status")  # type: ignore[no-any-return]
-
-    async def quarantine_list(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.call("quarantine_list", {"limit": limit})  # type: ignore[no-any-return]
-
-    async def quarantine_release(self, tx_hash: bytes | str) -> dict[str, Any]:
-        return await self.call("quarantine_release", {"hash": _hex(tx_hash)})  # type: ignore[no-any-return]
-
-    async def quarantine_reject(self, tx_hash: bytes | str) -> dict[str, Any]:
-        return await self.call("quarantine_reject", {"hash": _hex(tx_hash)})  # type: ignore[no-any-return]
+    async def health(self, path: str = "/health") -> Any:
+        """GET /health (or /ready): the JSON body; ClientError when it is not served."""
+        return self._parse(*await self._get(self.base + path))
 
     async def wait_tx(
         self,
@@ -256,7 +288,7 @@ class AsyncClient:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                info = await self.tx_get(tx_hash)
+                info: TxInfo = await self.tx_get(tx_hash)
                 if info.get("status") in statuses:
                     return info
             except RpcError as exc:
@@ -267,12 +299,18 @@ class AsyncClient:
             await asyncio.sleep(poll_s)
 
 
-class Client:
-    """Blocking wrapper: ``Client(url).node_status()``; runs its own event loop."""
+class Client(_Codec, _Methods[Any]):
+    """Blocking client over urllib: no event loop, safe to share between threads.
 
-    def __init__(self, url: str = DEFAULT_RPC_URL, **kwargs: Any) -> None:
-        self._runner = asyncio.Runner()
-        self._async = AsyncClient(url, **kwargs)
+    ``Client(url).node_status()``; the tools, the cluster scripts and the tests' cluster helper
+    use it, the wallet commands use :class:`AsyncClient`.
+    """
+
+    def __init__(
+        self, url: str = DEFAULT_RPC_URL, *, admin_token: str | None = None, timeout_s: float = 10.0
+    ) -> None:
+        super().__init__(url, admin_token)
+        self.timeout_s = timeout_s
 
     def __enter__(self) -> Client:
         return self
@@ -281,17 +319,62 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Nothing to release (one connection per request); kept for symmetry."""
+
+    def _get(
+        self, url: str, payload: Any = None, timeout_s: float | None = None
+    ) -> tuple[int, str]:
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(url, data=data, headers=self._headers)
         try:
-            self._runner.run(self._async.close())
-        finally:
-            self._runner.close()
+            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
+                return int(resp.status), resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc or type(exc).__name__
+            raise ClientError(f"cannot reach node at {self.url}: {reason}")
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._async, name)
-        if not callable(attr) or name.startswith("_"):
-            return attr
+    def call(self, method: str, params: Any = None) -> Any:
+        """One call; returns its result or raises RpcError / ClientError."""
+        return self._unwrap(self.post(self._request(method, params)))
 
-        def sync(*args: Any, **kwargs: Any) -> Any:
-            return self._runner.run(attr(*args, **kwargs))
+    def post(self, payload: Any, timeout_s: float | None = None) -> Any:
+        """POST any JSON body and return the parsed answer as sent (for conformance tests)."""
+        return self._parse(*self._get(self.url, payload, timeout_s))
 
-        return sync
+    def batch(self, calls: Sequence[Call], timeout_s: float | None = None) -> list[Any]:
+        """One HTTP request for many calls; each slot holds a result or an error instance."""
+        if not calls:
+            return []
+        reqs = [self._request(m, p) for m, p in calls]
+        return self._split_batch(reqs, self.post(reqs, timeout_s))
+
+    def health(self, path: str = "/health") -> Any:
+        """GET /health (or /ready): the JSON body; ClientError when it is not served."""
+        return self._parse(*self._get(self.base + path))
+
+    def status_code(self, path: str) -> int:
+        """The HTTP status of ``GET {base}{path}`` (e.g. 200 or 503 for /ready)."""
+        return self._get(self.base + path)[0]
+
+    def wait_tx(
+        self,
+        tx_hash: bytes | str,
+        statuses: Sequence[str] = FINAL_STATUSES,
+        timeout_s: float = 30.0,
+        poll_s: float = 0.1,
+    ) -> TxInfo:
+        """Poll tx_get until the status is one of ``statuses``; ClientError after the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                info: TxInfo = self.tx_get(tx_hash)
+                if info.get("status") in statuses:
+                    return info
+            except RpcError as exc:
+                if exc.name != "not_found":
+                    raise
+            if time.monotonic() >= deadline:
+                raise ClientError(f"tx {_hex(tx_hash)} not {'/'.join(statuses)} in {timeout_s:g} s")
+            time.sleep(poll_s)

@@ -6,28 +6,19 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from node.tools import demo, devnet
+from node.tools.client import Client, ClientError, RpcError
 from node.tools.devnet import Cluster
 from node.tools.promconfig import write_prometheus_config
 
 
-def _rpc(url: str, method: str, timeout_s: float = 2.0) -> Any:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}).encode()
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        return json.loads(resp.read())["result"]
-
-
 def _health(c: Cluster, i: int) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(c.rpc_url(i) + "/health", timeout=2) as resp:
-            return dict(json.loads(resp.read()))
-    except (OSError, urllib.error.URLError, ValueError):
+        return dict(Client(c.rpc_url(i), timeout_s=2).health())
+    except (ClientError, TypeError, ValueError):
         return None
 
 
@@ -95,7 +86,7 @@ def _row(c: Cluster, i: int) -> dict[str, Any]:
     }
     if pid is not None:
         try:
-            s = _rpc(c.rpc_url(i), "node_status")
+            s = Client(c.rpc_url(i), timeout_s=2).node_status()
             peers = s.get("peers")
             row.update(
                 height=s.get("height"),
@@ -105,7 +96,7 @@ def _row(c: Cluster, i: int) -> dict[str, Any]:
                 quarantine=s.get("quarantine"),
                 peers=len(peers) if isinstance(peers, list) else peers,
             )
-        except (OSError, urllib.error.URLError, ValueError, KeyError):
+        except (ClientError, RpcError, AttributeError):
             pass
     return row
 

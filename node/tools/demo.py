@@ -10,17 +10,15 @@ for the operator (``quarantine_list`` / ``quarantine_release`` / ``quarantine_re
 
 from __future__ import annotations
 
-import itertools
-import json
 import random
 import secrets
 import time
-import urllib.request
 from typing import Any
 
 from common.crypto import SigningKey, address_of
 from node.chain.tx import make_transfer
 from node.tools import devnet
+from node.tools.client import Client, ClientError, RpcError
 from node.tools.devnet import Cluster
 
 BENCH_SENDERS = 40
@@ -28,39 +26,22 @@ BATCH = 20
 ORDINARY_MAX = 3000  # never send more than this while waiting for warm-up
 BURST_TXS = 30  # a burst this long to never-seen addresses stands far outside ordinary fan-out
 DEADLINE_S = 120.0
-_ids = itertools.count(1)
 
 
 class DemoError(Exception):
     pass
 
 
-def _call(url: str, method: str, params: Any = None, token: str | None = None) -> Any:
-    body: dict[str, Any] = {"jsonrpc": "2.0", "id": next(_ids), "method": method}
-    if params is not None:
-        body["params"] = params
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, json.dumps(body).encode(), headers)
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        answer = json.loads(resp.read())
-    if "error" in answer:
-        raise DemoError(f"{method}: {answer['error']['message']}")
-    return answer["result"]
+def _call(url: str, method: str, params: Any = None) -> Any:
+    try:
+        return Client(url, timeout_s=30).call(method, params)
+    except RpcError as exc:
+        raise DemoError(f"{method}: {exc.message}")
 
 
-def _batch(url: str, raws: list[bytes]) -> list[dict[str, Any]]:
-    body = [
-        {"jsonrpc": "2.0", "id": k, "method": "tx_submit", "params": ["0x" + r.hex()]}
-        for k, r in enumerate(raws)
-    ]
-    req = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        answers = json.loads(resp.read())
-    return sorted(answers, key=lambda a: a["id"])
+def _batch(url: str, raws: list[bytes]) -> list[Any]:
+    """tx_submit of each raw tx in one request: a result dict or an error instance per slot."""
+    return Client(url, timeout_s=30).batch([("tx_submit", ["0x" + r.hex()]) for r in raws])
 
 
 class _Sender:
@@ -92,7 +73,7 @@ def _fresh() -> bytes:
 def run(cluster: Cluster) -> int:
     try:
         return _run(cluster)
-    except (DemoError, OSError, ValueError) as exc:
+    except (DemoError, ClientError, ValueError) as exc:
         print(f"demo failed: {exc}")
         return 1
 
@@ -119,7 +100,8 @@ def _run(cluster: Cluster) -> int:
 
     def submit(raws: list[bytes]) -> list[dict[str, Any]]:
         return [
-            a.get("result", {"status": "error", "error": a.get("error")}) for a in _batch(url, raws)
+            {"status": "error", "error": str(a)} if isinstance(a, Exception) else a
+            for a in _batch(url, raws)
         ]
 
     def committed(h: str) -> bool:
