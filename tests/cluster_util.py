@@ -47,7 +47,7 @@ def wait_for(what: str, check: Any, deadline_s: float = DEADLINE_S, every_s: flo
             value = check()
             if value:
                 return value
-        except (ClientError, RpcError, KeyError, TypeError, ValueError) as exc:
+        except (ClientError, RpcError, OSError, KeyError, TypeError, ValueError) as exc:
             last_exc = exc
         time.sleep(every_s)
     raise AssertionError(f"timed out waiting for {what} (last error: {last_exc})")

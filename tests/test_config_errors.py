@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from node.tools import devnet
+from node.tools.client import Client
 from tests.cluster_util import free_ports, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,10 +122,8 @@ def test_unwritable_data_dir(cluster: devnet.Cluster, tmp_path: Path) -> None:
 def test_data_dir_locked_by_a_running_node(cluster: devnet.Cluster) -> None:
     devnet.start_node(cluster, 0)
     try:
-        url = cluster.rpc_url(0) + "/health"
-        import urllib.request
-
-        wait_for("node 0 serving", lambda: urllib.request.urlopen(url, timeout=2).status == 200)
+        client = Client(cluster.rpc_url(0), timeout_s=2)
+        wait_for("node 0 serving", lambda: client.status_code("/health") == 200)
         p = free_ports(3)
         text = _config(cluster)
         for old, new in zip(

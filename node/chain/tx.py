@@ -26,7 +26,6 @@ TX_DOMAIN = b"vigil/tx/v1"
 TX_BYTES_MAX = 1024
 MEMO_BYTES_MAX = 128
 DIGEST_BYTES = 32
-CHAIN_ID_BYTES_MAX = 64
 KINDS = ("transfer", "anchor")
 _CHAIN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 

@@ -240,11 +240,3 @@ def load_validator_key(path: Path) -> SigningKey:
     if "public_key" in data and from_hex(data["public_key"], 32) != key.public_key:
         raise ConfigError("node.key_file: public_key does not match the seed")
     return key
-
-
-def save_validator_key(path: Path, key: SigningKey) -> None:
-    """Write a validator key file with mode 0600."""
-    body = json.dumps({"seed": "0x" + key.seed.hex(), "public_key": "0x" + key.public_key.hex()})
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(body + "\n")

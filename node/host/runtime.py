@@ -27,6 +27,7 @@ from aiohttp import web
 from common.codec import sha256
 from consensus.api import Commit, ConsensusConfig, Event, Fetched, FetchedEntry, Received
 from consensus.replica import Replica
+from node import VERSION
 from node.chain.chain import Chain
 from node.chain.genesis import Genesis
 from node.chain.mempool import Mempool
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 INBOX_MAX = 10_000
-VERSION = "0.1.0"
 
 
 class NodeError(Exception):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from common.crypto import to_hex
 from common.merkle import merkle_proof
 from consensus.certificate import CommitCertificate
+from node import VERSION
 from node.api.service import Event
 from node.chain.ledger import Receipt
 from node.errors import NOT_FOUND, NOT_READY, VigilError
@@ -41,7 +42,7 @@ class NodeServiceImpl:
         return {
             "chain_id": node.genesis.chain_id,
             "node_id": node.index,
-            "version": "0.1.0",
+            "version": VERSION,
             "height": chain.height,
             "head_hash": to_hex(chain.head.hash),
             "view": view,

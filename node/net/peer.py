@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from aiohttp import ClientWebSocketResponse, web
 
@@ -76,11 +75,3 @@ class PeerConn:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2):
                 await self.ws.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "dialer": self.dialer,
-            "queued": self.queue.qsize(),
-            "queued_bytes": self.queued_bytes,
-        }
