@@ -1,14 +1,28 @@
-"""Ed25519 keys, signatures and addresses, with domain separation for every signed message kind."""
+"""Ed25519 keys, signatures and addresses, with domain separation for every signed message kind.
+
+One signature rule for every verifier in Vigil (validators, proofs, ``vigil verify``): libsodium's
+``crypto_sign_open`` through PyNaCl. It is the strict reading of RFC 8032: S must be canonical
+(S < L), the public key A and the commitment R must be canonical encodings and must not be points
+of small order, and the cofactorless equation [S]B = R + [k]A must hold. docs/transactions.md
+states the rule; tests/vectors/ed25519_edge.json pins its answer on the edge cases (small-order,
+mixed-order and non-canonical points, non-canonical S), so a library upgrade that would change a
+validator's verdict fails the suite instead of splitting the network. Chosen over `cryptography`
+(OpenSSL accepts small-order keys, 2-3x slower here) and ed25519-zebra (ZIP-215, the permissive
+rule; the same speed): docs/performance.md has the figures.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nacl.bindings import (
+    crypto_sign,
+    crypto_sign_ed25519_pk_to_curve25519,
+    crypto_sign_open,
+    crypto_sign_seed_keypair,
+)
+from nacl.exceptions import BadSignatureError
 
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -22,25 +36,24 @@ class SigningKey:
     """An Ed25519 private key from its 32-byte seed."""
 
     seed: bytes = field(repr=False)  # secret: never in logs or reprs
-    # Derived once: building the key object and its public key costs a scalar multiplication.
-    _key: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
+    # Derived once: the public key costs a scalar multiplication.
+    _secret: bytes = field(init=False, repr=False, compare=False)  # libsodium's seed || pk
     _public_key: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, bytes) or len(self.seed) != SEED_BYTES:
             raise ValueError("an Ed25519 seed is 32 bytes")
-        key = Ed25519PrivateKey.from_private_bytes(self.seed)
-        object.__setattr__(self, "_key", key)
-        object.__setattr__(
-            self, "_public_key", key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        )
+        public_key, secret = crypto_sign_seed_keypair(self.seed)
+        object.__setattr__(self, "_secret", secret)
+        object.__setattr__(self, "_public_key", public_key)
 
     @property
     def public_key(self) -> bytes:
         return self._public_key
 
     def sign(self, domain: bytes, message: bytes) -> bytes:
-        return self._key.sign(signing_bytes(domain, message))
+        signed: bytes = crypto_sign(signing_bytes(domain, message), self._secret)
+        return signed[:SIGNATURE_BYTES]
 
 
 def signing_bytes(domain: bytes, message: bytes) -> bytes:
@@ -50,19 +63,34 @@ def signing_bytes(domain: bytes, message: bytes) -> bytes:
 
 def verify(public_key: bytes, domain: bytes, message: bytes, signature: bytes) -> bool:
     """True when the signature is valid; malformed keys or signatures are simply invalid."""
+    return verify_raw(public_key, signing_bytes(domain, message), signature)
+
+
+def verify_raw(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Vigil's one Ed25519 rule (module docstring) over the exact signed bytes."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
     try:
-        _public_key_object(bytes(public_key)).verify(signature, signing_bytes(domain, message))
-    except (InvalidSignature, ValueError):
+        crypto_sign_open(bytes(signature) + message, bytes(public_key))
+    except (BadSignatureError, ValueError, TypeError):
         return False
     return True
 
 
-@lru_cache(maxsize=4096)
-def _public_key_object(public_key: bytes) -> Ed25519PublicKey:
-    """Parsed keys are cached: validators and busy senders verify many signatures each."""
-    return Ed25519PublicKey.from_public_bytes(public_key)
+def is_strong_public_key(public_key: bytes) -> bool:
+    """A key that can sign under the rule: a canonical curve point of the prime-order subgroup.
+
+    libsodium refuses every signature of a small-order or malformed key; the genesis maker refuses
+    such validator keys up front so an operator learns it at set-up, not at the first vote.
+    libsodium's conversion to X25519 performs exactly these checks (and fails on any of them).
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
+        return False
+    try:
+        crypto_sign_ed25519_pk_to_curve25519(public_key)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
 
 
 def address_of(public_key: bytes) -> bytes:

@@ -125,6 +125,10 @@ def test_genesis_json_round_trip_and_hash(tmp_path):
         (lambda j: j.update(chain_id="bad id"), "chain_id"),
         (lambda j: j["validators"][1].update(index=5), r"validators\[1\].index"),
         (lambda j: j["validators"][0].update(public_key="0x12"), r"validators\[0\].public_key"),
+        (
+            lambda j: j["validators"][2].update(public_key="0x01" + "00" * 31),  # small order
+            r"validators\[2\].public_key: not a usable Ed25519 key",
+        ),
         (lambda j: j["balances"][0].update(amount=-1), r"balances\[0\].amount"),
         (lambda j: j["balances"][0].update(address="zz"), r"balances\[0\].address"),
         (lambda j: j.update(timestamp_ms="now"), "timestamp_ms"),

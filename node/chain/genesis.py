@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from common import codec
-from common.crypto import ADDRESS_BYTES, PUBLIC_KEY_BYTES, address_of, from_hex, to_hex
+from common.crypto import (
+    ADDRESS_BYTES,
+    PUBLIC_KEY_BYTES,
+    address_of,
+    from_hex,
+    is_strong_public_key,
+    to_hex,
+)
 
 VALIDATORS_MAX = 64
 _CHAIN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -52,6 +59,11 @@ class Genesis:
                 raise GenesisError(f"validators[{i}].index: expected {i}")
             if not isinstance(v.public_key, bytes) or len(v.public_key) != PUBLIC_KEY_BYTES:
                 raise GenesisError(f"validators[{i}].public_key: expected 32 bytes")
+            if not is_strong_public_key(v.public_key):
+                raise GenesisError(
+                    f"validators[{i}].public_key: not a usable Ed25519 key "
+                    "(small order, off the curve or not canonical)"
+                )
             if v.public_key in keys:
                 raise GenesisError(f"validators[{i}].public_key: duplicate")
             keys.add(v.public_key)
