@@ -6,8 +6,15 @@ lengths in msgpack's shortest form, ``bin`` for bytes and ``str`` for text, no f
 extension types. :func:`decode` re-encodes what it read and rejects the input unless the bytes
 are identical, so one value has exactly one encoding and a hash names one value.
 
-Schemas (:class:`Struct`) check field names, types and sizes so that decoding rejects unknown or
-missing fields, wrong types and oversize values with a :class:`CodecError` and nothing else.
+Schemas (:func:`struct` and the checks beside it) check field names, types and sizes so that
+decoding rejects unknown or missing fields, wrong types and oversize values with a
+:class:`CodecError` and nothing else.
+
+The bytes come from msgspec: its MessagePack encoder with ``order="sorted"`` writes exactly the
+canonical form above (sorted str keys compare by code point, which is UTF-8 byte order; shortest
+integers and headers; bin for bytes), byte-identical to msgpack-python on the test vectors, and
+encodes and decodes several times faster. msgspec would also accept floats, integer map keys and
+extension types, so :func:`_check_tree` keeps refusing those, on both sides.
 """
 
 from __future__ import annotations
@@ -16,11 +23,16 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import msgpack
+import msgspec
 
 U64_MAX = 2**64 - 1
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 16
+MAX_ARRAY_ITEMS = 1_000_000
+MAX_MAP_ITEMS = 1_000
+
+_ENCODER = msgspec.msgpack.Encoder(order="sorted")
+_DECODER = msgspec.msgpack.Decoder()
 
 
 class CodecError(ValueError):
@@ -41,10 +53,14 @@ def _check_tree(value: Any, depth: int = 0) -> None:
             raise CodecError("integer out of range")
         return
     if isinstance(value, list | tuple):
+        if len(value) > MAX_ARRAY_ITEMS:
+            raise CodecError("array too long")
         for item in value:
             _check_tree(item, depth + 1)
         return
     if isinstance(value, dict):
+        if len(value) > MAX_MAP_ITEMS:
+            raise CodecError("map too large")
         for key, item in value.items():
             if not isinstance(key, str):
                 raise CodecError("map key is not a string")
@@ -53,18 +69,10 @@ def _check_tree(value: Any, depth: int = 0) -> None:
     raise CodecError(f"type {type(value).__name__} has no canonical encoding")
 
 
-def _sorted_tree(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted_tree(value[k]) for k in sorted(value, key=lambda s: s.encode())}
-    if isinstance(value, list | tuple):
-        return [_sorted_tree(v) for v in value]
-    return value
-
-
 def encode(value: Any) -> bytes:
     """The canonical bytes of a value tree."""
     _check_tree(value)
-    return msgpack.packb(_sorted_tree(value), use_bin_type=True)
+    return _ENCODER.encode(value)
 
 
 def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
@@ -77,28 +85,16 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     if not data:
         raise CodecError("empty input")
     try:
-        value = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_bin_len=max_bytes,
-            max_str_len=max_bytes,
-            max_array_len=1_000_000,
-            max_map_len=1_000,
-            max_ext_len=0,
-        )
-    except CodecError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - msgpack raises many types for garbage: map to ours
+        value = _DECODER.decode(data)
+    except RecursionError:
+        raise CodecError("nesting too deep") from None
+    except Exception as exc:  # noqa: BLE001 - the decoder raises several types for garbage
         raise CodecError(f"malformed msgpack: {type(exc).__name__}") from None
     try:
-        again = encode(value)
-    except CodecError:
-        raise
-    except Exception:  # noqa: BLE001 - float, ext and other non-canonical content
-        raise CodecError("non-canonical value") from None
-    if again != data:
+        _check_tree(value)  # floats, ext types, integer keys: valid msgpack, not canonical here
+    except CodecError as exc:
+        raise CodecError(f"malformed msgpack: {exc.reason}") from None
+    if _ENCODER.encode(value) != data:
         raise CodecError("non-canonical encoding")
     return value
 
