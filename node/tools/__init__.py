@@ -1,0 +1,1 @@
+"""Tools people run; nothing in the node imports this package."""
