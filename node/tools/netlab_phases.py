@@ -29,6 +29,7 @@ from node.tools.netlab_load import Load, Settlement, settle
 SAMPLE_S = 0.15
 CATCHUP_SLACK_S = 6.0
 LOSS = 0.05
+STAGGER_S = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +74,21 @@ def _backup(lab: Lab, rng: random.Random, primary: int) -> int:
 
 
 def primary_partition(lab: Lab, load: Load, rng: random.Random) -> Fault:
+    """Cut the primary off; its link to one backup goes down first, the rest STAGGER_S later.
+
+    Real partitions rarely cut every link at one instant. In the gap the primary's last
+    proposals reach two backups but not the third, which prepares nothing for them; the
+    NEW-VIEW re-proposes them and that backup commits them in the new view, the others already
+    did in the old one (issue 11, divergent block hashes).
+    """
     p = current_primary(lab)
+    first = _backup(lab, rng, p)
     others = {i for i in range(lab.n) if i != p}
+    lab.cut([p], [first])
+    time.sleep(STAGGER_S)  # the fault's schedule: the second cut comes this much later
     lab.partition([{p}, others])
-    return Fault(f"partition primary {p} from {sorted(others)}", (p,), True, lab.heal)
+    what = f"partition primary {p} from {sorted(others)} (its link to {first} {STAGGER_S}s earlier)"
+    return Fault(what, (p,), True, lab.heal)
 
 
 def backup_loss(lab: Lab, load: Load, rng: random.Random) -> Fault:
