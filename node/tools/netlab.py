@@ -244,6 +244,10 @@ class Lab:
         """Node i hears nobody while everybody hears node i."""
         self.cut([j for j in range(self.n) if j != i], [i])
 
+    def restore(self, src: Iterable[int], dst: Iterable[int]) -> None:
+        """Undo ``cut(src, dst)``: bytes from ``src`` to ``dst`` flow again (held ones first)."""
+        self.shaper.update(self._links_between(src, dst), cut=False)
+
     def heal(self) -> None:
         """Remove every cut (delays and loss stay)."""
         self.shaper.update(self.shaper.links(), cut=False)

@@ -151,11 +151,13 @@ class Settlement:
         }
 
 
-def _statuses(lab: Lab, node: int, hashes: list[str]) -> dict[str, dict[str, Any] | None]:
+def _statuses(
+    lab: Lab, node: int, hashes: list[str], timeout_s: float = 10.0
+) -> dict[str, dict[str, Any] | None]:
     out: dict[str, dict[str, Any] | None] = {}
     for start in range(0, len(hashes), 250):
         chunk = hashes[start : start + 250]
-        answers = lab.rpc_batch(node, [("tx_get", [h]) for h in chunk])
+        answers = lab.rpc_batch(node, [("tx_get", [h]) for h in chunk], timeout_s=timeout_s)
         for h, a in zip(chunk, answers, strict=True):
             out[h] = a.get("result")
     return out
@@ -179,8 +181,9 @@ def settle(lab: Lab, accepted: list[Accepted], deadline_s: float) -> Settlement:
         for h, node in todo.items():
             by_node.setdefault(node, []).append(h)
         for node, hashes in sorted(by_node.items()):
+            left_s = deadline_s - (time.monotonic() - started)
             try:
-                found = _statuses(lab, node, hashes)
+                found = _statuses(lab, node, hashes, timeout_s=max(1.0, min(10.0, left_s)))
             except RPC_ERRORS:
                 continue
             for h, tx in found.items():
@@ -207,7 +210,7 @@ def settle(lab: Lab, accepted: list[Accepted], deadline_s: float) -> Settlement:
         per_node = {}
         for i in range(lab.n):
             try:
-                tx = _statuses(lab, i, [h])[h]
+                tx = _statuses(lab, i, [h], timeout_s=2.0)[h]
             except RPC_ERRORS:
                 tx = None
             per_node[str(i)] = None if tx is None else tx.get("status")

@@ -8,8 +8,10 @@ A phase applies one fault for ``duration_s`` under load, clears it, then watches
                     change (or after the fault start when no view changed; for a fault that
                     takes the quorum away, that is after the heal)
     heal_commit_s   fault cleared -> the first height increase anywhere
-    converge_s      fault cleared -> every node answers, in one view, /ready 200, and at or
-                    above the highest height seen at the heal; None if not within the bound
+    converge_s      fault cleared -> every node answers, in one view, /ready 200, at or above
+                    the highest height seen at the heal, and the chain grew since (the load
+                    runs on: a cluster that does not commit has not recovered); None if not
+                    within the bound
 
 The bound is ``2 x view_change_timeout + catch-up slack`` (issue 11: a replica left alone in a
 higher view must be back within 2 x the view-change timeout of the fault clearing).
@@ -30,6 +32,7 @@ SAMPLE_S = 0.15
 CATCHUP_SLACK_S = 6.0
 LOSS = 0.05
 STAGGER_S = 0.3
+HOLD_S = 3.5  # past the view change (~2 s), short of the websocket heartbeat (5 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class Fault:
     faulty: tuple[int, ...]  # nodes the fault hits; the others should keep committing
     quorum_kept: bool
     clear: Callable[[], None]
+    later: list[tuple[float, Callable[[], None]]] = field(default_factory=list)  # (at_s, step)
 
 
 def current_primary(lab: Lab) -> int:
@@ -74,21 +78,32 @@ def _backup(lab: Lab, rng: random.Random, primary: int) -> int:
 
 
 def primary_partition(lab: Lab, load: Load, rng: random.Random) -> Fault:
-    """Cut the primary off; its link to one backup goes down first, the rest STAGGER_S later.
+    """Cut the primary off, the way real partitions go: not every link at one instant.
 
-    Real partitions rarely cut every link at one instant. In the gap the primary's last
-    proposals reach two backups but not the third, which prepares nothing for them; the
-    NEW-VIEW re-proposes them and that backup commits them in the new view, the others already
-    did in the old one (issue 11, divergent block hashes).
+    Its link to one backup B goes down first; STAGGER_S later the primary is cut off from all,
+    and B hears nobody for HOLD_S more (its peers' bytes are held, as TCP holds them in
+    retransmission, then delivered). The primary's last proposals reach the other two backups,
+    which commit them in the old view; B never saw them, and first hears of them in the NEW-VIEW,
+    which re-proposes them: B commits them in the new view. Issue 11: the block hashes differ
+    when the header carries the view of the commit. B is never the next primary (it could not
+    hear the VIEW-CHANGEs).
     """
+    s = sample(lab)
     p = current_primary(lab)
-    first = _backup(lab, rng, p)
+    view = max(v for v in s.views if v is not None)
+    next_primary = (view + 1) % lab.n
+    b = rng.choice([i for i in range(lab.n) if i not in (p, next_primary)])
     others = {i for i in range(lab.n) if i != p}
-    lab.cut([p], [first])
+    rest = sorted(others - {b})
+    lab.cut([p], [b])
     time.sleep(STAGGER_S)  # the fault's schedule: the second cut comes this much later
     lab.partition([{p}, others])
-    what = f"partition primary {p} from {sorted(others)} (its link to {first} {STAGGER_S}s earlier)"
-    return Fault(what, (p,), True, lab.heal)
+    lab.cut(rest, [b])
+    what = (
+        f"partition primary {p} from {sorted(others)}; its link to {b} {STAGGER_S} s earlier,"
+        f" and {b} hears {rest} only {HOLD_S} s later"
+    )
+    return Fault(what, (p,), True, lab.heal, [(STAGGER_S + HOLD_S, lambda: lab.restore(rest, [b]))])
 
 
 def backup_loss(lab: Lab, load: Load, rng: random.Random) -> Fault:
@@ -187,11 +202,13 @@ class PhaseResult:
         return out
 
 
-def converged(lab: Lab, s: Sample, floor: int) -> tuple[bool, list[bool]]:
-    """Every node answers, one view, every height >= floor, every /ready 200."""
+def converged(lab: Lab, s: Sample, floor: int, grown: bool = False) -> tuple[bool, list[bool]]:
+    """Every node answers, one view, every height >= floor (and one > floor if ``grown``),
+    every /ready 200."""
     if None in s.views or len(set(s.views)) != 1:
         return False, []
-    if min(h for h in s.heights if h is not None) < floor:
+    heights = [h for h in s.heights if h is not None]
+    if min(heights) < floor or (grown and max(heights) <= floor):
         return False, []
     ready = [lab.ready(i) for i in range(lab.n)]
     return all(ready), ready
@@ -215,7 +232,10 @@ def run_phase(lab: Lab, load: Load, name: str, duration_s: float, seed: int) -> 
     v0 = _max(before.views, list(range(lab.n)))
     h_ref = _max(before.heights, outside)
     vc_at: float | None = None
+    steps = sorted(fault.later, key=lambda step: step[0])
     while time.monotonic() - t0 < duration_s:
+        while steps and time.monotonic() - t0 >= steps[0][0]:
+            steps.pop(0)[1]()
         s = sample(lab)
         if vc_at is None and _max(s.views, outside) > v0:
             vc_at = s.t
@@ -245,7 +265,7 @@ def run_phase(lab: Lab, load: Load, name: str, duration_s: float, seed: int) -> 
             result.first_commit_s = last.t - t0
         if result.heal_commit_s is None and _max(last.heights, list(range(lab.n))) > h_heal:
             result.heal_commit_s = last.t - t1
-        ok, ready = converged(lab, last, h_heal)
+        ok, ready = converged(lab, last, h_heal, grown=True)  # the load is on: it must commit
         if ok:
             result.converge_s = last.t - t1
             break
