@@ -155,8 +155,8 @@ def _statuses(
     lab: Lab, node: int, hashes: list[str], timeout_s: float = 10.0
 ) -> dict[str, dict[str, Any] | None]:
     out: dict[str, dict[str, Any] | None] = {}
-    for start in range(0, len(hashes), 250):
-        chunk = hashes[start : start + 250]
+    for start in range(0, len(hashes), 100):
+        chunk = hashes[start : start + 100]
         answers = lab.rpc_batch(node, [("tx_get", [h]) for h in chunk], timeout_s=timeout_s)
         for h, a in zip(chunk, answers, strict=True):
             out[h] = a.get("result")

@@ -259,8 +259,8 @@ def run_phase(lab: Lab, load: Load, name: str, duration_s: float, seed: int) -> 
         if vc_at is None and _max(last.views, outside) > v0:
             vc_at = last.t
             result.view_change_s = last.t - t0
-            h_ref = _max(last.heights, outside)
-            result.first_commit_s = None
+            if result.first_commit_s is None:
+                h_ref = _max(last.heights, outside)
         if _max(last.heights, outside) > h_ref and result.first_commit_s is None:
             result.first_commit_s = last.t - t0
         if result.heal_commit_s is None and _max(last.heights, list(range(lab.n))) > h_heal:
