@@ -1,0 +1,339 @@
+"""The network fault lab: real ``vigil node`` processes in network namespaces, shaped links.
+
+    with Lab(tmp, n=4, seed=1, delay_ms=25) as lab:   # namespaces, relays, cluster, all started
+        lab.rpc(0, "node_status")
+        lab.partition([{0}, {1, 2, 3}]); ...; lab.heal()
+        lab.cut_inbound(2)          # one-way: node 2 hears nobody, everybody hears node 2
+        lab.set_loss(1, 0.05)       # 5% packet loss on node 1's links
+        lab.kill(3); lab.start(3)   # SIGKILL and restart
+
+Each validator has its own namespace and address on the lab's bridge (node/tools/netns.py). Its
+genesis ``p2p_url`` names its relay in the root namespace (node/tools/relay.py), which applies
+each directed link's delay, jitter, loss and cuts. Packet loss uses real drops (nftables inside
+the namespace) where the kernel has nf_tables, else the relay's emulated retransmission stalls.
+RPC and metrics are reached directly from the root namespace at the validator's address: the
+runner is the client, not part of the faulted network. ``close()`` (and the context manager,
+also on errors) kills the processes and removes the namespaces and bridge.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from node.chain.genesis import Genesis
+from node.tools import devnet, netns
+from node.tools.relay import Relay, Shaper
+
+P2P_PORT, RPC_PORT, METRICS_PORT = 26600, 26700, 26800  # the same in every namespace
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HTTP_TIMEOUT_S = 5.0
+# Operator defaults (node/config.py) plus: detector off (the issue's measurements had it off).
+BASE_OVERRIDES: dict[str, dict[str, Any]] = {"detector": {"enabled": False}}
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an env proxy
+
+
+class LabUnsupported(RuntimeError):
+    """Network namespaces cannot be made here (not root, no ``ip``, not Linux)."""
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def http_json(url: str, body: Any = None, timeout_s: float = HTTP_TIMEOUT_S) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with _OPENER.open(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+RPC_ERRORS = (OSError, urllib.error.URLError, ValueError, RpcError)
+
+
+class Lab:
+    def __init__(
+        self,
+        workdir: Path,
+        n: int = 4,
+        seed: int = 0,
+        delay_ms: float = 25.0,
+        jitter_ms: float = 0.0,
+        loss_mode: str = "auto",
+        overrides: dict[str, dict[str, Any]] | None = None,
+        bench_accounts: int = devnet.BENCH_ACCOUNTS,
+    ) -> None:
+        if loss_mode not in ("auto", "nft", "user"):
+            raise ValueError(f"loss_mode: expected auto, nft or user, got {loss_mode!r}")
+        self.workdir = workdir
+        self.n = n
+        self.seed = seed
+        self.delay_ms = delay_ms
+        self.jitter_ms = jitter_ms
+        self.loss_mode = loss_mode
+        self.overrides = {k: dict(v) for k, v in BASE_OVERRIDES.items()}
+        for name, table in (overrides or {}).items():
+            self.overrides.setdefault(name, {}).update(table)
+        self.bench_accounts = bench_accounts
+        self.net: netns.Net | None = None
+        self.shaper = Shaper(n, seed)
+        self.relay: Relay | None = None
+        self.relay_ports: list[int] = []
+        self.cluster: devnet.Cluster | None = None
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        try:
+            self.start_lab()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start_lab(self, wait_s: float = 60.0) -> None:
+        """Namespaces, relays, a fresh cluster directory; start every node and wait connected."""
+        reason = netns.unsupported_reason()
+        if reason is not None:
+            raise LabUnsupported(reason)
+        netns.clean_stale()
+        if self.loss_mode == "auto":
+            self.loss_mode = "nft" if netns.nft_available() else "user"
+        atexit.register(self.close)
+        self.net = net = netns.create(self.n)
+        self.relay = Relay(self.shaper)
+        sources = {net.ip(i): i for i in range(self.n)}
+        self.relay_ports = [
+            self.relay.listen(j, net.gateway, (net.ip(j), P2P_PORT), sources) for j in range(self.n)
+        ]
+        self.shaper.update(self.shaper.links(), delay_ms=self.delay_ms, jitter_ms=self.jitter_ms)
+        self.cluster = self._make_cluster()
+        for i in range(self.n):
+            self.start(i, wait=False)
+        for i in range(self.n):
+            self.wait_for(
+                f"node {i} connected to {self.n - 1} peers",
+                lambda i=i: self.health(i)["peers"] >= self.n - 1,
+                wait_s,
+            )
+
+    def _make_cluster(self) -> devnet.Cluster:
+        assert self.net is not None
+        ports = [devnet.Ports(P2P_PORT, RPC_PORT, METRICS_PORT)] * self.n
+        root = self.workdir / "cluster"
+        cluster = devnet.init_cluster(
+            root, ports, overrides=self.overrides, bench_accounts=self.bench_accounts
+        )
+        genesis = Genesis.load(root / "genesis.json")
+        urls = [f"ws://{self.net.gateway}:{p}" for p in self.relay_ports]
+        validators = tuple(replace(v, p2p_url=urls[v.index]) for v in genesis.validators)
+        replace(genesis, validators=validators).save(root / "genesis.json")
+        for i in range(self.n):
+            path = cluster.node_dir(i) / "config.toml"
+            sections = tomllib.loads(path.read_text())
+            for name in ("p2p", "rpc", "metrics"):
+                sections[name]["host"] = self.net.ip(i)
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(devnet.render_config(sections))
+        return cluster
+
+    def close(self) -> None:
+        """Kill every node, stop the relays, remove namespaces and bridge. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for i in list(self._procs):
+            with contextlib.suppress(OSError):
+                self._procs[i].send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self._procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if self.relay is not None:
+            self.relay.close()
+        if self.net is not None:
+            netns.destroy(self.net)
+        atexit.unregister(self.close)
+
+    # --- processes ------------------------------------------------------------------------
+
+    def start(self, i: int, wait: bool = True, wait_s: float = 60.0) -> None:
+        """Start node i inside its namespace (its log appends to node{i}/node.log)."""
+        assert self.net is not None
+        assert self.cluster is not None
+        if self.running(i):
+            return
+        d = self.cluster.node_dir(i)
+        env = dict(os.environ)
+        env.pop("VIGIL_ADMIN_TOKEN", None)
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            self.net.ns(i),
+            sys.executable,
+            "-m",
+            "node.tools.cli",
+            "node",
+        ]
+        with open(self.cluster.log_path(i), "ab") as log:
+            self._procs[i] = subprocess.Popen(
+                [*cmd, "--config", str(d / "config.toml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(REPO_ROOT),
+                env=env,
+                start_new_session=True,
+            )
+        if wait:
+            self.wait_for(f"node {i} healthy", lambda: self.health(i), wait_s)
+
+    def running(self, i: int) -> bool:
+        proc = self._procs.get(i)
+        return proc is not None and proc.poll() is None
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node i and reap it."""
+        proc = self._procs.get(i)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def log(self, i: int) -> str:
+        assert self.cluster is not None
+        return self.cluster.log_path(i).read_text(errors="replace")
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def _links_between(self, a: Iterable[int], b: Iterable[int]) -> list[tuple[int, int]]:
+        bs = set(b)
+        return [(s, d) for s in set(a) for d in bs if s != d]
+
+    def partition(self, groups: list[set[int]]) -> None:
+        """Cut every link between nodes of different groups, both ways."""
+        links = [
+            link for g, h in itertools.permutations(groups, 2) for link in self._links_between(g, h)
+        ]
+        self.shaper.update(links, cut=True)
+
+    def cut(self, src: Iterable[int], dst: Iterable[int]) -> None:
+        """One-way: bytes from any node of ``src`` to any node of ``dst`` are held."""
+        self.shaper.update(self._links_between(src, dst), cut=True)
+
+    def cut_inbound(self, i: int) -> None:
+        """Node i hears nobody while everybody hears node i."""
+        self.cut([j for j in range(self.n) if j != i], [i])
+
+    def restore(self, src: Iterable[int], dst: Iterable[int]) -> None:
+        """Undo ``cut(src, dst)``: bytes from ``src`` to ``dst`` flow again (held ones first)."""
+        self.shaper.update(self._links_between(src, dst), cut=False)
+
+    def heal(self) -> None:
+        """Remove every cut (delays and loss stay)."""
+        self.shaper.update(self.shaper.links(), cut=False)
+
+    def set_delay(self, i: int, delay_ms: float, jitter_ms: float = 0.0) -> None:
+        """Delay and jitter on every link into and out of node i."""
+        links = self._links_between([i], range(self.n)) + self._links_between(range(self.n), [i])
+        self.shaper.update(links, delay_ms=delay_ms, jitter_ms=jitter_ms)
+
+    def set_loss(self, i: int, loss: float) -> None:
+        """Packet loss ``loss`` (0..1) on node i's P2P traffic, both directions; 0 clears it."""
+        assert self.net is not None
+        if self.loss_mode == "nft":
+            netns.set_loss(self.net, i, loss, [P2P_PORT, *self.relay_ports])
+        else:
+            links = self._links_between([i], range(self.n)) + self._links_between(
+                range(self.n), [i]
+            )
+            self.shaper.update(links, loss=loss)
+
+    # --- rpc ------------------------------------------------------------------------------
+
+    def rpc_url(self, i: int) -> str:
+        assert self.net is not None
+        return f"http://{self.net.ip(i)}:{RPC_PORT}"
+
+    def rpc(
+        self, i: int, method: str, params: Any = None, timeout_s: float = HTTP_TIMEOUT_S
+    ) -> Any:
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
+        if params is not None:
+            body["params"] = params
+        answer = http_json(self.rpc_url(i), body, timeout_s)
+        if "error" in answer:
+            raise RpcError(answer["error"]["code"], answer["error"]["message"])
+        return answer["result"]
+
+    def rpc_batch(
+        self, i: int, calls: list[tuple[str, Any]], timeout_s: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """One JSON-RPC batch; the raw answers (``result`` or ``error``) in call order."""
+        body = [
+            {"jsonrpc": "2.0", "id": k, "method": m, "params": p} for k, (m, p) in enumerate(calls)
+        ]
+        answers = http_json(self.rpc_url(i), body, timeout_s) if calls else []
+        return sorted(answers, key=lambda a: a["id"])
+
+    def health(self, i: int) -> dict[str, Any]:
+        return dict(http_json(self.rpc_url(i) + "/health", timeout_s=2.0))
+
+    def ready(self, i: int) -> bool:
+        """``/ready`` answered 200 (False on 503 or when unreachable)."""
+        try:
+            with _OPENER.open(self.rpc_url(i) + "/ready", timeout=2.0) as resp:
+                return bool(resp.status == 200)
+        except urllib.error.HTTPError:
+            return False
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def status(self, i: int) -> dict[str, Any] | None:
+        """node_status, or None when the node does not answer."""
+        try:
+            return dict(self.rpc(i, "node_status", timeout_s=2.0))
+        except RPC_ERRORS:
+            return None
+
+    @staticmethod
+    def wait_for(what: str, check: Any, deadline_s: float, every_s: float = 0.1) -> Any:
+        """Poll ``check()`` until truthy; AssertionError naming ``what`` at the deadline."""
+        end = time.monotonic() + deadline_s
+        last: Exception | None = None
+        while time.monotonic() < end:
+            try:
+                value = check()
+                if value:
+                    return value
+            except RPC_ERRORS as exc:
+                last = exc
+            time.sleep(every_s)
+        raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what} ({last})")

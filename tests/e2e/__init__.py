@@ -1,0 +1,1 @@
+"""End-to-end suites that need more than loopback (the network fault lab)."""
