@@ -64,14 +64,9 @@ async def run_committer(node: Node) -> None:
         txs = await node.txs.for_commit(c.seq, c.digest, c.payload)
         applied = await loop.run_in_executor(
             node._write_pool,
-            node.chain.apply,
-            c.seq,
-            c.view,
-            c.digest,
-            c.payload,
-            c.certificate,
+            node.chain.apply_commit,
+            c,
             txs,
-            node.ccfg.primary(c.view),
         )
         node.metrics.storage_write_seconds.observe(applied.write_s)
         after_commit(node, applied, c, time.monotonic() - started)
@@ -117,7 +112,7 @@ def after_commit(node: Node, applied: Any, c: Commit, took_s: float) -> None:
     node._propose_wake.set()
     node._update_pending()
     if node.subscribers:
-        node._publish({"type": "block", **block.header.to_json(), "txs": len(block.txs)})
+        node._publish({"type": "block", **block.header.to_json(c.view), "txs": len(block.txs)})
         for r in execution.receipts:
             node._publish({"type": "tx", "hash": "0x" + r.tx_hash.hex(), "status": r.status})
 
