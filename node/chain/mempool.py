@@ -72,6 +72,10 @@ class Mempool:
     def get(self, tx_hash: bytes) -> Entry | None:
         return self._entries.get(tx_hash)
 
+    def entries(self, limit: int) -> list[Entry]:
+        """Up to ``limit`` entries in arrival order (oldest first)."""
+        return list(itertools.islice(self._entries.values(), limit))
+
     def has_ready(self) -> bool:
         return bool(self._ready)
 

@@ -13,7 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from consensus.api import Commit
+from consensus.api import Applied, Commit
 
 if TYPE_CHECKING:
     from node.host.runtime import Node
@@ -70,6 +70,8 @@ async def run_committer(node: Node) -> None:
         )
         node.metrics.storage_write_seconds.observe(applied.write_s)
         after_commit(node, applied, c, time.monotonic() - started)
+        # The block is durable: the core may now vote the checkpoint of this seq (issue 12).
+        await node.inbox.put(Applied(applied.block.height))
 
 
 def after_commit(node: Node, applied: Any, c: Commit, took_s: float) -> None:
