@@ -262,3 +262,21 @@ def test_readiness_reasons() -> None:
     assert h.update("peers")
     assert not h.update("peers")
     assert h.update(None)
+
+
+def test_txs_behind_a_lost_nonce_expire_as_rejected() -> None:
+    """Issue 11 #3: a sender's nonce 1 was accepted by a node killed before gossiping it; its
+    nonces 2 and 3 waited on every other node forever. They are dropped after the timeout."""
+    from node.chain.mempool import NONCE_GAP_TIMEOUT_S
+
+    pool = _pool()
+    runnable = _tx(1, 0)
+    parked = [_tx(2, 2), _tx(2, 3)]
+    pool.add(runnable, runnable.hash, 0.0)
+    for tx in parked:
+        pool.add(tx, tx.hash, 0.0)
+    assert pool.expire_gaps(NONCE_GAP_TIMEOUT_S - 1) == []
+    expired = pool.expire_gaps(NONCE_GAP_TIMEOUT_S)
+    assert {e.hash for e in expired} == {tx.hash for tx in parked}
+    assert runnable.hash in pool  # its own nonce is next: not parked, kept
+    assert len(pool) == 1

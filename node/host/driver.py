@@ -219,8 +219,19 @@ async def run_status(node: Node) -> None:
         await asyncio.sleep(STATUS_EVERY_S)
         node.p2p.broadcast(status_frame(node))
         check_peers(node)
+        expire_gaps(node)
         node.metrics.set_mempool(txs=len(node.mempool), size_bytes=node.mempool.size_bytes)
         report_readiness(node)
+
+
+def expire_gaps(node: Node) -> None:
+    """Report txs stuck behind a missing nonce as rejected (``nonce_gap``), never pending forever."""
+    expired = node.mempool.expire_gaps(asyncio.get_running_loop().time())
+    for entry in expired:
+        node.txs.dropped(entry.hash, "nonce_gap")
+    if expired:
+        node.metrics.txs_rejected_total.labels(reason="nonce_gap").inc(len(expired))
+        log.warning("txs_expired", extra={"txs": len(expired), "reason": "nonce_gap"})
 
 
 def report_readiness(node: Node) -> None:
