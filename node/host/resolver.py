@@ -60,11 +60,16 @@ class TxResolver:
         # The highest view we entered: a record of an older view arriving late (a validation
         # that finished after the view change) would hold its txs in flight for nothing.
         self._view = 0
+        self._live: frozenset[bytes] | None = None  # uncommitted_hashes(), None when stale
 
     # --- bookkeeping ------------------------------------------------------------------------
 
-    def uncommitted_hashes(self) -> set[bytes]:
-        return {h for _, hashes, _ in self._uncommitted.values() for h in hashes}
+    def uncommitted_hashes(self) -> frozenset[bytes]:
+        """Every tx hash in an uncommitted proposal we know of (cached until records change:
+        admission asks for every batch it admits)."""
+        if self._live is None:
+            self._live = frozenset(h for _, hashes, _ in self._uncommitted.values() for h in hashes)
+        return self._live
 
     def in_flight(self, hashes: Iterable[bytes]) -> list[bytes]:
         """Those of ``hashes`` that sit in an uncommitted proposal of the current view."""
@@ -84,6 +89,7 @@ class TxResolver:
             return False
         hashes = tuple(tx.hash for tx in txs)
         self._uncommitted[seq] = (digest, hashes, view)
+        self._live = None
         self._add(digest, txs, seq)
         self.node.mempool.mark_inflight(hashes)
         return True
@@ -106,6 +112,7 @@ class TxResolver:
         self._view = max(self._view, view)
         dropped = [r for s, r in self._uncommitted.items() if r[2] < view and s > head]
         self._uncommitted = {s: r for s, r in self._uncommitted.items() if r[2] >= view}
+        self._live = None
         for pp in reproposed:
             if pp.seq <= head or pp.digest == NULL_DIGEST or not pp.payload:
                 continue
@@ -114,6 +121,7 @@ class TxResolver:
             except CodecError:
                 continue
             self._uncommitted[pp.seq] = (pp.digest, tuple(hashes), view)
+            self._live = None
         live = self.uncommitted_hashes()
         abandoned: dict[bytes, Transaction] = {}
         for _, hashes, _ in dropped:
@@ -162,6 +170,7 @@ class TxResolver:
         """Forget what ``seq`` (and anything below) needed; True if our record for seq lost."""
         superseded = seq in self._uncommitted and self._uncommitted[seq][0] != digest
         done = [digest] + [self._uncommitted.pop(s)[0] for s in list(self._uncommitted) if s <= seq]
+        self._live = None
         done += [d for d, s in self._seq_of.items() if s <= seq]
         gone: set[bytes] = set()
         for d in done:
