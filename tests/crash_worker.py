@@ -94,12 +94,12 @@ def run(path: str) -> None:
         txs = _txs(store, rng, accounts)
         proposer = height % 4
         if rng.random() < 0.1:
-            block = build_block(None, [], prev, view=height // 7, null_proposer=proposer)
+            block = build_block(None, [], prev)
         else:
             proposal = Proposal(
                 height, proposer, prev.timestamp_ms + 1000, tuple(t.hash for t in txs)
             )
-            block = build_block(proposal, txs, prev, view=height // 7, null_proposer=proposer)
+            block = build_block(proposal, txs, prev)
         ex = execute_block(
             block,
             ADDRS[block.header.proposer],

@@ -10,7 +10,8 @@ from common import codec
 from common.codec import CodecError
 from common.crypto import SigningKey, address_of
 from common.merkle import merkle_root
-from consensus.api import NULL_DIGEST
+from consensus.api import NULL_DIGEST, Commit
+from consensus.certificate import CommitCertificate
 from node.chain.block import (
     Block,
     BlockHeader,
@@ -57,8 +58,8 @@ def _chain():
     g = genesis_header(GENESIS)
     txs = [make_transfer(KEY, "vigil", b"\x01" * 20, i, 1, i) for i in range(3)]
     p1 = Proposal(1, 1, 1_700_000_001_000, tuple(t.hash for t in txs))
-    b1 = build_block(p1, txs, g, view=1, null_proposer=1)
-    b2 = build_block(None, [], b1.header, view=2, null_proposer=2)
+    b1 = build_block(p1, txs, g)
+    b2 = build_block(None, [], b1.header)
     return g, p1, b1, b2
 
 
@@ -73,13 +74,14 @@ def test_block_building_and_round_trip():
     assert b2.header.prev_hash == b1.hash
     assert b2.header.payload_digest == NULL_DIGEST
     assert b2.header.timestamp_ms == b1.header.timestamp_ms
-    assert b2.header.proposer == 2
+    assert b2.header.proposer == b1.header.proposer  # a null block copies its parent's
     assert b2.txs == ()
     assert b2.proposal() is None
     assert Block.decode(b2.encode()) == b2
-    j = b1.header.to_json()
+    j = b1.header.to_json(3)
     assert set(j) >= {"height", "hash", "prev_hash", "tx_root", "view", "proposer", "timestamp"}
     assert j["hash"] == "0x" + b1.hash.hex()
+    assert j["view"] == 3  # the certificate's view, shown beside the header, not hashed
 
 
 def test_block_decode_checks_tx_root():
@@ -92,9 +94,52 @@ def test_block_decode_checks_tx_root():
 def test_build_block_refuses_mismatches():
     g, p1, b1, _ = _chain()
     with pytest.raises(ValueError, match="height"):
-        build_block(p1, b1.txs, b1.header, 0, 0)
+        build_block(p1, b1.txs, b1.header)
     with pytest.raises(ValueError, match="tx_hashes"):
-        build_block(p1, b1.txs[:2], g, 0, 0)
+        build_block(p1, b1.txs[:2], g)
+
+
+def test_one_block_hash_per_height_whatever_view_each_replica_committed_in(tmp_path):
+    """Issue 11 #1: node 0 commits seq 1-3 in view 1, node 2 in view 3 after a NEW-VIEW.
+
+    Seq 1 carries txs, seq 2 is a null request (NEW-VIEW gap), seq 3 carries txs again; both
+    nodes run the real chain on LevelDB. The hashes (and every later prev_hash) must agree.
+    """
+    from node.chain.chain import Chain
+    from storage.db import Store
+
+    txs = [make_transfer(KEY, "vigil", b"\x01" * 20, 1, 1, i) for i in range(2)]
+    p1 = Proposal(1, 1, 1_700_000_001_000, (txs[0].hash,))
+    p3 = Proposal(3, 3, 1_700_000_003_000, (txs[1].hash,))
+    heads = []
+    for node, view in ((0, 1), (2, 3)):
+        store = Store(str(tmp_path / f"n{node}"))
+        try:
+            chain = Chain(store, GENESIS)
+            chain.load()
+            commits = [(1, p1.encode(), [txs[0]]), (2, b"", []), (3, p3.encode(), [txs[1]])]
+            for seq, payload, block_txs in commits:
+                digest = codec.sha256(payload) if payload else NULL_DIGEST
+                cert = CommitCertificate(view, seq, digest, ()).encode()  # stored, not hashed
+                chain.apply_commit(Commit(seq, view, digest, payload, cert), block_txs)
+            heads.append([chain.header(h) for h in (1, 2, 3)])
+        finally:
+            store.close()
+    assert [h.hash for h in heads[0] if h] == [h.hash for h in heads[1] if h]
+    null = heads[0][1]
+    assert null is not None
+    assert null.is_null
+    assert (null.proposer, null.timestamp_ms) == (1, 1_700_000_001_000)  # copied from height 1
+
+
+def test_header_encoding_is_version_2_without_view():
+    _, _, b1, _ = _chain()
+    m = codec.decode(b1.header.encode())
+    assert m["version"] == 2
+    assert "view" not in m
+    m["version"] = 1
+    with pytest.raises(CodecError, match="version"):
+        BlockHeader.decode(codec.encode(m))
 
 
 def test_header_matches_certificate():

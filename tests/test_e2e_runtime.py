@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.cluster_util import Load, LocalCluster, wait_for
+from tests.cluster_util import Load, LocalCluster, RpcError, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -107,6 +107,69 @@ def test_garbage_on_p2p_port_is_closed_and_node_serves_on(cluster: LocalCluster)
     wait_for("commit after garbage", lambda: _committed_all(c, 1, hashes), deadline_s=30)
     assert c.height(1) > before
     assert c.health(1)["peers"] == 3
+
+
+def _status_everywhere(c: LocalCluster, tx_hash: str) -> list[str]:
+    out = []
+    for i in range(4):
+        try:
+            out.append(c.tx_status(i, tx_hash))
+        except RpcError:
+            out.append("unknown")
+    return out
+
+
+def test_no_accepted_tx_stranded_gossip_after_reconnect_and_nonce_gap(
+    cluster: LocalCluster,
+) -> None:
+    """Issue 11 #3 on real processes. (a) A tx admitted while a link is down reaches that peer
+    when it reconnects (gossip is not relayed; before, a primary that missed it never proposed
+    it). (b) A tx parked behind a nonce nobody has is reported rejected (``nonce_gap``) on every
+    node within the timeout, instead of staying pending forever.
+    """
+    from node.chain.mempool import NONCE_GAP_TIMEOUT_S
+    from node.chain.tx import make_transfer
+    from node.tools import devnet
+
+    c = cluster
+    key, to = devnet.bench_key(180), c.address(181)
+    second = make_transfer(key, devnet.CHAIN_ID, to, 1, 1, 1).encode()  # nonce 0 comes later
+    c.stop(3)
+    wait_for("node 3 gone from node 1's peers", lambda: c.health(1)["peers"] == 2)
+    [answer] = c.submit(1, [second])
+    assert answer["result"]["status"] == "pending", answer
+    second_hash = answer["result"]["hash"]
+    c.start(3)
+    c.wait_connected(3)
+    wait_for(
+        "the parked tx re-gossiped to the node that was down",
+        lambda: _status_everywhere(c, second_hash) == ["pending"] * 4,
+        deadline_s=15,
+    )
+    first = make_transfer(key, devnet.CHAIN_ID, to, 1, 1, 0).encode()
+    [answer] = c.submit(3, [first])
+    assert answer["result"]["status"] == "pending", answer
+    wait_for(
+        "both committed everywhere",
+        lambda: _status_everywhere(c, second_hash) == ["committed"] * 4,
+        deadline_s=30,
+    )
+    # (b) nonce 7 of another account, whose nonces 0-6 never come: rejected, on every node.
+    gap = make_transfer(devnet.bench_key(182), devnet.CHAIN_ID, to, 1, 1, 7).encode()
+    [answer] = c.submit(0, [gap])
+    gap_hash = answer["result"]["hash"]
+    wait_for(
+        "the gapped tx pending everywhere",
+        lambda: _status_everywhere(c, gap_hash) == ["pending"] * 4,
+        deadline_s=10,
+    )
+    wait_for(
+        "the gapped tx rejected everywhere",
+        lambda: _status_everywhere(c, gap_hash) == ["rejected"] * 4,
+        deadline_s=NONCE_GAP_TIMEOUT_S + 10,
+        every_s=1.0,
+    )
+    assert {c.rpc(i, "tx_get", [gap_hash]).get("reason") for i in range(4)} == {"nonce_gap"}
 
 
 def test_kill_backup_then_primary_view_change_and_catch_up(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ class State:
         self.height += 1
         # execution reads only the txs; the header's height does not matter here
         proposal = Proposal(1, 3, 1000 + self.height, tuple(tx.hash for tx in txs))
-        block = build_block(proposal, txs, None, 0, 3)
+        block = build_block(proposal, txs, None)
         ex = execute_block(block, proposer_address, CHAIN, self.accounts.get, self.anchors.get)
         self.accounts.update(ex.accounts)
         self.anchors.update(ex.anchors)

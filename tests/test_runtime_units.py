@@ -207,6 +207,7 @@ def test_view_change_releases_stale_inflight_records_but_keeps_new_view_ones() -
     from types import SimpleNamespace
 
     from common.codec import sha256
+    from consensus.api import Reproposed
     from node.chain.block import Proposal
     from node.host.resolver import TxResolver
 
@@ -220,7 +221,62 @@ def test_view_change_releases_stale_inflight_records_but_keeps_new_view_ones() -
     r._record(2, b"a" * 32, (stale,), 0)  # our proposal in view 0 that nobody prepared
     assert r.uncommitted_hashes() == {stale.hash}
     payload = Proposal(3, 1, 0, (kept.hash,)).encode()
-    r.on_view_change(1, [(1, b"b" * 32, b"x"), (3, sha256(payload), payload)])
+    r.on_view_change(1, [Reproposed(1, b"b" * 32, b"x"), Reproposed(3, sha256(payload), payload)])
     assert r.uncommitted_hashes() == {kept.hash}  # seq 1 is committed already: ignored
     assert r.lookup(stale.hash) == stale  # bodies stay: an old payload may still commit
     assert marked == [stale.hash]
+
+
+def test_peerwatch_view_apart_when_2f_peers_share_another_view() -> None:
+    """A lone replica in a higher view (issue 11 #2) is apart; so is one left behind."""
+    from node.net.peerwatch import PeerWatch
+
+    w = PeerWatch(1)
+    for peer in (0, 1, 3):
+        w.on_status(peer, 10, 1)
+    assert not w.check(10, 2).view_apart  # two checks in a row: view changes race
+    lag = w.check(10, 2)
+    assert lag.view_apart
+    assert not lag.view_behind  # the peers are *below* us: the old rule never saw it
+    assert not w.check(10, 1).view_apart
+    w.on_status(3, 10, 2)  # split 2/2: 0 and 1 in view 1, 3 with us in view 2
+    w.check(10, 2)
+    assert w.check(10, 2).view_apart  # 2f peers in view 1 agree on a view without us
+
+
+def test_readiness_reasons() -> None:
+    from node.host.health import Health
+    from node.net.peerwatch import Lag
+
+    h = Health(quorum_peers=2, grace_s=1.0)
+    ok = Lag(0, (), False)
+    assert h.not_ready_reason(3, False, ok, 0.0) is None
+    assert h.not_ready_reason(1, False, ok, 0.0) == "peers"
+    assert h.not_ready_reason(3, True, ok, 0.0) == "syncing"
+    assert h.not_ready_reason(3, False, Lag(0, (), False, True), 0.0) == "lone_view"
+    h.on_round(view=2, active=False, now_s=10.0)
+    assert h.not_ready_reason(3, False, ok, 10.5) is None  # a view change takes a moment
+    assert h.not_ready_reason(3, False, ok, 11.5) == "view_change"
+    h.on_round(view=2, active=True, now_s=12.0)
+    assert h.not_ready_reason(3, False, ok, 12.0) is None
+    assert h.update("peers")
+    assert not h.update("peers")
+    assert h.update(None)
+
+
+def test_txs_behind_a_lost_nonce_expire_as_rejected() -> None:
+    """Issue 11 #3: a sender's nonce 1 was accepted by a node killed before gossiping it; its
+    nonces 2 and 3 waited on every other node forever. They are dropped after the timeout."""
+    from node.chain.mempool import NONCE_GAP_TIMEOUT_S
+
+    pool = _pool()
+    runnable = _tx(1, 0)
+    parked = [_tx(2, 2), _tx(2, 3)]
+    pool.add(runnable, runnable.hash, 0.0)
+    for tx in parked:
+        pool.add(tx, tx.hash, 0.0)
+    assert pool.expire_gaps(NONCE_GAP_TIMEOUT_S - 1) == []
+    expired = pool.expire_gaps(NONCE_GAP_TIMEOUT_S)
+    assert {e.hash for e in expired} == {tx.hash for tx in parked}
+    assert runnable.hash in pool  # its own nonce is next: not parked, kept
+    assert len(pool) == 1

@@ -61,6 +61,26 @@ def test_merkle_vector():
     assert merkle_root([]) == _b(v["empty_root"])
 
 
+def test_block_vector():
+    """Block format 2: the hashed header has no view; a null block copies its parent's fields."""
+    from common import codec
+    from node.chain.block import BlockHeader
+
+    v = _load("block.json")
+    for key in ("header", "null_header"):
+        h = v[key]
+        encoded = _b(h["encoded"])
+        assert hashlib.sha256(encoded).digest() == _b(h["hash"])
+        header = BlockHeader.decode(encoded)
+        assert header.encode() == encoded
+        assert codec.decode(encoded) == {
+            k: (_b(x) if isinstance(x, str) else x) for k, x in h["fields"].items()
+        }
+    assert _b(v["header"]["fields"]["prev_hash"]) == _b(v["parent_hash"])
+    assert _b(v["null_header"]["fields"]["prev_hash"]) == _b(v["header"]["hash"])
+    assert hashlib.sha256(_b(v["payload"])).digest() == _b(v["payload_digest"])
+
+
 def test_vector_files_are_up_to_date():
     for name, content in build().items():
         assert _load(name) == content, f"regenerate with scripts/make_vectors: {name}"

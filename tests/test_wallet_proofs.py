@@ -27,8 +27,8 @@ def _fixture(signers: tuple[int, ...] = (0, 1, 3)) -> dict[str, Any]:
     anchor = make_anchor(USER, CHAIN, DIGEST, b"memo", 1, 4)
     txs.insert(2, anchor)
     proposal = Proposal(9, 1, 1_700_000_000_000, tuple(t.hash for t in txs))
-    parent = BlockHeader(8, b"\x07" * 32, b"\x06" * 32, 2, 1, 0, b"\x05" * 32)
-    block = build_block(proposal, txs, parent, view=2, null_proposer=2)
+    parent = BlockHeader(8, b"\x07" * 32, b"\x06" * 32, 1, 0, b"\x05" * 32)
+    block = build_block(proposal, txs, parent)
     digest = proposal.digest
     commits = tuple(
         (i, KEYS[i].sign(domain("commit"), vote_content("commit", 2, 9, digest, i, CHAIN)))
@@ -37,7 +37,7 @@ def _fixture(signers: tuple[int, ...] = (0, 1, 3)) -> dict[str, Any]:
     cert = CommitCertificate(view=2, seq=9, digest=digest, commits=commits)
     hashes = [t.hash for t in txs]
     block_json = {
-        **block.header.to_json(),
+        **block.header.to_json(cert.view),
         "tx_hashes": [to_hex(h) for h in hashes],
         "certificate": cert.to_json(),
     }

@@ -8,6 +8,7 @@ from typing import Any
 
 from common.crypto import SigningKey, address_of, signing_bytes, to_hex
 from common.merkle import merkle_proof, merkle_root
+from node.chain.block import BLOCK_VERSION, BlockHeader, Proposal, build_block
 from node.chain.tx import TX_DOMAIN, Transaction, make_anchor, make_transfer
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
@@ -35,6 +36,43 @@ def vector(name: str, description: str, seed: bytes, tx: Transaction) -> dict[st
     }
 
 
+def header_vector(header: BlockHeader) -> dict[str, Any]:
+    return {
+        "fields": {
+            "version": BLOCK_VERSION,
+            "height": header.height,
+            "prev_hash": to_hex(header.prev_hash),
+            "tx_root": to_hex(header.tx_root),
+            "proposer": header.proposer,
+            "timestamp_ms": header.timestamp_ms,
+            "payload_digest": to_hex(header.payload_digest),
+        },
+        "encoded": to_hex(header.encode()),
+        "hash": to_hex(header.hash),
+    }
+
+
+def block_vector(transfer: Transaction, anchor: Transaction) -> dict[str, Any]:
+    """Block 8 with two txs on a fixed parent, then the null block 9 on top of it."""
+    parent = BlockHeader(7, bytes([7]) * 32, merkle_root([]), 2, 1_700_000_000_000, bytes(32))
+    proposal = Proposal(8, 1, 1_700_000_001_000, (transfer.hash, anchor.hash))
+    block = build_block(proposal, [transfer, anchor], parent)
+    null = build_block(None, [], block.header)
+    return {
+        "name": "block",
+        "description": (
+            f"block format {BLOCK_VERSION}: a block of [transfer, anchor] proposed by validator 1"
+            " at height 8, then a null block at height 9 (proposer and timestamp of its parent);"
+            " no view in the hashed header"
+        ),
+        "parent_hash": to_hex(parent.hash),
+        "payload": to_hex(proposal.encode()),
+        "payload_digest": to_hex(proposal.digest),
+        "header": header_vector(block.header),
+        "null_header": header_vector(null.header),
+    }
+
+
 def build() -> dict[str, dict[str, Any]]:
     key = SigningKey(SEED)
     to = address_of(SigningKey(SEED_TO).public_key)
@@ -55,6 +93,7 @@ def build() -> dict[str, dict[str, Any]]:
         "anchor.json": vector(
             "anchor", "an anchor of SHA-256(empty string), memo 'empty file'", SEED, anchor
         ),
+        "block.json": block_vector(transfer, anchor),
         "merkle.json": {
             "name": "merkle",
             "description": "tree over [transfer hash, anchor hash, 32 zero bytes]; proof of index 2",

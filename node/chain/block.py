@@ -2,7 +2,10 @@
 
 See docs/architecture.md: PBFT orders the encoded ``Proposal`` of each seq; every replica then
 builds the same ``Block`` from it, deriving ``prev_hash`` from its own chain, so ``height == seq``
-and a null request becomes an empty block.
+and a null request becomes an empty block. The hashed header holds only what the replicas agreed
+on: the view a replica committed in belongs to its commit certificate (different honest replicas
+may commit one seq in different views), and a null block copies proposer and timestamp from its
+parent, so every replica derives the same block hash at every height.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ if TYPE_CHECKING:
     from node.chain.genesis import Genesis
 
 HASH_BYTES = 32
+# Version 2: ``view`` left the hashed header (it is the certificate's); null blocks copy their
+# parent's proposer. Version 1 headers (implicit) are refused.
+BLOCK_VERSION = 2
 BLOCK_TXS_MAX = 4096  # hard ceiling of the format; the configured block_txs_max is lower
 # The header of height 0 has this prev_hash; block 1 links to genesis_header(genesis).hash.
 GENESIS_PREV_HASH = b"\x00" * HASH_BYTES
@@ -38,10 +44,10 @@ _PROPOSAL = codec.struct(
     }
 )
 _HEADER_FIELDS: dict[str, codec.Check] = {
+    "version": codec.uint(BLOCK_VERSION),
     "height": codec.uint(),
     "prev_hash": _HASH,
     "tx_root": _HASH,
-    "view": codec.uint(),
     "proposer": codec.uint(),
     "timestamp_ms": codec.uint(),
     "payload_digest": _HASH,
@@ -94,20 +100,21 @@ class Proposal:
 
 @dataclass(frozen=True, slots=True)
 class BlockHeader:
+    """What every replica agreed on at ``height``; the commit view lives in the certificate."""
+
     height: int
     prev_hash: bytes
     tx_root: bytes
-    view: int  # view of the commit certificate
-    proposer: int  # validator index
+    proposer: int  # validator index (a null block copies its parent's)
     timestamp_ms: int
     payload_digest: bytes  # digest of the committed payload; NULL_DIGEST for a null request
 
     def _map(self) -> dict[str, Any]:
         return {
+            "version": BLOCK_VERSION,
             "height": self.height,
             "prev_hash": self.prev_hash,
             "tx_root": self.tx_root,
-            "view": self.view,
             "proposer": self.proposer,
             "timestamp_ms": self.timestamp_ms,
             "payload_digest": self.payload_digest,
@@ -124,7 +131,9 @@ class BlockHeader:
 
     @staticmethod
     def _from_map(m: dict[str, Any]) -> BlockHeader:
-        return BlockHeader(**{k: m[k] for k in _HEADER_FIELDS})
+        if m["version"] != BLOCK_VERSION:
+            raise CodecError(f"header: block version {m['version']}, expected {BLOCK_VERSION}")
+        return BlockHeader(**{k: m[k] for k in _HEADER_FIELDS if k != "version"})
 
     @property
     def hash(self) -> bytes:
@@ -134,14 +143,17 @@ class BlockHeader:
     def is_null(self) -> bool:
         return self.payload_digest == NULL_DIGEST
 
-    def to_json(self) -> dict[str, Any]:
-        """The contract's header shape: height, hash, prev_hash, tx_root, view, proposer, timestamp."""
+    def to_json(self, view: int) -> dict[str, Any]:
+        """The contract's header shape: height, hash, prev_hash, tx_root, view, proposer, timestamp.
+
+        ``view`` is the view of the commit certificate served with the header; it is not hashed.
+        """
         return {
             "height": self.height,
             "hash": to_hex(self.hash),
             "prev_hash": to_hex(self.prev_hash),
             "tx_root": to_hex(self.tx_root),
-            "view": self.view,
+            "view": view,
             "proposer": self.proposer,
             "timestamp": self.timestamp_ms,
             "payload_digest": to_hex(self.payload_digest),
@@ -193,7 +205,6 @@ def genesis_header(genesis: Genesis) -> BlockHeader:
         height=0,
         prev_hash=GENESIS_PREV_HASH,
         tx_root=merkle_root([]),
-        view=0,
         proposer=0,
         timestamp_ms=genesis.timestamp_ms,
         payload_digest=genesis.hash,
@@ -201,17 +212,15 @@ def genesis_header(genesis: Genesis) -> BlockHeader:
 
 
 def build_block(
-    proposal: Proposal | None,
-    txs: Sequence[Transaction],
-    prev: BlockHeader | None,
-    view: int,
-    null_proposer: int,
+    proposal: Proposal | None, txs: Sequence[Transaction], prev: BlockHeader | None
 ) -> Block:
     """The block every replica derives from a committed payload (None = null request).
 
     ``prev`` is the header at height - 1 (``genesis_header(genesis)`` for block 1; None means a
-    bare parent with hash GENESIS_PREV_HASH at timestamp 0, for tests). ``view`` is the view of
-    the commit certificate; ``null_proposer`` is the primary of that view, used for null blocks.
+    bare parent with hash GENESIS_PREV_HASH, proposer 0 and timestamp 0, for tests). The result
+    is a pure function of the agreed payload and the chain below it: nothing local (the view we
+    committed in, the primary of that view, our clock) enters it. A null block copies its
+    parent's proposer and timestamp.
     """
     prev_hash = prev.hash if prev is not None else GENESIS_PREV_HASH
     height = prev.height + 1 if prev is not None else 1
@@ -222,8 +231,7 @@ def build_block(
             height=height,
             prev_hash=prev_hash,
             tx_root=merkle_root([]),
-            view=view,
-            proposer=null_proposer,
+            proposer=prev.proposer if prev is not None else 0,
             timestamp_ms=prev.timestamp_ms if prev is not None else 0,
             payload_digest=NULL_DIGEST,
         )
@@ -237,7 +245,6 @@ def build_block(
         height=height,
         prev_hash=prev_hash,
         tx_root=merkle_root(hashes),
-        view=view,
         proposer=proposal.proposer,
         timestamp_ms=proposal.timestamp_ms,
         payload_digest=proposal.digest,

@@ -13,8 +13,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from consensus.api import NULL_DIGEST
-from node.chain.block import Block, BlockHeader, Proposal, build_block, genesis_header
+from common.codec import CodecError
+from consensus.api import NULL_DIGEST, Commit
+from node.chain.block import (
+    BLOCK_VERSION,
+    Block,
+    BlockHeader,
+    Proposal,
+    build_block,
+    genesis_header,
+)
 from node.chain.genesis import Genesis
 from node.chain.ledger import Account, Execution, execute_block, genesis_accounts
 from node.chain.tx import Transaction
@@ -61,7 +69,14 @@ class Chain:
             raw = self.store.get_block(head[0])
             if raw is None:
                 raise ChainError(f"head block {head[0]} missing")
-            self.head = Block.decode(raw).header
+            try:
+                self.head = Block.decode(raw).header
+            except CodecError as exc:
+                raise ChainError(
+                    f"head block {head[0]} does not decode ({exc.reason}): written by an older "
+                    f"block format? This node writes block version {BLOCK_VERSION}; start it on "
+                    "an empty data directory and let it catch up from its peers"
+                ) from None
 
     # --- state reads (thread safe: plyvel reads) ------------------------------------------
 
@@ -90,26 +105,26 @@ class Chain:
 
     # --- commit ---------------------------------------------------------------------------
 
-    def build(
-        self, seq: int, view: int, payload: bytes, txs: Sequence[Transaction], null_proposer: int
-    ) -> Block:
+    def build(self, seq: int, payload: bytes, txs: Sequence[Transaction]) -> Block:
         if seq != self.head.height + 1:
             raise ChainError(f"commit of seq {seq} on head {self.head.height}")
         proposal = Proposal.decode(payload) if payload else None
-        return build_block(proposal, txs, self.head, view, null_proposer)
+        return build_block(proposal, txs, self.head)
 
     def apply(
         self,
         seq: int,
-        view: int,
         digest: bytes,
         payload: bytes,
         certificate: bytes,
         txs: Sequence[Transaction],
-        null_proposer: int,
     ) -> Applied:
-        """Build, execute and durably write the block of ``seq`` (blocking; worker thread)."""
-        block = self.build(seq, view, payload, txs, null_proposer)
+        """Build, execute and durably write the block of ``seq`` (blocking; worker thread).
+
+        The block depends only on what was agreed (payload, txs, our chain below); the commit
+        view is in ``certificate``, stored beside the block and never hashed into it.
+        """
+        block = self.build(seq, payload, txs)
         if (digest == NULL_DIGEST) != (not payload):
             raise ChainError(f"seq {seq}: payload and digest disagree about a null block")
         proposer = self.genesis.validators[block.header.proposer].address
@@ -131,3 +146,7 @@ class Chain:
         )
         self.head = block.header
         return Applied(block, execution, time.perf_counter() - started)
+
+    def apply_commit(self, commit: Commit, txs: Sequence[Transaction]) -> Applied:
+        """``apply`` for a core ``Commit``: its view goes to the stored certificate only."""
+        return self.apply(commit.seq, commit.digest, commit.payload, commit.certificate, txs)

@@ -28,6 +28,10 @@ from node.errors import (
 )
 
 NONCE_AHEAD_MAX = 1000  # a tx this far ahead of its account is refused rather than parked
+# A tx parked behind a missing nonce this long is dropped (``nonce_gap``): its predecessor was
+# lost (accepted by a node killed before gossiping it) or will never come, and nothing else would
+# ever report it. Gossip to reconnecting peers fills gaps left by partitions well before this.
+NONCE_GAP_TIMEOUT_S = 30.0
 
 ReadAccount = Callable[[bytes], Account | None]
 
@@ -71,6 +75,10 @@ class Mempool:
 
     def get(self, tx_hash: bytes) -> Entry | None:
         return self._entries.get(tx_hash)
+
+    def entries(self, limit: int) -> list[Entry]:
+        """Up to ``limit`` entries in arrival order (oldest first)."""
+        return list(itertools.islice(self._entries.values(), limit))
 
     def has_ready(self) -> bool:
         return bool(self._ready)
@@ -184,6 +192,31 @@ class Mempool:
             # Restore arrival order so FIFO across senders still holds.
             ordered = sorted(self._ready, key=lambda h: self._entries[h].order)
             self._ready = OrderedDict.fromkeys(ordered)
+
+    # --- parked txs -----------------------------------------------------------------------
+
+    def expire_gaps(self, now_s: float, age_s: float = NONCE_GAP_TIMEOUT_S) -> list[Entry]:
+        """Drop txs older than ``age_s`` that wait behind a missing nonce; returns them.
+
+        Cheap when nothing is old: entries are kept in arrival order, so one look at the oldest
+        decides. Only senders with an old entry read their account.
+        """
+        oldest = next(iter(self._entries.values()), None)
+        if oldest is None or now_s - oldest.first_seen_s < age_s:
+            return []
+        senders = {e.sender for e in self._entries.values() if now_s - e.first_seen_s >= age_s}
+        out: list[Entry] = []
+        for sender in senders:
+            pending = self._by_sender.get(sender, {})
+            nonce = self._next_nonce(sender)
+            while nonce in pending:
+                nonce += 1
+            out.extend(
+                e for n, e in pending.items() if n > nonce and now_s - e.first_seen_s >= age_s
+            )
+        for entry in out:
+            self._remove(entry.hash)
+        return out
 
     # --- after a commit -------------------------------------------------------------------
 

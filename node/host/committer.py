@@ -13,7 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from consensus.api import Commit
+from consensus.api import Applied, Commit
 
 if TYPE_CHECKING:
     from node.host.runtime import Node
@@ -64,17 +64,14 @@ async def run_committer(node: Node) -> None:
         txs = await node.txs.for_commit(c.seq, c.digest, c.payload)
         applied = await loop.run_in_executor(
             node._write_pool,
-            node.chain.apply,
-            c.seq,
-            c.view,
-            c.digest,
-            c.payload,
-            c.certificate,
+            node.chain.apply_commit,
+            c,
             txs,
-            node.ccfg.primary(c.view),
         )
         node.metrics.storage_write_seconds.observe(applied.write_s)
         after_commit(node, applied, c, time.monotonic() - started)
+        # The block is durable: the core may now vote the checkpoint of this seq (issue 12).
+        await node.inbox.put(Applied(applied.block.height))
 
 
 def after_commit(node: Node, applied: Any, c: Commit, took_s: float) -> None:
@@ -117,7 +114,7 @@ def after_commit(node: Node, applied: Any, c: Commit, took_s: float) -> None:
     node._propose_wake.set()
     node._update_pending()
     if node.subscribers:
-        node._publish({"type": "block", **block.header.to_json(), "txs": len(block.txs)})
+        node._publish({"type": "block", **block.header.to_json(c.view), "txs": len(block.txs)})
         for r in execution.receipts:
             node._publish({"type": "tx", "hash": "0x" + r.tx_hash.hex(), "status": r.status})
 

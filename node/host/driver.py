@@ -5,9 +5,18 @@ node/host/committer.py). One task owns the replica and is fed by a bounded queue
 re-entered. It drains what is queued, steps each event, then performs the collected actions in
 order with one twist that keeps the rule "a Persist is durable before any later send": all
 Persist records of the round are written in one durable batch first, then sends and the rest
-follow in order. The feeders: a ticker (time and the "pending work" flag), the proposer (our
-proposals when primary), validation tasks (verdicts on the primary's proposals) and the status
-loop (which closes gaps the core cannot see on an idle cluster, node/net/peerwatch.py).
+follow in order. ``perform`` matches every ``Action`` type (``assert_never``): the core tells the
+host everything, including the re-proposed entries of a view change (``ViewChanged.reproposed``;
+the host never decodes consensus messages for its own bookkeeping). The feeders: a ticker (time
+and the "pending work" flag), the proposer (our proposals when primary), validation tasks
+(verdicts on the primary's proposals), the committer (``Applied(seq)`` once a block is durable,
+node/host/committer.py) and the status loop and frames (``PeerStatus`` per peer status frame;
+gaps the core cannot see on an idle cluster, node/net/peerwatch.py; readiness,
+node/host/health.py).
+
+Two host-side stopgaps remain until the core owns them (issue 12): our CHECKPOINT votes are held
+until the block is written (``HOST_HOLDS_CHECKPOINTS``), and the view "nudge" fakes ``Pending``
+to make a stale view time out. Each is one switch or function here to delete.
 """
 
 from __future__ import annotations
@@ -16,20 +25,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from common.codec import CodecError
 from consensus import messages as cmsg
 from consensus.api import (
+    Action,
     Broadcast,
     Commit,
     Dropped,
-    Event,
     FetchBlocks,
+    PeerStatus,
     Pending,
     Persist,
     Propose,
-    Received,
     RequestProposal,
     Send,
     SetTimer,
@@ -47,6 +56,11 @@ log = logging.getLogger("node.host.runtime")  # same logger name: operators grep
 
 ROUND_EVENTS_MAX = 256
 STATUS_EVERY_S = 1.0
+# Until the core sends CHECKPOINT only for seqs it was told are ``Applied`` (issue 12), the host
+# holds our CHECKPOINT votes until the block is written (node/host/committer.py). When the core
+# does it: set False, then delete ``hold_checkpoint``, ``checkpoint_seq`` and ``HeldCheckpoints``.
+HOST_HOLDS_CHECKPOINTS = True
+STATUS_VALUE_MAX = 2**63 - 1
 
 
 # --- the core -------------------------------------------------------------------------------
@@ -61,7 +75,7 @@ async def run_replica(node: Node) -> None:
         events = [await node.inbox.get()]
         while len(events) < ROUND_EVENTS_MAX and not node.inbox.empty():
             events.append(node.inbox.get_nowait())
-        actions = []
+        actions: list[Action] = []
         for ev in events:
             actions.extend(node.replica.step(ev))
         records = [r for a in actions if isinstance(a, Persist) for r in a.records]
@@ -69,13 +83,11 @@ async def run_replica(node: Node) -> None:
             with node.metrics.time_storage_write():
                 await loop.run_in_executor(node.log_pool, node.store.log_write, records)
         for a in actions:
-            if isinstance(a, ViewChanged):
-                entries = new_view_entries(a.view, events, actions, node.ccfg.payload_bytes_max)
-                node.txs.on_view_change(a.view, entries)
             perform(node, a)
+        node.health.on_round(node.replica.view, node.replica.view_active, time.monotonic())
 
 
-def perform(node: Node, a: Any) -> None:
+def perform(node: Node, a: Action) -> None:
     """Carry out one action of the core (its Persist records are already written)."""
     match a:
         case Persist():
@@ -83,10 +95,7 @@ def perform(node: Node, a: Any) -> None:
         case Send(to, data):
             node.p2p.send(to, {"t": "c", "d": data})
         case Broadcast(data):
-            seq = checkpoint_seq(data, node.ccfg.payload_bytes_max)
-            if seq is not None and seq > node.chain_height():
-                node.held_checkpoints.hold(seq, data)  # sent once the block is written
-            else:
+            if not (HOST_HOLDS_CHECKPOINTS and hold_checkpoint(node, data)):
                 node.p2p.broadcast({"t": "c", "d": data})
         case Commit():
             node.commits.put_nowait(a)
@@ -102,14 +111,30 @@ def perform(node: Node, a: Any) -> None:
             task.add_done_callback(_log_failure)
         case FetchBlocks(_, to_seq, peers):
             node.catchup.want(to_seq, peers)
-        case ViewChanged(view, primary):
+        case ViewChanged(view, primary, reproposed):
             log.warning("view_change", extra={"view": view, "primary": primary})
             node.metrics.view_changes_total.inc()
             node.metrics.set_view(view, is_primary=primary == node.index)
             node.proposals.clear()
+            # The NEW-VIEW's PRE-PREPAREs stay in flight; proposals of older views that it did
+            # not re-propose are abandoned: their txs become proposable again (and re-enter
+            # the mempool if they only reached us inside a proposal).
+            abandoned = node.txs.on_view_change(view, reproposed)
+            node.readmit(abandoned)
             node.mempool.set_inflight(node.txs.uncommitted_hashes())
         case Dropped(reason):
             node.metrics.consensus_dropped_total.labels(reason=reason).inc()
+        case _:
+            assert_never(a)
+
+
+def hold_checkpoint(node: Node, data: bytes) -> bool:
+    """Hold our CHECKPOINT vote for a seq whose block is not written yet; True if held."""
+    seq = checkpoint_seq(data, node.ccfg.payload_bytes_max)
+    if seq is None or seq <= node.chain_height():
+        return False
+    node.held_checkpoints.hold(seq, data)  # sent by the committer once the block is written
+    return True
 
 
 # --- feeders --------------------------------------------------------------------------------
@@ -194,8 +219,42 @@ async def run_status(node: Node) -> None:
         await asyncio.sleep(STATUS_EVERY_S)
         node.p2p.broadcast(status_frame(node))
         check_peers(node)
+        expire_gaps(node)
         node.metrics.set_mempool(txs=len(node.mempool), size_bytes=node.mempool.size_bytes)
-        node.metrics.ready.set(1 if node.is_ready() else 0)
+        report_readiness(node)
+
+
+def expire_gaps(node: Node) -> None:
+    """Report txs stuck behind a missing nonce as rejected (``nonce_gap``), never pending forever."""
+    expired = node.mempool.expire_gaps(asyncio.get_running_loop().time())
+    for entry in expired:
+        node.txs.dropped(entry.hash, "nonce_gap")
+    if expired:
+        node.metrics.txs_rejected_total.labels(reason="nonce_gap").inc(len(expired))
+        log.warning("txs_expired", extra={"txs": len(expired), "reason": "nonce_gap"})
+
+
+def report_readiness(node: Node) -> None:
+    """Log readiness changes with their reason (node/host/health.py) and set ``vigil_ready``."""
+    reason = node.not_ready_reason()
+    if node.health.update(reason):
+        assert node.replica is not None
+        fields = {"view": node.replica.view, "height": node.chain_height()}
+        if reason is None:
+            log.info("ready", extra=fields)
+        else:
+            log.warning("not_ready", extra={**fields, "reason": reason})
+    node.metrics.ready.set(1 if reason is None else 0)
+
+
+def on_peer_status(node: Node, sender: int, height: int, view: int) -> None:
+    """A peer's status frame: to the watch, to catch-up, and to the core as ``PeerStatus``."""
+    if not (0 <= height <= STATUS_VALUE_MAX and 0 <= view <= STATUS_VALUE_MAX):
+        return  # garbage from a peer (wire.py checked only the types)
+    node.watch.on_status(sender, height, view)
+    node.catchup.on_status(sender, height, slack=2 * node.cfg.pipeline_depth)
+    with contextlib.suppress(asyncio.QueueFull):  # a hint: the next frame comes in a second
+        node.inbox.put_nowait(PeerStatus(sender, height, view))
 
 
 def check_peers(node: Node) -> None:
@@ -217,29 +276,6 @@ def check_peers(node: Node) -> None:
 
 
 # --- pure helpers ---------------------------------------------------------------------------
-
-
-def new_view_entries(
-    view: int, events: list[Event], actions: list[Any], payload_bytes_max: int
-) -> list[tuple[int, bytes, bytes]]:
-    """The PRE-PREPAREs ``(seq, digest, payload)`` of the NEW-VIEW that made us enter ``view``.
-
-    The core accepts them without a ``Validate``, so the host learns them here: from the round's
-    received messages, or our own broadcast when we are the new primary. Only rounds that change
-    the view pay for this decoding. A hint for the in-flight bookkeeping, not a safety input.
-    """
-    candidates = [e.data for e in events if isinstance(e, Received)]
-    candidates += [a.data for a in actions if isinstance(a, Broadcast)]
-    for data in candidates:
-        if consensus_kind(data) != "newview":
-            continue
-        try:
-            nv = cmsg.decode(data, payload_bytes_max, len(data))
-        except CodecError:
-            continue
-        if isinstance(nv, cmsg.NewView) and nv.view == view:
-            return [(pp.seq, pp.digest, pp.payload) for pp in nv.pre_prepares]
-    return []
 
 
 def checkpoint_seq(data: bytes, payload_bytes_max: int) -> int | None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from common import codec
 from common.codec import CodecError, sha256
-from consensus.api import NULL_DIGEST
+from consensus.api import NULL_DIGEST, Reproposed
 from node.chain.block import BLOCK_TXS_MAX, Proposal
 from node.chain.chain import PROPOSAL_TXS_KEY
 from node.chain.ledger import BlockInvalid, check_block_stateless, check_proposal
@@ -56,38 +57,79 @@ class TxResolver:
         self._seq_of: dict[bytes, int] = {}
         self._by_hash: dict[bytes, Transaction] = {}  # every tx in _resolved
         self.status: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # hash -> status, reason
+        # The highest view we entered: a record of an older view arriving late (a validation
+        # that finished after the view change) would hold its txs in flight for nothing.
+        self._view = 0
+        self._live: frozenset[bytes] | None = None  # uncommitted_hashes(), None when stale
 
     # --- bookkeeping ------------------------------------------------------------------------
 
-    def uncommitted_hashes(self) -> set[bytes]:
-        return {h for _, hashes, _ in self._uncommitted.values() for h in hashes}
+    def uncommitted_hashes(self) -> frozenset[bytes]:
+        """Every tx hash in an uncommitted proposal we know of (cached until records change:
+        admission asks for every batch it admits)."""
+        if self._live is None:
+            self._live = frozenset(h for _, hashes, _ in self._uncommitted.values() for h in hashes)
+        return self._live
 
-    def _record(self, seq: int, digest: bytes, txs: tuple[Transaction, ...], view: int) -> None:
+    def in_flight(self, hashes: Iterable[bytes]) -> list[bytes]:
+        """Those of ``hashes`` that sit in an uncommitted proposal of the current view."""
+        live = self.uncommitted_hashes()
+        return [h for h in hashes if h in live]
+
+    def _record(self, seq: int, digest: bytes, txs: tuple[Transaction, ...], view: int) -> bool:
+        """Note a proposal we made or validated: its txs are in flight. False if stale.
+
+        A record of a view older than the one we are in is dropped (its seq may never commit:
+        a NEW-VIEW re-proposed or null-filled it, and ``on_view_change`` already ran), and so is
+        one that would replace a record of a newer view at the same seq.
+        """
+        known = self._uncommitted.get(seq)
+        if view < self._view or (known is not None and known[2] > view):
+            self._add(digest, txs, seq)  # the bodies may still be needed if it commits
+            return False
         hashes = tuple(tx.hash for tx in txs)
         self._uncommitted[seq] = (digest, hashes, view)
+        self._live = None
         self._add(digest, txs, seq)
         self.node.mempool.mark_inflight(hashes)
+        return True
 
-    def on_view_change(self, view: int, reproposed: list[tuple[int, bytes, bytes]]) -> None:
+    def on_view_change(self, view: int, reproposed: Sequence[Reproposed]) -> list[Transaction]:
         """Entered ``view``: forget in-flight records of older views, keep the NEW-VIEW's.
 
         Records of older views would otherwise hold their txs "in flight" (so a new primary never
         proposes them) and make us refuse the new primary's proposals of the same txs as replays,
         while their seq may never commit: that stalled a cluster after two view changes.
-        ``reproposed`` are the NEW-VIEW's PRE-PREPAREs ``(seq, digest, payload)`` when known;
-        their txs stay in flight, so the new primary's duplicates are still refused.
+        ``reproposed`` are the NEW-VIEW's PRE-PREPAREs (``ViewChanged.reproposed``); their txs
+        stay in flight, so the new primary's duplicates are still refused.
         Tx bodies stay cached by digest: an old-view payload may still commit.
+
+        Returns the txs of the abandoned proposals (older views, not re-proposed): the caller
+        puts back into the mempool those it does not hold, so that whichever node is primary
+        now can propose them (a tx may have reached us only inside a proposal).
         """
         head = self.node.chain_height()
+        self._view = max(self._view, view)
+        dropped = [r for s, r in self._uncommitted.items() if r[2] < view and s > head]
         self._uncommitted = {s: r for s, r in self._uncommitted.items() if r[2] >= view}
-        for seq, digest, payload in reproposed:
-            if seq <= head or digest == NULL_DIGEST or not payload:
+        self._live = None
+        for pp in reproposed:
+            if pp.seq <= head or pp.digest == NULL_DIGEST or not pp.payload:
                 continue
             try:
-                hashes = Proposal.decode(payload).tx_hashes
+                hashes = Proposal.decode(pp.payload).tx_hashes
             except CodecError:
                 continue
-            self._uncommitted[seq] = (digest, tuple(hashes), view)
+            self._uncommitted[pp.seq] = (pp.digest, tuple(hashes), view)
+            self._live = None
+        live = self.uncommitted_hashes()
+        abandoned: dict[bytes, Transaction] = {}
+        for _, hashes, _ in dropped:
+            for h in hashes:
+                tx = self._by_hash.get(h)
+                if tx is not None and h not in live:
+                    abandoned[h] = tx
+        return list(abandoned.values())
 
     async def _persist(self, digest: bytes, txs: tuple[Transaction, ...]) -> None:
         chain = self.node.chain
@@ -114,7 +156,7 @@ class TxResolver:
         """The payload the primary proposes for ``seq`` (txs durable first, then in flight)."""
         p = Proposal(seq, self.node.index, timestamp_ms, tuple(tx.hash for tx in txs))
         payload = p.encode()
-        self._record(seq, sha256(payload), tuple(txs), view)
+        self._record(seq, sha256(payload), tuple(txs), view)  # stale: the core drops it too
         await self._persist(sha256(payload), tuple(txs))
         return payload
 
@@ -128,6 +170,7 @@ class TxResolver:
         """Forget what ``seq`` (and anything below) needed; True if our record for seq lost."""
         superseded = seq in self._uncommitted and self._uncommitted[seq][0] != digest
         done = [digest] + [self._uncommitted.pop(s)[0] for s in list(self._uncommitted) if s <= seq]
+        self._live = None
         done += [d for d, s in self._seq_of.items() if s <= seq]
         gone: set[bytes] = set()
         for d in done:
@@ -206,14 +249,29 @@ class TxResolver:
 
     # --- validation and commit --------------------------------------------------------------
 
+    def _moot(self, view: int, seq: int) -> bool:
+        """Whether a verdict for (view, seq) no longer matters: the seq is already executed
+        here, or we left ``view``. The core ignores such a verdict (or it changes nothing), so it
+        must neither be logged as an invalid proposal nor leave an in-flight record behind.
+        """
+        return seq <= self.node.chain_height() or view < self._view
+
     async def validate(self, view: int, seq: int, digest: bytes, payload: bytes) -> bool:
-        """The Verdict for a proposed payload (docs/architecture.md, execution rule)."""
+        """The Verdict for a proposed payload (docs/architecture.md, execution rule).
+
+        Resolving txs may wait for a fetch from the primary. Meanwhile the seq may commit here
+        (2f+1 others voted it) and be executed, or a view change may pass: its txs then look
+        "already committed" or the record looks stale. Both used to end as a false
+        ``proposal_invalid reason=replay`` (issue 11): such a verdict is moot and is not logged.
+        """
         node = self.node
         if digest == NULL_DIGEST or not payload:
             return digest == NULL_DIGEST and not payload
         try:
             proposal = check_proposal(payload, seq, node.ccfg.primary(view), node.cfg.block_txs_max)
             txs = await self._resolve(proposal.tx_hashes, proposal.proposer)
+            if self._moot(view, seq):
+                return await self._moot_verdict(seq, digest)
             assert node.chain is not None
             check_block_stateless(
                 proposal,
@@ -228,12 +286,26 @@ class TxResolver:
                 if other != seq and rec_view >= view and mine.intersection(hashes):
                     raise BlockInvalid("replay", f"tx already proposed at seq {other}")
         except BlockInvalid as exc:
-            log.warning("proposal_invalid", extra={"seq": seq, "view": view, "reason": exc.reason})
+            if exc.reason == "replay" and self._moot(view, seq):  # executed here meanwhile
+                return await self._moot_verdict(seq, digest)
+            log.warning(
+                "proposal_invalid",
+                extra={"seq": seq, "view": view, "reason": exc.reason, "detail": exc.detail},
+            )
             return False
         resolved = tuple(tx for tx in txs if tx is not None)
         self._record(seq, digest, resolved, view)
         await self._persist(digest, resolved)
         return True
+
+    async def _moot_verdict(self, seq: int, digest: bytes) -> bool:
+        """Whether ``digest`` is what we executed at ``seq`` (False for a view we left: the
+        core ignores that verdict anyway). Nothing is recorded in flight."""
+        chain = self.node.chain
+        if chain is None or seq > chain.height:
+            return False
+        header = await asyncio.to_thread(chain.header, seq)
+        return header is not None and header.payload_digest == digest
 
     async def for_commit(self, seq: int, digest: bytes, payload: bytes) -> tuple[Transaction, ...]:
         """The txs of a committed payload; fetched from peers until found (they must exist)."""

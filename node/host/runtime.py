@@ -32,10 +32,12 @@ from node.chain.chain import Chain
 from node.chain.genesis import Genesis
 from node.chain.mempool import Mempool
 from node.chain.tx import Transaction
+from node.errors import VigilError
 from node.host.admission import Admission, Screened
 from node.host.committer import HeldCheckpoints, run_committer, wait_head
 from node.host.config import NodeConfig, load_validator_key
 from node.host.driver import (
+    on_peer_status,
     perform,
     run_proposer,
     run_replica,
@@ -44,6 +46,7 @@ from node.host.driver import (
     status_frame,
     update_pending,
 )
+from node.host.health import Health
 from node.host.metrics import Metrics, serve_metrics, watch_loop_lag
 from node.host.resolver import TxResolver
 from node.host.screening import Screening
@@ -57,6 +60,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 INBOX_MAX = 10_000
+REGOSSIP_TXS_MAX = 20_000  # mempool txs sent to a peer that (re)connects
+REGOSSIP_BATCH_TXS = 1000
 
 
 class NodeError(Exception):
@@ -111,6 +116,7 @@ class Node:
         )
         self.gossip = Gossip(self.p2p, n)
         self.watch = PeerWatch(self.ccfg.f)
+        self.health = Health(self.ccfg.quorum - 1)
         self._nudge_until_s = 0.0  # keep "pending" up until then to make a stale view time out
         self._nudge_view = -1
         self.subscribers: list[Any] = []
@@ -167,7 +173,10 @@ class Node:
         self.admission = Admission(
             self.mempool,
             self.gossip,
-            lambda h: self.txs.known(h) or chain.is_committed(h) or screening.known(h),
+            # Not "known to the resolver": a tx we saw only inside a proposal must still enter
+            # our mempool when its gossip arrives, or nobody here could propose it again if
+            # that proposal is abandoned by a view change (issue 11, stranded txs).
+            lambda h: chain.is_committed(h) or screening.known(h),
             self._on_admitted,
             self._on_quarantined,
             self.metrics,
@@ -312,6 +321,10 @@ class Node:
     # --- admission callbacks ----------------------------------------------------------------
 
     def _on_admitted(self, txs: list[Transaction]) -> None:
+        # A tx that already sits in an uncommitted proposal is in flight, not proposable: else
+        # a primary that learns it by gossip after the NEW-VIEW re-proposed it would propose it
+        # a second time, and the backups refuse that block (proposal_invalid reason=replay).
+        self.mempool.mark_inflight(self.txs.in_flight(tx.hash for tx in txs))
         self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
         self._propose_wake.set()
         self._update_pending()
@@ -334,8 +347,7 @@ class Node:
                 self.screening.on_peer_release(frame["txs"])
             self.admission.gossiped(frame["txs"], sender)
         elif kind == "status":
-            self.watch.on_status(sender, frame["height"], frame["view"])
-            self.catchup.on_status(sender, frame["height"], slack=2 * self.cfg.pipeline_depth)
+            on_peer_status(self, sender, frame["height"], frame["view"])
 
     async def _on_request(self, sender: int, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         if kind == "get_txs":
@@ -347,19 +359,60 @@ class Node:
     def _on_peer(self, peer: int, up: bool) -> None:
         if up:
             self.p2p.send(peer, status_frame(self))
+            self._regossip(peer)
         else:
             self.catchup.peer_heights.pop(peer, None)
             self.watch.forget(peer)
 
+    def _regossip(self, peer: int) -> None:
+        """Send a (re)connected peer what our mempool holds: gossip is not relayed, so txs
+        admitted while the link was down (a partition, a restart) would otherwise reach that
+        peer only if we proposed them. A primary lacking them never proposes them, and a
+        sender's later txs wait behind the missing nonce everywhere (issue 11, stranded txs).
+        Bounded; the peer drops what it has already seen without verifying it again.
+        """
+        raws = [e.tx.encode() for e in self.mempool.entries(REGOSSIP_TXS_MAX)]
+        for i in range(0, len(raws), REGOSSIP_BATCH_TXS):
+            self.p2p.send(peer, {"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]})
+
+    def readmit(self, txs: list[Transaction]) -> None:
+        """Txs of proposals a view change abandoned: back into our mempool if missing.
+
+        Their signatures were checked when they reached us. The mempool's own rules apply (a
+        nonce consumed meanwhile, a full mempool): a refused one simply stays out.
+        """
+        chain = self.chain
+        assert chain is not None
+        if not txs:
+            return
+        back: list[Transaction] = []
+        now = asyncio.get_running_loop().time()
+        for tx in txs:
+            h = tx.hash
+            if h in self.mempool or chain.is_committed(h) or self.screening.known(h):
+                continue
+            try:
+                self.mempool.add(tx, h, now)
+            except VigilError:
+                continue
+            self.gossip.seen.add(h)
+            back.append(tx)
+        if back:
+            log.info("txs_readmitted", extra={"txs": len(back)})
+            self._on_admitted(back)
+
     # --- health -----------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        """A quorum of peers, not catching up, not behind the peers' height or view."""
-        quorum_peers = self.ccfg.quorum - 1
-        return (
-            len(self.p2p.peers()) >= quorum_peers
-            and not self.catchup.syncing
-            and not self.watch.last.behind
+        """Whether this node can take part in a quorum now (node/host/health.py)."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        return self.health.not_ready_reason(
+            peers=len(self.p2p.peers()),
+            syncing=self.catchup.syncing,
+            lag=self.watch.last,
+            now_s=time.monotonic(),
         )
 
 

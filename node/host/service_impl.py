@@ -162,11 +162,13 @@ class NodeServiceImpl:
         if block is None:
             raise VigilError(NOT_FOUND, f"no block at height {h}")
         raw_cert = chain.store.get_certificate(h) if h > 0 else None
-        cert = CommitCertificate.decode(raw_cert).to_json() if raw_cert is not None else None
+        decoded = CommitCertificate.decode(raw_cert) if raw_cert is not None else None
+        # The header's view is the view of the certificate this node stores (it is not hashed:
+        # other nodes may hold a certificate of another view for the same block).
         return {
-            **block.header.to_json(),
+            **block.header.to_json(decoded.view if decoded is not None else 0),
             "tx_hashes": [to_hex(x) for x in block.tx_hashes],
-            "certificate": cert,
+            "certificate": decoded.to_json() if decoded is not None else None,
         }
 
     async def block_get(self, height: int | None) -> dict[str, Any]:

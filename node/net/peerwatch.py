@@ -12,6 +12,10 @@ into two signals, checked once per status period:
 * **view behind**: at least f+1 peers report a view above ours on two checks in a row. The
   runtime then stops proposing in its stale view and nudges the core to time out, which sends a
   VIEW-CHANGE; the current primary answers it with its NEW-VIEW.
+* **view apart**: at least 2f peers report one same view other than ours (higher *or lower*) on
+  two checks in a row. Our view then has at most f+1 members and no quorum: we are alone in a
+  view nobody joined (or left behind). ``/ready`` says 503 (node/host/health.py); leaving that
+  view safely is the core's rule, fed by the same status frames as ``PeerStatus`` events.
 
 Peers can lie about their status; the f+1 rule means a single faulty peer cannot trigger either
 signal, and fetched blocks are checked against their commit certificates anyway.
@@ -27,15 +31,25 @@ VIEW_BEHIND_CHECKS = 2  # consecutive checks before an older view counts (view c
 
 @dataclass(frozen=True, slots=True)
 class Lag:
-    """The outcome of one check: fetch up to ``fetch_to`` (0: nothing), view behind or not."""
+    """The outcome of one check: fetch up to ``fetch_to`` (0: nothing), view behind or apart."""
 
     fetch_to: int
     fetch_from: tuple[int, ...]  # peers at or above fetch_to, best first
     view_behind: bool
+    view_apart: bool = False  # 2f peers share a view that is not ours
 
     @property
     def behind(self) -> bool:
         return self.fetch_to > 0 or self.view_behind
+
+
+def common_view(views: Iterable[int], size: int) -> int | None:
+    """The highest view that at least ``size`` of ``views`` report, None when there is none."""
+    counts: dict[int, int] = {}
+    for v in views:
+        counts[v] = counts.get(v, 0) + 1
+    agreed = [v for v, c in counts.items() if c >= size]
+    return max(agreed) if agreed and size > 0 else None
 
 
 def vouched(values: Iterable[int], f: int) -> int:
@@ -51,6 +65,7 @@ class PeerWatch:
         self.views: dict[int, int] = {}
         self._last_head: int | None = None
         self._view_checks = 0
+        self._apart_checks = 0
         self.last = Lag(0, (), False)
 
     def on_status(self, peer: int, height: int, view: int) -> None:
@@ -65,6 +80,11 @@ class PeerWatch:
         """f+1 peers are in a view above ``view`` right now (no persistence required)."""
         return vouched(self.views.values(), self.f) > view
 
+    def apart(self, view: int) -> bool:
+        """2f peers agree on a view other than ``view`` right now (no persistence required)."""
+        common = common_view(self.views.values(), 2 * self.f)
+        return common is not None and common != view
+
     def check(self, head: int, view: int) -> Lag:
         """Call once per status period with our head height and current view."""
         target = vouched(self.heights.values(), self.f)
@@ -77,5 +97,11 @@ class PeerWatch:
             )
         )
         self._view_checks = self._view_checks + 1 if self.higher_view(view) else 0
-        self.last = Lag(fetch_to, peers if stuck else (), self._view_checks >= VIEW_BEHIND_CHECKS)
+        self._apart_checks = self._apart_checks + 1 if self.apart(view) else 0
+        self.last = Lag(
+            fetch_to,
+            peers if stuck else (),
+            self._view_checks >= VIEW_BEHIND_CHECKS,
+            self._apart_checks >= VIEW_BEHIND_CHECKS,
+        )
         return self.last

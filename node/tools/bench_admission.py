@@ -45,7 +45,7 @@ def _history(det: Detector, keys: list[SigningKey], rng: random.Random, blocks: 
             txs.append(make_transfer(keys[i], CHAIN_ID, to, amount, 1, nonces[i]))
             nonces[i] += 1
         t_ms += 1000
-        header = BlockHeader(height, b"\0" * 32, b"\0" * 32, 0, 0, t_ms, b"\0" * 32)
+        header = BlockHeader(height, b"\0" * 32, b"\0" * 32, 0, t_ms, b"\0" * 32)
         det.observe_block(Block(header, tuple(txs)))
         if det.needs_training(height):
             X, seed = det.train_snapshot()
