@@ -11,7 +11,7 @@ import pytest
 
 from node.host.metrics import Metrics, parse_families
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "vigil-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "vigil-dashboard.json"
 PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "heatmap", "table", "bargauge", "text"}
 # What issue 7 asks the dashboard to show, as one metric each panel set must query.
 REQUIRED_METRICS = {

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 
 from node import errors
 from node.api.rpc import bearer_ok, make_rpc_app
-from tests.test_rpc_fake import FakeService
+from tests.unit.api.test_rpc_fake import FakeService
 
 TOKEN = "correct-horse-battery-staple"
 HASH = "0x" + "22" * 32

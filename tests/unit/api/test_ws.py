@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from node import errors
 from node.api.rpc import make_rpc_app
 from node.api.ws import WsConfig
-from tests.test_rpc_fake import FakeService, signed_transfer
+from tests.unit.api.test_rpc_fake import FakeService, signed_transfer
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from common.merkle import merkle_proof, merkle_root, verify_proof
 from node.chain.tx import Transaction, make_anchor, make_transfer
 from tests.vectors_gen import build
 
-VECTORS = Path(__file__).resolve().parent / "vectors"
+VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 
 
 def _load(name):

@@ -18,7 +18,7 @@ from node.chain.ledger import Account, Receipt, execute_block, genesis_accounts
 from storage import Store
 from tests.crash_worker import ADDRS, CHAIN, GENESIS, certificate_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 KILLS = 20
 
 

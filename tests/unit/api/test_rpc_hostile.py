@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from node import errors
 from node.api.rpc import make_rpc_app
-from tests.test_rpc_fake import FakeService, signed_transfer
+from tests.unit.api.test_rpc_fake import FakeService, signed_transfer
 
 STATUS_REQ = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "node_status"}).encode()
 

@@ -16,7 +16,7 @@ from node.api.rpc import make_rpc_app
 from node.chain.tx import Transaction
 from node.tools.keyfile import KeyfileError, load_key, read_keyfile
 from node.tools.wallet import main
-from tests.test_rpc_fake import FakeService
+from tests.unit.api.test_rpc_fake import FakeService
 
 DEAD_RPC = "http://127.0.0.1:9"  # discard port: nothing listens
 

@@ -18,7 +18,7 @@ from node.tools import devnet
 from node.tools.client import Client
 from tests.cluster_util import free_ports, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(config: Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from node import errors
 from node.api.rpc import make_rpc_app
-from tests.test_rpc_fake import FakeService, signed_transfer
+from tests.unit.api.test_rpc_fake import FakeService, signed_transfer
 
 TOKEN = "s3cret-token"
 

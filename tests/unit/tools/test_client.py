@@ -9,8 +9,8 @@ from aiohttp.test_utils import TestServer
 from node import errors
 from node.api.rpc import make_rpc_app
 from node.tools.client import AsyncClient, Client, ClientError, RpcError
-from tests.test_rpc_fake import FakeService, signed_transfer
-from tests.test_wallet_cli import fake_node  # noqa: F401 - pytest fixture
+from tests.unit.api.test_rpc_fake import FakeService, signed_transfer
+from tests.unit.tools.test_wallet_cli import fake_node  # noqa: F401 - pytest fixture
 
 
 async def test_async_client_calls_and_errors() -> None:

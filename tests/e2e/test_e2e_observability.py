@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,14 +21,9 @@ from tests.cluster_util import LocalCluster, RpcError, wait_for
 pytestmark = pytest.mark.e2e
 
 N = 4
+CLUSTER_OPTIONS = {"n": N, "bench_accounts": 64}
 # More than 2 * consensus.pipeline_depth (default 4), so a node that missed them must catch up.
 CATCHUP_BLOCKS = 10
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path_factory.mktemp("obs"), n=N, bench_accounts=64) as c:
-        yield c
 
 
 def scrape(c: LocalCluster, i: int) -> str:

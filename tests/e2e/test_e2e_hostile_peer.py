@@ -27,6 +27,7 @@ from tests.cluster_util import LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
+CLUSTER_OPTIONS = {"n": 4}
 TARGET = 0
 IMPOSTOR = 3
 
@@ -218,12 +219,6 @@ async def _hostile_validator(url: str, genesis: Genesis, key: SigningKey) -> dic
 
 
 CKINDS = ("pre_prepare", "prepare", "commit", "checkpoint", "view_change", "new_view")
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    with LocalCluster(tmp_path_factory.mktemp("hostile"), n=4) as c:
-        yield c
 
 
 def test_strangers_and_an_authenticated_hostile_peer_do_not_hurt_the_node(

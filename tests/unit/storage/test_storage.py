@@ -8,7 +8,7 @@ import pytest
 
 from storage import StorageError, Store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _h(i: int, tag: bytes = b"h") -> bytes:

@@ -15,7 +15,7 @@ from nacl.signing import VerifyKey
 
 from common.crypto import SigningKey, is_strong_public_key, verify, verify_raw
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 CASES = json.loads((ROOT / "tests" / "vectors" / "ed25519_edge.json").read_text())["cases"]
 
 

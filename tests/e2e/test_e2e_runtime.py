@@ -14,6 +14,9 @@ from tests.cluster_util import Load, LocalCluster, RpcError, wait_for
 pytestmark = pytest.mark.e2e
 
 
+CLUSTER_OPTIONS = {"n": 4}
+
+
 def _committed_all(c: LocalCluster, node: int, hashes: list[str]) -> bool:
     for i in range(0, len(hashes), 100):
         chunk = hashes[i : i + 100]
@@ -47,12 +50,6 @@ def _tx_in_chain(c: LocalCluster, node: int, tx_hash: str) -> None:
     assert tx["status"] == "committed"
     block = c.rpc(node, "block_get", [tx["height"]])
     assert block["tx_hashes"][tx["index"]] == tx_hash
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    with LocalCluster(tmp_path_factory.mktemp("e2e"), n=4) as c:
-        yield c
 
 
 def test_four_nodes_commit_500_transfers(cluster: LocalCluster) -> None:
