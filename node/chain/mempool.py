@@ -72,6 +72,10 @@ class Mempool:
     def get(self, tx_hash: bytes) -> Entry | None:
         return self._entries.get(tx_hash)
 
+    def pending_nonces(self, sender: bytes) -> list[int]:
+        """Nonces of ``sender``'s pending txs, ascending (eth_getTransactionCount "pending")."""
+        return sorted(self._by_sender.get(sender, {}))
+
     def has_ready(self) -> bool:
         return bool(self._ready)
 
@@ -97,7 +101,7 @@ class Mempool:
 
     def check(self, tx: Transaction, tx_hash: bytes) -> None:
         """Raise VigilError when ``tx`` cannot enter; the mempool is not changed."""
-        if tx.chain_id != self.chain_id:
+        if not tx.for_chain(self.chain_id):
             raise VigilError(TX_INVALID, f"wrong chain id {tx.chain_id!r}")
         size = tx.size_bytes
         if size > TX_BYTES_MAX:
