@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rlp  # type: ignore[import-untyped]
-from coincurve import PublicKey
+from coincurve import PrivateKey, PublicKey
 from eth_hash.auto import keccak
 from rlp.exceptions import RLPException  # type: ignore[import-untyped]
 
@@ -345,3 +345,28 @@ def raw_hash(data: bytes) -> bytes:
 # list header (0xc0..0xff); the native msgpack map starts with 0x80..0x8f, so they never meet.
 register_format(range(0x00, 0x80), decode_eth, raw_hash)
 register_format(range(0xC0, 0x100), decode_eth, raw_hash)
+
+
+def sign_dynamic_fee(
+    private_key: bytes,
+    chain: int,
+    nonce: int,
+    to: bytes,
+    value_wei: int = 0,
+    data: bytes = b"",
+    gas: int | None = None,
+    max_fee_wei: int = 2 * BASE_FEE_WEI,
+    priority_fee_wei: int = 0,
+) -> bytes:
+    """A signed EIP-1559 (type 2) tx, as a wallet makes it (bench, demo and tests use it)."""
+    fields: list[Any] = [chain, nonce, priority_fee_wei, max_fee_wei]
+    fields += [gas if gas is not None else intrinsic_gas(data), to, value_wei, data, []]
+    unsigned = bytes([DYNAMIC_FEE]) + rlp.encode(fields)
+    sig = PrivateKey(private_key).sign_recoverable(keccak(unsigned), hasher=None)
+    r, s, parity = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
+    return bytes([DYNAMIC_FEE]) + rlp.encode([*fields, parity, r, s])
+
+
+def eth_address(private_key: bytes) -> bytes:
+    """The 20-byte address of a secp256k1 key: Keccak-256 of the public key, last 20 bytes."""
+    return keccak(PrivateKey(private_key).public_key.format(compressed=False)[1:])[12:]
