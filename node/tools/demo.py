@@ -186,7 +186,5 @@ def _run(cluster: Cluster) -> int:
     print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print("review with the admin token: quarantine_list, quarantine_release, quarantine_reject")
 
-    funder = senders[0]
-
     run_eth_part(url, eth_key, senders[1].address)
     return 0
