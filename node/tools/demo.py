@@ -110,7 +110,10 @@ def _run(cluster: Cluster) -> int:
         return str(_call(url, "tx_get", [h])["status"]) == "committed"
 
     def fund(address: bytes, units: int) -> str:
-        return str(submit([senders[0].transfer(address, units)])[0].get("hash"))
+        answer = submit([senders[0].transfer(address, units)])[0]
+        if "hash" not in answer:
+            raise DemoError(f"funding the Ethereum account: {answer.get('error')}")
+        return str(answer["hash"])
 
     eth_key = fund_eth_account(url, fund)  # for the Ethereum-wallet part at the end
     status = _call(url, "detector_status")
