@@ -9,6 +9,7 @@ from typing import Any
 from common.crypto import SigningKey, address_of, signing_bytes, to_hex
 from common.merkle import merkle_proof, merkle_root
 from node.chain.block import BLOCK_VERSION, BlockHeader, Proposal, build_block
+from node.chain.ethtx import ANCHOR_ADDRESS, decode_eth, eth_chain_id, sign_dynamic_fee
 from node.chain.tx import TX_DOMAIN, Transaction, make_anchor, make_transfer
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
@@ -73,6 +74,52 @@ def block_vector(transfer: Transaction, anchor: Transaction) -> dict[str, Any]:
     }
 
 
+# The private key of the EIP-155 example (0x46 repeated): its address is well known.
+ETH_KEY = bytes([0x46]) * 32
+
+
+def eth_vector(name: str, description: str, raw: bytes) -> dict[str, Any]:
+    tx = decode_eth(raw)
+    assert tx.verify_signature()
+    return {
+        "name": name,
+        "description": description,
+        "private_key": to_hex(ETH_KEY),
+        "address": to_hex(tx.sender_address),
+        "chain_id_text": "vigil-testnet",
+        "eth_chain_id": tx.eth_chain,
+        "kind": tx.kind,
+        "nonce": tx.nonce,
+        "to": to_hex(tx.eth_to),
+        "value_wei": str(tx.value_wei),
+        "data": to_hex(tx.data),
+        "gas": tx.gas_limit,
+        "max_fee_per_gas": tx.gas_price_wei,
+        "max_priority_fee_per_gas": tx.priority_fee_wei,
+        "amount_units": tx.amount,
+        "fee_units": tx.fee,
+        "signing_hash": to_hex(tx.signing_hash),
+        "raw": to_hex(raw),
+        "hash": to_hex(tx.hash),
+    }
+
+
+def build_eth() -> dict[str, dict[str, Any]]:
+    chain = eth_chain_id("vigil-testnet")
+    to = bytes([0x35]) * 20
+    transfer = sign_dynamic_fee(ETH_KEY, chain, 9, to, 10**18)
+    digest = bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    anchor = sign_dynamic_fee(ETH_KEY, chain, 10, ANCHOR_ADDRESS, 0, digest + b"empty file")
+    return {
+        "eth_transfer.json": eth_vector(
+            "eth_transfer", "EIP-1559 transfer of 1 coin (10^18 wei), nonce 9", transfer
+        ),
+        "eth_anchor.json": eth_vector(
+            "eth_anchor", "EIP-1559 anchor of SHA-256(empty string), memo 'empty file'", anchor
+        ),
+    }
+
+
 def build() -> dict[str, dict[str, Any]]:
     key = SigningKey(SEED)
     to = address_of(SigningKey(SEED_TO).public_key)
@@ -108,7 +155,7 @@ def build() -> dict[str, dict[str, Any]]:
 
 def main() -> None:
     VECTORS.mkdir(exist_ok=True)
-    for name, content in build().items():
+    for name, content in {**build(), **build_eth()}.items():
         (VECTORS / name).write_text(json.dumps(content, indent=2) + "\n")
         print(f"wrote tests/vectors/{name}")
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node.api.eth import ETH_METHODS
 from node.api.params import METHODS, bind_params, error_obj, parse_json, response
 from node.api.service import NodeService
 from node.api.ws import WsConfig, WsHub
@@ -122,7 +123,7 @@ async def _call_one(state: RpcState, req: Any, authorized: bool) -> str | None:
         return response(
             id_, error=error_obj(INVALID_REQUEST, "params must be an array or an object")
         )
-    method = METHODS.get(name)
+    method = METHODS.get(name) or ETH_METHODS.get(name)
     label = name if method is not None else "unknown"
     error: dict[str, Any] | None = None
     result: Any = None

@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from node.api.params import HASH_BYTES, hex_bytes, parse_json, response
+from node.api import ethjson
+from node.api.eth import ETH_METHODS, LogFilter
+from node.api.params import HASH_BYTES, bind_params, hex_bytes, parse_json, response
 from node.api.service import Event, NodeService
 from node.errors import (
     INTERNAL_ERROR,
@@ -48,8 +51,12 @@ class WsConfig:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    topic: str  # "blocks" or "tx"
+    topic: str  # "blocks" or "tx"; eth_subscribe's "newHeads" or "logs"
     tx_hash: str | None  # lower-case 0x hex for topic "tx"
+    log_filter: LogFilter | None = None  # for "logs"
+
+
+ETH_TOPICS = ("newHeads", "logs")
 
 
 class _Connection:
@@ -63,6 +70,8 @@ class _Connection:
         self.subs: dict[str, Subscription] = {}
         self.next_id = 1
         self.closing: asyncio.Task[None] | None = None
+        # Heights of committed blocks for eth_subscribe subscribers, read off the loop in order.
+        self.eth_heights: asyncio.Queue[int] = asyncio.Queue(maxsize=self.cfg.queue_max)
 
     # --- outgoing ---
 
@@ -72,6 +81,10 @@ class _Connection:
         try:
             self.queue.put_nowait(text)
         except asyncio.QueueFull:
+            self.too_slow()
+
+    def too_slow(self) -> None:
+        if self.closing is None:
             reason = f"subscriber too slow: {self.cfg.queue_max} messages queued"
             log.info("ws_slow_consumer_closed", extra={"queue_max": self.cfg.queue_max})
             self.closing = asyncio.get_running_loop().create_task(
@@ -81,6 +94,12 @@ class _Connection:
     def on_event(self, event: Event) -> None:
         """Service callback: runs on the loop and must not block."""
         kind = event.get("type")
+        height = event.get("height")
+        if kind == "block" and isinstance(height, int) and self._has_eth_subs():
+            try:
+                self.eth_heights.put_nowait(height)
+            except asyncio.QueueFull:
+                self.too_slow()
         for sub_id, sub in self.subs.items():
             if (kind == "block" and sub.topic == "blocks") or (
                 kind == "tx"
@@ -88,6 +107,36 @@ class _Connection:
                 and str(event.get("hash", "")).lower() == sub.tx_hash
             ):
                 self.push(_notification(sub_id, event))
+
+    def _has_eth_subs(self) -> bool:
+        return any(sub.topic in ETH_TOPICS for sub in self.subs.values())
+
+    async def eth_feed_loop(self) -> None:
+        """newHeads and logs notifications, one committed block at a time, in height order."""
+        backend = getattr(self.hub.service, "eth", None)
+        while True:
+            height = await self.eth_heights.get()
+            if backend is None or not self._has_eth_subs():
+                continue
+            view = await backend.block(height)
+            if view is None:
+                continue
+            logs = ethjson.block_logs(view.block, view.receipts)
+            head: dict[str, Any] | None = None
+            for sub_id, sub in list(self.subs.items()):
+                if sub.topic == "newHeads":
+                    if head is None:
+                        chain = 0  # newHeads carries no transactions: the chain id is unused
+                        head = ethjson.block_object(
+                            view.block, view.receipts, view.miner, chain, False
+                        )
+                        head.pop("transactions", None)
+                        head.pop("uncles", None)
+                    self.push(_eth_notification(sub_id, head))
+                elif sub.topic == "logs" and sub.log_filter is not None:
+                    for entry in logs:
+                        if sub.log_filter.matches(entry):
+                            self.push(_eth_notification(sub_id, entry))
 
     async def write_loop(self) -> None:
         while True:
@@ -146,7 +195,32 @@ class _Connection:
             return self._subscribe(params)
         if method == "unsubscribe":
             return self._unsubscribe(params)
+        if method == "eth_subscribe":
+            return self._eth_subscribe(params)
+        if method == "eth_unsubscribe":
+            return self._unsubscribe(params)
+        eth = ETH_METHODS.get(method) if isinstance(method, str) else None
+        if eth is not None:  # ethers' WebSocketProvider sends every call over the socket
+            return await eth.call(self.hub.service, bind_params(eth, params))
         raise VigilError(METHOD_NOT_FOUND, "method not found (use subscribe or unsubscribe)")
+
+    def _eth_subscribe(self, params: Any) -> str:
+        if not isinstance(params, list) or not params or params[0] not in ETH_TOPICS:
+            raise VigilError(INVALID_PARAMS, 'expected ["newHeads"] or ["logs", filter]')
+        if params[0] == "logs":
+            obj = params[1] if len(params) > 1 else {}
+            if not isinstance(obj, dict):
+                raise VigilError(INVALID_PARAMS, "logs: expected a filter object")
+            sub = Subscription("logs", None, LogFilter.parse(obj))
+        else:
+            sub = Subscription("newHeads", None)
+        if len(self.subs) >= self.cfg.subscriptions_max:
+            raise VigilError(
+                OVERLOADED, f"at most {self.cfg.subscriptions_max} subscriptions per connection"
+            )
+        sub_id = "0x" + secrets.token_hex(16)
+        self.subs[sub_id] = sub
+        return sub_id
 
     def _subscribe(self, params: Any) -> str:
         if isinstance(params, list):
@@ -194,6 +268,13 @@ class _Connection:
         self.push(_notification(sub_id, event))
 
 
+def _eth_notification(sub_id: str, result: Any) -> str:
+    params = {"subscription": sub_id, "result": result}
+    return json.dumps(
+        {"jsonrpc": "2.0", "method": "eth_subscription", "params": params}, separators=(",", ":")
+    )
+
+
 def _notification(sub_id: str, event: Event) -> str:
     params = {"subscription": sub_id, "result": event}
     return json.dumps(
@@ -226,6 +307,7 @@ class WsHub:
             self.transports[id(ws)] = request.transport
         unsubscribe = self.service.subscribe(conn.on_event)
         writer = asyncio.get_running_loop().create_task(conn.write_loop())
+        feeder = asyncio.get_running_loop().create_task(conn.eth_feed_loop())
         try:
             async for msg in ws:
                 if conn.closing is not None:
@@ -238,8 +320,11 @@ class WsHub:
         finally:
             unsubscribe()
             writer.cancel()
+            feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feeder
             if conn.closing is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await conn.closing

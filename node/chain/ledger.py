@@ -139,7 +139,7 @@ def _apply(
 ) -> str:
     # Stateless checks already rejected such a block; kept so execution alone never
     # moves money on another chain's transaction.
-    if tx.chain_id != chain_id:
+    if not tx.for_chain(chain_id):
         return WRONG_CHAIN_ID
     sender_address = tx.sender_address
     sender = account(sender_address)
@@ -205,7 +205,7 @@ def check_block_stateless(
             raise BlockInvalid("missing_tx", "0x" + expected.hex())
         if tx.hash != expected:
             raise BlockInvalid("tx_mismatch", "0x" + expected.hex())
-        if tx.chain_id != chain_id:
+        if not tx.for_chain(chain_id):
             raise BlockInvalid("wrong_chain_id", "0x" + expected.hex())
         if verify_signatures and not tx.verify_signature():
             raise BlockInvalid("bad_signature", "0x" + expected.hex())

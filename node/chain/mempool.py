@@ -80,6 +80,10 @@ class Mempool:
         """Up to ``limit`` entries in arrival order (oldest first)."""
         return list(itertools.islice(self._entries.values(), limit))
 
+    def pending_nonces(self, sender: bytes) -> list[int]:
+        """Nonces of ``sender``'s pending txs, ascending (eth_getTransactionCount "pending")."""
+        return sorted(self._by_sender.get(sender, {}))
+
     def has_ready(self) -> bool:
         return bool(self._ready)
 
@@ -105,7 +109,7 @@ class Mempool:
 
     def check(self, tx: Transaction, tx_hash: bytes) -> None:
         """Raise VigilError when ``tx`` cannot enter; the mempool is not changed."""
-        if tx.chain_id != self.chain_id:
+        if not tx.for_chain(self.chain_id):
             raise VigilError(TX_INVALID, f"wrong chain id {tx.chain_id!r}")
         size = tx.size_bytes
         if size > TX_BYTES_MAX:

@@ -7,6 +7,7 @@ it); this module is the reference implementation and tests/vectors/ pins it byte
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,6 +33,27 @@ _CHAIN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 class TxError(CodecError):
     """A transaction value that cannot exist (wrong kind fields, bad sizes): a CodecError too."""
+
+
+# Other wire formats, by first byte: (decode, hash). node/chain/ethtx.py registers Ethereum's
+# envelopes (node/chain/__init__.py imports it); a native tx always starts with 0x88.
+_FORMATS: dict[int, tuple[Callable[[bytes], Transaction], Callable[[bytes], bytes]]] = {}
+
+
+def register_format(
+    first_bytes: Iterable[int],
+    decode: Callable[[bytes], Transaction],
+    hash_raw: Callable[[bytes], bytes],
+) -> None:
+    for b in first_bytes:
+        assert b not in range(0x80, 0x90), "0x80..0x8f start a native (msgpack map) transaction"
+        _FORMATS[b] = (decode, hash_raw)
+
+
+def tx_hash_of(raw: bytes) -> bytes:
+    """The hash of a signed tx from its raw bytes, whatever its format (no decoding)."""
+    fmt = _FORMATS.get(raw[0]) if raw else None
+    return fmt[1](raw) if fmt is not None else codec.sha256(raw)
 
 
 def _chain_id(v: Any, name: str) -> str:
@@ -133,6 +155,9 @@ class Transaction:
     @staticmethod
     def decode(data: bytes) -> Transaction:
         """Parse canonical signed bytes; anything malformed raises CodecError (never another)."""
+        fmt = _FORMATS.get(data[0]) if data else None
+        if fmt is not None:
+            return fmt[0](data)
         value = codec.decode(data, max_bytes=TX_BYTES_MAX)
         if not isinstance(value, dict):
             raise CodecError("transaction: expected map")
@@ -183,6 +208,10 @@ class Transaction:
         except CodecError:
             return False
         return verify(self.sender, TX_DOMAIN, message, self.signature)
+
+    def for_chain(self, chain_id: str) -> bool:
+        """Whether this tx was signed for the chain named ``chain_id`` (replay protection)."""
+        return self.chain_id == chain_id
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly fields: 0x hex for bytes, integers as integers, plus hash and from."""

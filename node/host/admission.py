@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from common.codec import CodecError, sha256
+from common.codec import CodecError
 from node.chain.mempool import Mempool
-from node.chain.tx import TX_BYTES_MAX, Transaction
+from node.chain.tx import TX_BYTES_MAX, Transaction, tx_hash_of
 from node.errors import OVERLOADED, TX_DUPLICATE, TX_INVALID, VigilError
 from node.net.gossip import Gossip
 
@@ -119,7 +119,7 @@ class Admission:
         for raw in raws:
             if not isinstance(raw, bytes) or len(raw) > TX_BYTES_MAX:
                 continue
-            h = sha256(raw)
+            h = tx_hash_of(raw)
             if h in seen:
                 continue
             try:
@@ -152,7 +152,7 @@ class Admission:
         # Cheap dedup first so replayed gossip and resubmissions skip signature checks.
         fresh: list[tuple[_Item, bytes]] = []
         for it in items:
-            h = sha256(it.raw)
+            h = tx_hash_of(it.raw)
             if h in self.mempool or self._is_committed(h):
                 self._fail(it, TX_DUPLICATE, "transaction already known", "tx_duplicate")
                 continue

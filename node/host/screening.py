@@ -30,10 +30,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from common.codec import CodecError, sha256
+from common.codec import CodecError
 from common.crypto import to_hex
 from node.chain.ledger import Receipt
-from node.chain.tx import Transaction
+from node.chain.tx import Transaction, tx_hash_of
 from node.detect import quarantine as qmod
 from node.detect.detector import Detector, DetectorConfig, Verdict
 from node.detect.quarantine import Held, Persist, Quarantine
@@ -287,7 +287,7 @@ class Screening:
         for raw in raws:
             if not isinstance(raw, bytes):
                 continue
-            h = sha256(raw)
+            h = tx_hash_of(raw)
             held = self.quarantine.get(h)
             if held is not None and self._releaser is not None:
                 try:

@@ -18,6 +18,7 @@ from node import VERSION
 from node.api.service import Event
 from node.chain.ledger import Receipt
 from node.errors import NOT_FOUND, NOT_READY, VigilError
+from node.host.eth_backend import EthBackendImpl
 
 if TYPE_CHECKING:
     from node.chain.chain import Chain
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
 class NodeServiceImpl:
     def __init__(self, node: Node) -> None:
         self.node = node
+        # What the Ethereum JSON-RPC face (node/api/eth.py) reads.
+        self.eth = EthBackendImpl(
+            chain=lambda: node.chain,
+            genesis=node.genesis,
+            pending_nonces=lambda a: node.mempool.pending_nonces(a),
+            pending_tx=lambda h: e.tx if (e := node.mempool.get(h)) is not None else None,
+            held_tx=lambda h: x.tx if (x := node.screening.quarantine.get(h)) is not None else None,
+            submit=lambda raw: node.admission.submit(raw),
+            syncing=lambda: bool(node.catchup.syncing),
+        )
 
     @property
     def _chain(self) -> Chain:

@@ -5,7 +5,8 @@ funded bench accounts of node/tools/devnet.py, round-robin over the nodes in JSO
 ``--rate R`` batches leave on an open-loop schedule (R tx/s whatever the answers); with
 ``--rate max`` each client sends its next batch as soon as the previous one is answered. Commits
 are tracked per tx by watching blocks (``block_get``) from one node: latency = submit to the
-first time the client sees the tx in a committed block.
+first time the client sees the tx in a committed block. ``--eth-share 0.5`` makes half of the
+transfers Ethereum-signed (type 2, secp256k1) from accounts funded by native transfers first.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from typing import Any
 import aiohttp
 
 from common.crypto import address_of
-from node.chain.tx import make_transfer
+from node.chain.ethtx import WEI_PER_UNIT, eth_address, eth_chain_id, sign_dynamic_fee
+from node.chain.tx import make_transfer, tx_hash_of
 from node.tools import devnet
 from node.tools.client import AsyncClient, Client, ClientError, RpcError
-from node.tools.devnet import Cluster
+from node.tools.devnet import Cluster, bench_eth_key
 
 BATCH = 100
+ETH_FUND_UNITS = 10**9  # what each Ethereum bench account gets (1 coin: ~47000 txs of fees)
 DRAIN_S = 15.0
 DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault drills under load)
 
@@ -89,7 +92,8 @@ class Bench:
             rate = None if args.rate == "max" else float(args.rate)
             count = int((rate or 3000) * args.duration * (1.0 if rate else 1.5)) + BATCH
             nonces = await self._any(s, lambda i: _start_nonces(s, c.rpc_url(i), accounts))
-            txs = await asyncio.to_thread(self._presign, accounts, count, nonces)
+            eth_nonces = await self._fund_eth(s, nonces)
+            txs = await asyncio.to_thread(self._presign, accounts - 1, count, nonces, eth_nonces)
             start_h = (await self._any(s, lambda i: self._call(s, i, "node_status")))["height"]
             watcher = asyncio.create_task(self._watch(s, start_h))
             t0 = time.monotonic()
@@ -128,16 +132,53 @@ class Bench:
             "errors": self.errors,
         }
 
-    def _presign(self, accounts: int, count: int, nonces: list[int]) -> list[tuple[str, str]]:
+    def _presign(
+        self, accounts: int, count: int, nonces: list[int], eth_nonces: list[int]
+    ) -> list[tuple[str, str]]:
+        """Transfers round-robin over the accounts; every 1/eth_share-th one is Ethereum-signed."""
         keys = [devnet.bench_key(k) for k in range(accounts)]
         addrs = [address_of(k.public_key) for k in keys]
+        eth_keys = [bench_eth_key(k) for k in range(len(eth_nonces))]
+        chain = eth_chain_id(devnet.CHAIN_ID)
+        share = self.args.eth_share
         out = []
         for j in range(count):
+            if eth_keys and int((j + 1) * share) > int(j * share):
+                e = j % len(eth_keys)
+                raw = sign_dynamic_fee(
+                    eth_keys[e], chain, eth_nonces[e], addrs[e % accounts], WEI_PER_UNIT
+                )
+                eth_nonces[e] += 1
+                out.append(("0x" + raw.hex(), "0x" + tx_hash_of(raw).hex()))
+                continue
             k = j % accounts
             tx = make_transfer(keys[k], devnet.CHAIN_ID, addrs[(k + 1) % accounts], 1, 1, nonces[k])
             nonces[k] += 1
             out.append(("0x" + tx.encode().hex(), "0x" + tx.hash.hex()))
         return out
+
+    async def _fund_eth(self, s: aiohttp.ClientSession, nonces: list[int]) -> list[int]:
+        """Ethereum bench accounts: funded once by native transfers; returns their nonces."""
+        if self.args.eth_share <= 0:
+            return []
+        count = max(1, self.args.eth_accounts)
+        addrs = [eth_address(bench_eth_key(e)) for e in range(count)]
+        client = AsyncClient(self.c.rpc_url(0), session=s)
+        infos = [await client.call("account_get", ["0x" + a.hex()]) for a in addrs]
+        key = devnet.bench_key(len(nonces) - 1)  # the last native bench account pays
+        pending = []
+        for a, info in zip(addrs, infos, strict=True):
+            if int(info["balance"]) < ETH_FUND_UNITS // 2:
+                tx = make_transfer(key, devnet.CHAIN_ID, a, ETH_FUND_UNITS, 1, nonces[-1])
+                nonces[-1] += 1
+                pending.append((await client.call("tx_submit", ["0x" + tx.encode().hex()]))["hash"])
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            status = (await client.call("tx_get", [pending[-1]]))["status"]
+            if status == "committed":
+                break
+            await asyncio.sleep(0.1)
+        return [int(i["nonce"]) for i in infos]
 
     async def _call(
         self, s: aiohttp.ClientSession, node: int, method: str, params: Any = None
@@ -238,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--spawn", type=int, default=0, help="start N nodes in a temp dir")
+    parser.add_argument(
+        "--eth-share", type=float, default=0.0, help="share of Ethereum-signed txs, 0..1"
+    )
+    parser.add_argument("--eth-accounts", type=int, default=200, help="Ethereum bench accounts")
     args = parser.parse_args(argv)
     if args.rate != "max":
         try:

@@ -6,6 +6,7 @@ the detector is warm, then a few clearly abnormal ones (a huge amount, a burst t
 addresses, a drained account) and a few more ordinary ones. It prints what was committed and
 what was quarantined, with the detector's score, threshold and reasons. Quarantined txs stay
 for the operator (``quarantine_list`` / ``quarantine_release`` / ``quarantine_reject``).
+Then an Ethereum wallet's part (node/tools/demo_eth.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from common.crypto import SigningKey, address_of
 from node.chain.tx import make_transfer
 from node.tools import devnet
 from node.tools.client import Client, ClientError, RpcError
+from node.tools.demo_eth import fund_eth_account, run_eth_part
 from node.tools.devnet import Cluster
 
 BENCH_SENDERS = 40
@@ -107,6 +109,13 @@ def _run(cluster: Cluster) -> int:
     def committed(h: str) -> bool:
         return str(_call(url, "tx_get", [h])["status"]) == "committed"
 
+    def fund(address: bytes, units: int) -> str:
+        answer = submit([senders[0].transfer(address, units)])[0]
+        if "hash" not in answer:
+            raise DemoError(f"funding the Ethereum account: {answer.get('error')}")
+        return str(answer["hash"])
+
+    eth_key = fund_eth_account(url, fund)  # for the Ethereum-wallet part at the end
     status = _call(url, "detector_status")
     print(f"primary: node {primary}; detector warm: {status['warm']}")
     sent = 0
@@ -179,4 +188,6 @@ def _run(cluster: Cluster) -> int:
     print()
     print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print("review with the admin token: quarantine_list, quarantine_release, quarantine_reject")
+
+    run_eth_part(url, eth_key, senders[1].address)
     return 0

@@ -44,6 +44,11 @@ def bench_key(k: int) -> SigningKey:
     return SigningKey(hashlib.sha256(f"vigil-bench-account-{k}".encode()).digest())
 
 
+def bench_eth_key(k: int) -> bytes:
+    """A public secp256k1 key for Ethereum-signed bench load (a local test network only)."""
+    return hashlib.sha256(f"vigil-bench-eth-account-{k}".encode()).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class Ports:
     p2p: int

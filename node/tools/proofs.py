@@ -141,20 +141,15 @@ def verify_tx_inclusion(
 
 
 def verify_anchor_tx(tx_json: dict[str, Any], tx_hash: bytes, digest: bytes) -> Transaction:
-    """Rebuild a tx from tx_get JSON; it must hash to ``tx_hash`` and anchor ``digest``."""
+    """Rebuild a tx from tx_get JSON; it must hash to ``tx_hash`` and anchor ``digest``.
+
+    An Ethereum-format tx (``format: ethereum``) is rebuilt from its ``raw`` signed bytes.
+    """
     try:
-        tx = Transaction(
-            kind=str(tx_json.get("kind")),
-            chain_id=str(tx_json.get("chain_id")),
-            sender=_hex(tx_json.get("sender"), "tx.sender"),
-            nonce=_int(tx_json.get("nonce"), "tx.nonce"),
-            fee=_int(tx_json.get("fee"), "tx.fee"),
-            to=b"",
-            amount=0,
-            digest=_hex(tx_json.get("digest"), "tx.digest"),
-            memo=_hex(tx_json.get("memo", "0x"), "tx.memo", None),
-            signature=_hex(tx_json.get("signature"), "tx.signature", 64),
-        )
+        if tx_json.get("format") == "ethereum":
+            tx = Transaction.decode(_hex(tx_json.get("raw"), "tx.raw", None))
+        else:
+            tx = _native_anchor(tx_json)
         if tx.kind != "anchor":
             raise ProofError("tx: not an anchor transaction")
         actual = tx.hash
@@ -166,4 +161,21 @@ def verify_anchor_tx(tx_json: dict[str, Any], tx_hash: bytes, digest: bytes) -> 
         raise ProofError("tx: anchors a different digest")
     if not tx.verify_signature():
         raise ProofError("tx: bad signature")
+    return tx
+
+
+def _native_anchor(tx_json: dict[str, Any]) -> Transaction:
+    """A native anchor rebuilt field by field (raises CodecError or ProofError)."""
+    tx = Transaction(
+        kind=str(tx_json.get("kind")),
+        chain_id=str(tx_json.get("chain_id")),
+        sender=_hex(tx_json.get("sender"), "tx.sender"),
+        nonce=_int(tx_json.get("nonce"), "tx.nonce"),
+        fee=_int(tx_json.get("fee"), "tx.fee"),
+        to=b"",
+        amount=0,
+        digest=_hex(tx_json.get("digest"), "tx.digest"),
+        memo=_hex(tx_json.get("memo", "0x"), "tx.memo", None),
+        signature=_hex(tx_json.get("signature"), "tx.signature", 64),
+    )
     return tx
