@@ -38,6 +38,7 @@ from consensus.api import (
     Verdict,
     ViewChanged,
 )
+from node.host.signguard import guard_round
 from node.net.wire import consensus_kind
 
 if TYPE_CHECKING:
@@ -68,7 +69,10 @@ async def run_replica(node: Node) -> None:
         if records:
             with node.metrics.time_storage_write():
                 await loop.run_in_executor(node.log_pool, node.store.log_write, records)
+        refused = await guard_round(node, loop, actions)  # node/host/signguard.py
         for a in actions:
+            if refused and id(a) in refused:
+                continue  # the double-sign guard holds it back
             if isinstance(a, ViewChanged):
                 entries = new_view_entries(a.view, events, actions, node.ccfg.payload_bytes_max)
                 node.txs.on_view_change(a.view, entries)

@@ -49,7 +49,13 @@ class NodeServiceImpl:
             "primary": primary,
             "is_primary": primary == node.index,
             "validators": [
-                {"index": v.index, "public_key": to_hex(v.public_key), "p2p_url": v.p2p_url}
+                {
+                    "index": v.index,
+                    "public_key": to_hex(v.public_key),
+                    "p2p_address": str(node.p2p.addresses[v.index])
+                    if v.index in node.p2p.addresses
+                    else None,
+                }
                 for v in node.genesis.validators
             ],
             "peers": node.p2p.peers(),
