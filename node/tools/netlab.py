@@ -51,7 +51,7 @@ BASE_OVERRIDES: dict[str, dict[str, Any]] = {"detector": {"enabled": False}}
 _TLS_CLIENT = ssl.create_default_context()
 _TLS_CLIENT.check_hostname = False
 _TLS_CLIENT.verify_mode = ssl.CERT_NONE  # the lab's self-signed RPC certificates
-_OPENER = urllib.request.build_opener(  # never an env proxy
+OPENER = urllib.request.build_opener(  # never an env proxy
     urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_TLS_CLIENT)
 )
 RELAY_BASE_OCTET = 100  # validator j is reached at 10.77.<k>.<100 + j> (its relay address)
@@ -71,7 +71,7 @@ class RpcError(Exception):
 def http_json(url: str, body: Any = None, timeout_s: float = HTTP_TIMEOUT_S) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with _OPENER.open(req, timeout=timeout_s) as resp:
+    with OPENER.open(req, timeout=timeout_s) as resp:
         return json.loads(resp.read() or b"null")
 
 
@@ -393,7 +393,7 @@ class Lab:
     def ready(self, i: int) -> bool:
         """``/ready`` answered 200 (False on 503 or when unreachable)."""
         try:
-            with _OPENER.open(self.rpc_url(i) + "/ready", timeout=2.0) as resp:
+            with OPENER.open(self.rpc_url(i) + "/ready", timeout=2.0) as resp:
                 return bool(resp.status == 200)
         except urllib.error.HTTPError:
             return False

@@ -153,8 +153,9 @@ def readdress(net: Net, i: int, old: str, new: str) -> None:
     """Validator i's namespace leaves ``old`` for ``new`` (same lab subnet)."""
     if not new.startswith(f"{SUBNET_PREFIX}{net.octet}."):
         raise NetnsError(f"{new} is not in the lab's subnet")
-    _run("ip", "-n", net.ns(i), "addr", "add", f"{new}/24", "dev", "eth0")
+    # Old first: deleting a subnet's primary address also deletes its secondaries.
     _run("ip", "-n", net.ns(i), "addr", "del", f"{old}/24", "dev", "eth0")
+    _run("ip", "-n", net.ns(i), "addr", "add", f"{new}/24", "dev", "eth0")
 
 
 def kill_namespace_pids(ns: str) -> None:
