@@ -115,7 +115,7 @@ def test_wrong_passphrase_and_wrong_key_refused(
         load_validator_key(cfg.key_file, read_passphrase(cfg))
     assert "not the passphrase" not in str(exc.value)
     monkeypatch.setenv("VIGIL_KEY_PASSPHRASE", PASS)
-    with pytest.raises(NodeError, match="not a validator in the genesis file"):
+    with pytest.raises(NodeError, match=r"not a validator in the genesis file"):
         Node(load_config(tmp_path / "h3" / "config.toml"))
     assert not (tmp_path / "h3" / "db").exists()
     # node.index that disagrees with the key
@@ -154,9 +154,16 @@ def test_plain_ws_peer_needs_insecure(tmp_path: Path) -> None:
     from node.host.config import parse_config
 
     base = {"node": {"data_dir": ".", "genesis": "g", "key_file": "k"}}
-    with pytest.raises(ConfigError, match="p2p.tls_cert: required"):
+    with pytest.raises(ConfigError, match=r"p2p\.tls_cert: required"):
         parse_config(base, tmp_path)
     with pytest.raises(ConfigError, match="no scheme here"):
         parse_config({**base, "p2p": {"insecure": True, "peers": ["ws://a:1"]}}, tmp_path)
     cfg = parse_config({**base, "p2p": {"insecure": True}}, tmp_path)
     assert cfg.p2p_insecure
+
+
+def test_genesis_vector() -> None:
+    vec = json.loads((Path(__file__).parent / "vectors" / "genesis.json").read_text())
+    g = Genesis.from_json(vec["genesis"])
+    assert "0x" + g.hash.hex() == vec["hash"]
+    assert g.to_json() == vec["genesis"]
