@@ -109,6 +109,8 @@ def test_hosts_tls_faults_move_and_capture(tmp_path: Path) -> None:
     assert pp.view_change_s is not None, pp.to_json()
     assert pp.first_commit_s is not None, pp.to_json()
     assert pp.converge_s is not None, pp.to_json()
-    assert two.height_at_heal <= two.height_at_fault + 4, two.to_json()
+    # No quorum on either side: at most the pipeline in flight when the cut began (4), plus one
+    # for the 150 ms sampling of "height at fault".
+    assert two.height_at_heal <= two.height_at_fault + 4 + 1, two.to_json()
     assert two.heal_commit_s is not None, two.to_json()
     assert two.heal_commit_s <= RESUME_BOUND_S, two.to_json()
