@@ -69,7 +69,14 @@ async def run_replica(node: Node) -> None:
         if records:
             with node.metrics.time_storage_write():
                 await loop.run_in_executor(node.log_pool, node.store.log_write, records)
-        refused = await guard_round(node, loop, actions)  # node/host/signguard.py
+        refused = await guard_round(  # node/host/signguard.py: durable before it leaves
+            node.sign_guard,
+            node.log_pool,
+            node.index,
+            node.ccfg.payload_bytes_max,
+            node.metrics,
+            actions,
+        )
         for a in actions:
             if refused and id(a) in refused:
                 continue  # the double-sign guard holds it back

@@ -22,16 +22,14 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.codec import CodecError
 from consensus import messages as cmsg
 from consensus.api import Broadcast, Send
-
-if TYPE_CHECKING:
-    from node.host.runtime import Node
 
 log = logging.getLogger(__name__)
 
@@ -191,26 +189,31 @@ class SignGuard:
         return reasons
 
 
-async def guard_round(node: Node, loop: asyncio.AbstractEventLoop, actions: list[Any]) -> set[int]:
+async def guard_round(
+    guard: SignGuard | None,
+    pool: Executor,
+    me: int,
+    payload_bytes_max: int,
+    metrics: Any,
+    actions: list[Any],
+) -> set[int]:
     """Record the round's outgoing messages durably before they leave; ids of refused actions.
 
     Runs in the node's consensus-log thread (after that round's Persist records), so the loop
     never waits on the fsync and the order "durable, then sent" holds.
     """
-    guard: SignGuard | None = getattr(node, "sign_guard", None)
     out = [a for a in actions if isinstance(a, Send | Broadcast)]
     if guard is None or not out:
         return set()
-    limit = node.ccfg.payload_bytes_max
 
     def work() -> list[str | None]:
-        return guard.admit([describe(a.data, node.index, limit) for a in out])
+        return guard.admit([describe(a.data, me, payload_bytes_max) for a in out])
 
-    reasons = await loop.run_in_executor(node.log_pool, work)
+    reasons = await asyncio.get_running_loop().run_in_executor(pool, work)
     refused = set()
     for a, why in zip(out, reasons, strict=True):
         if why is not None:
             refused.add(id(a))
             log.error("double_sign_refused", extra={"reason": why})
-            node.metrics.consensus_dropped_total.labels(reason=f"guard_{why}").inc()
+            metrics.consensus_dropped_total.labels(reason=f"guard_{why}").inc()
     return refused
