@@ -181,6 +181,7 @@ METHODS: dict[str, Method] = {
         ),
         Method("quarantine_release", (Param("hash", _HASH),), admin=True),
         Method("quarantine_reject", (Param("hash", _HASH),), admin=True),
+        Method("admin_db_backup", _NO_PARAMS, admin=True),
     )
 }
 

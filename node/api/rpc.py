@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from node.api.cors import cors_middleware
 from node.api.eth import ETH_METHODS
 from node.api.params import METHODS, bind_params, error_obj, parse_json, response
 from node.api.service import NodeService
@@ -270,6 +273,7 @@ def make_rpc_app(
     connections_max: int = 512,
     metrics: Any = None,
     ws_config: WsConfig | None = None,
+    cors_origins: tuple[str, ...] = (),
 ) -> web.Application:
     """The RPC application: POST ``/`` and ``/rpc``, GET ``/health``, ``/ready`` and ``/ws``.
 
@@ -278,7 +282,8 @@ def make_rpc_app(
     """
     if admin_token is not None and not admin_token:
         admin_token = None  # an empty token would let an empty bearer in
-    app = web.Application(client_max_size=body_bytes_max)
+    middlewares: list[Middleware] = [cors_middleware(cors_origins)] if cors_origins else []
+    app = web.Application(client_max_size=body_bytes_max, middlewares=middlewares)
     state = RpcState(
         service=service,
         admin_token=admin_token.encode() if admin_token is not None else None,
@@ -301,7 +306,12 @@ def make_rpc_app(
 
 
 async def start_rpc_server(
-    app: web.Application, host: str, port: int, *, keepalive_timeout_s: float = 15.0
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    keepalive_timeout_s: float = 15.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> web.AppRunner:
     """Serve ``app`` on host:port with edge-friendly settings; returns the runner to clean up."""
     runner = web.AppRunner(
@@ -312,6 +322,6 @@ async def start_rpc_server(
         shutdown_timeout=2.0,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context)
     await site.start()
     return runner

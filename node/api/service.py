@@ -69,6 +69,14 @@ class NodeService(Protocol):
         """Drop a quarantined tx for good, recorded as rejected (admin)."""
         ...
 
+    async def admin_db_backup(self) -> dict[str, Any]:
+        """Write a consistent snapshot of the database under the data directory (admin).
+
+        ``{"path", "height", "keys"}``: the snapshot is a LevelDB directory, made from one
+        LevelDB snapshot while the node keeps running (``vigil db backup`` moves it away).
+        """
+        ...
+
     def health(self) -> dict[str, Any]:
         """``{"height", "syncing", "peers"}``; cheap, never blocks."""
         ...

@@ -1,7 +1,10 @@
-"""The genesis file: chain id, validator set, initial balances, and the genesis hash.
+"""The genesis file: format version, chain id, validator set, initial balances, and its hash.
 
 The file is JSON (bytes as 0x hex). Its hash is SHA-256 of the canonical msgpack encoding of the
-same fields with bytes as bytes, so JSON whitespace or key order never changes it.
+same fields with bytes as bytes, so JSON whitespace or key order never changes it. Format version
+2 (docs/genesis.md) holds validators' public keys only: where a validator can be reached lives in
+each node's config (``p2p.peers``), so a validator that moves to another host keeps its chain.
+Version 1 files (with a ``p2p_url`` per validator) are refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from common.crypto import (
 )
 
 VALIDATORS_MAX = 64
+FORMAT_VERSION = 2
 _CHAIN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -34,7 +38,6 @@ class GenesisError(ValueError):
 class Validator:
     index: int
     public_key: bytes
-    p2p_url: str  # e.g. "ws://127.0.0.1:26600/p2p"
 
     @property
     def address(self) -> bytes:
@@ -67,8 +70,6 @@ class Genesis:
             if v.public_key in keys:
                 raise GenesisError(f"validators[{i}].public_key: duplicate")
             keys.add(v.public_key)
-            if not isinstance(v.p2p_url, str) or not v.p2p_url:
-                raise GenesisError(f"validators[{i}].p2p_url: expected a URL")
         addresses = [a for a, _ in self.balances]
         if addresses != sorted(set(addresses)):
             raise GenesisError("balances: addresses must be unique and sorted")
@@ -92,11 +93,11 @@ class Genesis:
         return codec.sha256(
             codec.encode(
                 {
+                    "version": FORMAT_VERSION,
                     "chain_id": self.chain_id,
                     "timestamp_ms": self.timestamp_ms,
                     "validators": [
-                        {"index": v.index, "public_key": v.public_key, "p2p_url": v.p2p_url}
-                        for v in self.validators
+                        {"index": v.index, "public_key": v.public_key} for v in self.validators
                     ],
                     "balances": [[a, n] for a, n in self.balances],
                 }
@@ -112,11 +113,11 @@ class Genesis:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "version": FORMAT_VERSION,
             "chain_id": self.chain_id,
             "timestamp_ms": self.timestamp_ms,
             "validators": [
-                {"index": v.index, "public_key": to_hex(v.public_key), "p2p_url": v.p2p_url}
-                for v in self.validators
+                {"index": v.index, "public_key": to_hex(v.public_key)} for v in self.validators
             ],
             "balances": [{"address": to_hex(a), "amount": n} for a, n in self.balances],
         }
@@ -125,6 +126,14 @@ class Genesis:
     def from_json(obj: Any) -> Genesis:
         if not isinstance(obj, dict):
             raise GenesisError("genesis: expected a JSON object")
+        version = obj.get("version", 1)
+        if version != FORMAT_VERSION:
+            if version == 1:
+                raise GenesisError(
+                    "version: format 1 (p2p_url per validator) is no longer read; peer addresses"
+                    " now live in each node's config (p2p.peers): rebuild it with `vigil genesis`"
+                )
+            raise GenesisError(f"version: expected {FORMAT_VERSION}, got {version!r}")
         validators = []
         for i, v in enumerate(_field(obj, "validators", list)):
             where = f"validators[{i}]"
@@ -134,7 +143,6 @@ class Genesis:
                 Validator(
                     index=_field(v, "index", int, where),
                     public_key=_hex(v, "public_key", PUBLIC_KEY_BYTES, where),
-                    p2p_url=_field(v, "p2p_url", str, where),
                 )
             )
         balances = []

@@ -3,12 +3,11 @@
 Every key is documented in docs/config.md. A wrong or unknown key stops the node with a
 ``ConfigError`` naming the key (``rpc.port: expected an integer in 1..65535``), so a typo never
 silently falls back to a default. Nothing else in the node reads the environment except
-``VIGIL_ADMIN_TOKEN`` here, which lets operators keep the token out of the file.
+``VIGIL_ADMIN_TOKEN`` and ``VIGIL_KEY_PASSPHRASE`` here, which keep secrets out of the file.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -17,7 +16,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from common.crypto import SigningKey, from_hex
+from common.crypto import PUBLIC_KEY_BYTES, SigningKey, from_hex
+from node.host.keyfile import KeyfileError, key_from_json, read_keyfile
+from node.net.address import PeerAddress, PeerAddressError, parse_peer
+
+PASSPHRASE_ENV = "VIGIL_KEY_PASSPHRASE"
 
 
 class ConfigError(ValueError):
@@ -27,10 +30,12 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     # [node]
-    index: int
     data_dir: Path
     genesis_file: Path
     key_file: Path
+    index: int | None = None  # None: found in genesis by the key
+    passphrase_file: Path | None = None
+    guard_file: Path | None = None  # None: data_dir / "sign_guard.json"
     # [p2p]
     p2p_host: str = "127.0.0.1"
     p2p_port: int = 26600
@@ -40,15 +45,24 @@ class NodeConfig:
     p2p_reconnect_max_ms: int = 5000
     p2p_handshake_timeout_ms: int = 5000
     p2p_request_timeout_ms: int = 5000
+    p2p_peers: tuple[PeerAddress, ...] = ()
+    p2p_tls_cert: Path | None = None
+    p2p_tls_key: Path | None = None
+    p2p_insecure: bool = False
     # [rpc]
     rpc_host: str = "127.0.0.1"
     rpc_port: int = 26700
     admin_token: str = ""
     rpc_body_bytes_max: int = 4 * 1024 * 1024
     rpc_batch_max: int = 1000
+    rpc_tls_cert: Path | None = None
+    rpc_tls_key: Path | None = None
+    rpc_cors_origins: tuple[str, ...] = ()
     # [metrics]
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 26800
+    metrics_tls_cert: Path | None = None
+    metrics_tls_key: Path | None = None
     # [consensus]
     tick_ms: int = 50
     request_timeout_ms: int = 2000
@@ -73,6 +87,10 @@ class NodeConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "db"
+
+    @property
+    def guard_path(self) -> Path:
+        return self.guard_file if self.guard_file is not None else self.data_dir / "sign_guard.json"
 
 
 _Parser = Callable[[Any, str], Any]
@@ -108,6 +126,35 @@ def _path(base: Path) -> _Parser:
     return parse
 
 
+def _bool(v: Any, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: expected true or false, got {v!r}")
+    return v
+
+
+def _peers(v: Any, key: str) -> tuple[PeerAddress, ...]:
+    if not isinstance(v, list):
+        raise ConfigError(f'{key}: expected a list of "0x<public key>@host:port" strings')
+    out = []
+    for i, item in enumerate(v):
+        try:
+            out.append(parse_peer(item))
+        except PeerAddressError as exc:
+            raise ConfigError(f"{key}[{i}]: {exc}") from None
+    if len({p.public_key for p in out}) != len(out):
+        raise ConfigError(f"{key}: the same public key is listed twice")
+    return tuple(out)
+
+
+def _origins(v: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(o, str) and o for o in v):
+        raise ConfigError(f'{key}: expected a list of origins like "https://wallet.example"')
+    for o in v:
+        if o != "*" and not o.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}: {o!r} is not an origin (scheme://host[:port])")
+    return tuple(o.rstrip("/") for o in v)
+
+
 _PORT = _int(1, 65535)
 _POS = _int(1, 2**31)
 _MS = _int(1, 3_600_000)
@@ -119,6 +166,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Path], _Parser]]]] = {
         "data_dir": ("data_dir", _path),
         "genesis": ("genesis_file", _path),
         "key_file": ("key_file", _path),
+        "passphrase_file": ("passphrase_file", _path),
+        "guard_file": ("guard_file", _path),
     },
     "p2p": {
         "host": ("p2p_host", lambda b: _str()),
@@ -129,6 +178,10 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Path], _Parser]]]] = {
         "reconnect_max_ms": ("p2p_reconnect_max_ms", lambda b: _MS),
         "handshake_timeout_ms": ("p2p_handshake_timeout_ms", lambda b: _MS),
         "request_timeout_ms": ("p2p_request_timeout_ms", lambda b: _MS),
+        "peers": ("p2p_peers", lambda b: _peers),
+        "tls_cert": ("p2p_tls_cert", _path),
+        "tls_key": ("p2p_tls_key", _path),
+        "insecure": ("p2p_insecure", lambda b: _bool),
     },
     "rpc": {
         "host": ("rpc_host", lambda b: _str()),
@@ -136,10 +189,15 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Path], _Parser]]]] = {
         "admin_token": ("admin_token", lambda b: _str()),
         "max_body_bytes": ("rpc_body_bytes_max", lambda b: _POS),
         "max_batch": ("rpc_batch_max", lambda b: _POS),
+        "tls_cert": ("rpc_tls_cert", _path),
+        "tls_key": ("rpc_tls_key", _path),
+        "cors_origins": ("rpc_cors_origins", lambda b: _origins),
     },
     "metrics": {
         "host": ("metrics_host", lambda b: _str()),
         "port": ("metrics_port", lambda b: _PORT),
+        "tls_cert": ("metrics_tls_cert", _path),
+        "tls_key": ("metrics_tls_key", _path),
     },
     "consensus": {
         "tick_ms": ("tick_ms", lambda b: _int(5, 10_000)),
@@ -166,7 +224,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Path], _Parser]]]] = {
     },
 }
 ADMIN_TOKEN_LEN_MIN = 16
-_REQUIRED = ("node.index", "node.data_dir", "node.genesis", "node.key_file")
+_REQUIRED = ("node.data_dir", "node.genesis", "node.key_file")
 
 
 def parse_config(data: Mapping[str, Any], base_dir: Path) -> NodeConfig:
@@ -209,6 +267,16 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> NodeConfig:
         raise ConfigError("p2p.reconnect_min_ms: larger than p2p.reconnect_max_ms")
     if cfg.log_window < 2 * cfg.checkpoint_interval:
         raise ConfigError("consensus.log_window: must be at least 2 * checkpoint_interval")
+    for section in ("p2p", "rpc", "metrics"):
+        cert = getattr(cfg, f"{section}_tls_cert")
+        key = getattr(cfg, f"{section}_tls_key")
+        if (cert is None) != (key is None):
+            raise ConfigError(f"{section}.tls_cert: tls_cert and tls_key go together")
+    if not cfg.p2p_insecure and cfg.p2p_tls_cert is None:
+        raise ConfigError(
+            "p2p.tls_cert: required (validator links use TLS); set p2p.insecure = true only for"
+            " a throw-away local network"
+        )
     return cfg
 
 
@@ -222,21 +290,68 @@ def load_config(path: str | Path) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     cfg = parse_config(data, p.resolve().parent)
-    for name, f in (("node.genesis", cfg.genesis_file), ("node.key_file", cfg.key_file)):
+    files = [("node.genesis", cfg.genesis_file), ("node.key_file", cfg.key_file)]
+    for section in ("p2p", "rpc", "metrics"):
+        for part in ("cert", "key"):
+            f = getattr(cfg, f"{section}_tls_{part}")
+            if f is not None:
+                files.append((f"{section}.tls_{part}", f))
+    if cfg.passphrase_file is not None:
+        files.append(("node.passphrase_file", cfg.passphrase_file))
+    for name, f in files:
         if not f.is_file():
             raise ConfigError(f"{name}: no such file {f}")
     return cfg
 
 
-def load_validator_key(path: Path) -> SigningKey:
-    """The validator's key file: JSON ``{"seed": "0x<32 bytes>", "public_key": "0x.."}``."""
+def read_passphrase(cfg: NodeConfig) -> str | None:
+    """The key passphrase: env ``VIGIL_KEY_PASSPHRASE``, else ``node.passphrase_file`` (0600)."""
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env:
+        return env
+    if cfg.passphrase_file is None:
+        return None
+    return read_secret_file(cfg.passphrase_file, "node.passphrase_file")
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A one-line secret from a file nobody but its owner may read."""
     try:
-        data = json.loads(path.read_text())
-        key = SigningKey(from_hex(data["seed"], 32))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        st = path.stat()
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"{what}: {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600"
+            )
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"{what}: {path} is empty")
+    return text
+
+
+def load_validator_key(path: Path, passphrase: str | None = None) -> SigningKey:
+    """The validator's key file (node/tools/keyfile.py format), encrypted or plain.
+
+    Errors never include the passphrase; a wrong one is named as such.
+    """
+    try:
+        obj = read_keyfile(path)
+        if "crypto" in obj and passphrase is None:
+            raise ConfigError(
+                f"node.key_file: {path} is encrypted: set {PASSPHRASE_ENV} or node.passphrase_file"
+            )
+        if "seed" in obj and "address" not in obj:  # the older plain {"seed", "public_key"}
+            key = SigningKey(from_hex(obj["seed"], 32))
+            if "public_key" in obj and from_hex(obj["public_key"], PUBLIC_KEY_BYTES) != (
+                key.public_key
+            ):
+                raise ConfigError("node.key_file: public_key does not match the seed")
+            return key
+        return key_from_json(obj, passphrase)
+    except KeyfileError as exc:
+        raise ConfigError(f"node.key_file: {path}: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
             f"node.key_file: cannot load a validator key from {path}: {exc}"
         ) from None
-    if "public_key" in data and from_hex(data["public_key"], 32) != key.public_key:
-        raise ConfigError("node.key_file: public_key does not match the seed")
-    return key

@@ -47,6 +47,7 @@ from consensus.api import (
     Verdict,
     ViewChanged,
 )
+from node.host.signguard import guard_round
 from node.net.wire import consensus_kind
 
 if TYPE_CHECKING:
@@ -82,7 +83,17 @@ async def run_replica(node: Node) -> None:
         if records:
             with node.metrics.time_storage_write():
                 await loop.run_in_executor(node.log_pool, node.store.log_write, records)
+        refused = await guard_round(  # node/host/signguard.py: durable before it leaves
+            node.sign_guard,
+            node.log_pool,
+            node.index,
+            node.ccfg.payload_bytes_max,
+            node.metrics,
+            actions,
+        )
         for a in actions:
+            if refused and id(a) in refused:
+                continue  # the double-sign guard holds it back
             perform(node, a)
         node.health.on_round(node.replica.view, node.replica.view_active, time.monotonic())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -381,12 +382,14 @@ def make_metrics_app(metrics: Metrics) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def serve_metrics(metrics: Metrics, host: str, port: int) -> AsyncIterator[web.AppRunner]:
-    """Serve ``make_metrics_app`` on host:port for the duration of the block."""
+async def serve_metrics(
+    metrics: Metrics, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[web.AppRunner]:
+    """Serve ``make_metrics_app`` on host:port (HTTPS with ``ssl_context``) during the block."""
     runner = web.AppRunner(make_metrics_app(metrics), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         yield runner
     finally:

@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -35,7 +36,7 @@ from node.chain.tx import Transaction
 from node.errors import VigilError
 from node.host.admission import Admission, Screened
 from node.host.committer import HeldCheckpoints, run_committer, wait_head
-from node.host.config import NodeConfig, load_validator_key
+from node.host.config import NodeConfig, load_validator_key, read_passphrase
 from node.host.driver import (
     on_peer_status,
     perform,
@@ -50,10 +51,13 @@ from node.host.health import Health
 from node.host.metrics import Metrics, serve_metrics, watch_loop_lag
 from node.host.resolver import TxResolver
 from node.host.screening import Screening
+from node.host.signguard import GuardError, SignGuard
+from node.net.address import PeerAddress
 from node.net.catchup import CatchUp
 from node.net.gossip import Gossip
 from node.net.p2p import P2P
 from node.net.peerwatch import PeerWatch
+from node.net.tls import P2PTls, TlsError, p2p_tls, server_context
 from storage.db import Store
 
 log = logging.getLogger(__name__)
@@ -72,13 +76,23 @@ class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         self.genesis = Genesis.load(cfg.genesis_file)
-        self.key = load_validator_key(cfg.key_file)
+        self.key = load_validator_key(cfg.key_file, read_passphrase(cfg))
+        self.index = validator_index(self.genesis, self.key.public_key, cfg.index)
         n = len(self.genesis.validators)
-        if not 0 <= cfg.index < n:
-            raise NodeError(f"node.index: {cfg.index} is not a validator index (0..{n - 1})")
-        if self.genesis.validators[cfg.index].public_key != self.key.public_key:
-            raise NodeError("node.key_file: key is not validator node.index's key in genesis")
-        self.index = cfg.index
+        peers = peer_map(self.genesis, cfg.p2p_peers, self.index)
+        tls: P2PTls | None = None
+        if cfg.p2p_insecure:
+            log.warning(
+                "p2p_insecure",
+                extra={"why": "p2p.insecure = true: validator links are plain ws://, unencrypted"},
+            )
+        else:
+            assert cfg.p2p_tls_cert is not None
+            assert cfg.p2p_tls_key is not None
+            try:
+                tls = p2p_tls(cfg.p2p_tls_cert, cfg.p2p_tls_key)
+            except TlsError as exc:
+                raise NodeError(str(exc)) from None
         self.metrics = Metrics()
         self.metrics.set_info(node_id=self.index, chain_id=self.genesis.chain_id, version=VERSION)
         self.ccfg = ConsensusConfig(
@@ -93,6 +107,7 @@ class Node:
             view_change_timeout_ms=cfg.view_change_timeout_ms,
         )
         self.store: Store | None = None
+        self.sign_guard: SignGuard | None = None
         self.chain: Chain | None = None
         self.replica: Replica | None = None
         self.inbox: asyncio.Queue[Event] = asyncio.Queue(maxsize=INBOX_MAX)
@@ -101,7 +116,8 @@ class Node:
             index=self.index,
             key=self.key,
             validators=self.ccfg.validators,
-            urls=tuple(v.p2p_url for v in self.genesis.validators),
+            peers=peers,
+            tls=tls,
             chain_id=self.genesis.chain_id,
             genesis_hash=self.genesis.hash,
             on_frame=self._on_frame,
@@ -146,6 +162,13 @@ class Node:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def _open(self) -> None:
+        fresh = not self.cfg.db_path.exists()
+        try:
+            self.sign_guard = await asyncio.to_thread(
+                SignGuard.open, self.cfg.guard_path, self.key.public_key, fresh=fresh
+            )
+        except GuardError as exc:
+            raise NodeError(str(exc)) from None
         self.store = await asyncio.to_thread(Store, str(self.cfg.db_path))
         self.chain = chain = Chain(self.store, self.genesis)
         await asyncio.to_thread(chain.load)
@@ -225,7 +248,12 @@ class Node:
             await p2p_runner.setup()
             stack.push_async_callback(_cleanup, p2p_runner, 2)
             stack.push_async_callback(self.p2p.close)
-            site = web.TCPSite(p2p_runner, self.cfg.p2p_host, self.cfg.p2p_port)
+            site = web.TCPSite(
+                p2p_runner,
+                self.cfg.p2p_host,
+                self.cfg.p2p_port,
+                ssl_context=self.p2p.tls.server if self.p2p.tls is not None else None,
+            )
             await _listen("p2p", self.cfg.p2p_host, self.cfg.p2p_port, site.start())
             self.service = NodeServiceImpl(self)
             rpc_app = make_rpc_app(
@@ -234,16 +262,24 @@ class Node:
                 body_bytes_max=self.cfg.rpc_body_bytes_max,
                 batch_max=self.cfg.rpc_batch_max,
                 metrics=self.metrics,
+                cors_origins=self.cfg.rpc_cors_origins,
             )
             host, port = self.cfg.metrics_host, self.cfg.metrics_port
             await _listen(
                 "metrics",
                 host,
                 port,
-                stack.enter_async_context(serve_metrics(self.metrics, host, port)),
+                stack.enter_async_context(
+                    serve_metrics(self.metrics, host, port, self._https("metrics"))
+                ),
             )
             host, port = self.cfg.rpc_host, self.cfg.rpc_port
-            rpc_runner = await _listen("rpc", host, port, start_rpc_server(rpc_app, host, port))
+            rpc_runner = await _listen(
+                "rpc",
+                host,
+                port,
+                start_rpc_server(rpc_app, host, port, ssl_context=self._https("rpc")),
+            )
             stack.push_async_callback(_cancel_all, tasks)
             stack.push_async_callback(_cleanup, rpc_runner, 3)  # first: stop taking requests
             self.p2p.start()
@@ -265,6 +301,17 @@ class Node:
             await stop.wait()
             log.info("node_stopping")
         log.info("node_stopped")
+
+    def _https(self, section: str) -> ssl.SSLContext | None:
+        """The TLS context for the RPC or metrics listener, when its cert and key are set."""
+        cert = getattr(self.cfg, f"{section}_tls_cert")
+        key = getattr(self.cfg, f"{section}_tls_key")
+        if cert is None or key is None:
+            return None
+        try:
+            return server_context(cert, key, f"{section}.tls_cert")
+        except TlsError as exc:
+            raise NodeError(str(exc)) from None
 
     async def _close_storage(self) -> None:
         """Finish the writes in progress and the reads in worker threads, then close LevelDB.
@@ -414,6 +461,42 @@ class Node:
             lag=self.watch.last,
             now_s=time.monotonic(),
         )
+
+
+def validator_index(genesis: Genesis, public_key: bytes, index: int | None) -> int:
+    """Our index in genesis, found by our key; ``node.index``, when set, must agree."""
+    keys = genesis.validator_keys()
+    n = len(keys)
+    if public_key not in keys:
+        raise NodeError(
+            "node.key_file: this key (0x"
+            + public_key.hex()
+            + ") is not a validator in the genesis file (wrong key, or wrong genesis)"
+        )
+    found = keys.index(public_key)
+    if index is not None and index != found:
+        if not 0 <= index < n:
+            raise NodeError(f"node.index: {index} is not a validator index (0..{n - 1})")
+        raise NodeError(
+            f"node.index: {index} disagrees with genesis, where this key is validator {found}"
+        )
+    return found
+
+
+def peer_map(genesis: Genesis, peers: tuple[PeerAddress, ...], me: int) -> dict[int, PeerAddress]:
+    """Validator index -> where to dial it, from ``p2p.peers``; unknown keys are refused."""
+    keys = genesis.validator_keys()
+    out: dict[int, PeerAddress] = {}
+    for k, p in enumerate(peers):
+        if p.public_key not in keys:
+            raise NodeError(f"p2p.peers[{k}]: {p} names a key that is not a validator in genesis")
+        j = keys.index(p.public_key)
+        if j != me:  # our own line may be listed too (every host can share one list)
+            out[j] = p
+    missing = [j for j in range(len(keys)) if j != me and j not in out]
+    if missing:
+        log.warning("p2p_peers_missing", extra={"validators": missing})
+    return out
 
 
 async def _listen(what: str, host: str, port: int, start: Awaitable[_T]) -> _T:

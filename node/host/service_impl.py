@@ -8,6 +8,7 @@ a proof); single-key reads are microseconds and stay on the loop. Results follow
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,13 @@ class NodeServiceImpl:
             "primary": primary,
             "is_primary": primary == node.index,
             "validators": [
-                {"index": v.index, "public_key": to_hex(v.public_key), "p2p_url": v.p2p_url}
+                {
+                    "index": v.index,
+                    "public_key": to_hex(v.public_key),
+                    "p2p_address": str(node.p2p.addresses[v.index])
+                    if v.index in node.p2p.addresses
+                    else None,
+                }
                 for v in node.genesis.validators
             ],
             "peers": node.p2p.peers(),
@@ -204,6 +211,15 @@ class NodeServiceImpl:
 
     async def quarantine_reject(self, tx_hash: bytes) -> dict[str, Any]:
         return self.node.screening.reject(tx_hash)
+
+    async def admin_db_backup(self) -> dict[str, Any]:
+        node = self.node
+        assert node.store is not None
+        name = f"backup-{time.strftime('%Y%m%dT%H%M%S')}-{node.chain_height()}"
+        dest = node.cfg.data_dir / "backups" / name
+        height = node.chain_height()
+        keys = await asyncio.to_thread(node.store.snapshot_to, str(dest))
+        return {"path": str(dest), "height": height, "keys": keys}
 
     def health(self) -> dict[str, Any]:
         node = self.node

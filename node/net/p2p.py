@@ -1,12 +1,15 @@
 """Authenticated validator-to-validator links over websockets (``/p2p`` on the P2P port).
 
-Each validator dials every other one listed in genesis and accepts their dials. The handshake
-proves possession of both validator keys over fresh 32-byte challenges, bound to the chain id,
-the genesis hash and both indices, so a recorded handshake cannot be replayed or relayed::
+Each validator dials the other genesis validators at the addresses in its config
+(``p2p.peers``, resolved again on every dial) and accepts their dials. Links are TLS (``wss://``)
+unless ``p2p.insecure`` is set. The handshake proves possession of both validator keys over fresh
+32-byte challenges, bound to the chain id, the genesis hash, both indices and the TLS session
+(the acceptor's certificate fingerprint as each side saw it, node/net/tls.py), so a recorded
+handshake cannot be replayed, and a relay terminating TLS in the middle cannot complete it::
 
-    dialer -> hello{chain_id, genesis, index, challenge_d}
-    acceptor -> hello_ack{index, challenge_a, sig_a(challenge_d)}
-    dialer -> auth{sig_d(challenge_a)}
+    dialer -> hello{chain_id, genesis, index, challenge_d, tls}
+    acceptor -> hello_ack{index, challenge_a, sig_a(challenge_d, binding), tls}
+    dialer -> auth{sig_d(challenge_a, binding)}
     acceptor -> ok
 
 One connection per pair survives: when two exist, the one dialed by the lower index wins on
@@ -29,7 +32,9 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from common.crypto import SigningKey
+from node.net.address import PeerAddress
 from node.net.peer import PeerConn, WebSocket
+from node.net.tls import P2PTls, TlsError, check_validity, fingerprint
 from node.net.wire import (
     CHALLENGE_BYTES,
     BadFrame,
@@ -67,7 +72,8 @@ class P2P:
         index: int,
         key: SigningKey,
         validators: tuple[bytes, ...],
-        urls: tuple[str, ...],
+        peers: dict[int, PeerAddress],
+        tls: P2PTls | None,
         chain_id: str,
         genesis_hash: bytes,
         on_frame: OnFrame,
@@ -83,7 +89,9 @@ class P2P:
         self.index = index
         self._key = key
         self.validators = validators
-        self.urls = urls
+        self.addresses = dict(peers)
+        self.tls = tls
+        self._binding = tls.binding if tls is not None else b""
         self.chain_id = chain_id
         self.genesis_hash = genesis_hash
         self._on_frame = on_frame
@@ -112,9 +120,14 @@ class P2P:
         return [web.get("/p2p", self._accept)]
 
     def start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        # No DNS cache: a peer's name is resolved again on every dial, so a moved validator is
+        # found as soon as its name points to the new address.
+        connector = aiohttp.TCPConnector(
+            use_dns_cache=False, ssl=self.tls.client if self.tls is not None else False
+        )
+        self._session = aiohttp.ClientSession(connector=connector)
         for j in range(len(self.validators)):
-            if j != self.index:
+            if j != self.index and j in self.addresses:
                 self._spawn(self._dial_loop(j), f"p2p-dial-{j}")
 
     async def close(self) -> None:
@@ -229,6 +242,8 @@ class P2P:
         hello = await self._recv(ws)
         if hello["t"] != "hello":
             raise HandshakeError("expected_hello")
+        if hello["tls"] != (self.tls is not None):
+            raise HandshakeError("tls_mismatch")  # e.g. a downgrade to plain ws:// attempted
         j = hello["index"]
         if hello["chain_id"] != self.chain_id or hello["genesis"] != self.genesis_hash:
             raise HandshakeError("wrong_chain")
@@ -237,24 +252,56 @@ class P2P:
         if len(hello["challenge"]) != CHALLENGE_BYTES:
             raise HandshakeError("bad_challenge")
         mine = os.urandom(CHALLENGE_BYTES)
+        binding = self._binding
         sig = sign_challenge(
-            self._key, self.chain_id, self.genesis_hash, hello["challenge"], self.index, j
+            self._key, self.chain_id, self.genesis_hash, hello["challenge"], self.index, j, binding
         )
         await ws.send_bytes(
-            encode_frame({"t": "hello_ack", "index": self.index, "challenge": mine, "sig": sig})
+            encode_frame(
+                {
+                    "t": "hello_ack",
+                    "index": self.index,
+                    "challenge": mine,
+                    "sig": sig,
+                    "tls": self.tls is not None,
+                }
+            )
         )
         auth = await self._recv(ws)
         if auth["t"] != "auth" or not check_challenge(
-            self.validators[j], self.chain_id, self.genesis_hash, mine, j, self.index, auth["sig"]
+            self.validators[j],
+            self.chain_id,
+            self.genesis_hash,
+            mine,
+            j,
+            self.index,
+            auth["sig"],
+            binding,
         ):
-            raise HandshakeError("bad_signature")
+            # A valid key over another certificate: a relay terminated TLS in the middle.
+            raise HandshakeError("bad_signature_or_binding")
         conn = PeerConn(j, ws, dialer=j, queue_max=self._queue_max, bytes_max=self._queue_bytes)
         if not self._register(conn):
             return None
         await ws.send_bytes(encode_frame({"t": "ok"}))
         return conn
 
+    def _dial_binding(self, ws: aiohttp.ClientWebSocketResponse) -> bytes:
+        """The fingerprint of the certificate the acceptor showed us (checked in date)."""
+        if self.tls is None:
+            return b""
+        sslobj = ws.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if not der:
+            raise HandshakeError("tls_missing")
+        try:
+            check_validity(der, "peer")
+        except TlsError:
+            raise HandshakeError("peer_certificate_expired") from None
+        return fingerprint(der)
+
     async def _handshake_dial(self, ws: aiohttp.ClientWebSocketResponse, j: int) -> PeerConn | None:
+        binding = self._dial_binding(ws)
         mine = os.urandom(CHALLENGE_BYTES)
         await ws.send_bytes(
             encode_frame(
@@ -264,18 +311,29 @@ class P2P:
                     "genesis": self.genesis_hash,
                     "index": self.index,
                     "challenge": mine,
+                    "tls": self.tls is not None,
                 }
             )
         )
         ack = await self._recv(ws)
         if ack["t"] != "hello_ack" or ack["index"] != j:
             raise HandshakeError("expected_hello_ack")
+        if ack["tls"] != (self.tls is not None):
+            raise HandshakeError("tls_mismatch")
         if len(ack["challenge"]) != CHALLENGE_BYTES or not check_challenge(
-            self.validators[j], self.chain_id, self.genesis_hash, mine, j, self.index, ack["sig"]
+            self.validators[j],
+            self.chain_id,
+            self.genesis_hash,
+            mine,
+            j,
+            self.index,
+            ack["sig"],
+            binding,
         ):
-            raise HandshakeError("bad_signature")
+            # Not its key, or its key over another certificate than the one we were shown.
+            raise HandshakeError("certificate_not_bound_to_key")
         sig = sign_challenge(
-            self._key, self.chain_id, self.genesis_hash, ack["challenge"], self.index, j
+            self._key, self.chain_id, self.genesis_hash, ack["challenge"], self.index, j, binding
         )
         await ws.send_bytes(encode_frame({"t": "auth", "sig": sig}))
         ok = await self._recv(ws)
@@ -382,7 +440,7 @@ class P2P:
 
     async def _dial_loop(self, j: int) -> None:
         delay = self._backoff[0]
-        url = self.urls[j].rstrip("/") + "/p2p"
+        url = self.addresses[j].url(self.tls is not None)
         assert self._session is not None
         while not self._closing:
             conn = self._conns.get(j)
@@ -409,6 +467,8 @@ class P2P:
                     self._reject(f"dial_{exc}")
             except BadFrame as exc:
                 self._reject(f"dial_{exc.reason}")
+            except aiohttp.ClientSSLError:
+                self._reject("dial_tls_failed", j)  # e.g. the peer speaks plain ws:// only
             except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError):
                 pass  # peer down, or its socket closed mid-handshake: retry after the back-off
             if conn is not None:

@@ -15,13 +15,13 @@ import msgpack
 from common.codec import encode
 from common.crypto import SigningKey, verify
 
-HANDSHAKE_DOMAIN = b"vigil/p2p-handshake/v1"
+HANDSHAKE_DOMAIN = b"vigil/p2p-handshake/v2"
 CHALLENGE_BYTES = 32
 
 # type tag -> required fields and their types (extra fields are ignored for forward compatibility)
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "hello": {"chain_id": str, "genesis": bytes, "index": int, "challenge": bytes},
-    "hello_ack": {"index": int, "challenge": bytes, "sig": bytes},
+    "hello": {"chain_id": str, "genesis": bytes, "index": int, "challenge": bytes, "tls": bool},
+    "hello_ack": {"index": int, "challenge": bytes, "sig": bytes, "tls": bool},
     "auth": {"sig": bytes},
     "ok": {},
     "c": {"d": bytes},  # a consensus message for the replica
@@ -109,9 +109,16 @@ def decode_frame(data: bytes, max_bytes: int) -> dict[str, Any]:
 
 
 def handshake_message(
-    chain_id: str, genesis_hash: bytes, challenge: bytes, signer: int, verifier: int
+    chain_id: str,
+    genesis_hash: bytes,
+    challenge: bytes,
+    signer: int,
+    verifier: int,
+    binding: bytes = b"",
 ) -> bytes:
-    """What a validator signs to prove its key: bound to the chain, both ends and a fresh nonce."""
+    """What a validator signs to prove its key: bound to the chain, both ends, a fresh nonce and
+    the TLS session (``binding``: SHA-256 of the acceptor's certificate as this side saw it;
+    empty on an insecure link), so the key vouches for the very TLS session it speaks over."""
     return encode(
         {
             "chain_id": chain_id,
@@ -119,15 +126,22 @@ def handshake_message(
             "challenge": challenge,
             "signer": signer,
             "verifier": verifier,
+            "binding": binding,
         }
     )
 
 
 def sign_challenge(
-    key: SigningKey, chain_id: str, genesis_hash: bytes, challenge: bytes, me: int, them: int
+    key: SigningKey,
+    chain_id: str,
+    genesis_hash: bytes,
+    challenge: bytes,
+    me: int,
+    them: int,
+    binding: bytes = b"",
 ) -> bytes:
     return key.sign(
-        HANDSHAKE_DOMAIN, handshake_message(chain_id, genesis_hash, challenge, me, them)
+        HANDSHAKE_DOMAIN, handshake_message(chain_id, genesis_hash, challenge, me, them, binding)
     )
 
 
@@ -139,6 +153,7 @@ def check_challenge(
     signer: int,
     me: int,
     sig: bytes,
+    binding: bytes = b"",
 ) -> bool:
-    msg = handshake_message(chain_id, genesis_hash, challenge, signer, me)
+    msg = handshake_message(chain_id, genesis_hash, challenge, signer, me, binding)
     return verify(public_key, HANDSHAKE_DOMAIN, msg, sig)

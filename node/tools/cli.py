@@ -21,7 +21,7 @@ EXIT_FAILURE = 1
 def cmd_node(args: argparse.Namespace) -> int:
     """Run one validator until SIGTERM/SIGINT."""
     from node.chain.genesis import GenesisError
-    from node.host.config import ConfigError, load_config
+    from node.host.config import ConfigError, load_config, read_passphrase
     from node.host.logs import LogConfigError, add_secret, setup_logging
     from node.host.runtime import Node, NodeError
     from storage.db import StorageError
@@ -32,6 +32,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         if cfg.admin_token:
             # Never run with a token the logs could leak: a failure here stops the node.
             add_secret(cfg.admin_token)
+        passphrase = read_passphrase(cfg)
+        if passphrase:
+            add_secret(passphrase)  # redacted from every log line, like the admin token
         node = Node(cfg)
     except (ConfigError, GenesisError, NodeError, LogConfigError) as exc:
         print(f"vigil node: {exc}", file=sys.stderr)
@@ -62,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML config file (docs/config.md)")
     p.set_defaults(func=cmd_node)
     # Other subcommands register themselves if their module is present.
-    for module in ("node.tools.wallet",):
+    for module in (
+        "node.tools.wallet",
+        "node.tools.hostsetup",
+        "node.tools.genesis_cmd",
+        "node.tools.dbtool",
+    ):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

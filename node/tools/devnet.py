@@ -7,8 +7,9 @@ Layout of a cluster directory::
     genesis.json          validators and funded accounts
     admin_token           bearer token of the admin RPC methods (mode 0600)
     wallets/wallet{k}.json   funded demo wallets (key files, mode 0600)
-    node{i}/config.toml   node i's config; node{i}/key.json its validator key
-    node{i}/db/           LevelDB; node{i}/node.log its log; node{i}/pid while running
+    node{i}/              node i's home, made by ``vigil init`` (node/tools/hostsetup.py):
+                          config.toml, key.json, tls/, validator.txt
+    node{i}/db/           LevelDB; node{i}/sign_guard.json; node{i}/node.log; node{i}/pid
 
 Bench accounts: ``bench_key(k)`` derives a key from a public seed string, and genesis funds the
 first ``bench_accounts`` of them, so a load generator can sign without any key files. These keys
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.crypto import SigningKey, address_of
-from node.chain.genesis import Genesis, Validator
+from common.crypto import SigningKey, address_of, to_hex
+from node.tools import genesis_cmd, hostsetup
 from node.tools.keyfile import load_key, save_key
 
 CHAIN_ID = "vigil-local"
@@ -62,18 +63,23 @@ class Cluster:
     n: int
     ports: tuple[Ports, ...]
     admin_token: str
+    hosts: tuple[str, ...] = ()
+    tls: bool = True
 
     def node_dir(self, i: int) -> Path:
         return self.root / f"node{i}"
 
+    def host(self, i: int) -> str:
+        return self.hosts[i] if self.hosts else "127.0.0.1"
+
     def rpc_url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.ports[i].rpc}"
+        return f"http://{self.host(i)}:{self.ports[i].rpc}"
 
     def metrics_url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.ports[i].metrics}/metrics"
+        return f"http://{self.host(i)}:{self.ports[i].metrics}/metrics"
 
     def p2p_url(self, i: int) -> str:
-        return f"ws://127.0.0.1:{self.ports[i].p2p}"
+        return f"{'wss' if self.tls else 'ws'}://{self.host(i)}:{self.ports[i].p2p}"
 
     def log_path(self, i: int) -> Path:
         return self.node_dir(i) / "node.log"
@@ -92,6 +98,8 @@ class Cluster:
             n=meta["n"],
             ports=tuple(Ports(**p) for p in meta["ports"]),
             admin_token=(root / "admin_token").read_text().strip(),
+            hosts=tuple(meta.get("hosts", ())),
+            tls=bool(meta.get("tls", False)),
         )
 
 
@@ -99,31 +107,12 @@ def base_ports(base: int, n: int) -> list[Ports]:
     return [Ports(base + i, base + 100 + i, base + 200 + i) for i in range(n)]
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v)  # a TOML float (detector.contamination, score_floor)
-    return json.dumps(str(v))
-
-
 def render_config(sections: dict[str, dict[str, Any]]) -> str:
-    lines: list[str] = []
-    for name, table in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
-        lines.append("")
-    return "\n".join(lines)
+    return hostsetup.render_config(sections, commented=False)
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner may read (mode 0600), also when it already existed."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    hostsetup.write_private(path, text)
 
 
 def init_cluster(
@@ -132,59 +121,74 @@ def init_cluster(
     *,
     overrides: dict[str, dict[str, Any]] | None = None,
     bench_accounts: int = BENCH_ACCOUNTS,
+    host: str = "127.0.0.1",
+    hosts: list[str] | None = None,
 ) -> Cluster:
-    """Create a fresh cluster directory (keys, genesis, configs); refuses an existing one."""
+    """Create a fresh cluster directory the operators' way; refuses an existing one.
+
+    Each node is made by ``vigil init``'s function (its own key, TLS certificate and config),
+    the genesis by ``vigil genesis``'s from the lines init printed, and every config lists those
+    lines as ``p2p.peers``. Keys are plain (a local test network); links are TLS unless the
+    overrides set ``p2p.insecure``. ``hosts`` gives each node its own address (the fault lab).
+    """
     n = len(ports)
     if (root / "cluster.json").exists():
         raise FileExistsError(f"{root} already holds a cluster")
     root.mkdir(parents=True, exist_ok=True)
-    keys = [SigningKey(secrets.token_bytes(32)) for _ in range(n)]
-    balances: dict[bytes, int] = {}
+    token = secrets.token_hex(24)
+    _write_private(root / "admin_token", token + "\n")
+    homes = []
+    for i in range(n):
+        h = hosts[i] if hosts is not None else host
+        ovr: dict[str, dict[str, Any]] = {
+            "rpc": {"host": h},
+            "metrics": {"host": h},
+        }
+        for name, table in (overrides or {}).items():
+            ovr.setdefault(name, {}).update(table)
+        homes.append(
+            hostsetup.init_home(
+                root / f"node{i}",
+                host=h,
+                p2p_port=ports[i].p2p,
+                rpc_port=ports[i].rpc,
+                metrics_port=ports[i].metrics,
+                plain_key=True,
+                admin_token=token,
+                overrides=ovr,
+            )
+        )
+    draft = genesis_cmd.new_draft(CHAIN_ID)
+    for home in homes:
+        draft = genesis_cmd.add_validator(draft, home.line)
     for k in range(DEMO_WALLETS):
         wkey = SigningKey(secrets.token_bytes(32))
         save_key(root / "wallets" / f"wallet{k}.json", wkey)
-        balances[address_of(wkey.public_key)] = WALLET_BALANCE
-    for k in range(bench_accounts):
-        balances[address_of(bench_key(k).public_key)] = BENCH_BALANCE
-    genesis = Genesis(
-        chain_id=CHAIN_ID,
-        validators=tuple(
-            Validator(i, keys[i].public_key, f"ws://127.0.0.1:{ports[i].p2p}") for i in range(n)
-        ),
-        balances=tuple(sorted(balances.items())),
-        timestamp_ms=int(time.time() * 1000),
+        draft = genesis_cmd.add_balance(
+            draft, to_hex(address_of(wkey.public_key)), str(WALLET_BALANCE)
+        )
+    balances = dict(
+        (to_hex(address_of(bench_key(k).public_key)), BENCH_BALANCE) for k in range(bench_accounts)
     )
-    genesis.save(root / "genesis.json")
-    token = secrets.token_hex(24)
-    _write_private(root / "admin_token", token + "\n")
-    for i in range(n):
-        d = root / f"node{i}"
-        d.mkdir(exist_ok=True)
-        save_key(d / "key.json", keys[i], force=True)
-        sections: dict[str, dict[str, Any]] = {
-            "node": {
-                "index": i,
-                "data_dir": ".",
-                "genesis": "../genesis.json",
-                "key_file": "key.json",
-            },
-            "p2p": {"host": "127.0.0.1", "port": ports[i].p2p},
-            "rpc": {"host": "127.0.0.1", "port": ports[i].rpc, "admin_token": token},
-            "metrics": {"host": "127.0.0.1", "port": ports[i].metrics},
-            "log": {"level": "info", "format": "json"},
-        }
-        for name, table in (overrides or {}).items():
-            sections.setdefault(name, {}).update(table)
-        # The config carries the admin token: readable by its owner only, like the token file.
-        _write_private(d / "config.toml", render_config(sections))
+    draft["balances"] = sorted(
+        [*draft["balances"], *({"address": a, "amount": v} for a, v in balances.items())],
+        key=lambda b: bytes.fromhex(b["address"][2:]),
+    )
+    genesis_cmd.save_draft(root / "genesis.json", draft)
+    for home in homes:
+        hostsetup.set_peers(home, [h.line for h in homes], genesis="../genesis.json")
+    host_list = [hosts[i] if hosts is not None else host for i in range(n)]
+    tls = not bool((overrides or {}).get("p2p", {}).get("insecure", False))
     meta = {
         "n": n,
         "chain_id": CHAIN_ID,
         "ports": [{"p2p": p.p2p, "rpc": p.rpc, "metrics": p.metrics} for p in ports],
         "bench_accounts": bench_accounts,
+        "hosts": host_list,
+        "tls": tls,
     }
     (root / "cluster.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return Cluster(root, n, tuple(ports), token)
+    return Cluster(root, n, tuple(ports), token, tuple(host_list), tls)
 
 
 def wallet_keys(cluster: Cluster) -> list[SigningKey]:

@@ -7,9 +7,13 @@
         lab.set_loss(1, 0.05)       # 5% packet loss on node 1's links
         lab.kill(3); lab.start(3)   # SIGKILL and restart
 
-Each validator has its own namespace and address on the lab's bridge (node/tools/netns.py). Its
-genesis ``p2p_url`` names its relay in the root namespace (node/tools/relay.py), which applies
-each directed link's delay, jitter, loss and cuts. Packet loss uses real drops (nftables inside
+Each validator has its own namespace and address on the lab's bridge (node/tools/netns.py). The
+cluster is made the operators' way (``vigil init`` per node, ``vigil genesis``), with TLS links and
+TLS RPC. Every node's ``p2p.peers`` names validator j as ``v<j>.lab:26600``; each namespace's
+hosts file (``/etc/netns/<ns>/hosts``) points that name at j's relay address on the bridge, where
+the relay (node/tools/relay.py) applies each directed link's delay, jitter, loss and cuts.
+``move(j)`` gives validator j a new address (its config changes, genesis does not) and repoints
+the name, as DNS would. Packet loss uses real drops (nftables inside
 the namespace) where the kernel has nf_tables, else the relay's emulated retransmission stalls.
 RPC and metrics are reached directly from the root namespace at the validator's address: the
 runner is the client, not part of the faulted network. ``close()`` (and the context manager,
@@ -23,7 +27,9 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -31,11 +37,9 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from node.chain.genesis import Genesis
 from node.tools import devnet, netns
 from node.tools.relay import Relay, Shaper
 
@@ -44,7 +48,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HTTP_TIMEOUT_S = 5.0
 # Operator defaults (node/config.py) plus: detector off (the issue's measurements had it off).
 BASE_OVERRIDES: dict[str, dict[str, Any]] = {"detector": {"enabled": False}}
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an env proxy
+_TLS_CLIENT = ssl.create_default_context()
+_TLS_CLIENT.check_hostname = False
+_TLS_CLIENT.verify_mode = ssl.CERT_NONE  # the lab's self-signed RPC certificates
+OPENER = urllib.request.build_opener(  # never an env proxy
+    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_TLS_CLIENT)
+)
+RELAY_BASE_OCTET = 100  # validator j is reached at 10.77.<k>.<100 + j> (its relay address)
+MOVED_BASE_OCTET = 150  # after move(j): 10.77.<k>.<150 + j> in its namespace, relay at +50
 
 
 class LabUnsupported(RuntimeError):
@@ -60,7 +71,7 @@ class RpcError(Exception):
 def http_json(url: str, body: Any = None, timeout_s: float = HTTP_TIMEOUT_S) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with _OPENER.open(req, timeout=timeout_s) as resp:
+    with OPENER.open(req, timeout=timeout_s) as resp:
         return json.loads(resp.read() or b"null")
 
 
@@ -95,6 +106,9 @@ class Lab:
         self.shaper = Shaper(n, seed)
         self.relay: Relay | None = None
         self.relay_ports: list[int] = []
+        self.relay_hosts: list[str] = []
+        self.node_ips: list[str] = []
+        self.sources: dict[str, int] = {}
         self.cluster: devnet.Cluster | None = None
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._ids = itertools.count(1)
@@ -124,10 +138,18 @@ class Lab:
         atexit.register(self.close)
         self.net = net = netns.create(self.n)
         self.relay = Relay(self.shaper)
-        sources = {net.ip(i): i for i in range(self.n)}
-        self.relay_ports = [
-            self.relay.listen(j, net.gateway, (net.ip(j), P2P_PORT), sources) for j in range(self.n)
-        ]
+        self.node_ips = [net.ip(i) for i in range(self.n)]
+        self.sources = {net.ip(i): i for i in range(self.n)}
+        prefix = net.gateway.rsplit(".", 1)[0]
+        self.relay_hosts = [f"{prefix}.{RELAY_BASE_OCTET + j}" for j in range(self.n)]
+        for j in range(self.n):
+            netns.add_bridge_address(net, self.relay_hosts[j])
+            self.relay_ports.append(
+                self.relay.listen(
+                    j, self.relay_hosts[j], (net.ip(j), P2P_PORT), self.sources, P2P_PORT
+                )
+            )
+        self._write_hosts()
         self.shaper.update(self.shaper.links(), delay_ms=self.delay_ms, jitter_ms=self.jitter_ms)
         self.cluster = self._make_cluster()
         for i in range(self.n):
@@ -139,26 +161,87 @@ class Lab:
                 wait_s,
             )
 
+    @staticmethod
+    def peer_name(j: int) -> str:
+        return f"v{j}.lab"
+
+    def _write_hosts(self) -> None:
+        """Each namespace's /etc/hosts (bind-mounted by ``ip netns exec``): v<j>.lab -> relay j.
+
+        Rewritten in place (same inode), so running nodes see the change on their next lookup.
+        """
+        assert self.net is not None
+        text = "127.0.0.1 localhost\n" + "".join(
+            f"{self.relay_hosts[j]} {self.peer_name(j)}\n" for j in range(self.n)
+        )
+        for i in range(self.n):
+            d = Path("/etc/netns") / self.net.ns(i)
+            d.mkdir(parents=True, exist_ok=True)
+            with open(d / "hosts", "w") as fh:
+                fh.write(text)
+
     def _make_cluster(self) -> devnet.Cluster:
+        """``vigil init`` per node at its own address, genesis by ``vigil genesis``, names as peers."""
         assert self.net is not None
         ports = [devnet.Ports(P2P_PORT, RPC_PORT, METRICS_PORT)] * self.n
         root = self.workdir / "cluster"
-        cluster = devnet.init_cluster(
-            root, ports, overrides=self.overrides, bench_accounts=self.bench_accounts
+        overrides = {k: dict(v) for k, v in self.overrides.items()}
+        # RPC over TLS too: the bridge then carries no plaintext transaction at all.
+        overrides.setdefault("rpc", {}).update(
+            {"tls_cert": "tls/p2p.crt", "tls_key": "tls/p2p.key"}
         )
-        genesis = Genesis.load(root / "genesis.json")
-        urls = [f"ws://{self.net.gateway}:{p}" for p in self.relay_ports]
-        validators = tuple(replace(v, p2p_url=urls[v.index]) for v in genesis.validators)
-        replace(genesis, validators=validators).save(root / "genesis.json")
+        cluster = devnet.init_cluster(
+            root,
+            ports,
+            overrides=overrides,
+            bench_accounts=self.bench_accounts,
+            hosts=[self.net.ip(i) for i in range(self.n)],
+        )
+        # Peers by name (each init printed its own address; the lab's network reaches it by name).
         for i in range(self.n):
-            path = cluster.node_dir(i) / "config.toml"
-            sections = tomllib.loads(path.read_text())
-            for name in ("p2p", "rpc", "metrics"):
-                sections[name]["host"] = self.net.ip(i)
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(devnet.render_config(sections))
+            self._edit_config(i, lambda s: s["p2p"].update(peers=self._peer_lines(cluster)))
         return cluster
+
+    def _peer_lines(self, cluster: devnet.Cluster) -> list[str]:
+        lines = []
+        for j in range(self.n):
+            key = (cluster.node_dir(j) / "validator.txt").read_text().strip().split("@")[0]
+            lines.append(f"{key}@{self.peer_name(j)}:{P2P_PORT}")
+        return lines
+
+    def _edit_config(self, i: int, change: Any) -> None:
+        path = self.workdir / "cluster" / f"node{i}" / "config.toml"
+        sections = tomllib.loads(path.read_text())
+        change(sections)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(devnet.render_config(sections))
+
+    def move(self, j: int) -> str:
+        """Validator j moves to a new address: stop it, readdress its namespace, change its config
+        (``p2p.host``, ``rpc.host``, ``metrics.host``; genesis untouched), point ``v<j>.lab`` at
+        the new place, start it. Returns the new address."""
+        assert self.net is not None
+        assert self.relay is not None
+        self.kill(j)
+        prefix = self.net.gateway.rsplit(".", 1)[0]
+        new_ip = f"{prefix}.{MOVED_BASE_OCTET + j}"
+        new_relay = f"{prefix}.{MOVED_BASE_OCTET + 50 + j}"
+        netns.readdress(self.net, j, self.node_ips[j], new_ip)
+        self.sources[new_ip] = j
+        self.node_ips[j] = new_ip
+        netns.add_bridge_address(self.net, new_relay)
+        self.relay.listen(j, new_relay, (new_ip, P2P_PORT), self.sources, P2P_PORT)
+        self.relay_hosts[j] = new_relay
+        self._write_hosts()
+
+        def readdress(s: dict[str, Any]) -> None:
+            for name in ("p2p", "rpc", "metrics"):
+                s[name]["host"] = new_ip
+
+        self._edit_config(j, readdress)
+        self.start(j, wait=False)
+        return new_ip
 
     def close(self) -> None:
         """Kill every node, stop the relays, remove namespaces and bridge. Idempotent."""
@@ -178,6 +261,8 @@ class Lab:
         if self.relay is not None:
             self.relay.close()
         if self.net is not None:
+            for i in range(self.n):
+                shutil.rmtree(Path("/etc/netns") / self.net.ns(i), ignore_errors=True)
             netns.destroy(self.net)
         atexit.unregister(self.close)
 
@@ -279,8 +364,7 @@ class Lab:
     # --- rpc ------------------------------------------------------------------------------
 
     def rpc_url(self, i: int) -> str:
-        assert self.net is not None
-        return f"http://{self.net.ip(i)}:{RPC_PORT}"
+        return f"https://{self.node_ips[i]}:{RPC_PORT}"
 
     def rpc(
         self, i: int, method: str, params: Any = None, timeout_s: float = HTTP_TIMEOUT_S
@@ -309,7 +393,7 @@ class Lab:
     def ready(self, i: int) -> bool:
         """``/ready`` answered 200 (False on 503 or when unreachable)."""
         try:
-            with _OPENER.open(self.rpc_url(i) + "/ready", timeout=2.0) as resp:
+            with OPENER.open(self.rpc_url(i) + "/ready", timeout=2.0) as resp:
                 return bool(resp.status == 200)
         except urllib.error.HTTPError:
             return False

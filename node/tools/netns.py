@@ -142,6 +142,22 @@ def create(n: int) -> Net:
     return net
 
 
+def add_bridge_address(net: Net, address: str) -> None:
+    """One more address of the lab's subnet on its bridge (where a relay can listen)."""
+    if not address.startswith(f"{SUBNET_PREFIX}{net.octet}."):
+        raise NetnsError(f"{address} is not in the lab's subnet")
+    _run("ip", "addr", "add", f"{address}/24", "dev", net.bridge)
+
+
+def readdress(net: Net, i: int, old: str, new: str) -> None:
+    """Validator i's namespace leaves ``old`` for ``new`` (same lab subnet)."""
+    if not new.startswith(f"{SUBNET_PREFIX}{net.octet}."):
+        raise NetnsError(f"{new} is not in the lab's subnet")
+    # Old first: deleting a subnet's primary address also deletes its secondaries.
+    _run("ip", "-n", net.ns(i), "addr", "del", f"{old}/24", "dev", "eth0")
+    _run("ip", "-n", net.ns(i), "addr", "add", f"{new}/24", "dev", "eth0")
+
+
 def kill_namespace_pids(ns: str) -> None:
     """SIGKILL whatever still runs inside a namespace (a node the lab lost track of)."""
     out = _run("ip", "netns", "pids", ns, check=False).stdout

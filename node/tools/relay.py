@@ -131,8 +131,19 @@ class Relay:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def listen(self, dst: int, host: str, target: tuple[str, int], sources: dict[str, int]) -> int:
-        """Relay connections to validator ``dst`` at ``target``; returns the port on ``host``."""
+    def listen(
+        self,
+        dst: int,
+        host: str,
+        target: tuple[str, int],
+        sources: dict[str, int],
+        port: int = 0,
+    ) -> int:
+        """Relay connections to validator ``dst`` at ``target``; returns the port on ``host``.
+
+        ``sources`` (source address -> validator) is read on every connection: the caller may
+        add an address to it, e.g. when a validator moves.
+        """
 
         async def start() -> int:
             async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -144,7 +155,7 @@ class Relay:
                 finally:
                     self._conns.discard(task)
 
-            server = await asyncio.start_server(accept, host, 0)
+            server = await asyncio.start_server(accept, host, port)
             self._servers.append(server)
             return int(server.sockets[0].getsockname()[1])
 

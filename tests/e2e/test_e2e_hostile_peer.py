@@ -22,6 +22,7 @@ import pytest
 
 from common.crypto import SigningKey, from_hex
 from node.chain.genesis import Genesis
+from node.net.tls import fingerprint
 from node.net.wire import decode_frame, encode_frame, sign_challenge
 from tests.cluster_util import LocalCluster, wait_for
 
@@ -81,6 +82,7 @@ async def _strangers(url: str, genesis: Genesis) -> list[bool]:
         "genesis": genesis.hash,
         "index": 1,
         "challenge": os.urandom(32),
+        "tls": True,
     }
     attempts: list[list[Any]] = [
         [b"\xc1\xff not msgpack"],
@@ -101,7 +103,7 @@ async def _strangers(url: str, genesis: Genesis) -> list[bool]:
     out = []
     async with aiohttp.ClientSession() as s:
         for frames in attempts:
-            async with s.ws_connect(url + "/p2p", max_msg_size=0) as ws:
+            async with s.ws_connect(url + "/p2p", max_msg_size=0, ssl=False) as ws:
                 for f in frames:
                     if isinstance(f, str):
                         await ws.send_str(f)
@@ -109,7 +111,7 @@ async def _strangers(url: str, genesis: Genesis) -> list[bool]:
                         await ws.send_bytes(f)
                 out.append(await _closed_after(ws))
         # A frame over the node's size limit (16 MiB by default).
-        async with s.ws_connect(url + "/p2p", max_msg_size=0) as ws:
+        async with s.ws_connect(url + "/p2p", max_msg_size=0, ssl=False) as ws:
             with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                 await ws.send_bytes(b"\x00" * (17 * 1024 * 1024))
             out.append(await _closed_after(ws))
@@ -120,18 +122,30 @@ async def _replayed_handshake(url: str, genesis: Genesis, key: SigningKey) -> bo
     """Completing a handshake with a signature recorded from an earlier one must fail."""
     async with aiohttp.ClientSession() as s:
         # First link: the real exchange, captured (then abandoned before "ok" matters).
-        async with s.ws_connect(url + "/p2p", max_msg_size=0) as ws:
+        async with s.ws_connect(url + "/p2p", max_msg_size=0, ssl=False) as ws:
             await ws.send_bytes(_hello(genesis, IMPOSTOR))
             ack = decode_frame((await ws.receive()).data, 1 << 24)
             old_sig = sign_challenge(
-                key, genesis.chain_id, genesis.hash, ack["challenge"], IMPOSTOR, TARGET
+                key,
+                genesis.chain_id,
+                genesis.hash,
+                ack["challenge"],
+                IMPOSTOR,
+                TARGET,
+                _binding(ws),
             )
             await ws.close()
-        async with s.ws_connect(url + "/p2p", max_msg_size=0) as ws:
+        async with s.ws_connect(url + "/p2p", max_msg_size=0, ssl=False) as ws:
             await ws.send_bytes(_hello(genesis, IMPOSTOR))
             await ws.receive()  # a fresh challenge: the old signature does not cover it
             await ws.send_bytes(encode_frame({"t": "auth", "sig": old_sig}))
             return await _closed_after(ws)
+
+
+def _binding(ws: aiohttp.ClientWebSocketResponse) -> bytes:
+    """The TLS binding the node expects: the fingerprint of the certificate it showed us."""
+    der = ws.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    return fingerprint(der)
 
 
 def _hello(genesis: Genesis, index: int) -> bytes:
@@ -142,6 +156,7 @@ def _hello(genesis: Genesis, index: int) -> bytes:
             "genesis": genesis.hash,
             "index": index,
             "challenge": os.urandom(32),
+            "tls": True,
         }
     )
 
@@ -149,10 +164,12 @@ def _hello(genesis: Genesis, index: int) -> bytes:
 async def _impostor_session(
     s: aiohttp.ClientSession, url: str, genesis: Genesis, key: SigningKey
 ) -> aiohttp.ClientWebSocketResponse:
-    ws = await s.ws_connect(url + "/p2p", max_msg_size=0)
+    ws = await s.ws_connect(url + "/p2p", max_msg_size=0, ssl=False)
     await ws.send_bytes(_hello(genesis, IMPOSTOR))
     ack = decode_frame((await ws.receive()).data, 1 << 24)
-    sig = sign_challenge(key, genesis.chain_id, genesis.hash, ack["challenge"], IMPOSTOR, TARGET)
+    sig = sign_challenge(
+        key, genesis.chain_id, genesis.hash, ack["challenge"], IMPOSTOR, TARGET, _binding(ws)
+    )
     await ws.send_bytes(encode_frame({"t": "auth", "sig": sig}))
     ok = decode_frame((await ws.receive()).data, 1 << 24)
     assert ok["t"] == "ok"

@@ -104,8 +104,7 @@ def test_anchor_then_verify(
         genesis.to_json()
         | {
             "validators": [
-                {"index": i, "public_key": to_hex(bytes([i + 7]) * 32), "p2p_url": "ws://x"}
-                for i in range(4)
+                {"index": i, "public_key": to_hex(bytes([i + 7]) * 32)} for i in range(4)
             ]
         }
     )

@@ -87,7 +87,7 @@ def test_four_nodes_commit_500_transfers(cluster: LocalCluster) -> None:
 
 
 async def _garbage(url: str) -> tuple[bool, aiohttp.WSMsgType]:
-    async with aiohttp.ClientSession() as s, s.ws_connect(url + "/p2p") as ws:
+    async with aiohttp.ClientSession() as s, s.ws_connect(url + "/p2p", ssl=False) as ws:
         await ws.send_bytes(b"\xc1\xff garbage that is not msgpack")
         async with asyncio.timeout(10):
             msg = await ws.receive()

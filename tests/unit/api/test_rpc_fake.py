@@ -97,6 +97,10 @@ class FakeService:
         self.calls.append(("quarantine_reject", tx_hash))
         return {"hash": to_hex(tx_hash), "status": "rejected"}
 
+    async def admin_db_backup(self) -> dict[str, Any]:
+        self.calls.append(("admin_db_backup", b""))
+        return {"path": "/tmp/backup", "height": self.height}
+
     def health(self) -> dict[str, Any]:
         return {"height": self.height, "syncing": False, "peers": 3}
 

@@ -26,10 +26,7 @@ from node.chain.tx import make_transfer
 KEY = SigningKey(b"\x05" * 32)
 GENESIS = Genesis(
     "vigil",
-    tuple(
-        Validator(i, SigningKey(bytes([i + 1]) * 32).public_key, f"ws://127.0.0.1:{26600 + i}/p2p")
-        for i in range(4)
-    ),
+    tuple(Validator(i, SigningKey(bytes([i + 1]) * 32).public_key) for i in range(4)),
     ((address_of(KEY.public_key), 1000),),
     1_700_000_000_000,
 )

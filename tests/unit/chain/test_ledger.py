@@ -237,7 +237,7 @@ def test_check_block_stateless_rules():
 def test_genesis_accounts_and_codecs():
     g = Genesis(
         CHAIN,
-        (Validator(0, KEYS[0].public_key, "ws://127.0.0.1:1/p2p"),),
+        (Validator(0, KEYS[0].public_key),),
         tuple(sorted([(ADDR[0], 5), (ADDR[1], 7)])),
         0,
     )

@@ -14,7 +14,10 @@ from node.errors import MEMPOOL_FULL, TX_BALANCE, TX_DUPLICATE, TX_NONCE, VigilE
 from node.host.config import ConfigError, parse_config
 from node.net.wire import BadFrame, decode_frame, encode_frame
 
-BASE = {"node": {"index": 0, "data_dir": ".", "genesis": "g.json", "key_file": "k.json"}}
+BASE = {
+    "node": {"index": 0, "data_dir": ".", "genesis": "g.json", "key_file": "k.json"},
+    "p2p": {"insecure": True},
+}
 
 
 def test_config_defaults_and_relative_paths() -> None:

@@ -1,0 +1,219 @@
+"""The double-sign guard: a small file, apart from the database, of what this validator signed.
+
+The core signs its messages itself; the guard sits where they leave the process. Before any of
+our consensus messages is sent, its (kind, view, seq) and digest are recorded here and fsynced
+(with the round's Persist records, in the same worker thread), and a message is refused when:
+
+- its view is below the highest view we already signed a vote or VIEW-CHANGE in (views only
+  grow, PBFT section 4.4: once we voted in view v, nothing of a lower view may be signed again);
+- the same (kind, view, seq) was signed with another digest (equivocation);
+- it is new but at or below the floor of what was forgotten when the record was pruned.
+
+Re-sending the very same message (same kind, view, seq and digest) is allowed. The file lives
+next to the database, not in it, so restoring an older database backup cannot make the validator
+vote again where it already voted: the guard still remembers (tested in tests/test_signguard.py).
+A missing guard file next to an existing database stops the node (recovery: docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.codec import CodecError
+from consensus import messages as cmsg
+from consensus.api import Broadcast, Send
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+SEQ_WINDOW = 1024  # records kept per kind, below the highest seq signed
+VIEW_WINDOW = 64  # VIEW-CHANGE / NEW-VIEW records kept, below the highest view signed
+_VOTES = ("pre_prepare", "prepare", "commit")
+
+
+class GuardError(Exception):
+    """The guard file is missing, unreadable or for another key: the node must not sign."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    kind: str
+    view: int
+    seq: int
+    digest: bytes
+
+
+def describe(data: bytes, me: int, payload_bytes_max: int) -> Signed | None:
+    """Our own message's (kind, view, seq, digest); None for anything not signed by us."""
+    try:
+        msg = cmsg.decode(data, payload_bytes_max, len(data))
+    except CodecError:
+        return None
+    if msg.sender != me:
+        return None
+    match msg:
+        case cmsg.PrePrepare() | cmsg.Prepare() | cmsg.CommitVote():
+            return Signed(msg.kind, msg.view, msg.seq, msg.digest)
+        case cmsg.Checkpoint():
+            return Signed("checkpoint", 0, msg.seq, msg.digest)
+        case cmsg.ViewChange() | cmsg.NewView():
+            return Signed(msg.kind, msg.view, 0, hashlib.sha256(data).digest())
+    return None
+
+
+class SignGuard:
+    def __init__(self, path: Path, public_key: bytes, state: dict[str, Any]) -> None:
+        self.path = path
+        self.public_key = public_key
+        self.view_floor: int = state["view_floor"]
+        self.floors: dict[str, list[int]] = {k: list(v) for k, v in state["floors"].items()}
+        self.signed: dict[tuple[str, int, int], bytes] = {
+            (k, v, s): bytes.fromhex(d) for k, v, s, d in state["signed"]
+        }
+        self.refused = 0
+
+    # --- file -----------------------------------------------------------------------------
+
+    @staticmethod
+    def open(path: Path, public_key: bytes, *, fresh: bool, view_floor: int = 0) -> SignGuard:
+        """Load the guard; create it only for a ``fresh`` node (no database yet)."""
+        if not path.exists():
+            if not fresh:
+                raise GuardError(
+                    f"node.guard_file: {path} is missing but the database exists: refusing to"
+                    " sign (it could repeat votes); see docs/deploy.md 'Lost guard file'"
+                )
+            guard = SignGuard(
+                path, public_key, {"view_floor": view_floor, "floors": {}, "signed": []}
+            )
+            guard.save()
+            return guard
+        try:
+            state = json.loads(path.read_text())
+            if state.get("version") != VERSION:
+                raise ValueError("unknown version")
+            if state.get("public_key") != public_key.hex():
+                raise GuardError(f"node.guard_file: {path} belongs to another validator key")
+            return SignGuard(path, public_key, state)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GuardError(
+                f"node.guard_file: {path} is unreadable ({exc}); see docs/deploy.md"
+            ) from None
+
+    def save(self) -> None:
+        """Write to a temporary file, fsync, rename over the old one, fsync the directory."""
+        state = {
+            "version": VERSION,
+            "public_key": self.public_key.hex(),
+            "view_floor": self.view_floor,
+            "floors": self.floors,
+            "signed": [[k, v, s, d.hex()] for (k, v, s), d in sorted(self.signed.items())],
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(state, separators=(",", ":")).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # --- rules ----------------------------------------------------------------------------
+
+    def check(self, s: Signed) -> str | None:
+        """Why ``s`` must not be signed, or None when it may (and is then recorded)."""
+        key = (s.kind, s.view, s.seq)
+        known = self.signed.get(key)
+        if known is not None:
+            return None if known == s.digest else "conflicting_digest"
+        if s.kind != "checkpoint" and s.view < self.view_floor:
+            return "view_below_signed"
+        floor = self.floors.get(s.kind)
+        if floor is not None and (s.view, s.seq) <= (floor[0], floor[1]):
+            return "at_or_below_floor"
+        return None
+
+    def record(self, s: Signed) -> bool:
+        """Remember ``s``; True when the file must be written."""
+        key = (s.kind, s.view, s.seq)
+        if key in self.signed:
+            return False
+        self.signed[key] = s.digest
+        if s.kind in _VOTES or s.kind == "view_change":
+            self.view_floor = max(self.view_floor, s.view)
+        self._prune(s.kind)
+        return True
+
+    def _prune(self, kind: str) -> None:
+        keys = sorted(k for k in self.signed if k[0] == kind)
+        if kind in ("view_change", "new_view"):
+            top = keys[-1][1]
+            old = [k for k in keys if k[1] <= top - VIEW_WINDOW]
+        else:
+            top = max(k[2] for k in keys)
+            old = [k for k in keys if k[2] <= top - SEQ_WINDOW]
+        for k in old:
+            del self.signed[k]
+            floor = self.floors.get(kind, [0, 0])
+            self.floors[kind] = max(floor, [k[1], k[2]])
+
+    def admit(self, items: list[Signed | None]) -> list[str | None]:
+        """Check and record a round's messages, then fsync once; the refusal reason per item."""
+        reasons: list[str | None] = []
+        dirty = False
+        for s in items:
+            if s is None:
+                reasons.append(None)
+                continue
+            why = self.check(s)
+            reasons.append(why)
+            if why is None:
+                dirty = self.record(s) or dirty
+            else:
+                self.refused += 1
+        if dirty:
+            self.save()
+        return reasons
+
+
+async def guard_round(
+    guard: SignGuard | None,
+    pool: Executor,
+    me: int,
+    payload_bytes_max: int,
+    metrics: Any,
+    actions: list[Any],
+) -> set[int]:
+    """Record the round's outgoing messages durably before they leave; ids of refused actions.
+
+    Runs in the node's consensus-log thread (after that round's Persist records), so the loop
+    never waits on the fsync and the order "durable, then sent" holds.
+    """
+    out = [a for a in actions if isinstance(a, Send | Broadcast)]
+    if guard is None or not out:
+        return set()
+
+    def work() -> list[str | None]:
+        return guard.admit([describe(a.data, me, payload_bytes_max) for a in out])
+
+    reasons = await asyncio.get_running_loop().run_in_executor(pool, work)
+    refused = set()
+    for a, why in zip(out, reasons, strict=True):
+        if why is not None:
+            refused.add(id(a))
+            log.error("double_sign_refused", extra={"reason": why})
+            metrics.consensus_dropped_total.labels(reason=f"guard_{why}").inc()
+    return refused
