@@ -181,6 +181,8 @@ METHODS: dict[str, Method] = {
         ),
         Method("quarantine_release", (Param("hash", _HASH),), admin=True),
         Method("quarantine_reject", (Param("hash", _HASH),), admin=True),
+        Method("quarantine_show", (Param("hash", _HASH),), admin=True),
+        Method("detector_explain", (Param("hash", _HASH),), admin=True),
     )
 }
 
