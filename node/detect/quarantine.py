@@ -408,7 +408,8 @@ class Quarantine:
         ):
             self._to_rejected(self._victim(), FULL, now_ms)
         self._put(held)
-        self._write(h, encode_record(held, "held"))
+        if self._store is not None:
+            self._write(h, encode_record(held, "held"))
 
     def release(self, tx_hash: bytes) -> Held:
         """Take a tx out for the mempool; KeyError when it is not held."""
@@ -450,7 +451,8 @@ class Quarantine:
             raise KeyError(tx_hash)
         rec = Rejected(held, reason, now_ms)
         self._rejected[tx_hash] = rec
-        self._write(tx_hash, encode_record(held, "rejected", reason, now_ms))
+        if self._store is not None:
+            self._write(tx_hash, encode_record(held, "rejected", reason, now_ms))
         self._trim_rejected()
         log.info("quarantine_rejected", extra={"tx": tx_hash.hex(), "reason": reason})
         if self._on_rejected is not None:
