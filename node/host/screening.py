@@ -616,7 +616,31 @@ def listing_row(h: Held) -> dict[str, Any]:
     }
     if h.window is not None:
         out["training_window"] = h.window.to_json()
+        out["raw"] = to_hex(h.tx.encode())
+        out["audit"] = {
+            "score": h.score,
+            "features": list(h.features),
+            "context": [list(v) if isinstance(v, tuple) else v for v in h.context],
+        }
     return out
+
+
+def held_from_show(tx: Transaction, shown: Mapping[str, Any]) -> Held:
+    """The audit part of a ``quarantine_show`` answer as a Held (to explain it elsewhere)."""
+    from node.detect.detector import WindowSpec
+
+    a, w = shown["audit"], shown["training_window"]
+    return Held(
+        tx,
+        float(a["score"]),
+        float(shown["threshold"]),
+        tuple(shown["reasons"]),
+        int(shown["quarantined_at_ms"]),
+        bytes.fromhex(str(shown["model_id"])[2:]),
+        WindowSpec(w["history_from"], w["first_height"], w["last_height"], w["rows"], w["seed"]),
+        tuple(float(x) for x in a["features"]),
+        tuple(tuple(v) if isinstance(v, list) else v for v in a["context"]),
+    )
 
 
 def explain_record(

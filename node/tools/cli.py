@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML config file (docs/config.md)")
     p.set_defaults(func=cmd_node)
     # Other subcommands register themselves if their module is present.
-    for module in ("node.tools.wallet",):
+    for module in ("node.tools.wallet", "node.tools.admin"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
