@@ -23,6 +23,7 @@ import aiohttp
 
 from common.crypto import address_of
 from node.chain.tx import make_transfer
+from node.detect.scenarios import bench_plan
 from node.tools import devnet
 from node.tools.client import AsyncClient, Client, ClientError, RpcError
 from node.tools.devnet import Cluster
@@ -132,9 +133,9 @@ class Bench:
         keys = [devnet.bench_key(k) for k in range(accounts)]
         addrs = [address_of(k.public_key) for k in keys]
         out = []
-        for j in range(count):
-            k = j % accounts
-            tx = make_transfer(keys[k], devnet.CHAIN_ID, addrs[(k + 1) % accounts], 1, 1, nonces[k])
+        # The same plan as the detector drill's bench scenarios (node/detect/scenarios.py).
+        for k, to, amount in bench_plan(accounts, count):
+            tx = make_transfer(keys[k], devnet.CHAIN_ID, addrs[to], amount, 1, nonces[k])
             nonces[k] += 1
             out.append(("0x" + tx.encode().hex(), "0x" + tx.hash.hex()))
         return out
