@@ -563,7 +563,7 @@ class Screening:
             self._warn(
                 "detector_drift_high",
                 now,
-                {"psi": high, "level": self.monitor.drift_warn_psi},
+                {"psi": high, "warn_above": self.monitor.drift_warn_psi},
             )
         holds = mon["holds_last_minute"]
         self._metric("detector_holds_per_minute", lambda m: m.set(holds))
@@ -571,7 +571,7 @@ class Screening:
             self._warn(
                 "detector_hold_rate_high",
                 now,
-                {"holds_last_minute": holds, "level": self.monitor.hold_rate_warn_per_min},
+                {"holds_last_minute": holds, "warn_above": self.monitor.hold_rate_warn_per_min},
             )
         age = mon["model_age_blocks"]
         if age is not None:

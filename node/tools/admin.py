@@ -55,8 +55,9 @@ def _hash(text: str) -> bytes:
         raise CliError(f"hash {text!r}: {exc} (32 bytes, 0x + 64 hex)") from None
 
 
-async def _call(args: argparse.Namespace, method: str, *params: Any) -> Any:
-    async with AsyncClient(_rpc_url(args), admin_token=read_token(args)) as c:
+async def _call(args: argparse.Namespace, method: str, *params: Any, admin: bool = True) -> Any:
+    token = read_token(args) if admin else None
+    async with AsyncClient(_rpc_url(args), admin_token=token) as c:
         try:
             return await c.call(method, list(params) if params else None)
         except RpcError as exc:
@@ -67,8 +68,8 @@ async def _call(args: argparse.Namespace, method: str, *params: Any) -> Any:
             raise
 
 
-def _run(args: argparse.Namespace, method: str, *params: Any) -> Any:
-    return asyncio.run(_call(args, method, *params))
+def _run(args: argparse.Namespace, method: str, *params: Any, admin: bool = True) -> Any:
+    return asyncio.run(_call(args, method, *params, admin=admin))
 
 
 def _short(h: str) -> str:
@@ -127,7 +128,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 
 def cmd_detector(args: argparse.Namespace) -> int:
-    s = _run(args, "detector_status")
+    s = _run(args, "detector_status", admin=False)  # public: no token needed
     q = s.get("score_quantiles") or {}
     drift = s.get("drift_psi") or {}
     fmt = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
