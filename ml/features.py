@@ -3,6 +3,10 @@
 Pure functions of small summaries that node/ keeps from committed blocks (and from recently
 admitted transactions); no addresses, keys or clocks in here. Ratios are logs (base 2) so that the
 isolation forest's uniform splits see "10x" and "1000x" as equally far apart as "1x" and "10x".
+
+Pace is measured against what the whole network does right now, not in absolute terms: a payday
+or a benchmark makes every sender faster at once, and that is not an anomaly; one sender at ten
+times the network's current pace is. ``ChainHistory.sender_rate`` carries the network's pace.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_amount",  # log2(1 + amount)
     "amount_vs_sender",  # log2 of amount over the sender's median transfer (0 if none yet)
     "fee_vs_typical",  # log2 of fee over the recent median fee on chain
-    "log_gap_s",  # log2(1 + seconds since the sender's previous tx), capped; typical if none
-    "rate_recent",  # log2(1 + sender's txs in the last RATE_WINDOW_MS)
+    "gap_vs_network",  # log2 of (1 + s since the sender's previous tx) / (1 + the typical gap)
+    "rate_vs_network",  # log2 of (1 + sender's txs in RATE_WINDOW_MS) / (1 + a typical sender's)
     "receiver_novelty",  # 0 paid before by this sender, 1 new to the sender, 2 new to the chain
     "fanout_recent",  # log2(1 + distinct receivers of the sender in FANOUT_WINDOW_MS, incl. this)
     "nonce_gap",  # signed log2(1 + |nonce - next expected nonce|)
@@ -70,7 +74,14 @@ class ChainHistory:
 
     median_amount: float | None = None
     median_fee: float | None = None
-    median_gap_s: float | None = None  # between a sender's consecutive txs
+    # The network's current pace: txs per active sender in the last RATE_WINDOW_MS (None: unknown,
+    # taken as 1). A sender's rate and gap are features relative to it.
+    sender_rate: float | None = None
+
+
+def typical_gap_s(chain: ChainHistory) -> float:
+    """The gap between a typical sender's txs at the network's current pace, in seconds."""
+    return RATE_WINDOW_MS / 1000.0 / max(1.0, chain.sender_rate or 1.0)
 
 
 # Columns of the raw matrix ``feature_rows`` turns into features, one row per tx. NaN stands for
@@ -118,12 +129,14 @@ def feature_rows(raw: npt.ArrayLike, chain: ChainHistory) -> npt.NDArray[np.floa
         out[:, 2] = 0.0
     else:
         out[:, 2] = np.log2((1.0 + np.maximum(r[:, 2], 0.0)) / (1.0 + fee_ref))
-    # An account's first tx is not anomalous for that reason alone: give it the typical gap.
-    first_gap_s = chain.median_gap_s if chain.median_gap_s is not None else GAP_CAP_S
+    # Gap and rate relative to the network's current pace (a busy day is not an anomaly). An
+    # account's first tx is not anomalous for that reason alone: it gets the typical gap.
+    typical_gap = typical_gap_s(chain)
+    rate = max(1.0, chain.sender_rate or 1.0)
     gap = r[:, 3]
-    gap_s = np.where(np.isnan(gap), first_gap_s, np.maximum(np.nan_to_num(gap), 0.0))
-    out[:, 3] = np.log2(1.0 + np.minimum(gap_s, GAP_CAP_S))
-    out[:, 4] = np.log2(1.0 + r[:, 4])
+    gap_s = np.where(np.isnan(gap), typical_gap, np.maximum(np.nan_to_num(gap), 0.0))
+    out[:, 3] = np.log2((1.0 + np.minimum(gap_s, GAP_CAP_S)) / (1.0 + typical_gap))
+    out[:, 4] = np.log2((1.0 + r[:, 4]) / (1.0 + rate))
     out[:, 5] = r[:, 5]
     out[:, 6] = np.log2(1.0 + r[:, 6])
     nonce_gap = r[:, 7]
@@ -200,17 +213,19 @@ def _phrase(
         if abs(v) < 1.0:
             return None
         return f"fee is {_times(v)} the typical fee" if v > 0 else "fee far below the typical fee"
-    if name == "log_gap_s":
+    if name == "gap_vs_network":
         if sender.last_timestamp_ms is None:
             return "first transaction from this account"
         gap_ms = max(0, tx.timestamp_ms - sender.last_timestamp_ms)
         return f"{_span(gap_ms)} since the sender's previous transaction"
-    if name == "rate_recent":
+    if name == "rate_vs_network":
         window = [t for t in sender.recent_timestamps_ms if tx.timestamp_ms - RATE_WINDOW_MS <= t]
-        if not window:
+        if not window or v < 1.0:
             return None
         span_ms = max(1, tx.timestamp_ms - min(window))
-        return f"{len(window) + 1} transactions in {_span(span_ms)}"
+        return (
+            f"{len(window) + 1} transactions in {_span(span_ms)} ({_times(v)} the network's pace)"
+        )
     if name == "receiver_novelty":
         if v > 1.5:
             return "first transfer to a never-seen address"
@@ -252,8 +267,8 @@ def _beyond_phrase(
     base = _phrase(name, x, tx, sender)
     if base is None:
         return None
-    if name == "rate_recent":
-        return f"{base} (at most {round(2.0**high)} a minute in {last})"
+    if name == "rate_vs_network":
+        return f"{base} (at most {_times(high)} in {last})"
     if name == "fanout_recent":
         return f"{base} (at most {round(2.0**high - 1.0)} in {last})"
     return base

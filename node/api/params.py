@@ -182,6 +182,8 @@ METHODS: dict[str, Method] = {
         Method("quarantine_release", (Param("hash", _HASH),), admin=True),
         Method("quarantine_reject", (Param("hash", _HASH),), admin=True),
         Method("admin_db_backup", _NO_PARAMS, admin=True),
+        Method("quarantine_show", (Param("hash", _HASH),), admin=True),
+        Method("detector_explain", (Param("hash", _HASH),), admin=True),
     )
 }
 

@@ -77,6 +77,14 @@ class NodeService(Protocol):
         """
         ...
 
+    async def quarantine_show(self, tx_hash: bytes) -> dict[str, Any]:
+        """One quarantine record, held or rejected, with its audit trail (admin)."""
+        ...
+
+    async def detector_explain(self, tx_hash: bytes) -> dict[str, Any]:
+        """Rebuild a hold's model from the chain and score its recorded features again (admin)."""
+        ...
+
     def health(self) -> dict[str, Any]:
         """``{"height", "syncing", "peers"}``; cheap, never blocks."""
         ...

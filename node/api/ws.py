@@ -265,6 +265,9 @@ class _Connection:
         except (VigilError, TimeoutError):
             return
         event = {"type": "tx", "hash": sub.tx_hash, "status": info.get("status")}
+        for key in ("blocked_by", "reason"):
+            if info.get(key) is not None:
+                event[key] = info[key]
         self.push(_notification(sub_id, event))
 
 

@@ -241,6 +241,24 @@ class Mempool:
     def remove(self, tx_hash: bytes) -> Entry | None:
         return self._remove(tx_hash)
 
+    # --- waiting behind a held tx (the detector's quarantine) -------------------------------
+
+    def later(self, sender: bytes, nonce: int) -> list[Entry]:
+        """The sender's pending txs with a nonce above ``nonce``, in nonce order."""
+        pending = self._by_sender.get(sender, {})
+        return [pending[n] for n in sorted(pending) if n > nonce]
+
+    def has_nonce(self, sender: bytes, nonce: int) -> bool:
+        return nonce in self._by_sender.get(sender, {})
+
+    def drop_after(self, sender: bytes, nonce: int) -> list[Entry]:
+        """Drop the sender's txs above ``nonce`` (its tx at ``nonce`` will never commit: they
+        could never run). Txs already placed in a proposal stay: that proposal decides them."""
+        out = [e for e in self.later(sender, nonce) if e.hash not in self._inflight]
+        for e in out:
+            self._remove(e.hash)
+        return out
+
     def on_committed(
         self, tx_hashes: Iterable[bytes], senders: Iterable[bytes]
     ) -> tuple[list[Entry], list[tuple[Entry, str]]]:

@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ml.features import N_FEATURES, feature_rows, reasons
+from common import codec
+from ml import drift
+from ml.features import FEATURE_NAMES, N_FEATURES, feature_rows, reasons
 from ml.iforest import IsolationForest
 from node.detect.history import (
     CHAIN_RECENT_MAX,
@@ -86,11 +88,15 @@ __all__ = [
     "TrainedModel",
     "TxLike",
     "Verdict",
+    "WindowSpec",
+    "model_id_of",
     "training_seed",
 ]
 
 SEED_DOMAIN = b"vigil/detector/seed/v1"
+MODEL_ID_DOMAIN = "vigil/detector/model/v1"
 RECENT_SCORES_MAX = 2048
+RECENT_ROWS_MAX = 2048  # scored feature rows kept for the drift check
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,11 @@ class Verdict:
     # Reasons of a tx that is not held are worked out only if someone asks (tx_get): they cost
     # about as much as the scoring itself, and almost nobody reads them for ordinary traffic.
     later: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False, repr=False)
+    # For an audit of a hold (quarantine=True only): the model's id, the exact feature vector
+    # and the TxContext fields its reasons were phrased from.
+    model_id: bytes = field(default=b"", compare=False, repr=False)
+    features: tuple[float, ...] = field(default=(), compare=False, repr=False)
+    context: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     def all_reasons(self) -> tuple[str, ...]:
         """The reasons, computing deferred ones now."""
@@ -157,6 +168,7 @@ _SET_VERDICT = tuple(
     getattr(Verdict, name).__set__
     for name in ("score", "threshold", "quarantine", "reasons", "model_version", "later")
 )
+_SET_AUDIT = tuple(getattr(Verdict, name).__set__ for name in ("model_id", "features", "context"))
 
 
 def _verdict(
@@ -177,7 +189,42 @@ def _verdict(
     set_reasons(v, reasons)
     set_version(v, model_version)
     set_later(v, later)
+    for setter, value in zip(_SET_AUDIT, (b"", (), ()), strict=True):
+        setter(v, value)
     return v
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """Which committed rows a model was trained on, so that anyone can rebuild it from the chain.
+
+    The history is folded from ``history_from`` (the first block this detector observed) up to
+    ``last_height``; the window is the last ``rows`` rows of that replay (``first_height`` is
+    where they start, for people). With the config and the seed this fixes the model exactly.
+    """
+
+    history_from: int
+    first_height: int
+    last_height: int
+    rows: int
+    seed: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "history_from": self.history_from,
+            "first_height": self.first_height,
+            "last_height": self.last_height,
+            "rows": self.rows,
+            "seed": self.seed,
+        }
+
+
+def model_id_of(spec: WindowSpec, cfg: DetectorConfig) -> bytes:
+    """SHA-256 of (training window heights, detector config, seed): the model's name."""
+    config = {f.name: repr(getattr(cfg, f.name)) for f in fields(cfg)}
+    return codec.sha256(
+        codec.encode({"domain": MODEL_ID_DOMAIN, "window": spec.to_json(), "config": config})
+    )
 
 
 def training_seed(height: int) -> int:
@@ -195,12 +242,20 @@ class Detector:
             self.cfg.accounts_max, self.cfg.addresses_max, self.cfg.pending_ttl_ms
         )
         self._window: deque[FloatArray] = deque(maxlen=self.cfg.window_txs)
+        self._window_heights: deque[int] = deque(maxlen=self.cfg.window_txs)
+        self._history_from: int | None = None
+        self._snapshot: WindowSpec | None = None
+        self.spec: WindowSpec | None = None  # of the model in use
+        self.model_id = b""
         self._height = 0
         self._model: TrainedModel | None = None
         self._model_version = 0
         self._trained_at = -1
         self._requested_at = -1
         self._requested_rows = 0
+        self._reference: drift.Reference | None = None  # of the model's training window
+        self._recent = np.zeros((RECENT_ROWS_MAX, N_FEATURES))  # a ring of scored rows
+        self._recent_n = 0  # rows ever written to the ring
         self._scores: deque[float] = deque(maxlen=RECENT_SCORES_MAX)
         self._quarantined: deque[bool] = deque(maxlen=RECENT_SCORES_MAX)
 
@@ -211,10 +266,14 @@ class Detector:
 
     def observe_block(self, block: BlockLike, receipts_ok: Sequence[bool] | None = None) -> None:
         """Fold a committed block into the history and the training window (executed txs only)."""
-        self._height = max(self._height, block.header.height)
+        height = block.header.height
+        if self._history_from is None:
+            self._history_from = height
+        self._height = max(self._height, height)
         rows = self._history.observe_block(block, receipts_ok)
         if rows is not None:
             self._window.extend(rows)
+            self._window_heights.extend([height] * len(rows))
 
     # --- training ---------------------------------------------------------------------------
 
@@ -236,7 +295,19 @@ class Detector:
         """The training window as a matrix, and the seed of the last observed height."""
         self._requested_at = self._height
         self._requested_rows = len(self._window)
-        return np.vstack(list(self._window)), training_seed(self._height)
+        seed = training_seed(self._height)
+        self._snapshot = WindowSpec(
+            self._history_from or 0,
+            self._window_heights[0],
+            self._height,
+            len(self._window),
+            seed,
+        )
+        return np.vstack(list(self._window)), seed
+
+    def window_rows(self) -> FloatArray:
+        """The training window as it stands (for an audit rebuild)."""
+        return np.vstack(list(self._window))
 
     def fit(self, X: FloatArray, seed: int) -> TrainedModel:
         """Pure and thread-safe (touches no detector state): run it in an executor."""
@@ -267,6 +338,11 @@ class Detector:
         self._model = model
         self._model_version += 1
         self._trained_at = height
+        snap = self._snapshot
+        self.spec = snap if snap is not None and snap.rows == model.rows else None
+        rows = np.vstack(list(self._window)[-model.rows :])
+        self._reference = drift.reference(rows)
+        self.model_id = model_id_of(self.spec, self.cfg) if self.spec is not None else b""
 
     # --- scoring ----------------------------------------------------------------------------
 
@@ -290,7 +366,8 @@ class Detector:
         raws, contexts = self._history.admit(txs, now_ms, rows=scoring)
         if model is None or not scoring:
             return [Verdict(0.0, 1.0, False, ()) for _ in txs]
-        X = feature_rows(raws, self._history.chain)
+        X = feature_rows(raws, self._history.scoring_chain(now_ms))
+        self._remember_rows(X)
         scores, odds = model.score_detail(X)
         # Strict: a tx that merely ties the tail of ordinary traffic (few distinct values, so
         # many rows share one score) is not held.
@@ -300,9 +377,15 @@ class Detector:
         threshold = model.threshold
         out: list[Verdict] = []
         why = batch.reasons
+        audit = _SET_AUDIT
         for i, (score, quarantine) in enumerate(zip(scores.tolist(), held.tolist(), strict=True)):
             if quarantine:
-                out.append(_verdict(score, threshold, True, why(i), version, None))
+                v = _verdict(score, threshold, True, why(i), version, None)
+                for setter, value in zip(
+                    audit, (self.model_id, tuple(X[i].tolist()), contexts[i]), strict=True
+                ):
+                    setter(v, value)
+                out.append(v)
             else:
                 out.append(
                     _verdict(score, threshold, False, (), version, functools.partial(why, i))
@@ -310,6 +393,23 @@ class Detector:
         self._scores.extend(scores.tolist())
         self._quarantined.extend(held.tolist())
         return out
+
+    def _remember_rows(self, X: FloatArray) -> None:
+        n = min(len(X), RECENT_ROWS_MAX)
+        at = self._recent_n % RECENT_ROWS_MAX
+        first = min(n, RECENT_ROWS_MAX - at)
+        self._recent[at : at + first] = X[len(X) - n : len(X) - n + first]
+        if first < n:
+            self._recent[: n - first] = X[len(X) - n + first :]
+        self._recent_n += n
+
+    def drift(self) -> dict[str, float] | None:
+        """PSI per feature: the model's training window against the last scored rows."""
+        if self._reference is None or self._recent_n == 0:
+            return None
+        recent = self._recent[: min(self._recent_n, RECENT_ROWS_MAX)]
+        values = drift.psi(self._reference, recent)
+        return {name: round(float(v), 4) for name, v in zip(FEATURE_NAMES, values, strict=True)}
 
     def status(self) -> dict[str, Any]:
         """For ``detector_status`` and the metrics."""
@@ -324,6 +424,9 @@ class Detector:
         return {
             "enabled": self.cfg.enabled,
             "model_version": self._model_version,
+            "model_id": "0x" + self.model_id.hex() if self.model_id else None,
+            "training_window": self.spec.to_json() if self.spec is not None else None,
+            "model_age_blocks": self._height - self._trained_at if model is not None else None,
             "trained_at_height": self._trained_at if model is not None else None,
             "trained_rows": model.rows if model is not None else 0,
             "window_size": len(self._window),

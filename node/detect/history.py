@@ -13,6 +13,7 @@ import math
 import statistics
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -33,6 +34,7 @@ SENDER_EVENTS_MAX = 64  # timestamps/receivers kept per sender for rate and fan-
 SENDER_RECEIVERS_MAX = 256  # receivers a sender has paid, most recent kept
 CHAIN_RECENT_MAX = 2048  # transfers behind the chain's median amount and fee
 PENDING_SENDERS_MAX = 10_000
+PACE_EVENTS_MAX = 200_000  # txs remembered for the network's pace (the last RATE_WINDOW_MS)
 # The shared "no recent receivers" of a row: most senders have none in the fan-out window, and
 # not making a set for each of them is measurable on the admission path. Never added to.
 _EMPTY: set[bytes] = set()
@@ -141,6 +143,45 @@ class _Pending(NamedTuple):
     nonce: int
 
 
+class Pace:
+    """The network's pace: txs per active sender over the last ``RATE_WINDOW_MS``.
+
+    A sender's rate and gap are judged against it (ml/features.py), so that a load increase
+    every sender shares does not look like each of them misbehaving. Events arrive in about
+    time order (block times, admission times); older ones leave from the front.
+    """
+
+    __slots__ = ("_counts", "_events")
+
+    def __init__(self) -> None:
+        self._events: deque[tuple[int, bytes]] = deque()
+        self._counts: dict[bytes, int] = {}
+
+    def add(self, timestamp_ms: int, sender: bytes) -> None:
+        self._events.append((timestamp_ms, sender))
+        self._counts[sender] = self._counts.get(sender, 0) + 1
+        if len(self._events) > PACE_EVENTS_MAX:
+            self._pop()
+
+    def _pop(self) -> None:
+        _, sender = self._events.popleft()
+        left = self._counts[sender] - 1
+        if left:
+            self._counts[sender] = left
+        else:
+            del self._counts[sender]
+
+    def rate(self, now_ms: int) -> float | None:
+        """Mean txs per sender active in ``(now - RATE_WINDOW_MS, now]``; None when none was."""
+        horizon = now_ms - RATE_WINDOW_MS
+        events = self._events
+        while events and events[0][0] <= horizon:
+            self._pop()
+        if not self._counts:
+            return None
+        return len(events) / len(self._counts)
+
+
 def _median(values: deque[int]) -> float | None:
     return float(statistics.median(values)) if values else None
 
@@ -166,7 +207,8 @@ class TxHistory:
         self._pending: OrderedDict[bytes, deque[_Pending]] = OrderedDict()
         self._chain_amounts: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
         self._chain_fees: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
-        self._chain_gaps_ms: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
+        self._committed_pace = Pace()  # block times of committed txs
+        self._admitted_pace = Pace()  # admission times of txs scored here
 
     def note_addresses(self, addresses: Sequence[bytes]) -> None:
         """Addresses known before any block (genesis accounts) are not "never seen"."""
@@ -193,15 +235,25 @@ class TxHistory:
             acct = self._accounts.get(sender)
             raws.append(self._raw(tx, acct, (), now)[0])
             self._apply(tx, sender, acct, now)
-        rows = feature_rows(raws, self.chain) if raws else None
+            self._committed_pace.add(now, sender)
+        # The network's pace at the block's time, this block included (as scoring counts the
+        # batch being scored): committed history only, so every node builds the same rows.
+        pace = self._committed_pace.rate(now)
+        rows = feature_rows(raws, replace(self.chain, sender_rate=pace)) if raws else None
         if block.txs:
-            gap_ms = _median(self._chain_gaps_ms)
             self.chain = ChainHistory(
                 median_amount=_median(self._chain_amounts),
                 median_fee=_median(self._chain_fees),
-                median_gap_s=None if gap_ms is None else gap_ms / 1000,
             )
         return rows
+
+    def scoring_chain(self, now_ms: int) -> ChainHistory:
+        """The chain summary for scoring at ``now_ms``, with the network's pace right now: the
+        higher of the committed and the admitted pace (either may lag: blocks behind a load
+        increase, admissions after a restart)."""
+        rates = (self._committed_pace.rate(now_ms), self._admitted_pace.rate(now_ms))
+        known = [r for r in rates if r is not None]
+        return replace(self.chain, sender_rate=max(known) if known else None)
 
     def admit(
         self, txs: Sequence[TxLike], now_ms: int, rows: bool
@@ -223,6 +275,7 @@ class TxHistory:
             if not pending or all(p.tx_hash != tx_hash for p in pending):
                 to = b"" if tx.kind != "transfer" else tx.to
                 pending.append(_Pending(tx_hash, now_ms, to, tx.nonce))
+                self._admitted_pace.add(now_ms, sender)
         return raws, contexts
 
     def _apply(self, tx: TxLike, sender: bytes, acct: _Account | None, now: int) -> None:
@@ -231,8 +284,6 @@ class TxHistory:
         _lru_touch(self._accounts, sender, acct, self.accounts_max)
         _lru_touch(self._addresses, sender, None, self.addresses_max)
         acct.tx_count += 1
-        if acct.last_ms is not None:
-            self._chain_gaps_ms.append(now - acct.last_ms)
         acct.last_ms = now
         acct.next_nonce = max(acct.next_nonce, tx.nonce + 1)
         self._chain_fees.append(tx.fee)

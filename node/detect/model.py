@@ -26,7 +26,7 @@ SUBSPACES: tuple[tuple[int, ...], ...] = tuple(
     for names in (
         ("log_amount",),
         ("amount_vs_sender",),
-        ("rate_recent", "fanout_recent", "receiver_novelty"),
+        ("rate_vs_network", "fanout_recent", "receiver_novelty"),
     )
 )
 SUBSPACE_TREES = 50

@@ -16,6 +16,7 @@ Times are wall-clock milliseconds because a TTL must survive a restart.
 from __future__ import annotations
 
 import logging
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,12 +24,16 @@ from typing import Any, Protocol
 
 from common import codec
 from common.codec import CodecError
+from ml.features import N_FEATURES
 from node.chain.tx import TX_BYTES_MAX, Transaction
+from node.detect.detector import WindowSpec
 
 log = logging.getLogger(__name__)
 
 TTL_MS = 24 * 3600 * 1000
 TXS_MAX = 10_000
+BYTES_MAX = 32 * 1024 * 1024  # held txs' stored records, at most
+SENDER_TXS_MAX = 100  # held txs of one sender, at most: its flood evicts its own, not others'
 REJECTED_MAX = 10_000
 REASONS_MAX = 8
 SCORE_SCALE = 1_000_000  # the codec has no floats: scores are stored in millionths
@@ -46,6 +51,29 @@ _RECORD = codec.struct(
         "reasons": codec.list_of(codec.text(256), REASONS_MAX),
         "at_ms": codec.uint(),
         "reason": codec.text(64),
+    }
+)
+# Since the audit (model id, exact features and score): old records lack "audit" and still load.
+_RECORD_AUDITED = codec.struct(
+    {
+        "state": codec.one_of("held", "rejected"),
+        "tx": codec.raw(max_size=TX_BYTES_MAX),
+        "score": codec.uint(SCORE_SCALE),
+        "threshold": codec.uint(SCORE_SCALE),
+        "reasons": codec.list_of(codec.text(256), REASONS_MAX),
+        "at_ms": codec.uint(),
+        "reason": codec.text(64),
+        "audit": codec.raw(max_size=4096),
+    }
+)
+_AUDIT = codec.struct(
+    {
+        "model_id": codec.raw(32),
+        "window": codec.list_of(codec.uint(), 5),
+        "features": codec.raw(8 * N_FEATURES),
+        "score": codec.raw(8),
+        "threshold": codec.raw(8),
+        "context": codec.raw(max_size=2048),
     }
 )
 
@@ -82,8 +110,29 @@ class Held:
     def hash(self) -> bytes:
         return self.tx.hash
 
+    # The audit trail (empty for a hold without a model id, e.g. records from before it).
+    model_id: bytes = b""
+    window: WindowSpec | None = None
+    features: tuple[float, ...] = ()
+    context: tuple[Any, ...] = ()
+
+    @property
+    def sender(self) -> bytes:
+        return self.tx.sender_address
+
     def anomaly(self) -> dict[str, Any]:
-        return {"score": self.score, "threshold": self.threshold, "reasons": list(self.reasons)}
+        out: dict[str, Any] = {
+            "score": self.score,
+            "threshold": self.threshold,
+            "reasons": list(self.reasons),
+        }
+        if self.model_id:
+            out["model_id"] = "0x" + self.model_id.hex()
+        return out
+
+    def stored_bytes(self) -> int:
+        """About what its record takes (for the byte bound)."""
+        return self.tx.size_bytes + 256 + sum(len(r) for r in self.reasons) + 8 * N_FEATURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,23 +144,72 @@ class Rejected:
     at_ms: int
 
 
-def encode_record(held: Held, state: str, reason: str = "", at_ms: int | None = None) -> bytes:
+def _f64(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def _encode_context(context: tuple[Any, ...]) -> bytes:
+    # TxContext: ints, a bool, a float-or-None median, a tuple of ints. Floats as IEEE bytes.
+    return codec.encode(
+        [
+            _f64(v) if isinstance(v, float) else list(v) if isinstance(v, tuple) else v
+            for v in context
+        ]
+    )
+
+
+def _decode_context(raw: bytes) -> tuple[Any, ...]:
+    items = codec.decode(raw)
+    if not isinstance(items, list) or len(items) != 11:
+        raise CodecError("quarantine record: bad audit context")
+    out: list[Any] = []
+    for i, v in enumerate(items):
+        if i == 6 and isinstance(v, bytes):  # median_amount
+            out.append(struct.unpack("<d", v)[0])
+        elif isinstance(v, list):
+            out.append(tuple(int(t) for t in v))
+        else:
+            out.append(v)
+    return tuple(out)
+
+
+def _encode_audit(held: Held) -> bytes:
+    w = held.window
+    assert w is not None
     return codec.encode(
         {
-            "state": state,
-            "tx": held.tx.encode(),
-            "score": _ppm(held.score),
-            "threshold": _ppm(held.threshold),
-            "reasons": [r[:256] for r in held.reasons[:REASONS_MAX]],
-            "at_ms": held.since_ms if at_ms is None else at_ms,
-            "reason": reason,
+            "model_id": held.model_id,
+            "window": [w.history_from, w.first_height, w.last_height, w.rows, w.seed],
+            "features": struct.pack(f"<{N_FEATURES}d", *held.features),
+            "score": _f64(held.score),
+            "threshold": _f64(held.threshold),
+            "context": _encode_context(held.context),
         }
     )
 
 
+def encode_record(held: Held, state: str, reason: str = "", at_ms: int | None = None) -> bytes:
+    record: dict[str, Any] = {
+        "state": state,
+        "tx": held.tx.encode(),
+        "score": _ppm(held.score),
+        "threshold": _ppm(held.threshold),
+        "reasons": [r[:256] for r in held.reasons[:REASONS_MAX]],
+        "at_ms": held.since_ms if at_ms is None else at_ms,
+        "reason": reason,
+    }
+    if held.model_id and held.window is not None and len(held.features) == N_FEATURES:
+        record["audit"] = _encode_audit(held)
+    return codec.encode(record)
+
+
 def decode_record(tx_hash: bytes, value: bytes) -> Held | Rejected:
     """One stored record; raises CodecError when it is not ours or does not match its key."""
-    m = codec.decode_struct(value, _RECORD, 2 * TX_BYTES_MAX + 4096)
+    limit = 2 * TX_BYTES_MAX + 8192
+    try:
+        m = codec.decode_struct(value, _RECORD_AUDITED, limit)
+    except CodecError:
+        m = codec.decode_struct(value, _RECORD, limit)
     tx = Transaction.decode(m["tx"])
     if tx.hash != tx_hash:
         raise CodecError("quarantine record: tx does not match its key")
@@ -122,6 +220,21 @@ def decode_record(tx_hash: bytes, value: bytes) -> Held | Rejected:
         tuple(m["reasons"]),
         m["at_ms"],
     )
+    if "audit" in m:
+        a = codec.decode_struct(m["audit"], _AUDIT, 8192)
+        if len(a["window"]) != 5:
+            raise CodecError("quarantine record: bad audit window")
+        held = Held(
+            tx,
+            struct.unpack("<d", a["score"])[0],
+            struct.unpack("<d", a["threshold"])[0],
+            held.reasons,
+            held.since_ms,
+            a["model_id"],
+            WindowSpec(*a["window"]),
+            tuple(struct.unpack(f"<{N_FEATURES}d", a["features"])),
+            _decode_context(a["context"]),
+        )
     if m["state"] == "held":
         return held
     return Rejected(held, m["reason"], m["at_ms"])
@@ -137,19 +250,28 @@ class Quarantine:
         ttl_ms: int = TTL_MS,
         txs_max: int = TXS_MAX,
         rejected_max: int = REJECTED_MAX,
+        bytes_max: int = BYTES_MAX,
+        sender_txs_max: int = SENDER_TXS_MAX,
         persist: Persist | None = None,
-        on_rejected: Callable[[str], None] | None = None,
+        on_rejected: Callable[[Rejected], None] | None = None,
     ) -> None:
-        if ttl_ms < 1 or txs_max < 1 or rejected_max < 1:
-            raise ValueError("quarantine: ttl_ms, txs_max and rejected_max must be positive")
+        if min(ttl_ms, txs_max, rejected_max, bytes_max, sender_txs_max) < 1:
+            raise ValueError(
+                "quarantine: ttl_ms, txs_max, rejected_max, bytes_max and sender_txs_max"
+                " must be positive"
+            )
         self._store = store
         self.ttl_ms = ttl_ms
         self.txs_max = txs_max
         self.rejected_max = rejected_max
+        self.bytes_max = bytes_max
+        self.sender_txs_max = sender_txs_max
         self._persist = persist or _inline
         self._on_rejected = on_rejected
         self._held: OrderedDict[bytes, Held] = OrderedDict()
         self._rejected: OrderedDict[bytes, Rejected] = OrderedDict()
+        self._by_sender: dict[bytes, dict[bytes, int]] = {}  # sender -> held hash -> nonce
+        self._bytes = 0
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -173,12 +295,38 @@ class Quarantine:
         for r in sorted(rejected, key=lambda r: r.at_ms):
             self._rejected[r.held.hash] = r
         for h in sorted(held, key=lambda h: h.since_ms):
-            self._held[h.hash] = h
+            self._put(h)
         self._trim_rejected()
         self.expire(now_ms)
-        while len(self._held) > self.txs_max:
-            self._to_rejected(next(iter(self._held)), FULL, now_ms)
+        while len(self._held) > self.txs_max or self._bytes > self.bytes_max:
+            self._to_rejected(self._victim(), FULL, now_ms)
         return len(self._held)
+
+    def _put(self, held: Held) -> None:
+        self._held[held.hash] = held
+        self._by_sender.setdefault(held.sender, {})[held.hash] = held.tx.nonce
+        self._bytes += held.stored_bytes()
+
+    def _pop(self, tx_hash: bytes) -> Held | None:
+        held = self._held.pop(tx_hash, None)
+        if held is None:
+            return None
+        mine = self._by_sender.get(held.sender)
+        if mine is not None:
+            mine.pop(tx_hash, None)
+            if not mine:
+                del self._by_sender[held.sender]
+        self._bytes -= held.stored_bytes()
+        return held
+
+    def _victim(self) -> bytes:
+        """The held tx to evict when full: the oldest of the sender holding the most, so that
+        one sender's flood evicts its own txs, not others'; with no such sender, the oldest."""
+        if self._by_sender:
+            _, mine = max(self._by_sender.items(), key=lambda kv: len(kv[1]))
+            if len(mine) > 1:
+                return next(h for h in self._held if h in mine)
+        return next(iter(self._held))
 
     def _write(self, tx_hash: bytes, value: bytes | None) -> None:
         store = self._store
@@ -217,6 +365,21 @@ class Quarantine:
         """Held or rejected here: a resubmission is a duplicate, not a new tx."""
         return tx_hash in self._held or tx_hash in self._rejected
 
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def blocker(self, sender: bytes, nonce: int) -> Held | None:
+        """The sender's held tx with the lowest nonce below ``nonce``: what a later tx waits on."""
+        mine = self._by_sender.get(sender)
+        if not mine:
+            return None
+        best: tuple[int, bytes] | None = None
+        for h, n in mine.items():
+            if n < nonce and (best is None or n < best[0]):
+                best = (n, h)
+        return self._held[best[1]] if best is not None else None
+
     def held(self, limit: int | None = None) -> Iterator[Held]:
         """Held txs, oldest first."""
         for n, h in enumerate(self._held.values()):
@@ -236,14 +399,23 @@ class Quarantine:
         if h in self._held:
             return
         self._rejected.pop(h, None)
-        while len(self._held) >= self.txs_max:
-            self._to_rejected(next(iter(self._held)), FULL, now_ms)
-        self._held[h] = held
-        self._write(h, encode_record(held, "held"))
+        mine = self._by_sender.get(held.sender)
+        while mine and len(mine) >= self.sender_txs_max:
+            self._to_rejected(next(x for x in self._held if x in mine), FULL, now_ms)
+        size = held.stored_bytes()
+        while self._held and (
+            len(self._held) >= self.txs_max or self._bytes + size > self.bytes_max
+        ):
+            self._to_rejected(self._victim(), FULL, now_ms)
+        self._put(held)
+        if self._store is not None:
+            self._write(h, encode_record(held, "held"))
 
     def release(self, tx_hash: bytes) -> Held:
         """Take a tx out for the mempool; KeyError when it is not held."""
-        held = self._held.pop(tx_hash)
+        held = self._pop(tx_hash)
+        if held is None:
+            raise KeyError(tx_hash)
         self._write(tx_hash, None)
         return held
 
@@ -268,20 +440,23 @@ class Quarantine:
         """Committed txs leave the quarantine (another primary proposed them); returns how many."""
         n = 0
         for h in tx_hashes:
-            if self._held.pop(h, None) is not None:
+            if self._pop(h) is not None:
                 self._write(h, None)
                 n += 1
         return n
 
     def _to_rejected(self, tx_hash: bytes, reason: str, now_ms: int) -> Rejected:
-        held = self._held.pop(tx_hash)
+        held = self._pop(tx_hash)
+        if held is None:
+            raise KeyError(tx_hash)
         rec = Rejected(held, reason, now_ms)
         self._rejected[tx_hash] = rec
-        self._write(tx_hash, encode_record(held, "rejected", reason, now_ms))
+        if self._store is not None:
+            self._write(tx_hash, encode_record(held, "rejected", reason, now_ms))
         self._trim_rejected()
         log.info("quarantine_rejected", extra={"tx": tx_hash.hex(), "reason": reason})
         if self._on_rejected is not None:
-            self._on_rejected(reason)
+            self._on_rejected(rec)
         return rec
 
     def _trim_rejected(self) -> None:

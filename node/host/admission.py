@@ -39,17 +39,37 @@ class _Item:
 
 @dataclass(frozen=True, slots=True)
 class Screened:
-    """The detector's verdict on one admissible tx."""
+    """The detector's verdict on one admissible tx.
+
+    ``watch``: it would have been held, but the hold budget was spent; it passes, marked.
+    ``blocked_by``: an earlier nonce of its sender is held here, so it waits behind that tx.
+    """
 
     quarantined: bool
     score: float | None = None
     reasons: tuple[str, ...] = ()
+    watch: bool = False
+    blocked_by: bytes | None = None
 
 
 class Screen(Protocol):
-    """The admission policy hook (the detector): one verdict per tx, same order."""
+    """The admission policy hook (the detector): one verdict per tx, same order. ``local`` says
+    which txs came from this node's clients (only those may be held: the entry's policy)."""
 
-    def __call__(self, txs: Sequence[Transaction]) -> Sequence[Screened]: ...
+    def __call__(
+        self, txs: Sequence[Transaction], local: Sequence[bool] | None = None
+    ) -> Sequence[Screened]: ...
+
+
+def submitted(tx_hash: bytes, verdict: Screened | None) -> dict[str, Any]:
+    """``tx_submit``'s answer for an admitted tx: pending, or waiting behind a held tx."""
+    out: dict[str, Any] = {"hash": "0x" + tx_hash.hex(), "status": "pending"}
+    if verdict is not None and verdict.blocked_by is not None:
+        out["status"] = "waiting"
+        out["blocked_by"] = "0x" + verdict.blocked_by.hex()
+    if verdict is not None and verdict.watch:
+        out["watch"] = True
+    return out
 
 
 def _decode_and_verify(raws: list[bytes]) -> list[Transaction | str]:
@@ -173,7 +193,9 @@ class Admission:
             admissible.append((it, h, tx))
         verdicts: Sequence[Screened] = ()
         if self.screen is not None and admissible:
-            verdicts = self.screen([tx for _, _, tx in admissible])
+            verdicts = self.screen(
+                [tx for _, _, tx in admissible], [it.origin is None for it, _, _ in admissible]
+            )
         now = self.clock()
         admitted: list[Transaction] = []
         forward: list[bytes] = []
@@ -198,7 +220,7 @@ class Admission:
             if it.origin is None:
                 forward.append(it.raw)
             if it.future is not None and not it.future.done():
-                it.future.set_result({"hash": "0x" + h.hex(), "status": "pending"})
+                it.future.set_result(submitted(h, verdict))
         if forward:
             self.gossip.forward(forward)
         if admitted:

@@ -97,6 +97,8 @@ RPC_METHODS = frozenset(
         "quarantine_list",
         "quarantine_release",
         "quarantine_reject",
+        "quarantine_show",
+        "detector_explain",
         "subscribe",
         "unsubscribe",
         "batch",
@@ -233,6 +235,33 @@ class Metrics:
         self.detector_model_version = Gauge(
             "vigil_detector_model_version",
             "Version number of the detector model in use.",
+            registry=r,
+        )
+        self.detector_drift_psi = Gauge(
+            "vigil_detector_drift_psi",
+            "Population stability index of a feature: training window vs recent scored txs.",
+            ["feature"],
+            registry=r,
+        )
+        self.detector_holds_per_minute = Gauge(
+            "vigil_detector_holds_per_minute",
+            "Transactions held by the detector in the last minute.",
+            registry=r,
+        )
+        self.detector_score_quantile = Gauge(
+            "vigil_detector_score_quantile",
+            "Quantiles of the last 2048 scores (p50, p90, p99).",
+            ["quantile"],
+            registry=r,
+        )
+        self.detector_budget_overflows_total = Counter(
+            "vigil_detector_budget_overflows",
+            "Would-be holds passed as watch because the hold budget was spent.",
+            registry=r,
+        )
+        self.detector_model_age_blocks = Gauge(
+            "vigil_detector_model_age_blocks",
+            "Blocks committed since the model in use was trained.",
             registry=r,
         )
 

@@ -50,7 +50,7 @@ from node.host.driver import (
 from node.host.health import Health
 from node.host.metrics import Metrics, serve_metrics, watch_loop_lag
 from node.host.resolver import TxResolver
-from node.host.screening import Screening
+from node.host.screening import BLOCKER_REASONS, Screening
 from node.host.signguard import GuardError, SignGuard
 from node.net.address import PeerAddress
 from node.net.catchup import CatchUp
@@ -206,6 +206,8 @@ class Node:
         )
         self.admission.screen = screening.screen
         screening.bind(self.admission, self.p2p.broadcast)
+        screening.drop_waiting = self._drop_waiting
+        screening.on_unblocked = self._on_unblocked
         self.txs = TxResolver(self, self.cfg.p2p_request_timeout_ms / 1000)
         self.catchup = CatchUp(
             self.p2p,
@@ -293,6 +295,7 @@ class Node:
                 (self.gossip.run(), "gossip"),
                 (self.catchup.run(), "catchup"),
                 (watch_loop_lag(self.metrics), "looplag"),
+                (self.screening.run(), "screening"),
             ):
                 task = asyncio.create_task(coro, name=name)
                 task.add_done_callback(self._task_done)
@@ -377,7 +380,77 @@ class Node:
         self._update_pending()
         if self.subscribers:
             for tx in txs:
-                self._publish({"type": "tx", "hash": "0x" + tx.hash.hex(), "status": "pending"})
+                self._publish(self._tx_event(tx))
+
+    def _tx_event(self, tx: Transaction) -> dict[str, Any]:
+        """A pending tx's /ws event: ``pending``, or ``waiting`` behind a held tx."""
+        event: dict[str, Any] = {"type": "tx", "hash": "0x" + tx.hash.hex(), "status": "pending"}
+        blocker = self.screening.blocked_by(tx)
+        if blocker is not None:
+            event.update(status="waiting", blocked_by="0x" + blocker.hex())
+        return event
+
+    # --- txs waiting behind a held tx (node/host/screening.py) --------------------------------
+
+    def _drop_waiting(self, held: Any, reason: str) -> None:
+        """A held tx left the quarantine for good: its sender's later txs can never run. Fail
+        them here at once, and tell the other validators (a ``txs`` frame's ``dropped``)."""
+        sender, nonce = held.tx.sender_address, held.tx.nonce
+        self._fail_after(sender, nonce, reason)
+        self.p2p.broadcast({"t": "txs", "txs": [], "dropped": [[sender, nonce, reason]]})
+
+    def _fail_after(self, sender: bytes, nonce: int, reason: str) -> int:
+        dropped = self.mempool.drop_after(sender, nonce)
+        for entry in dropped:
+            self.txs.dropped(entry.hash, reason)
+            self.metrics.txs_rejected_total.labels(reason=reason).inc()
+            if self.subscribers:
+                self._publish(
+                    {
+                        "type": "tx",
+                        "hash": "0x" + entry.hash.hex(),
+                        "status": "rejected",
+                        "reason": reason,
+                    }
+                )
+        if dropped:
+            self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
+            log.info(
+                "waiting_txs_failed",
+                extra={"sender": sender.hex(), "after_nonce": nonce, "txs": len(dropped)},
+            )
+            self._update_pending()
+        return len(dropped)
+
+    def _on_peer_dropped(self, items: list[Any]) -> None:
+        """A peer's held tx will never commit: drop what waits behind it here too, unless this
+        node has that nonce itself (then the later txs can still run)."""
+        chain = self.chain
+        if chain is None:
+            return
+        for item in items[:1000]:
+            if not (
+                isinstance(item, list)
+                and len(item) == 3
+                and isinstance(item[0], bytes)
+                and isinstance(item[1], int)
+                and isinstance(item[2], str)
+                and item[2] in BLOCKER_REASONS.values()
+            ):
+                continue
+            sender, nonce, reason = item
+            account = chain.read_account(sender)
+            if (account is not None and account.nonce > nonce) or self.mempool.has_nonce(
+                sender, nonce
+            ):
+                continue
+            self._fail_after(sender, nonce, reason)
+
+    def _on_unblocked(self, held: Any) -> None:
+        """A released tx entered the mempool: what waited behind it is pending again."""
+        if self.subscribers:
+            for entry in self.mempool.later(held.tx.sender_address, held.tx.nonce):
+                self._publish(self._tx_event(entry.tx))
 
     def _on_quarantined(self, tx: Transaction, verdict: Screened) -> None:
         """The screen held ``tx`` back: it waits in the persisted quarantine (node/detect/quarantine.py)."""
@@ -392,7 +465,11 @@ class Node:
         elif kind == "txs":
             if frame.get("released") is True:  # released by a peer's operator: not screened
                 self.screening.on_peer_release(frame["txs"])
-            self.admission.gossiped(frame["txs"], sender)
+            dropped = frame.get("dropped")
+            if isinstance(dropped, list):  # a peer's held tx left its quarantine for good
+                self._on_peer_dropped(dropped)
+            if frame["txs"]:
+                self.admission.gossiped(frame["txs"], sender)
         elif kind == "status":
             on_peer_status(self, sender, frame["height"], frame["view"])
 

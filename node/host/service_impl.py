@@ -102,13 +102,17 @@ class NodeServiceImpl:
         anomaly = node.screening.anomaly(tx_hash)
         scored = {"anomaly": anomaly} if anomaly is not None else {}
         if entry is not None:
-            return {
+            out = {
                 **entry.tx.to_json(),
                 "status": "pending",
                 "height": None,
                 "index": None,
                 **scored,
             }
+            blocker = node.screening.blocked_by(entry.tx)
+            if blocker is not None:
+                out.update(status="waiting", blocked_by=to_hex(blocker))
+            return out
         found = await asyncio.to_thread(self._committed, tx_hash)
         if found is not None:
             return {**found, **scored}
@@ -220,6 +224,12 @@ class NodeServiceImpl:
         height = node.chain_height()
         keys = await asyncio.to_thread(node.store.snapshot_to, str(dest))
         return {"path": str(dest), "height": height, "keys": keys}
+
+    async def quarantine_show(self, tx_hash: bytes) -> dict[str, Any]:
+        return self.node.screening.show(tx_hash)
+
+    async def detector_explain(self, tx_hash: bytes) -> dict[str, Any]:
+        return await self.node.screening.explain(tx_hash)
 
     def health(self) -> dict[str, Any]:
         node = self.node

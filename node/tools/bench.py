@@ -25,6 +25,7 @@ import aiohttp
 from common.crypto import address_of
 from node.chain.ethtx import WEI_PER_UNIT, eth_address, eth_chain_id, sign_dynamic_fee
 from node.chain.tx import make_transfer, tx_hash_of
+from node.detect.scenarios import bench_plan
 from node.tools import devnet
 from node.tools.client import AsyncClient, Client, ClientError, RpcError
 from node.tools.devnet import Cluster, bench_eth_key
@@ -142,7 +143,8 @@ class Bench:
         chain = eth_chain_id(devnet.CHAIN_ID)
         share = self.args.eth_share
         out = []
-        for j in range(count):
+        # The same plan as the detector drill's bench scenarios (node/detect/scenarios.py).
+        for j, (k, to, amount) in enumerate(bench_plan(accounts, count)):
             if eth_keys and int((j + 1) * share) > int(j * share):
                 e = j % len(eth_keys)
                 raw = sign_dynamic_fee(
@@ -151,8 +153,7 @@ class Bench:
                 eth_nonces[e] += 1
                 out.append(("0x" + raw.hex(), "0x" + tx_hash_of(raw).hex()))
                 continue
-            k = j % accounts
-            tx = make_transfer(keys[k], devnet.CHAIN_ID, addrs[(k + 1) % accounts], 1, 1, nonces[k])
+            tx = make_transfer(keys[k], devnet.CHAIN_ID, addrs[to], amount, 1, nonces[k])
             nonces[k] += 1
             out.append(("0x" + tx.encode().hex(), "0x" + tx.hash.hex()))
         return out

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "node.tools.hostsetup",
         "node.tools.genesis_cmd",
         "node.tools.dbtool",
+        "node.tools.admin",
     ):
         try:
             mod = importlib.import_module(module)

@@ -211,6 +211,12 @@ class _Methods(Generic[R]):
     def quarantine_reject(self, tx_hash: bytes | str) -> R:
         return self.call("quarantine_reject", {"hash": _hex(tx_hash)})
 
+    def quarantine_show(self, tx_hash: bytes | str) -> R:
+        return self.call("quarantine_show", {"hash": _hex(tx_hash)})
+
+    def detector_explain(self, tx_hash: bytes | str) -> R:
+        return self.call("detector_explain", {"hash": _hex(tx_hash)})
+
 
 class AsyncClient(_Codec, _Methods[Awaitable[Any]]):
     """``async with AsyncClient(url) as c: await c.node_status()``."""

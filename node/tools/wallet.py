@@ -181,6 +181,9 @@ async def _submit(args: argparse.Namespace, build: Callable[[str, int], Any]) ->
         result = await c.tx_submit(tx.encode())
         print(result["hash"])
         print(f"status: {result['status']}", file=sys.stderr)
+        why = why_waiting(dict(result))
+        if why:
+            print(why, file=sys.stderr)
         if not args.wait or result["status"] == "quarantined":
             return 0
         info = await c.wait_tx(tx.hash, timeout_s=args.timeout)
@@ -302,8 +305,31 @@ def cmd_tx(args: argparse.Namespace) -> int:
         async with AsyncClient(_rpc_url(args)) as c:
             return dict(await c.tx_get(tx_hash))
 
-    print(json.dumps(asyncio.run(run()), indent=2))
+    info = asyncio.run(run())
+    print(json.dumps(info, indent=2))
+    why = why_waiting(info)
+    if why:
+        print(why, file=sys.stderr)
     return 0
+
+
+def why_waiting(info: dict[str, Any]) -> str | None:
+    """One line on why a tx is not moving: held by the detector, or waiting behind a held tx."""
+    status = info.get("status")
+    if status == "waiting":
+        return (
+            f"waiting: an earlier transaction of this sender, {info.get('blocked_by')}, is held"
+            " by the anomaly detector; this one runs if an operator releases that one, and fails"
+            " if it is rejected or expires"
+        )
+    if status == "quarantined":
+        reasons = "; ".join((info.get("anomaly") or {}).get("reasons") or [])
+        return f"quarantined by the anomaly detector, waiting for an operator: {reasons}".rstrip(
+            ": "
+        )
+    if status == "rejected" and str(info.get("reason", "")).startswith("blocked_tx_"):
+        return f"rejected: {info.get('reason')} (an earlier tx of this sender will never commit)"
+    return None
 
 
 # --- parser ------------------------------------------------------------------------------------

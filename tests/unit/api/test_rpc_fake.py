@@ -101,6 +101,12 @@ class FakeService:
         self.calls.append(("admin_db_backup", b""))
         return {"path": "/tmp/backup", "height": self.height}
 
+    async def quarantine_show(self, tx_hash: bytes) -> dict[str, Any]:
+        return {"hash": to_hex(tx_hash), "state": "held"}
+
+    async def detector_explain(self, tx_hash: bytes) -> dict[str, Any]:
+        return {"hash": to_hex(tx_hash), "same_score": True}
+
     def health(self) -> dict[str, Any]:
         return {"height": self.height, "syncing": False, "peers": 3}
 

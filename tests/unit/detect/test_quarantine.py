@@ -72,7 +72,7 @@ def test_ttl_expiry_and_restart_persistence(tmp_path: Path) -> None:
 def test_release_forget_and_bounds(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "db"))
     reasons: list[str] = []
-    q = Quarantine(store, txs_max=2, rejected_max=2, on_rejected=reasons.append)
+    q = Quarantine(store, txs_max=2, rejected_max=2, on_rejected=lambda r: reasons.append(r.reason))
     hs = [held(n, 1_000 + n) for n in range(5)]
     q.hold(hs[0], 1_000)
     q.hold(hs[1], 1_001)

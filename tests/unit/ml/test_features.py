@@ -23,7 +23,8 @@ from ml.features import (
 )
 
 NOW = 1_000_000
-CHAIN = ChainHistory(median_amount=100.0, median_fee=10.0, median_gap_s=30.0)
+# A typical sender makes 2 txs a minute right now: its typical gap is 30 s.
+CHAIN = ChainHistory(median_amount=100.0, median_fee=10.0, sender_rate=2.0)
 KNOWN = ReceiverHistory(seen_on_chain=True, paid_by_sender=True)
 
 
@@ -83,18 +84,25 @@ def test_fee_vs_typical() -> None:
     assert f("fee_vs_typical", tx(fee=87), regular(), KNOWN, ChainHistory()) == 0.0
 
 
-def test_gap_since_previous_tx() -> None:
-    assert f("log_gap_s", tx(), regular(), KNOWN, CHAIN) == 3.0  # 7 s
+def test_gap_since_previous_tx_against_the_network_typical_gap() -> None:
+    assert f("gap_vs_network", tx(), regular(), KNOWN, CHAIN) == math.log2(8 / 31)  # 7 s vs 30 s
     long_idle = regular(last_timestamp_ms=NOW - 10**10)
-    assert f("log_gap_s", tx(), long_idle, KNOWN, CHAIN) == math.log2(1 + GAP_CAP_S)
+    assert f("gap_vs_network", tx(), long_idle, KNOWN, CHAIN) == math.log2((1 + GAP_CAP_S) / 31)
     clock_skew = regular(last_timestamp_ms=NOW + 5_000)
-    assert f("log_gap_s", tx(), clock_skew, KNOWN, CHAIN) == 0.0
+    assert f("gap_vs_network", tx(), clock_skew, KNOWN, CHAIN) == math.log2(1 / 31)
+    # Ten times the pace everywhere: a 0.7 s gap is what 7 s was.
+    busy = ChainHistory(median_amount=100.0, median_fee=10.0, sender_rate=20.0)
+    fast = regular(last_timestamp_ms=NOW - 700)
+    assert f("gap_vs_network", tx(), fast, KNOWN, busy) == pytest.approx(math.log2(1.7 / 4))
 
 
-def test_recent_rate_counts_the_last_minute() -> None:
-    assert f("rate_recent", tx(), regular(), KNOWN, CHAIN) == math.log2(3)  # 2 of 3 in 60 s
+def test_recent_rate_against_the_network_pace() -> None:
+    assert f("rate_vs_network", tx(), regular(), KNOWN, CHAIN) == 0.0  # 2 in 60 s, as typical
     burst = regular(recent_timestamps_ms=tuple(NOW - 200 * i for i in range(15)))
-    assert f("rate_recent", tx(), burst, KNOWN, CHAIN) == 4.0
+    assert f("rate_vs_network", tx(), burst, KNOWN, CHAIN) == math.log2(16 / 3)
+    # The same burst while every sender makes 15 a minute is ordinary.
+    payday = ChainHistory(median_amount=100.0, median_fee=10.0, sender_rate=15.0)
+    assert f("rate_vs_network", tx(), burst, KNOWN, payday) == 0.0
 
 
 def test_receiver_novelty() -> None:
@@ -122,13 +130,13 @@ def test_first_tx_of_an_account_looks_typical() -> None:
     new = ReceiverHistory(seen_on_chain=True, paid_by_sender=False)
     x = featurize(tx(amount=5000, nonce=0), first, new, CHAIN)
     assert x[INDEX["amount_vs_sender"]] == 0.0  # no median of its own yet
-    assert x[INDEX["log_gap_s"]] == pytest.approx(math.log2(31.0))  # the chain's typical gap
-    assert x[INDEX["rate_recent"]] == 0.0
+    assert x[INDEX["gap_vs_network"]] == 0.0  # the network's typical gap
+    assert x[INDEX["rate_vs_network"]] == math.log2(1 / 3)
     assert x[INDEX["fanout_recent"]] == 1.0
     assert x[INDEX["nonce_gap"]] == 0.0
     # Nothing at all known yet (empty chain): still finite, gap at the cap.
     y = featurize(tx(nonce=0), first, new, ChainHistory())
-    assert y[INDEX["log_gap_s"]] == math.log2(1 + GAP_CAP_S)
+    assert y[INDEX["gap_vs_network"]] == 0.0
 
 
 def only(name: str) -> np.ndarray:
@@ -150,15 +158,18 @@ def test_reasons_for_a_burst() -> None:
     t = tx()
     sender = regular(recent_timestamps_ms=tuple(NOW - 250 * i for i in range(1, 12)))
     x = featurize(t, sender, ReceiverHistory(True, False), CHAIN)
-    out = reasons(x, only("rate_recent") + 0.5 * only("receiver_novelty"), t, sender)
-    assert out == ["12 transactions in 3 s", "first transfer from this sender to this address"]
+    out = reasons(x, only("rate_vs_network") + 0.5 * only("receiver_novelty"), t, sender)
+    assert out == [
+        "12 transactions in 3 s (4.0x the network's pace)",
+        "first transfer from this sender to this address",
+    ]
 
 
 def test_reasons_first_tx_and_limits() -> None:
     t = tx(fee=500)
     sender = SenderHistory()
     x = featurize(t, sender, KNOWN, CHAIN)
-    c = only("log_gap_s") * 2 + only("fee_vs_typical")
+    c = only("gap_vs_network") * 2 + only("fee_vs_typical")
     assert reasons(x, c, t, sender) == [
         "first transaction from this account",
         "fee is 46x the typical fee",
