@@ -1,15 +1,13 @@
 """What the Ethereum JSON-RPC face (node/api/eth.py) reads from a running node.
 
 Plain chain objects out (blocks, receipts, txs); node/api/ethjson.py shapes them for wallets.
-Multi-key LevelDB reads run in a worker thread, as in service_impl. Block hash -> height has no
-index in storage: recent blocks are remembered as they are read or committed, older ones are
-found by a backward header scan in a thread.
+Multi-key LevelDB reads run in a worker thread, as in service_impl. Block hash -> height comes
+from storage's block-hash index (docs/storage.md, prefix ``H``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,8 +17,6 @@ from node.chain.genesis import Genesis
 from node.chain.ledger import Receipt
 from node.chain.tx import Transaction
 from node.errors import NOT_READY, VigilError
-
-HASH_CACHE_MAX = 20_000
 
 
 class EthBackendImpl:
@@ -43,7 +39,6 @@ class EthBackendImpl:
         self._held_tx = held_tx
         self._submit = submit
         self._syncing = syncing
-        self._heights: OrderedDict[bytes, int] = OrderedDict()
 
     @property
     def _chain(self) -> Chain:
@@ -75,12 +70,6 @@ class EthBackendImpl:
     def is_committed(self, tx_hash: bytes) -> bool:
         return self._chain.is_committed(tx_hash)
 
-    def _remember(self, block_hash: bytes, height: int) -> None:
-        self._heights[block_hash] = height
-        self._heights.move_to_end(block_hash)
-        while len(self._heights) > HASH_CACHE_MAX:
-            self._heights.popitem(last=False)
-
     def _block_view(self, height: int) -> BlockView | None:
         chain = self._chain
         if not 0 <= height <= chain.height:
@@ -98,10 +87,7 @@ class EthBackendImpl:
         return BlockView(block, tuple(receipts), miner)
 
     async def block(self, height: int) -> BlockView | None:
-        view = await asyncio.to_thread(self._block_view, height)
-        if view is not None:
-            self._remember(view.block.hash, height)
-        return view
+        return await asyncio.to_thread(self._block_view, height)
 
     async def blocks(self, lo: int, hi: int) -> list[BlockView]:
         """Blocks lo..hi (inclusive, clipped to the chain) in one worker-thread call."""
@@ -112,22 +98,16 @@ class EthBackendImpl:
 
         return await asyncio.to_thread(read)
 
-    def _scan(self, block_hash: bytes, below: int) -> int | None:
+    def _height_of(self, block_hash: bytes) -> int | None:
         chain = self._chain
-        for h in range(below, -1, -1):
-            header = chain.header(h)
-            if header is not None and header.hash == block_hash:
-                return h
-        return None
+        height = chain.store.height_of(block_hash)
+        if height is not None:
+            return height
+        genesis = chain.header(0)  # the genesis header is derived, not stored under the index
+        return 0 if genesis is not None and genesis.hash == block_hash else None
 
     async def height_of(self, block_hash: bytes) -> int | None:
-        h = self._heights.get(block_hash)
-        if h is not None:
-            return h
-        h = await asyncio.to_thread(self._scan, block_hash, self._chain.height)
-        if h is not None:
-            self._remember(block_hash, h)
-        return h
+        return await asyncio.to_thread(self._height_of, block_hash)
 
     def _committed(self, tx_hash: bytes) -> TxView | None:
         chain = self._chain
