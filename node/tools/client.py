@@ -336,7 +336,8 @@ class Client(_Codec, _Methods[Any]):
             with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
                 return int(resp.status), resp.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read().decode(errors="replace")
+            with exc:  # an error answer still holds the connection: close it
+                return int(exc.code), exc.read().decode(errors="replace")
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc or type(exc).__name__
             raise ClientError(f"cannot reach node at {self.url}: {reason}")

@@ -104,7 +104,8 @@ def test_anchor_then_verify(
         genesis.to_json()
         | {
             "validators": [
-                {"index": i, "public_key": to_hex(bytes([i + 7]) * 32)} for i in range(4)
+                {"index": i, "public_key": to_hex(SigningKey(bytes([i + 7]) * 32).public_key)}
+                for i in range(4)
             ]
         }
     )

@@ -19,6 +19,7 @@ from node.chain.tx import make_transfer
 from node.host.committer import HeldCheckpoints
 from node.host.resolver import TxResolver
 from node.host.runtime import Node
+from node.net.address import PeerAddress
 from node.net.catchup import CatchUp, vouched_height
 from node.net.p2p import P2P, REQUESTS_INFLIGHT_MAX
 from node.net.peer import PeerConn
@@ -55,7 +56,8 @@ def _p2p(on_frame: Any = None, on_request: Any = None) -> P2P:
         index=0,
         key=SigningKey(b"\x01" * 32),
         validators=(b"\x00" * 32,) * 4,
-        urls=("ws://127.0.0.1:1",) * 4,
+        peers={j: PeerAddress(b"\x00" * 32, "127.0.0.1", 1) for j in range(1, 4)},
+        tls=None,
         chain_id="test",
         genesis_hash=b"\x00" * 32,
         on_frame=on_frame or nothing,
