@@ -234,6 +234,22 @@ class Transaction:
         return out
 
 
+def decode_verified(raws: Iterable[bytes]) -> list[Transaction | str]:
+    """Decode and check the signature of each raw tx: the tx, or the reason it fails.
+
+    The CPU-heavy half of admission; callers run it in a worker thread, a batch at a time.
+    """
+    out: list[Transaction | str] = []
+    for raw in raws:
+        try:
+            tx = Transaction.decode(raw)
+        except CodecError as exc:
+            out.append(f"does not decode: {exc.reason}")
+            continue
+        out.append(tx if tx.verify_signature() else "bad signature")
+    return out
+
+
 def _signed(unsigned: Transaction, key: SigningKey) -> Transaction:
     sig = key.sign(TX_DOMAIN, unsigned.signing_bytes())
     tx = replace(unsigned, signature=sig)  # the cached encoding and hash start empty again

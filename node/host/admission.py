@@ -19,9 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from common.codec import CodecError
 from node.chain.mempool import Mempool
-from node.chain.tx import TX_BYTES_MAX, Transaction, tx_hash_of
+from node.chain.tx import TX_BYTES_MAX, Transaction, decode_verified, tx_hash_of
 from node.errors import OVERLOADED, TX_DUPLICATE, TX_INVALID, VigilError
 from node.net.gossip import Gossip
 
@@ -69,19 +68,6 @@ def submitted(tx_hash: bytes, verdict: Screened | None) -> dict[str, Any]:
         out["blocked_by"] = "0x" + verdict.blocked_by.hex()
     if verdict is not None and verdict.watch:
         out["watch"] = True
-    return out
-
-
-def _decode_and_verify(raws: list[bytes]) -> list[Transaction | str]:
-    """Worker-thread part: decode and check signatures; a string is the reason of a failure."""
-    out: list[Transaction | str] = []
-    for raw in raws:
-        try:
-            tx = Transaction.decode(raw)
-        except CodecError as exc:
-            out.append(f"does not decode: {exc.reason}")
-            continue
-        out.append(tx if tx.verify_signature() else "bad signature")
     return out
 
 
@@ -179,7 +165,7 @@ class Admission:
             fresh.append((it, h))
         if not fresh:
             return
-        checked = await asyncio.to_thread(_decode_and_verify, [it.raw for it, _ in fresh])
+        checked = await asyncio.to_thread(decode_verified, [it.raw for it, _ in fresh])
         admissible: list[tuple[_Item, bytes, Transaction]] = []
         for (it, h), tx in zip(fresh, checked, strict=True):
             if isinstance(tx, str):

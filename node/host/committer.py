@@ -18,7 +18,7 @@ from consensus.api import Applied, Commit
 if TYPE_CHECKING:
     from node.host.runtime import Node
 
-log = logging.getLogger("node.host.runtime")  # operators grep block_committed there
+log = logging.getLogger(__name__)
 
 
 HELD_CHECKPOINTS_MAX = 64

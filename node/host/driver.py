@@ -53,7 +53,7 @@ from node.net.wire import consensus_kind
 if TYPE_CHECKING:
     from node.host.runtime import Node
 
-log = logging.getLogger("node.host.runtime")  # same logger name: operators grep view_change there
+log = logging.getLogger(__name__)
 
 ROUND_EVENTS_MAX = 256
 STATUS_EVERY_S = 1.0

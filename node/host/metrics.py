@@ -1,7 +1,7 @@
 """Prometheus metrics of one node, served on its ``metrics_url``.
 
 Every node owns its own ``CollectorRegistry`` (never prometheus_client's global one) so several
-nodes can run in one process in tests without clashing. The family names of CONTRACT.md section 3
+nodes can run in one process in tests without clashing. The metric family names (docs/operations.md)
 are fixed; the extras below are what an operator needs to tell "slow" from "stuck" from "forked".
 
 Label values stay bounded: reasons, directions, message types and RPC method names come from small
@@ -82,7 +82,7 @@ RPC_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
 LOOP_LAG_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BLOCK_TXS_BUCKETS = (0, 1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
-# RPC method names of CONTRACT.md section 2; anything else is labelled "unknown".
+# RPC method names of docs/rpc.md; anything else is labelled "unknown".
 RPC_METHODS = frozenset(
     {
         "node_status",
@@ -111,7 +111,7 @@ RPC_OUTCOMES = frozenset(
     {"ok", "error", "invalid", "unauthorized", "timeout", "internal", "overloaded", "rejected"}
 )
 
-# Every family of CONTRACT.md section 3, as exposed (counters with their _total suffix).
+# Every family of docs/operations.md, as exposed (counters with their _total suffix).
 CONTRACT_FAMILIES = (
     "vigil_chain_height",
     "vigil_consensus_view",

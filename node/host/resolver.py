@@ -21,8 +21,7 @@ from consensus.api import NULL_DIGEST, Reproposed
 from node.chain.block import BLOCK_TXS_MAX, Proposal
 from node.chain.chain import PROPOSAL_TXS_KEY
 from node.chain.ledger import BlockInvalid, check_block_stateless, check_proposal
-from node.chain.tx import Transaction, tx_hash_of
-from node.host.admission import _decode_and_verify
+from node.chain.tx import Transaction, decode_verified, tx_hash_of
 from node.net.p2p import PeerError
 
 if TYPE_CHECKING:
@@ -227,7 +226,7 @@ class TxResolver:
                 continue
             wanted = set(missing)
             raws = [r for r in raws if isinstance(r, bytes) and tx_hash_of(r) in wanted]
-            for tx in await asyncio.to_thread(_decode_and_verify, raws):
+            for tx in await asyncio.to_thread(decode_verified, raws):
                 if isinstance(tx, Transaction):
                     found[tx.hash] = tx
         return found

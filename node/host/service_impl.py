@@ -2,7 +2,7 @@
 
 Reads of LevelDB go through a worker thread when they may touch more than a key or two (a block,
 a proof); single-key reads are microseconds and stay on the loop. Results follow the shapes of
-../shared/CONTRACT.md section 2.
+docs/rpc.md.
 """
 
 from __future__ import annotations

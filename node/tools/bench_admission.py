@@ -23,9 +23,8 @@ from common.crypto import SigningKey, address_of
 from node.chain.block import Block, BlockHeader
 from node.chain.ledger import Account
 from node.chain.mempool import Mempool
-from node.chain.tx import Transaction, make_transfer
+from node.chain.tx import Transaction, decode_verified, make_transfer
 from node.detect.detector import Detector, DetectorConfig
-from node.host.admission import _decode_and_verify
 
 CHAIN_ID = "bench-admission"
 
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(raws), args.batch):
             txs = [
                 t
-                for t in _decode_and_verify(raws[start : start + args.batch])
+                for t in decode_verified(raws[start : start + args.batch])
                 if isinstance(t, Transaction)
             ]
             for tx in txs:  # as node/host/admission.py: checked before screening, rechecked on add

@@ -167,7 +167,7 @@ class _Codec:
 
 
 class _Methods(Generic[R]):
-    """The typed methods of CONTRACT.md section 2, written once for both transports.
+    """The typed methods of docs/rpc.md, written once for both transports.
 
     ``call`` returns the result (blocking ``Client``) or an awaitable of it (``AsyncClient``).
     """

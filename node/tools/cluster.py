@@ -1,4 +1,4 @@
-"""``scripts/cluster``: run a local cluster of validators (see ../shared/CONTRACT.md section 1)."""
+"""``scripts/cluster``: run a local cluster of validators (README.md, docs/operations.md)."""
 
 from __future__ import annotations
 

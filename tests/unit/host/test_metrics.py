@@ -20,7 +20,7 @@ from node.host.metrics import (
     parse_families,
 )
 
-# Copied from CONTRACT.md section 3 on purpose: the module's own list must not be its only check.
+# Copied from docs/operations.md (the external contract) on purpose: the module's own list must not be its only check.
 CONTRACT_TEXT = """
 `vigil_chain_height`, `vigil_consensus_view`, `vigil_consensus_view_changes_total`,
 `vigil_blocks_committed_total`, `vigil_txs_committed_total`, `vigil_block_commit_seconds` (histogram),
