@@ -3,6 +3,8 @@
 
 import { amount, svg, timeOf } from "./dom.js";
 
+const compact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+
 function scale(d0, d1, r0, r1) {
   const span = d1 - d0 || 1;
   return (v) => r0 + ((v - d0) / span) * (r1 - r0);
@@ -44,8 +46,8 @@ export function historyChart(txs, heldHash, { width = 340, height = 110 } = {}) 
   root.append(
     svg("line", { x1: pad.l, y1: height - pad.b, x2: width - pad.r, y2: height - pad.b, class: "axis" }),
     svg("line", { x1: pad.l, y1: pad.t, x2: pad.l, y2: height - pad.b, class: "axis" }),
-    svg("text", { x: pad.l - 4, y: pad.t + 8, "text-anchor": "end", class: "tick" }, amount(Math.round(10 ** hi - 1))),
-    svg("text", { x: pad.l - 4, y: height - pad.b, "text-anchor": "end", class: "tick" }, amount(Math.round(10 ** lo - 1))),
+    svg("text", { x: pad.l - 4, y: pad.t + 8, "text-anchor": "end", class: "tick" }, compact.format(Math.round(10 ** hi - 1))),
+    svg("text", { x: pad.l - 4, y: height - pad.b, "text-anchor": "end", class: "tick" }, compact.format(Math.round(10 ** lo - 1))),
     svg("text", { x: pad.l, y: height - 4, class: "tick" }, "older"),
     svg("text", { x: width - pad.r, y: height - 4, "text-anchor": "end", class: "tick" }, "newer"),
   );
@@ -56,7 +58,7 @@ export function historyChart(txs, heldHash, { width = 340, height = 110 } = {}) 
     if (p.held) {
       root.append(
         svg("circle", { cx, cy, r: 7, class: "held-ring" }, svg("title", {}, "held: " + label)),
-        svg("text", { x: Math.min(cx + 9, width - 30), y: Math.max(cy - 6, 10), class: "held-label" }, "held"),
+        svg("text", { x: cx + 9 > width - 30 ? cx - 34 : cx + 9, y: Math.max(cy - 6, 10), class: "held-label" }, "held"),
       );
     } else {
       const cls = p.status === "committed" ? "dot" : p.status === "waiting" || p.status === "pending" ? "dot open" : "dot other";

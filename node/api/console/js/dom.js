@@ -1,5 +1,5 @@
 // DOM helpers. Every piece of data goes into the page through textContent or setAttribute on a
-// fixed attribute name: never innerHTML. A memo of "<script>" shows as those characters.
+// fixed attribute name, never parsed as markup. A memo of "<script>" shows as those characters.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const EVENT_ATTRS = /^on/i;

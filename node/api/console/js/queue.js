@@ -194,7 +194,7 @@ export function mountQueue(main, ctx) {
     try {
       const out = await rpc(action === "release" ? "quarantine_release" : "quarantine_reject", [h.hash], { admin: true });
       decided.prepend(el("li", {}, timeOf(Date.now()) + " — you " + (action === "release" ? "released " : "rejected "), txLink(h.hash), " → " + out.status));
-      ctx.flash("ok", `${verb}d ${short(h.hash, 10)}: now ${out.status}.`);
+      ctx.flash("ok", `${action === "release" ? "Released" : "Rejected"} ${short(h.hash, 10)}: now ${out.status}.`);
     } catch (err) {
       mine.delete(h.hash);
       ctx.flash("error", `${verb} failed: ${err.message}`);
