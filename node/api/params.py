@@ -21,6 +21,8 @@ HASH_BYTES = 32
 ADDRESS_BYTES = 20
 QUARANTINE_LIST_MAX = 1000
 QUARANTINE_LIST_DEFAULT = 100
+ACCOUNT_TXS_MAX = 200
+ACCOUNT_TXS_DEFAULT = 50
 
 Parser = Callable[[Any, str], Any]
 
@@ -172,6 +174,14 @@ METHODS: dict[str, Method] = {
         Method("anchor_get", (Param("digest", _HASH),)),
         Method("account_get", (Param("address", hex_bytes(ADDRESS_BYTES)),)),
         Method("block_get", (Param("height", height_param, False, None),)),
+        Method(
+            "account_txs",
+            (
+                Param("address", hex_bytes(ADDRESS_BYTES)),
+                Param("limit", uint_param(ACCOUNT_TXS_MAX), False, ACCOUNT_TXS_DEFAULT),
+            ),
+        ),
+        Method("cluster_status", _NO_PARAMS),
         Method("mempool_status", _NO_PARAMS),
         Method("detector_status", _NO_PARAMS),
         Method(

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from node.api.console import add_console_routes
 from node.api.cors import cors_middleware
 from node.api.eth import ETH_METHODS
 from node.api.params import METHODS, bind_params, error_obj, parse_json, response
@@ -101,7 +102,32 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
 
 
-async def _call_one(state: RpcState, req: Any, authorized: bool) -> str | None:
+def cross_origin(request: web.Request) -> bool:
+    """True when a browser sent this request from a page of another origin.
+
+    Admin methods refuse such requests even with a valid token (a stolen or pasted token must not
+    work from another site). Requests without ``Origin`` (curl, the CLI, other servers) are not
+    cross-origin. The browser's own ``Sec-Fetch-Site`` verdict is taken when present; otherwise
+    the Origin's host must be the Host the request was sent to (or the proxy's
+    ``X-Forwarded-Host``): a TLS-terminating proxy changes the scheme, never the host.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site != "none":
+        return site != "same-origin"
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    _, sep, rest = origin.partition("://")
+    if not sep:
+        return True  # "null" (sandboxed frames, file://) and anything malformed
+    hosts = {h.strip().lower() for h in request.headers.get("X-Forwarded-Host", "").split(",")}
+    hosts.add(request.host.lower())
+    return rest.rstrip("/").lower() not in hosts
+
+
+async def _call_one(
+    state: RpcState, req: Any, authorized: bool, foreign: bool = False
+) -> str | None:
     """Answer one request object; None for a notification. Never raises (except cancellation)."""
     if not isinstance(req, dict):
         _count(state, "unknown", "invalid")
@@ -134,6 +160,8 @@ async def _call_one(state: RpcState, req: Any, authorized: bool) -> str | None:
     try:
         if method is None:
             raise VigilError(METHOD_NOT_FOUND, "method not found")
+        if method.admin and foreign:
+            raise VigilError(UNAUTHORIZED, "admin method: cross-origin requests are refused")
         if method.admin and not authorized:
             raise VigilError(UNAUTHORIZED, "admin method: missing or invalid bearer token")
         args = bind_params(method, params)
@@ -212,6 +240,7 @@ async def _serve_post(request: web.Request, state: RpcState) -> web.StreamRespon
         _count(state, "unknown", "invalid")
         return _json_reply(response(None, error=error_obj(PARSE_ERROR, f"parse error: {exc}")))
     authorized = bearer_ok(request.headers.get("Authorization"), state.admin_token)
+    foreign = cross_origin(request)
     if isinstance(payload, list):
         if not payload:
             _count(state, "unknown", "invalid")
@@ -220,12 +249,12 @@ async def _serve_post(request: web.Request, state: RpcState) -> web.StreamRespon
             _count(state, "unknown", "invalid")
             msg = f"batch of {len(payload)} requests exceeds the limit of {state.batch_max}"
             return _json_reply(response(None, error=error_obj(INVALID_REQUEST, msg)))
-        parts = await asyncio.gather(*(_call_one(state, r, authorized) for r in payload))
+        parts = await asyncio.gather(*(_call_one(state, r, authorized, foreign) for r in payload))
         answered = [p for p in parts if p is not None]
         if not answered:
             return web.Response(status=204)
         return _json_reply("[" + ",".join(answered) + "]")
-    one = await _call_one(state, payload, authorized)
+    one = await _call_one(state, payload, authorized, foreign)
     if one is None:
         return web.Response(status=204)
     return _json_reply(one)
@@ -275,7 +304,8 @@ def make_rpc_app(
     ws_config: WsConfig | None = None,
     cors_origins: tuple[str, ...] = (),
 ) -> web.Application:
-    """The RPC application: POST ``/`` and ``/rpc``, GET ``/health``, ``/ready`` and ``/ws``.
+    """The RPC application: POST ``/`` and ``/rpc``, GET ``/health``, ``/ready``, ``/ws`` and
+    the operator console at ``/console`` (node/api/console.py).
 
     ``connections_max`` bounds concurrent HTTP requests (over it: 503 + OVERLOADED); websocket
     connections are bounded separately by ``ws_config.connections_max``.
@@ -301,6 +331,7 @@ def make_rpc_app(
     app.router.add_get("/ready", _handle_ready)
     hub = WsHub(service, ws_config or WsConfig())
     app.router.add_get("/ws", hub.handle)
+    add_console_routes(app)
     app.on_shutdown.append(hub.on_shutdown)
     return app
 

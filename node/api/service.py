@@ -49,6 +49,15 @@ class NodeService(Protocol):
         """Header, tx_hashes and commit certificate of a block; ``None`` = latest."""
         ...
 
+    async def account_txs(self, address: bytes, limit: int) -> dict[str, Any]:
+        """The address's recent txs, newest first: its held, waiting and pending ones, then the
+        committed ones found in the last ``ACCOUNT_TXS_BLOCKS_MAX`` blocks (for the console)."""
+        ...
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """This node's view of every genesis validator: connected, height, view, lag."""
+        ...
+
     async def mempool_status(self) -> dict[str, Any]:
         """size, bytes, quarantined."""
         ...

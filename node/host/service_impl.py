@@ -26,6 +26,17 @@ if TYPE_CHECKING:
     from node.host.runtime import Node
 
 
+ACCOUNT_TXS_BLOCKS_MAX = 1000  # account_txs scans at most this many recent blocks (no index)
+
+
+def _tx_row(tx: Any, status: str) -> dict[str, Any]:
+    """A tx as account_txs lists it: its decoded fields without the signature."""
+    out = tx.to_json()
+    out.pop("signature", None)
+    out["status"] = status
+    return out
+
+
 class NodeServiceImpl:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -195,6 +206,96 @@ class NodeServiceImpl:
 
     async def block_get(self, height: int | None) -> dict[str, Any]:
         return await asyncio.to_thread(self._block, height)
+
+    def _account_committed(self, address: bytes, limit: int) -> list[dict[str, Any]]:
+        chain = self._chain
+        out: list[dict[str, Any]] = []
+        low = max(1, chain.height - ACCOUNT_TXS_BLOCKS_MAX + 1)
+        for height in range(chain.height, low - 1, -1):
+            block = chain.get_block(height)
+            if block is None:
+                continue
+            for index in range(len(block.txs) - 1, -1, -1):
+                tx = block.txs[index]
+                if tx.sender_address != address and not (
+                    tx.kind == "transfer" and tx.to == address
+                ):
+                    continue
+                raw_receipt = chain.store.get_receipt(tx.hash)
+                receipt = Receipt.decode(raw_receipt) if raw_receipt is not None else None
+                row = _tx_row(tx, receipt.status if receipt is not None else "committed")
+                row.update(height=height, index=index, timestamp=block.header.timestamp_ms)
+                if receipt is not None and receipt.reason:
+                    row["reason"] = receipt.reason
+                out.append(row)
+                if len(out) >= limit:
+                    return out
+        return out
+
+    async def account_txs(self, address: bytes, limit: int) -> dict[str, Any]:
+        node = self.node
+        screening = node.screening
+        rows: list[dict[str, Any]] = []
+        for held in screening.quarantine.held():
+            if held.sender == address:
+                row = _tx_row(held.tx, "quarantined")
+                row.update(quarantined_at_ms=held.since_ms, anomaly=held.anomaly())
+                rows.append(row)
+        for entry in node.mempool.later(address, -1):
+            row = _tx_row(entry.tx, "pending")
+            blocker = screening.blocked_by(entry.tx)
+            if blocker is not None:
+                row.update(status="waiting", blocked_by=to_hex(blocker))
+            rows.append(row)
+        rows.sort(key=lambda r: -int(r["nonce"]))
+        rows = rows[:limit]
+        committed = await asyncio.to_thread(self._account_committed, address, limit - len(rows))
+        return {
+            "address": to_hex(address),
+            "txs": rows + committed,
+            "blocks_scanned": min(self._chain.height, ACCOUNT_TXS_BLOCKS_MAX),
+        }
+
+    async def cluster_status(self) -> dict[str, Any]:
+        node, chain = self.node, self._chain
+        view = node.replica.view if node.replica is not None else 0
+        peers = set(node.p2p.peers())
+        ready = self.ready()
+        rows: list[dict[str, Any]] = []
+        for v in node.genesis.validators:
+            row: dict[str, Any] = {"index": v.index, "public_key": to_hex(v.public_key)}
+            if v.index == node.index:
+                row.update(
+                    self=True,
+                    connected=True,
+                    height=chain.height,
+                    view=view,
+                    ready=ready,
+                    syncing=bool(node.catchup.syncing),
+                    peers=len(peers),
+                )
+            else:
+                # What the peer's last status frame said (node/net/peerwatch.py); nothing once
+                # the connection is gone.
+                connected = v.index in peers
+                row.update(
+                    self=False,
+                    connected=connected,
+                    height=node.watch.heights.get(v.index) if connected else None,
+                    view=node.watch.views.get(v.index) if connected else None,
+                )
+            h = row["height"]
+            row["lag"] = chain.height - h if isinstance(h, int) else None
+            rows.append(row)
+        return {
+            "chain_id": node.genesis.chain_id,
+            "node_id": node.index,
+            "height": chain.height,
+            "view": view,
+            "primary": node.ccfg.primary(view),
+            "f": node.ccfg.f,
+            "validators": rows,
+        }
 
     async def mempool_status(self) -> dict[str, Any]:
         m = self.node.mempool

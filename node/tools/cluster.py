@@ -65,6 +65,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     print(f"wallets: {', '.join(str(p) for p in c.wallet_paths())}")
     print(f"admin token: {c.admin_token}")
+    # The fragment stays in the browser (docs/console.md); the page keeps the token in the tab.
+    print(f"console: {c.rpc_url(0).rstrip('/')}/console#token={c.admin_token}")
     return 0
 
 

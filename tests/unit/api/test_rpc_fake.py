@@ -75,6 +75,13 @@ class FakeService:
             raise VigilError(NOT_FOUND, f"no block at height {h}")
         return {"height": h, "hash": to_hex(bytes([h]) * 32), "tx_hashes": []}
 
+    async def account_txs(self, address: bytes, limit: int) -> dict[str, Any]:
+        self.calls.append(("account_txs", (address, limit)))
+        return {"address": to_hex(address), "txs": [], "blocks_scanned": self.height}
+
+    async def cluster_status(self) -> dict[str, Any]:
+        return {"chain_id": CHAIN_ID, "node_id": 0, "height": self.height, "validators": []}
+
     async def mempool_status(self) -> dict[str, Any]:
         if self.crash:
             raise RuntimeError("secret internal detail /etc/passwd")
