@@ -221,3 +221,12 @@ def test_batch_scores_equal_row_by_row_and_sliced_scores() -> None:
     assert np.array_equal(rows, whole[::97])
     sliced = np.concatenate([forest.score(probe[i : i + 777]) for i in range(0, 3001, 777)])
     assert np.array_equal(sliced, whole)
+
+
+def test_small_batches_score_exactly_as_the_chunked_walk() -> None:
+    """Up to SMALL_BATCH_ELEMENTS, three levels per round; beyond, level by level: same sums."""
+    probe = iforest_vectors.bulk_probe(5)[:100]
+    model = iforest_vectors.forest("blob_5")
+    whole = model.path_lengths(probe)  # above SMALL_BATCH_ELEMENTS: the chunked walk
+    for size in (1, 2, 3, 40):
+        assert np.array_equal(model.path_lengths(probe[:size]), whole[:size])
