@@ -27,8 +27,30 @@ EULER_GAMMA = 0.5772156649015329
 # exact scan of the node's columns. Redrawing costs one gather over the node's rows; scanning costs
 # rows x columns, which is what the fit-time budget cannot afford at every node.
 FEATURE_RETRIES = 8
-# Rows scored per round: rows x trees indices stay cache-sized.
-SCORE_CHUNK_ELEMENTS = 1 << 16
+# Rows x trees elements scored per round: the five buffers of that size (about 1 MB) stay in L2.
+SCORE_CHUNK_ELEMENTS = 1 << 15
+# Up to this many rows x trees, numpy's per-call overhead (about a microsecond), not arithmetic, is
+# the cost of scoring, so it goes BLOCK_LEVELS levels per round: all seven comparisons of the
+# row's three-level subtree at once, packed into an 8-bit code, then one table look-up.
+SMALL_BATCH_ELEMENTS = 1 << 12
+BLOCK_LEVELS = 3
+
+
+def _block_exit() -> IntArray:
+    """For each 8-bit code of a three-level subtree's comparisons (bit k: node k in heap order goes
+    right; bit 7 unused), the subtree's exit at its third level (0..7): the level-by-level walk."""
+    codes = np.arange(256, dtype=np.intp)
+    local = np.zeros(256, dtype=np.intp)
+    for level in range(BLOCK_LEVELS):
+        heap = (1 << level) - 1 + local  # the node reached at this level, in heap order
+        local = 2 * local + ((codes >> heap) & 1)
+    return local
+
+
+BLOCK_EXIT = _block_exit()
+# Eight 0/1 bytes read as one little-endian word times this: byte k's bit lands on bit 56 + k and
+# every other partial product on a bit of its own (no carries), so the top byte is the packed code.
+PACK_BYTES = np.uint64(0x0102040810204080)
 
 
 def average_path_length(n: npt.ArrayLike) -> FloatArray:
@@ -45,11 +67,7 @@ def average_path_length(n: npt.ArrayLike) -> FloatArray:
 def check_matrix(X: npt.ArrayLike, n_features: int | None = None) -> FloatArray:
     """X as a C-contiguous float64 matrix, or ValueError naming what is wrong with it."""
     arr = np.asarray(X)
-    if arr.dtype == np.object_ or not (
-        np.issubdtype(arr.dtype, np.floating)
-        or np.issubdtype(arr.dtype, np.integer)
-        or arr.dtype == np.bool_
-    ):
+    if arr.dtype.kind not in "biuf":  # bool, signed and unsigned integers, floating point
         raise ValueError(f"X must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"X must be 2-D (rows x features), got {arr.ndim}-D")
@@ -88,6 +106,10 @@ class IsolationForest:
         self._bits: list[FloatArray] = []  # per level: log2 of parent size over node size
         self._leaf: FloatArray = np.zeros(0)  # bottom level: depth + c(size)
         self._c_psi = 0.0
+        # For small batches, per block of three levels starting at level L = 0, 3, 6...: the
+        # subtree under each node of level L, 8 slots in heap order (unused ones never go right).
+        self._block_feature: list[IntArray] = []  # (nodes at level L) x 8
+        self._block_threshold: list[FloatArray] = []
         # One-column forests only: E[h(x)] is a step function of x that changes only at split
         # thresholds, so it is tabulated at fit time and scoring is a binary search.
         self._steps: FloatArray | None = None  # sorted distinct finite thresholds
@@ -167,9 +189,25 @@ class IsolationForest:
         self.n_features, self.psi, self.limit = d, psi, limit
         self._c_psi = float(average_path_length(psi))
         self._steps = None
+        self._stack_blocks()
         if d == 1:
             self._tabulate()
         return self
+
+    def _stack_blocks(self) -> None:
+        """Regroup the levels into three-level subtrees, 8 slots each, for ``_traverse_small``."""
+        self._block_feature, self._block_threshold = [], []
+        for start in range(0, self.limit, BLOCK_LEVELS):
+            roots = self.n_trees << start
+            feature = np.zeros((roots, 8), dtype=np.intp)
+            threshold = np.full((roots, 8), np.inf)
+            for depth in range(min(BLOCK_LEVELS, self.limit - start)):
+                width = 1 << depth
+                heap = slice(width - 1, 2 * width - 1)
+                feature[:, heap] = self._feature[start + depth].reshape(roots, width)
+                threshold[:, heap] = self._threshold[start + depth].reshape(roots, width)
+            self._block_feature.append(feature)
+            self._block_threshold.append(threshold)
 
     def _tabulate(self) -> None:
         """E[h(x)] of a one-column forest on each interval between consecutive thresholds.
@@ -249,15 +287,26 @@ class IsolationForest:
         return self._traverse(data)
 
     def _traverse(self, data: FloatArray) -> FloatArray:
-        """Path lengths by walking every tree, level by level, for all rows at once."""
+        """Path lengths by walking every tree, level by level, for a chunk of rows at a time.
+
+        One (rows x trees) index array walks all trees at once; each level is seven passes over
+        it (gather feature, add row offset, gather value, gather threshold, compare, double, add),
+        all into buffers allocated once, sized so that they stay in the L2 cache. The leaf sums
+        run over a C-ordered (rows x trees) array, so every row's sum adds in the same order
+        whatever the chunking.
+        """
         n, d = data.shape
-        flat = data.ravel()
         trees = self.n_trees
+        features, thresholds, leaf = self._feature, self._threshold, self._leaf
+        if n * trees <= SMALL_BATCH_ELEMENTS or self.limit == 0:
+            return self._traverse_small(data)
         out = np.empty(n)
         chunk = max(1, min(n, SCORE_CHUNK_ELEMENTS // trees))
-        tree_ids = np.arange(trees, dtype=np.intp)
-        features, thresholds, leaf = self._feature, self._threshold, self._leaf
-        # Preallocated buffers: allocation, not arithmetic, dominates at these sizes.
+        tree_left = np.arange(trees, dtype=np.intp) << 1  # level-1 index of each root's left child
+        # Offset of each row's first value in the chunk, one per (row, tree): a contiguous add is
+        # twice as fast as a broadcast one.
+        offsets = np.repeat(np.arange(0, chunk * d, d, dtype=np.intp)[:, None], trees, axis=1)
+        node_buf = np.empty((chunk, trees), dtype=np.intp)
         cell_buf = np.empty((chunk, trees), dtype=np.intp)
         value_buf = np.empty((chunk, trees))
         cut_buf = np.empty((chunk, trees))
@@ -265,31 +314,65 @@ class IsolationForest:
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             rows = stop - start
-            cell, value, cut, right = (
+            node, cell, value, cut, right = (
+                node_buf[:rows],
                 cell_buf[:rows],
                 value_buf[:rows],
                 cut_buf[:rows],
                 right_buf[:rows],
             )
-            base = (np.arange(start, stop, dtype=np.intp) * d)[:, None]
-            if self.limit == 0:
-                idx = np.tile(tree_ids, (rows, 1))
-            else:
-                # Level 0 holds one node per tree: a column gather, no index arithmetic.
-                block = data[start:stop]
-                np.greater_equal(block[:, features[0]], thresholds[0], out=right)
-                idx = np.add(tree_ids << 1, right)
+            block = data[start:stop]
+            flat = block.ravel()
+            # Level 0 holds one node per tree: a column gather, no index arithmetic.
+            block.take(features[0], axis=1, out=value, mode="clip")
+            np.greater_equal(value, thresholds[0], out=right)
+            np.add(tree_left, right, out=node)
+            base = offsets[:rows]
             for level in range(1, self.limit):
-                features[level].take(idx, out=cell, mode="clip")
+                features[level].take(node, out=cell, mode="clip")
                 np.add(cell, base, out=cell)
                 flat.take(cell, out=value, mode="clip")
-                thresholds[level].take(idx, out=cut, mode="clip")
+                thresholds[level].take(node, out=cut, mode="clip")
                 np.greater_equal(value, cut, out=right)
-                np.left_shift(idx, 1, out=idx)
-                np.add(idx, right, out=idx)
-            out[start:stop] = leaf.take(idx).sum(axis=1)
+                np.left_shift(node, 1, out=node)
+                np.add(node, right, out=node)
+            leaf.take(node, out=value, mode="clip")
+            np.sum(value, axis=1, out=out[start:stop])
         out /= trees
         return out
+
+    def _traverse_small(self, data: FloatArray) -> FloatArray:
+        """``_traverse`` for a few rows in about ten numpy calls per three levels.
+
+        Each round gathers the 8 slots of the subtree every (row, tree) is in, compares them all
+        (the same ``x >= threshold`` as level by level), packs the 8 results into a code and looks
+        up the subtree's exit: the node three levels down.
+        """
+        n, d = data.shape
+        trees = self.n_trees
+        flat = data.ravel()
+        offsets = np.arange(0, n * d, d, dtype=np.intp)[:, None, None] if n > 1 else None
+        node = np.broadcast_to(np.arange(trees, dtype=np.intp), (n, trees))
+        for block, start in enumerate(range(0, self.limit, BLOCK_LEVELS)):
+            depth = min(BLOCK_LEVELS, self.limit - start)
+            if block == 0:  # the subtree of each tree's root: the same 8 slots for every row
+                value = data.take(self._block_feature[0].ravel(), axis=1).reshape(n, trees, 8)
+                threshold = self._block_threshold[0].reshape(trees, 8)
+            else:
+                feature = self._block_feature[block].take(node, axis=0)
+                if offsets is not None:
+                    feature += offsets
+                value = flat.take(feature)
+                threshold = self._block_threshold[block].take(node, axis=0)
+            bits = value >= threshold
+            codes = (bits.view("<u8").reshape(n, trees) * PACK_BYTES) >> np.uint64(56)
+            exits = BLOCK_EXIT.take(codes)
+            if depth < BLOCK_LEVELS:  # unused slots went left: drop the levels below the trees
+                exits >>= BLOCK_LEVELS - depth
+            node = (node << depth) + exits
+        lengths: FloatArray = self._leaf.take(node).sum(axis=1)
+        lengths /= trees
+        return lengths
 
     def score(self, X: npt.ArrayLike) -> FloatArray:
         """s(x, psi) = 2^(-E[h(x)] / c(psi)) in (0, 1]; 0.5 everywhere when psi = 1."""

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ml.iforest import IsolationForest, average_path_length
+from tests import iforest_vectors
+
+PINNED = json.loads(iforest_vectors.PATH.read_text())
+# Scores were bit-identical when this was written; the tolerance only absorbs a last-bit
+# difference of np.log (c(size) at the leaves) between platforms, far below the 1e-6 of issue 18.
+PIN_TOLERANCE = 1e-12
+
+
+def unhex(values: list[str]) -> np.ndarray:
+    return np.array([float.fromhex(v) for v in values])
 
 
 def blob_with_outliers(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,3 +185,48 @@ def test_one_column_forest_scores_by_table_exactly_as_by_walking_its_trees() -> 
     constant = IsolationForest(n_trees=5, seed=0).fit(np.ones((10, 1)))
     lengths = constant.path_lengths(np.array([[0.0], [1.0], [2.0]]))
     assert np.allclose(lengths, average_path_length(10))
+
+
+@pytest.mark.parametrize("name", sorted(iforest_vectors.CASES))
+def test_scores_match_the_pinned_vectors(name: str) -> None:
+    """Same seed, same data: the same path lengths, scores and explanations as when pinned."""
+    case = PINNED[name]
+    X = iforest_vectors.training_data(name)
+    forest = iforest_vectors.forest(name)
+    probes = iforest_vectors.probes(X, case["ties"])
+    np.testing.assert_allclose(
+        forest.path_lengths(probes), unhex(case["path_lengths"]), rtol=0, atol=PIN_TOLERANCE
+    )
+    np.testing.assert_allclose(forest.score(probes), unhex(case["scores"]), rtol=0, atol=1e-12)
+    bulk = forest.path_lengths(iforest_vectors.bulk_probe(X.shape[1]))
+    stride = iforest_vectors.BULK_STRIDE
+    np.testing.assert_allclose(
+        bulk[::stride], unhex(case["bulk_path_lengths"]), rtol=0, atol=PIN_TOLERANCE
+    )
+    assert abs(bulk.mean() - float.fromhex(case["bulk_mean"])) <= PIN_TOLERANCE
+    flat = forest.explain(probes[: iforest_vectors.EXPLAIN_ROWS]).ravel()
+    where = [i for i, _ in case["explain_nonzero"]]
+    assert np.flatnonzero(flat).tolist() == where
+    np.testing.assert_allclose(
+        flat[where], unhex([v for _, v in case["explain_nonzero"]]), rtol=0, atol=PIN_TOLERANCE
+    )
+
+
+def test_batch_scores_equal_row_by_row_and_sliced_scores() -> None:
+    """Chunking is invisible: one call, single rows and odd slices give identical results."""
+    forest = iforest_vectors.forest("blob_5")
+    probe = iforest_vectors.bulk_probe(5)[:3001]
+    whole = forest.score(probe)
+    rows = np.concatenate([forest.score(probe[i : i + 1]) for i in range(0, 3001, 97)])
+    assert np.array_equal(rows, whole[::97])
+    sliced = np.concatenate([forest.score(probe[i : i + 777]) for i in range(0, 3001, 777)])
+    assert np.array_equal(sliced, whole)
+
+
+def test_small_batches_score_exactly_as_the_chunked_walk() -> None:
+    """Up to SMALL_BATCH_ELEMENTS, three levels per round; beyond, level by level: same sums."""
+    probe = iforest_vectors.bulk_probe(5)[:100]
+    model = iforest_vectors.forest("blob_5")
+    whole = model.path_lengths(probe)  # above SMALL_BATCH_ELEMENTS: the chunked walk
+    for size in (1, 2, 3, 40):
+        assert np.array_equal(model.path_lengths(probe[:size]), whole[:size])
