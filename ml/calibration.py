@@ -28,10 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ml.arrays import BoolArray, FloatArray
 from ml.iforest import IsolationForest, average_path_length, check_matrix
-
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 
 # Features are log2 ratios and small counts: a column whose training range is narrower than one
 # doubling is treated as one doubling wide, so "2 where the window only had 1" is not infinitely far.

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
+from ml.arrays import FloatArray
+
 BINS = 10
 SHARE_MIN = 1e-4
 

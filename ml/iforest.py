@@ -19,8 +19,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.intp]
+from ml.arrays import FloatArray, IntArray
 
 EULER_GAMMA = 0.5772156649015329
 # How many times a node redraws a feature that is constant inside it before falling back to an

@@ -16,9 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
+from ml.arrays import FloatArray
 from ml.features import (
     FANOUT_WINDOW_MS,
     RATE_WINDOW_MS,
@@ -28,7 +26,6 @@ from ml.features import (
     feature_rows,
 )
 
-FloatArray = npt.NDArray[np.float64]
 SENDER_AMOUNTS_MAX = 32  # the sender's median is over its last this-many transfers
 SENDER_EVENTS_MAX = 64  # timestamps/receivers kept per sender for rate and fan-out
 SENDER_RECEIVERS_MAX = 256  # receivers a sender has paid, most recent kept

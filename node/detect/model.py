@@ -11,14 +11,12 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import numpy.typing as npt
 
+from ml.arrays import FloatArray, IntArray
 from ml.calibration import Ranges, extrapolated_scores, tail_threshold
 from ml.features import INDEX
 from ml.iforest import IsolationForest, average_path_length
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.intp]
 BASELINE_ROWS = 256
 # Subspaces with a forest of their own: sizes, and the shape of a burst to fresh addresses.
 SUBSPACES: tuple[tuple[int, ...], ...] = tuple(
