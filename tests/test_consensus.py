@@ -10,6 +10,7 @@ from common.crypto import SigningKey
 from consensus import messages as m
 from consensus.api import (
     Action,
+    Applied,
     Broadcast,
     Commit,
     ConsensusConfig,
@@ -89,6 +90,7 @@ class Harness:
                         self.queue.append((to, Received(i, data)))
                 case Commit():
                     self.commits[i].append(a)
+                    self.queue.append((i, Applied(a.seq)))  # the block is durable at once
                 case RequestProposal(view, seq):
                     self.proposed += 1
                     self.queue.append((i, Propose(view, seq, b"block-%d" % seq)))
@@ -218,7 +220,7 @@ def test_random_bytes_never_raise() -> None:
 def test_old_view_messages_are_dropped_after_restart_in_a_later_view() -> None:
     from consensus.log import KEY_VIEW, view_record
 
-    r = Replica(config(2), random.Random(2), records=[(KEY_VIEW, view_record(1, True))])
+    r = Replica(config(2), random.Random(2), records=[(KEY_VIEW, view_record(1, True, 1))])
     assert (r.view, r.primary) == (1, 1)
     pp = m.PrePrepare(0, 1, m.payload_digest(b"block-1"), b"block-1", 0)
     assert [a.reason for a in r.step(Received(0, signed(pp, 0))) if hasattr(a, "reason")] == [
