@@ -55,6 +55,8 @@ def execute(r: Replica, out: list[Action]) -> None:
         if seq % r._cfg.checkpoint_interval == 0 and r._chain is not None:
             if seq > r._stable_seq:
                 r._chain_at[seq] = r._chain
+            if not r._checkpoint_after_applied:
+                r._applied_seq = max(r._applied_seq, seq)
             send_due_checkpoints(r, out)
 
 

@@ -59,12 +59,19 @@ FUTURE_PER_SENDER_MAX = 64  # buffered messages of a view we have not entered ye
 class Replica:
     """A PBFT replica. The host feeds events to :meth:`step` and performs the actions in order."""
 
-    # Tests subclass these two hooks to build deliberately broken replicas the simulator must catch.
+    # Tests subclass these hooks to build deliberately broken replicas the simulator must catch.
     _use_prepared = True
+    _checkpoint_after_applied = True  # False: CHECKPOINT as soon as executed (the old rule)
+    _retract_when_alone = True  # False: stay alone in a view change nobody joined (the old rule)
+    _refuse_retracted = True  # False: count VIEW-CHANGEs their sender retracted
 
     @staticmethod
     def _quorum_size(config: ConsensusConfig) -> int:
         return config.quorum
+
+    def _retract_quorum(self) -> int:
+        """Acknowledgments (own included) a RETRACT needs before we return (2f+1)."""
+        return self._quorum
 
     def __init__(
         self,

@@ -315,16 +315,21 @@ def follow_peers(r: Replica, out: list[Action]) -> None:
         r._behind_since_ms = None
     if r._active or r._view_change_armed or r._retract is not None:
         return
+    if not r._retract_when_alone:
+        return
     if now - r._inactive_since_ms < cfg.view_change_timeout_ms:
         return
-    if r._peers.common_view(r._view, r._quorum - 1, since) == r._entered:
+    # Only reports made after we left count: they show peers that stayed behind.
+    if r._peers.common_view(r._view, r._quorum - 1, r._inactive_since_ms + 1) == r._entered:
         send_retract(r, r._entered, out)
 
 
 def is_void(r: Replica, vc: m.ViewChange) -> bool:
     """A VIEW-CHANGE its sender retracted (RETRACT persisted here): it may not count anywhere."""
     known = r._retracted.get(vc.sender)
-    return known is not None and vc.view > known[0] and vc.epoch <= known[1]
+    if known is None or not r._refuse_retracted:
+        return False
+    return vc.view > known[0] and vc.epoch <= known[1]
 
 
 def store_retraction(r: Replica, sender: int, view: int, epoch: int) -> list[Action]:
@@ -363,6 +368,8 @@ def send_retract(r: Replica, view: int, out: list[Action]) -> None:
     r._view_change_armed = False
     r._view_change_deadline_ms = r._now_ms + r._cfg.view_change_timeout_ms
     out.append(Broadcast(m.encode(rt)))
+    if r._retract_quorum() <= 1:
+        return_to_view(r, out)
 
 
 def retry_retract(r: Replica, out: list[Action]) -> None:
@@ -371,7 +378,7 @@ def retry_retract(r: Replica, out: list[Action]) -> None:
     rt = r._retract
     assert rt is not None
     since = r._now_ms - r._cfg.view_change_timeout_ms
-    view = r._peers.common_view(r._view, r._quorum - 1, since)
+    view = r._peers.common_view(r._view, r._quorum - 1, max(since, r._inactive_since_ms + 1))
     if view == rt.view and r._retract_tries < RETRACT_TRIES_MAX:
         r._retract_tries += 1
         out.append(Broadcast(m.encode(rt)))
@@ -402,7 +409,7 @@ def on_retract_ack(r: Replica, ack: m.RetractAck, out: list[Action]) -> None:
     if ack.sender in r._retract_acks:
         return r._drop(out, "duplicate", ack.sender)
     r._retract_acks.add(ack.sender)
-    if len(r._retract_acks) >= r._quorum:
+    if len(r._retract_acks) >= r._retract_quorum():
         return_to_view(r, out)
 
 

@@ -309,7 +309,8 @@ def test_view_change_re_proposes_prepared_payloads() -> None:
         if all(h.commits[i] for i in (1, 2, 3)):
             break
     entered = [a for a in changed if a.view == 1]
-    assert entered and all(a.primary == 1 for a in entered)
+    assert entered
+    assert all(a.primary == 1 for a in entered)
     # The host learns the re-proposed payloads from the action, not by decoding the NEW-VIEW.
     assert [(p.seq, p.payload) for p in entered[0].reproposed] == [(1, b"block-1"), (2, b"block-2")]
     for i in (1, 2, 3):

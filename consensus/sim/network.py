@@ -60,15 +60,19 @@ class Faults:
                 cuts.append((start, gst_ms, frozenset({alone}), others))
             else:
                 lossy.append((start, gst_ms, alone, rng.choice([0.5, 0.8, 0.95])))
+        clean = bool(cuts or lossy) and rng.random() < 0.5
+        if clean:
+            # Only the lone replica's fault: nothing else makes the others change view with it.
+            partitions, crashes = [], []
         return Faults(
             gst_ms=gst_ms,
-            loss=rng.choice([0.0, 0.02, 0.1, 0.25]),
+            loss=0.0 if clean else rng.choice([0.0, 0.02, 0.1, 0.25]),
             duplicate=rng.choice([0.0, 0.05, 0.2]),
             delay_ms_max=rng.choice([5, 20, 60, 150]),
-            spike=rng.choice([0.0, 0.01, 0.05]),
+            spike=0.0 if clean else rng.choice([0.0, 0.01, 0.05]),
             partitions=tuple(partitions),
             crashes=tuple(crashes),
-            mid_step_crash=rng.choice([0.0, 0.002, 0.01, 0.03]),
+            mid_step_crash=0.0 if clean else rng.choice([0.0, 0.002, 0.01, 0.03]),
             cuts=tuple(cuts),
             lossy=tuple(lossy),
             durable_ms_max=rng.choice([0, 2, 10, 40]),
