@@ -13,7 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from consensus.api import Commit
+from consensus.api import Applied, Commit
 
 if TYPE_CHECKING:
     from node.host.runtime import Node
@@ -74,6 +74,8 @@ async def run_committer(node: Node) -> None:
             node.ccfg.primary(c.view),
         )
         node.metrics.storage_write_seconds.observe(applied.write_s)
+        # Core contract (docs/consensus.md): the block is durable, the core may vote CHECKPOINT.
+        await node.inbox.put(Applied(c.seq))
         after_commit(node, applied, c, time.monotonic() - started)
 
 

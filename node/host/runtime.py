@@ -25,7 +25,15 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from common.codec import sha256
-from consensus.api import Commit, ConsensusConfig, Event, Fetched, FetchedEntry, Received
+from consensus.api import (
+    Commit,
+    ConsensusConfig,
+    Event,
+    Fetched,
+    FetchedEntry,
+    PeerStatus,
+    Received,
+)
 from consensus.replica import Replica
 from node.chain.chain import Chain
 from node.chain.genesis import Genesis
@@ -334,6 +342,8 @@ class Node:
                 self.screening.on_peer_release(frame["txs"])
             self.admission.gossiped(frame["txs"], sender)
         elif kind == "status":
+            # Core contract (docs/consensus.md): peer status is a core event (stale view, fetch).
+            await self.inbox.put(PeerStatus(sender, frame["height"], frame["view"]))
             self.watch.on_status(sender, frame["height"], frame["view"])
             self.catchup.on_status(sender, frame["height"], slack=2 * self.cfg.pipeline_depth)
 
