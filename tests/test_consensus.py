@@ -528,3 +528,52 @@ def test_laggard_in_an_old_view_follows_peer_status_on_an_idle_cluster() -> None
         h.tick(100)
     assert (h.replicas[3].view, h.replicas[3].view_active) == (1, True)
     assert len(h.commits[3]) == len(h.commits[0])
+
+
+class _ReturnsOnOwnWord(Replica):
+    """The broken rule: returns without 2f+1 acknowledgments (tests/test_sim_broken_variants.py)."""
+
+    def _retract_quorum(self) -> int:
+        return 1
+
+
+class _CountsRetracted(Replica):
+    """The broken rule: still counts VIEW-CHANGEs whose sender retracted them."""
+
+    _refuse_retracted = False
+
+
+def test_return_needs_2f_plus_1_acknowledgments() -> None:
+    for cls, returns in ((Replica, False), (_ReturnsOnOwnWord, True)):
+        h = Harness(blocks=2)
+        h.replicas[3] = cls(config(3), random.Random(3))
+        _alone_in_view_one(h)
+
+        def lose_acks(src: int, dst: int, data: bytes) -> bool:
+            return src in (1, 2) and isinstance(m.decode(data, 1024, 64 * 1024), m.RetractAck)
+
+        h.feed(3, Pending(False))
+        for _ in range(3):
+            for j in (0, 1, 2):
+                h.feed(3, PeerStatus(j, len(h.commits[j]), 0))
+            h.drop = lose_acks
+            h.run()
+            h.tick(100)
+        assert h.replicas[3].view_active is returns, cls.__name__
+
+
+def test_only_the_refusing_rule_keeps_a_retracted_view_change_out() -> None:
+    for cls, refused in ((Replica, True), (_CountsRetracted, False)):
+        h = Harness(blocks=2)
+        h.replicas[0] = cls(config(0), random.Random(0))
+        stale = m.decode(_alone_in_view_one(h)[0], 1024, 64 * 1024)
+        assert isinstance(stale, m.ViewChange)
+        _heal_and_report(h)
+
+        def vc(sender: int) -> m.ViewChange:
+            key = SigningKey(SEEDS[sender])
+            return m.sign(m.ViewChange(1, 0, b"\x00" * 32, (), (), sender), key, "vigil")
+
+        nv = signed(m.NewView(1, (vc(1), vc(2), stale), (), 1), 1)
+        h.replicas[0].step(Received(1, nv))
+        assert (h.replicas[0].view == 0) is refused, cls.__name__
