@@ -136,6 +136,7 @@ class Replica:
         self._retract: m.Retract | None = None  # our RETRACT waiting for 2f+1 acknowledgments
         self._retract_acks: set[int] = set()
         self._retract_tries = 0
+        self._retract_new_view: tuple[m.NewView, Selection] | None = None  # of the RETRACT's view
         self._inactive_since_ms = now_ms
         self._peers = PeerReports()
         self._behind_since_ms: int | None = None  # f+1 peers report a view above ours since

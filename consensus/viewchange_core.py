@@ -48,6 +48,7 @@ def start_view_change(r: Replica, view: int, out: list[Action], resend: bool = F
     r._view_progress_ms = None
     r._retract = None
     r._retract_acks = set()
+    r._retract_new_view = None
     r._behind_since_ms = None
     r._requested.clear()
     for slot in r._slots.values():
@@ -158,40 +159,61 @@ def try_new_view(r: Replica, out: list[Action]) -> None:
 
 def on_new_view(r: Replica, nv: m.NewView, out: list[Action]) -> None:
     """Check a NEW-VIEW the way section 4.4 asks: recompute its PRE-PREPAREs from its proof."""
-    cfg = r._cfg
+    rt = r._retract
+    if rt is not None and nv.view == rt.view and rt.view > r._entered:
+        # The view our RETRACT returns to, which we never entered: keep it for the return.
+        selection = check_new_view(r, nv, out)
+        if selection is not None:
+            r._retract_new_view = (nv, selection)
+            maybe_return(r, out)
+        return None
     if nv.view < r._view or (nv.view == r._view and r._active):
         return r._drop(out, "old_view", nv.sender)
+    selection = check_new_view(r, nv, out)
+    if selection is not None:
+        r._view = nv.view
+        enter_view(r, nv, selection, out, None)
+    return None
+
+
+def check_new_view(r: Replica, nv: m.NewView, out: list[Action]) -> Selection | None:
+    """The NEW-VIEW's selection if it is valid (section 4.4), else None (and a Dropped)."""
+    cfg = r._cfg
     if nv.sender != cfg.primary(nv.view):
-        return r._drop(out, "not_primary", nv.sender)
+        return _refuse(r, out, "not_primary", nv.sender)
     senders = [vc.sender for vc in nv.view_changes]
     if (
         len(set(senders)) != len(senders)
         or len(senders) < r._quorum
         or any(vc.view != nv.view or vc.sender >= cfg.n for vc in nv.view_changes)
     ):
-        return r._drop(out, "bad_new_view", nv.sender)
+        return _refuse(r, out, "bad_new_view", nv.sender)
     for vc in nv.view_changes:
         if is_void(r, vc):
             # Its sender took it back and returned to a lower view; we promised to refuse it.
-            return r._drop(out, "retracted_view_change", nv.sender)
+            return _refuse(r, out, "retracted_view_change", nv.sender)
         if r._view_changes.get(vc.sender) == vc:
             continue  # already checked when it reached us directly
         content = m.signing_content(vc, cfg.chain_id)
         if not r._verify(cfg.validators[vc.sender], m.domain(vc.kind), content, vc.sig):
-            return r._drop(out, "bad_new_view", nv.sender)
+            return _refuse(r, out, "bad_new_view", nv.sender)
         if view_change_problem(vc, cfg, r._quorum, r._verify) is not None:
-            return r._drop(out, "bad_new_view", nv.sender)
+            return _refuse(r, out, "bad_new_view", nv.sender)
     selection = r._selection_for(list(nv.view_changes))
     if [(pp.seq, pp.digest, pp.payload) for pp in nv.pre_prepares] != list(selection.entries):
-        return r._drop(out, "bad_new_view", nv.sender)
+        return _refuse(r, out, "bad_new_view", nv.sender)
     for pp in nv.pre_prepares:
         if pp.view != nv.view or pp.sender != nv.sender:
-            return r._drop(out, "bad_new_view", nv.sender)
+            return _refuse(r, out, "bad_new_view", nv.sender)
         content = m.signing_content(pp, cfg.chain_id)
         if not r._verify(cfg.validators[pp.sender], m.domain(pp.kind), content, pp.sig):
-            return r._drop(out, "bad_new_view", nv.sender)
-    r._view = nv.view
-    enter_view(r, nv, selection, out, None)
+            return _refuse(r, out, "bad_new_view", nv.sender)
+    return selection
+
+
+def _refuse(r: Replica, out: list[Action], reason: str, sender: int) -> Selection | None:
+    r._drop(out, reason, sender)
+    return None
 
 
 def enter_view(
@@ -320,8 +342,9 @@ def follow_peers(r: Replica, out: list[Action]) -> None:
     if now - r._inactive_since_ms < cfg.view_change_timeout_ms:
         return
     # Only reports made after we left count: they show peers that stayed behind.
-    if r._peers.common_view(r._view, r._quorum - 1, r._inactive_since_ms + 1) == r._entered:
-        send_retract(r, r._entered, out)
+    view = r._peers.common_view(r._view, r._quorum - 1, r._inactive_since_ms + 1)
+    if view is not None and view >= r._entered:
+        send_retract(r, view, out)
 
 
 def is_void(r: Replica, vc: m.ViewChange) -> bool:
@@ -357,19 +380,20 @@ def store_retraction(r: Replica, sender: int, view: int, epoch: int) -> list[Act
 def send_retract(r: Replica, view: int, out: list[Action]) -> None:
     """Void our VIEW-CHANGEs above ``view`` (epoch and below) and ask 2f replicas to confirm."""
     assert not r._active
-    assert r._entered == view < r._view, "a RETRACT returns only to the view we left"
+    assert r._entered <= view < r._view, "a RETRACT never returns below a view we entered"
     epoch = r._epoch
     rt = r._vote(m.Retract(view, epoch, r._me))
     out.extend(store_retraction(r, r._me, view, epoch))
     r._epoch = epoch + 1  # our VIEW-CHANGEs from now on are not void
     r._retract = rt
     r._retract_acks = {r._me}
+    r._retract_new_view = None
     r._retract_tries = 1
     r._view_change_armed = False
     r._view_change_deadline_ms = r._now_ms + r._cfg.view_change_timeout_ms
     out.append(Broadcast(m.encode(rt)))
     if r._retract_quorum() <= 1:
-        return_to_view(r, out)
+        maybe_return(r, out)
 
 
 def retry_retract(r: Replica, out: list[Action]) -> None:
@@ -400,6 +424,10 @@ def on_retract(r: Replica, rt: m.Retract, out: list[Action]) -> None:
     out.extend(store_retraction(r, rt.sender, rt.view, rt.epoch))
     ack = r._vote(m.RetractAck(rt.view, rt.epoch, rt.sender, r._me))
     out.append(Send(rt.sender, m.encode(ack)))
+    nv = r._new_view
+    if nv is not None and nv.view == r._view and nv.sender == r._me:
+        # It may never have entered this view: it returns through our NEW-VIEW.
+        out.append(Send(rt.sender, m.encode(nv)))
 
 
 def on_retract_ack(r: Replica, ack: m.RetractAck, out: list[Action]) -> None:
@@ -409,8 +437,27 @@ def on_retract_ack(r: Replica, ack: m.RetractAck, out: list[Action]) -> None:
     if ack.sender in r._retract_acks:
         return r._drop(out, "duplicate", ack.sender)
     r._retract_acks.add(ack.sender)
-    if len(r._retract_acks) >= r._retract_quorum():
-        return_to_view(r, out)
+    maybe_return(r, out)
+
+
+def maybe_return(r: Replica, out: list[Action]) -> None:
+    """With 2f+1 acknowledgments: back to the view we left, or into the later view the others
+    work in through its NEW-VIEW (checked like any other, section 4.4)."""
+    rt = r._retract
+    if rt is None or len(r._retract_acks) < r._retract_quorum():
+        return
+    if rt.view == r._entered:
+        return return_to_view(r, out)
+    pending = r._retract_new_view
+    if pending is None:
+        return  # its primary sends it with its acknowledgment; or we give up on a timeout
+    nv, selection = pending
+    r._view = nv.view
+    r._retract = None
+    r._retract_acks = set()
+    r._retract_new_view = None
+    r._view_change_armed = False
+    enter_view(r, nv, selection, out, None)
 
 
 def return_to_view(r: Replica, out: list[Action]) -> None:
@@ -423,7 +470,7 @@ def return_to_view(r: Replica, out: list[Action]) -> None:
     assert rt is not None
     assert not r._active
     view = rt.view
-    assert r._entered == view < r._view, "a RETRACT returns only to the view we left"
+    assert r._entered == view < r._view, "without a NEW-VIEW we return only to the view we left"
     r._view = view
     r._active = True
     r._entered = view
