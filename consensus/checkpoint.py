@@ -53,16 +53,40 @@ def execute(r: Replica, out: list[Action]) -> None:
         r._request_deadline_ms = None
         r._backoff = 0
         if seq % r._cfg.checkpoint_interval == 0 and r._chain is not None:
-            send_checkpoint(r, seq, r._chain, out)
+            if seq > r._stable_seq:
+                r._chain_at[seq] = r._chain
+            if not r._checkpoint_after_applied:
+                r._applied_seq = max(r._applied_seq, seq)
+            send_due_checkpoints(r, out)
 
 
 # --- checkpoints --------------------------------------------------------------------------
 
 
+def on_applied(r: Replica, seq: int, out: list[Action]) -> None:
+    """The host's block for ``seq`` is durable: CHECKPOINTs up to it may go out now."""
+    if seq > r._applied_seq:
+        r._applied_seq = seq
+        send_due_checkpoints(r, out)
+
+
+def send_due_checkpoints(r: Replica, out: list[Action]) -> None:
+    """Vote CHECKPOINT only for seqs the host has made durable (``Applied``).
+
+    A stable checkpoint lets every replica delete its log up to that seq. Voting only for
+    durable blocks means a stable checkpoint always has 2f+1 replicas (f+1 honest) that store
+    every block up to it, so a crash cannot lose a block nobody can serve any more.
+    """
+    for seq in sorted(s for s in r._chain_at if r._checkpoint_sent < s <= r._applied_seq):
+        send_checkpoint(r, seq, r._chain_at[seq], out)
+
+
 def send_checkpoint(r: Replica, seq: int, digest: bytes, out: list[Action]) -> None:
+    assert seq <= r._applied_seq, "CHECKPOINT for a block the host has not made durable"
     if seq <= r._stable_seq:
         return
     r._chain_at[seq] = digest
+    r._checkpoint_sent = max(r._checkpoint_sent, seq)
     cp = r._vote(m.Checkpoint(seq, digest, r._me))
     r._own_checkpoint = cp
     out.append(Broadcast(m.encode(cp)))
@@ -133,8 +157,13 @@ def note_ahead(r: Replica, seq: int, peers: Iterable[int]) -> None:
 
 
 def maybe_fetch(r: Replica, out: list[Action], urgent: bool = False) -> None:
-    """Ask the host to fetch blocks we know are committed, after a grace period, rate-limited."""
-    if r._known_ahead <= r._last_committed:
+    """Ask the host to fetch blocks we know are committed, after a grace period, rate-limited.
+
+    What peers' status reports (``_hint_ahead``) is fetched too, but unlike commits we saw it
+    does not count as work for the request timer: a hint never starts a view change.
+    """
+    ahead = max(r._known_ahead, r._hint_ahead)
+    if ahead <= r._last_committed:
         r._fetch_deadline_ms = None
         return
     now = r._now_ms
@@ -144,14 +173,14 @@ def maybe_fetch(r: Replica, out: list[Action], urgent: bool = False) -> None:
         r._fetch_deadline_ms = due
         return
     recent = r._last_fetch_ms is not None and now - r._last_fetch_ms < 2 * delay
-    if recent and r._last_fetch_to >= r._known_ahead:
+    if recent and r._last_fetch_to >= ahead:
         r._fetch_deadline_ms = (r._last_fetch_ms or 0) + 2 * delay
         return
     r._last_fetch_ms = now
-    r._last_fetch_to = r._known_ahead
+    r._last_fetch_to = ahead
     r._fetch_deadline_ms = now + 2 * delay
     peers = tuple(sorted(r._ahead_peers))
-    out.append(FetchBlocks(r._last_committed + 1, r._known_ahead, peers))
+    out.append(FetchBlocks(r._last_committed + 1, ahead, peers))
 
 
 def on_fetched(r: Replica, entries: Iterable[FetchedEntry], out: list[Action]) -> None:

@@ -3,7 +3,9 @@
 Keys: ``b"view"`` (current view and whether it is active), ``b"stable"`` (stable checkpoint with
 its proof), ``b"new_view"`` (the NEW-VIEW it sent as primary, so it can still hand it to laggards
 after a restart), ``b"slot/" + seq (8 bytes big-endian)`` (the votes this replica cast at that
-seq and what it committed there). The host stores them verbatim and hands them back on restart.
+seq and what it committed there), ``b"retract/" + sender (2 bytes big-endian)`` (the RETRACT of
+that replica this one persisted: which of its VIEW-CHANGEs are void; our own one sets our epoch).
+The host stores them verbatim and hands them back on restart.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ KEY_VIEW = b"view"
 KEY_STABLE = b"stable"
 KEY_NEW_VIEW = b"new_view"  # the NEW-VIEW this replica sent as primary of its current view
 SLOT_PREFIX = b"slot/"
+RETRACT_PREFIX = b"retract/"
 
 
 def slot_key(seq: int) -> bytes:
@@ -98,13 +101,30 @@ class Slot:
         return slot
 
 
-def view_record(view: int, active: bool) -> bytes:
-    return codec.encode({"view": view, "active": active})
+def retract_key(sender: int) -> bytes:
+    return RETRACT_PREFIX + sender.to_bytes(2, "big")
 
 
-def parse_view_record(data: bytes) -> tuple[int, bool]:
+def view_record(view: int, active: bool, entered: int) -> bytes:
+    """``entered``: the highest view this replica was ever active in (a RETRACT never goes below)."""
+    return codec.encode({"view": view, "active": active, "entered": entered})
+
+
+def parse_view_record(data: bytes) -> tuple[int, bool, int]:
     v = codec.decode(data)
-    return int(v["view"]), bool(v["active"])
+    view = int(v["view"])
+    # A record without "entered" predates RETRACT: assume the current view, which forbids
+    # returning below it (safe, at worst slower).
+    return view, bool(v["active"]), int(v.get("entered", view))
+
+
+def retract_record(view: int, epoch: int) -> bytes:
+    return codec.encode({"view": view, "epoch": epoch})
+
+
+def parse_retract_record(data: bytes) -> tuple[int, int]:
+    v = codec.decode(data)
+    return int(v["view"]), int(v["epoch"])
 
 
 def stable_record(seq: int, digest: bytes, proof: Sigs) -> bytes:

@@ -176,6 +176,7 @@ class ViewChange:
     prepared: tuple[PreparedCert, ...]
     sender: int
     sig: bytes = b""
+    epoch: int = 0  # the sender's retraction epoch: a RETRACT voids this VIEW-CHANGE if >= epoch
 
     kind = "view_change"
 
@@ -187,6 +188,7 @@ class ViewChange:
             "stable_proof": _sigs_value(self.stable_proof),
             "prepared": [p.value() for p in self.prepared],
             "sender": self.sender,
+            "epoch": self.epoch,
         }
 
     def value(self) -> dict[str, Any]:
@@ -218,7 +220,58 @@ class NewView:
         return {**self.signed_body(), "sig": self.sig}
 
 
-Message = PrePrepare | Prepare | CommitVote | Checkpoint | ViewChange | NewView
+@dataclass(frozen=True, slots=True)
+class Retract:
+    """RETRACT: the sender takes back every VIEW-CHANGE it signed for a view above ``view`` with
+    an epoch at or below ``epoch``, to return to ``view`` (a view change nobody joined).
+
+    Replicas active in ``view`` persist it, answer with a RETRACT-ACK, and from then on refuse any
+    NEW-VIEW that contains such a VIEW-CHANGE; the sender returns only after 2f+1 of them
+    (itself included). docs/consensus.md has the safety argument.
+    """
+
+    view: int
+    epoch: int
+    sender: int
+    sig: bytes = b""
+
+    kind = "retract"
+
+    def signed_body(self) -> dict[str, Any]:
+        return {"view": self.view, "epoch": self.epoch, "sender": self.sender}
+
+    def value(self) -> dict[str, Any]:
+        return {**self.signed_body(), "sig": self.sig}
+
+
+@dataclass(frozen=True, slots=True)
+class RetractAck:
+    """RETRACT-ACK: the sender (active in ``view``) has persisted ``target``'s RETRACT(view, epoch)
+    and will refuse every NEW-VIEW containing a VIEW-CHANGE it voids."""
+
+    view: int
+    epoch: int
+    target: int
+    sender: int
+    sig: bytes = b""
+
+    kind = "retract_ack"
+
+    def signed_body(self) -> dict[str, Any]:
+        return {
+            "view": self.view,
+            "epoch": self.epoch,
+            "target": self.target,
+            "sender": self.sender,
+        }
+
+    def value(self) -> dict[str, Any]:
+        return {**self.signed_body(), "sig": self.sig}
+
+
+Message = (
+    PrePrepare | Prepare | CommitVote | Checkpoint | ViewChange | NewView | Retract | RetractAck
+)
 SlotMessage = PrePrepare | Prepare | CommitVote
 
 
@@ -230,7 +283,17 @@ def signing_content(msg: Message, chain_id: str) -> bytes:
     return codec.encode({"chain": chain_id, "type": msg.kind, **msg.signed_body()})
 
 
-MessageT = TypeVar("MessageT", PrePrepare, Prepare, CommitVote, Checkpoint, ViewChange, NewView)
+MessageT = TypeVar(
+    "MessageT",
+    PrePrepare,
+    Prepare,
+    CommitVote,
+    Checkpoint,
+    ViewChange,
+    NewView,
+    Retract,
+    RetractAck,
+)
 
 
 def sign(msg: MessageT, key: SigningKey, chain_id: str) -> MessageT:
@@ -289,6 +352,7 @@ def _schemas(payload_bytes_max: int) -> dict[str, codec.Check]:
         "prepared": codec.list_of(prepared, PREPARED_MAX),
         "sender": _SENDER,
         "sig": _SIG,
+        "epoch": _U,
     }
     return {
         "pre_prepare": codec.struct(pre_prepare),
@@ -314,6 +378,25 @@ def _schemas(payload_bytes_max: int) -> dict[str, codec.Check]:
                 "sig": _SIG,
             }
         ),
+        "retract": codec.struct(
+            {
+                "type": codec.one_of("retract"),
+                "view": _U,
+                "epoch": _U,
+                "sender": _SENDER,
+                "sig": _SIG,
+            }
+        ),
+        "retract_ack": codec.struct(
+            {
+                "type": codec.one_of("retract_ack"),
+                "view": _U,
+                "epoch": _U,
+                "target": _SENDER,
+                "sender": _SENDER,
+                "sig": _SIG,
+            }
+        ),
     }
 
 
@@ -329,6 +412,7 @@ def _view_change(v: dict[str, Any]) -> ViewChange:
         tuple(PreparedCert.from_value(p) for p in v["prepared"]),
         v["sender"],
         v["sig"],
+        v["epoch"],
     )
 
 
@@ -359,6 +443,10 @@ def decode(data: bytes, payload_bytes_max: int, message_bytes_max: int) -> Messa
             return Checkpoint(v["seq"], v["digest"], v["sender"], v["sig"])
         case "view_change":
             return _view_change(v)
+        case "retract":
+            return Retract(v["view"], v["epoch"], v["sender"], v["sig"])
+        case "retract_ack":
+            return RetractAck(v["view"], v["epoch"], v["target"], v["sender"], v["sig"])
         case _:
             return NewView(
                 v["view"],

@@ -136,6 +136,7 @@ def check_slot(r: Replica, slot: Slot, out: list[Action]) -> None:
             sigs = tuple(sorted((s, sig) for s, (d, sig) in slot.commits.items() if d == digest))
             cert = CommitCertificate(view, slot.seq, digest, sigs)
             slot.committed = Committed(view, digest, payload, cert.encode())
+            r._view_progress_ms = r._now_ms
             if slot.seq > r._last_committed + 1:
                 checkpoint.note_ahead(r, slot.seq - 1, tuple(sorted(slot.commits)))
             break

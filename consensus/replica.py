@@ -43,11 +43,14 @@ from consensus.log import (
     KEY_NEW_VIEW,
     KEY_STABLE,
     KEY_VIEW,
+    RETRACT_PREFIX,
     SLOT_PREFIX,
     Slot,
+    parse_retract_record,
     parse_stable_record,
     parse_view_record,
 )
+from consensus.peers import PeerReports
 from consensus.viewchange import GENESIS_CHECKPOINT, Selection, select
 
 FUTURE_PER_SENDER_MAX = 64  # buffered messages of a view we have not entered yet, per sender
@@ -56,12 +59,19 @@ FUTURE_PER_SENDER_MAX = 64  # buffered messages of a view we have not entered ye
 class Replica:
     """A PBFT replica. The host feeds events to :meth:`step` and performs the actions in order."""
 
-    # Tests subclass these two hooks to build deliberately broken replicas the simulator must catch.
+    # Tests subclass these hooks to build deliberately broken replicas the simulator must catch.
     _use_prepared = True
+    _checkpoint_after_applied = True  # False: CHECKPOINT as soon as executed (the old rule)
+    _retract_when_alone = True  # False: stay alone in a view change nobody joined (the old rule)
+    _refuse_retracted = True  # False: count VIEW-CHANGEs their sender retracted
 
     @staticmethod
     def _quorum_size(config: ConsensusConfig) -> int:
         return config.quorum
+
+    def _retract_quorum(self) -> int:
+        """Acknowledgments (own included) a RETRACT needs before we return (2f+1)."""
+        return self._quorum
 
     def __init__(
         self,
@@ -115,6 +125,22 @@ class Replica:
         self._timer_ms: int | None = None
         self._startup: list[Action] = []
         self._dropped: dict[str, int] = {}
+        # Blocks the host reports durable (``Applied``); our CHECKPOINTs never go above it.
+        self._applied_seq = committed_seq
+        self._checkpoint_sent = 0  # highest seq of a CHECKPOINT of ours sent
+        self._view_progress_ms: int | None = None  # last commit certificate formed in our view
+        # Leaving a view change nobody joined (consensus/viewchange_core.py, RETRACT).
+        self._entered = 0  # highest view we were ever active in: we never return below it
+        self._epoch = 0  # stamped on our VIEW-CHANGEs; a RETRACT voids epochs at or below its own
+        self._retracted: dict[int, tuple[int, int]] = {}  # sender -> (view, epoch) it voided
+        self._retract: m.Retract | None = None  # our RETRACT waiting for 2f+1 acknowledgments
+        self._retract_acks: set[int] = set()
+        self._retract_tries = 0
+        self._retract_new_view: tuple[m.NewView, Selection] | None = None  # of the RETRACT's view
+        self._inactive_since_ms = now_ms
+        self._peers = PeerReports()
+        self._behind_since_ms: int | None = None  # f+1 peers report a view above ours since
+        self._hint_ahead = 0  # height f+1 peers report (PeerStatus): fetch, but no view change
         self._restore(list(records), committed_seq)
 
     # --- public view of the state ---------------------------------------------------------
@@ -153,7 +179,10 @@ class Replica:
             if key == KEY_NEW_VIEW:
                 new_view = value
             elif key == KEY_VIEW:
-                self._view, self._active = parse_view_record(value)
+                self._view, self._active, self._entered = parse_view_record(value)
+            elif key.startswith(RETRACT_PREFIX):
+                sender = int.from_bytes(key[len(RETRACT_PREFIX) :], "big")
+                self._retracted[sender] = parse_retract_record(value)
             elif key == KEY_STABLE:
                 seq, digest, proof = parse_stable_record(value)
                 self._stable_seq, self._stable_digest, self._stable_proof = seq, digest, proof
@@ -161,6 +190,10 @@ class Replica:
                 slots.append(
                     Slot.from_record(int.from_bytes(key[len(SLOT_PREFIX) :], "big"), value)
                 )
+        if self._active:
+            self._entered = max(self._entered, self._view)
+        mine = self._retracted.get(self._me)
+        self._epoch = 0 if mine is None else mine[1] + 1
         self._new_view = vcc.restore_new_view(self, new_view)
         for slot in slots:
             if slot.seq > self._stable_seq:
@@ -220,8 +253,10 @@ class Replica:
                 normal.on_verdict(self, view, seq, digest, valid, out)
             case Fetched(entries):
                 checkpoint.on_fetched(self, entries, out)
-            case Applied() | PeerStatus():
-                pass  # the host reports them; the rules that use them land with issue 11/12
+            case Applied(seq):
+                checkpoint.on_applied(self, seq, out)
+            case PeerStatus(sender, height, view):
+                self._on_peer_status(sender, height, view)
         self._after_step(out)
         return out
 
@@ -266,6 +301,7 @@ class Replica:
         match msg:
             case m.PrePrepare() | m.Prepare() | m.CommitVote():
                 if msg.view < self._view:
+                    self._peers.working_in(msg.sender, msg.view, self._now_ms)
                     return self._drop(out, "old_view", msg.sender)
                 if msg.view > self._view or not self._active:
                     return self._buffer(msg, out)
@@ -280,6 +316,10 @@ class Replica:
                 return self._on_view_change(msg, out)
             case m.NewView():
                 return self._on_new_view(msg, out)
+            case m.Retract():
+                return vcc.on_retract(self, msg, out)
+            case m.RetractAck():
+                return vcc.on_retract_ack(self, msg, out)
 
     def _buffer(self, msg: m.SlotMessage, out: list[Action]) -> None:
         queue = self._future.setdefault(msg.sender, [])
@@ -287,6 +327,16 @@ class Replica:
             return self._drop(out, "future_buffer_full", msg.sender)
         queue.append(msg)
         vcc.on_buffered(self, out)
+
+    def _on_peer_status(self, sender: int, height: int, view: int) -> None:
+        """A peer's (unsigned) status: remember it; ``_after_step`` decides what to do."""
+        if not 0 <= sender < self._cfg.n or sender == self._me:
+            return
+        self._peers.status(sender, view, height, self._now_ms)
+        target, peers = self._peers.vouched_height(self._cfg.f)
+        if target > max(self._hint_ahead, self._last_committed):
+            self._hint_ahead = target
+            self._ahead_peers.update(peers)
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -303,13 +353,21 @@ class Replica:
         now = self._now_ms
         if self._active:
             if self._request_deadline_ms is not None and now >= self._request_deadline_ms:
-                self._start_view_change(self._view + 1, out)
+                progress = self._view_progress_ms
+                if progress is not None and now < progress + self._cfg.request_timeout_ms:
+                    # Commit certificates keep forming in this view (2f+1 replicas, so f+1
+                    # honest ones, vote in it): what we miss is fetched; leaving alone would
+                    # only strand us in a view nobody joins.
+                    self._request_deadline_ms = progress + self._cfg.request_timeout_ms
+                else:
+                    self._start_view_change(self._view + 1, out)
         elif self._view_change_deadline_ms is not None and now >= self._view_change_deadline_ms:
             vcc.on_view_change_timer(self, out)
         if self._fetch_deadline_ms is not None and now >= self._fetch_deadline_ms:
             checkpoint.maybe_fetch(self, out)
 
     def _after_step(self, out: list[Action]) -> None:
+        vcc.follow_peers(self, out)
         normal.request_proposals(self, out)
         if self._active and self._has_work():
             if self._request_deadline_ms is None:

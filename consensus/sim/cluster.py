@@ -1,10 +1,13 @@
 """One seed of the deterministic simulator: n replicas, a fake host each, faults, invariants.
 
-Everything random is drawn from ``random.Random(seed)``; time is virtual. The fake host answers
-``RequestProposal`` with a small random payload (registered as valid), ``Validate`` with
-``valid=True`` exactly for registered payloads, ``FetchBlocks`` from a peer's ledger, and keeps
-``Persist`` records in a dict that survives crashes (the rest of the replica does not).
-Invariants are checked as actions happen; liveness is checked after GST.
+Everything random is drawn from ``random.Random(seed)``; time is virtual. The fake host does
+what node/host does: it answers ``RequestProposal`` with a small random payload (registered as
+valid), ``Validate`` with ``valid=True`` exactly for registered payloads, ``FetchBlocks`` from a
+peer's durable ledger; it executes each ``Commit`` into a block (``block_id``) and makes it
+durable ``durable_ms_max`` later, and only then feeds ``Applied``; it broadcasts its status
+(durable height, view) every ``STATUS_MS`` and feeds what it hears as ``PeerStatus``. It keeps
+``Persist`` records in a dict that survives crashes; a crash loses the rest of the replica and
+every block not yet durable. Invariants are checked as actions happen; liveness after GST.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from consensus import messages as m
 from consensus.api import (
     NULL_DIGEST,
     Action,
+    Applied,
     Broadcast,
     Commit,
     ConsensusConfig,
@@ -27,6 +31,7 @@ from consensus.api import (
     FetchBlocks,
     Fetched,
     FetchedEntry,
+    PeerStatus,
     Pending,
     Persist,
     Propose,
@@ -44,6 +49,7 @@ from consensus.sim.byzantine import BEHAVIOURS, Byzantine
 from consensus.sim.network import Faults, Network
 
 TICK_MS = 100
+STATUS_MS = 50  # node/host/driver.py: every 1 s against a 4 s view-change timeout, same ratio
 LIVENESS_BLOCKS = 3  # after GST every honest replica commits this many new blocks ...
 LIVENESS_BOUND_MS = 30_000  # ... within this much simulated time
 SIM_CONFIG = {
@@ -56,7 +62,27 @@ SIM_CONFIG = {
     "message_bytes_max": 256 * 1024,
 }
 
+LONE_BOUND_MS = 2 * SIM_CONFIG["view_change_timeout_ms"]  # alone in a view change, at most
+
 ReplicaFactory = Callable[..., Replica]
+BlockId = Callable[[Commit, bytes], bytes]
+
+GENESIS_BLOCK_ID = b"\x00" * 32
+
+
+def block_id(c: Commit, prev: bytes) -> bytes:
+    """The id of the block the host builds from ``c``: a function of what was agreed only.
+
+    ``sha256("vigil-sim-block/v1" || seq (8 bytes BE) || prev || digest || sha256(payload))``.
+    Agreed: the seq, the payload (and so its digest; a null block is ``b""`` with
+    ``NULL_DIGEST``), and the previous block's id. Not agreed, so never hashed: ``c.view`` and
+    ``c.certificate`` (PBFT replicas may commit one seq in different views, with different
+    certificates). node/'s block header must follow the same rule: everything in it comes from
+    the payload, the height and ``prev_hash`` (a null block from the height and ``prev_hash``).
+    """
+    return codec.sha256(
+        b"vigil-sim-block/v1" + c.seq.to_bytes(8, "big") + prev + c.digest + codec.sha256(c.payload)
+    )
 
 
 def validator_seed(index: int) -> bytes:
@@ -82,7 +108,10 @@ class Node:
     replica: Replica | None = None
     epoch: int = 0
     records: dict[bytes, bytes] = field(default_factory=dict)
-    ledger: list[FetchedEntry] = field(default_factory=list)
+    ledger: list[FetchedEntry] = field(default_factory=list)  # durable blocks
+    block_ids: list[bytes] = field(default_factory=list)  # executed blocks (durable or not)
+    unflushed: list[FetchedEntry] = field(default_factory=list)  # executed, not yet durable
+    durable_at_ms: int = 0
     timers: set[int] = field(default_factory=set)
 
 
@@ -101,8 +130,15 @@ class VerifyCache:
 
 
 class Simulation:
-    def __init__(self, seed: int, n: int = 4, factory: ReplicaFactory = Replica) -> None:
+    def __init__(
+        self,
+        seed: int,
+        n: int = 4,
+        factory: ReplicaFactory = Replica,
+        block_id: BlockId = block_id,
+    ) -> None:
         self.seed = seed
+        self.block_id = block_id
         self.rng = random.Random(seed)
         self.factory = factory
         self.faults = Faults.draw(self.rng, n)
@@ -130,6 +166,9 @@ class Simulation:
             )
         self.valid_payloads: set[bytes] = set()
         self.committed: dict[int, bytes] = {}
+        self.blocks: dict[int, bytes] = {}  # height -> block id of the first honest replica
+        self.lone_since: dict[int, int] = {}
+        self.lone: str | None = None
         self.votes: dict[tuple[int, str, int, int], bytes] = {}
         self.violations: list[str] = []
         self.trace = hashlib.sha256()
@@ -146,12 +185,16 @@ class Simulation:
         net.schedule(self.faults.gst_ms, -1, "gst")
         if self.byzantine is not None:
             net.schedule(self.rng.randint(1, 50), -1, "malice")
+        net.schedule(STATUS_MS, -1, "status_round")
         deadline = self.faults.gst_ms + LIVENESS_BOUND_MS
         liveness: str | None = None
         while not self.violations:
             event = net.pop()
             if event is None or event.at_ms > deadline:
                 liveness = self._liveness_problem()
+                break
+            if self.lone is not None:
+                liveness = self.lone
                 break
             self._handle(event.node, event.kind, event.data)
             if self.gst_heights is not None and self._live():
@@ -175,6 +218,10 @@ class Simulation:
                 if node.replica is None:
                     self._start(node)
             self.gst_heights = {n.index: len(n.ledger) for n in self.nodes if n.honest}
+            return
+        if kind == "status_round":
+            self._status_round()
+            net.schedule(net.now_ms + STATUS_MS, -1, "status_round")
             return
         if kind == "malice":
             assert self.byzantine is not None
@@ -201,6 +248,15 @@ class Simulation:
             if self.byzantine is not None and index == self.byz_index:
                 self.byzantine.observe(payload)
             self._step(node, Received(src, payload))
+        elif kind == "status":
+            assert isinstance(data, tuple)
+            src, (height, view) = data
+            self._step(node, PeerStatus(src, height, view))
+        elif kind == "durable":
+            assert isinstance(data, tuple)
+            epoch, seq = data
+            if epoch == node.epoch:
+                self._make_durable(node, seq)
         elif kind == "tick":
             if data is None:
                 node.timers.discard(net.now_ms)
@@ -234,6 +290,8 @@ class Simulation:
     def _crash(self, node: Node, down_ms: int) -> None:
         node.replica = None
         node.epoch += 1
+        node.unflushed.clear()  # not yet durable: lost with the process
+        del node.block_ids[len(node.ledger) :]
         restart_ms = min(self.net.now_ms + down_ms, self.faults.gst_ms)
         self.net.schedule(restart_ms, node.index, "restart", node.epoch)
 
@@ -330,12 +388,22 @@ class Simulation:
 
     # --- invariants -------------------------------------------------------------------------
 
+    def _make_durable(self, node: Node, seq: int) -> None:
+        while node.unflushed and node.unflushed[0].seq <= seq:
+            node.ledger.append(node.unflushed.pop(0))
+        self._step(node, Applied(len(node.ledger)))
+
     def _watch_votes(self, node: Node, data: bytes) -> None:
-        """No honest replica sends two different PRE-PREPAREs/PREPAREs/COMMITs for a (view, seq)."""
+        """No honest replica sends two different PRE-PREPAREs/PREPAREs/COMMITs for a (view, seq),
+        nor a CHECKPOINT for a block its host has not made durable."""
         if not node.honest:
             return
         cfg = node.config
         msg = m.decode(data, cfg.payload_bytes_max, cfg.message_bytes_max)
+        if isinstance(msg, m.Checkpoint) and msg.seq > len(node.ledger):
+            self.violations.append(
+                f"checkpoint: replica {node.index} seq {msg.seq} durable {len(node.ledger)}"
+            )
         if isinstance(msg, m.PrePrepare | m.Prepare | m.CommitVote):
             key = (node.index, msg.kind, msg.view, msg.seq)
             known = self.votes.setdefault(key, msg.digest)
@@ -347,18 +415,49 @@ class Simulation:
                 if self.votes.setdefault(key, pp.digest) != pp.digest:
                     self.violations.append(f"equivocation: replica {node.index} {key[1:]}")
 
+    def _status_round(self) -> None:
+        """Every host broadcasts (durable height, view), as node/host/driver.py's status loop."""
+        for node in self.nodes:
+            r = node.replica
+            if r is None:
+                continue
+            status = (len(node.ledger), r.view)
+            if self.byzantine is not None and not node.honest:
+                if "silent" in self.byzantine.behaviours:
+                    continue
+                if "forge" in self.byzantine.behaviours and self.rng.random() < 0.5:
+                    status = (
+                        max(0, status[0] + self.rng.randint(-2, 6)),
+                        max(0, status[1] + self.rng.randint(-1, 2)),
+                    )
+            for dst in range(len(self.nodes)):
+                if dst != node.index:
+                    self.net.send(node.index, dst, status, kind="status")
+        if self.gst_heights is not None:
+            self._check_lone()
+
     def _on_commit(self, node: Node, c: Commit) -> None:
-        if c.seq != len(node.ledger) + 1:
+        if c.seq != len(node.block_ids) + 1:
             if node.honest:
                 self.violations.append(f"order: replica {node.index} seq {c.seq}")
             return
-        node.ledger.append(FetchedEntry(c.seq, c.payload, c.certificate))
+        prev = node.block_ids[-1] if node.block_ids else GENESIS_BLOCK_ID
+        node.block_ids.append(self.block_id(c, prev))
+        node.unflushed.append(FetchedEntry(c.seq, c.payload, c.certificate))
+        # Blocks become durable in order, some time after execution (node/host/committer.py).
+        at = max(
+            node.durable_at_ms, self.net.now_ms + self.rng.randint(0, self.faults.durable_ms_max)
+        )
+        node.durable_at_ms = at
+        self.net.schedule(at, node.index, "durable", (node.epoch, c.seq))
         self.trace.update(f"commit/{node.index}/{c.seq}/".encode() + c.digest)
         if not node.honest:
             return
         known = self.committed.setdefault(c.seq, c.digest)
         if known != c.digest:
             self.violations.append(f"agreement: seq {c.seq} replica {node.index}")
+        if self.blocks.setdefault(c.seq, node.block_ids[-1]) != node.block_ids[-1]:
+            self.violations.append(f"block: height {c.seq} replica {node.index}")
         null = c.payload == b"" and c.digest == NULL_DIGEST
         if not null and (
             m.payload_digest(c.payload) != c.digest or c.payload not in self.valid_payloads
@@ -392,10 +491,48 @@ class Simulation:
         top = max((v for _, v in active), default=0)
         return [i for i, v in active if v < top]
 
+    def _alone(self) -> dict[int, str]:
+        """Honest replicas in a view change that 2f other honest replicas, active in one lower
+        view, did not join (they need not: they commit without it)."""
+        f = (len(self.nodes) - 1) // 3
+        up = [n for n in self.nodes if n.honest and n.replica is not None]
+        found: dict[int, str] = {}
+        for node in up:
+            r = node.replica
+            assert r is not None
+            if r.view_active:
+                continue
+            views = [
+                o.replica.view
+                for o in up
+                if o is not node and o.replica is not None and o.replica.view_active
+            ]
+            lower = [v for v in set(views) if v < r.view and views.count(v) >= 2 * f]
+            if lower:
+                found[node.index] = f"{node.index}:view {r.view} while others in {max(lower)}"
+        return found
+
+    def _check_lone(self) -> None:
+        """Back in the common view within ``LONE_BOUND_MS`` of GST (or of going alone)."""
+        assert self.faults.gst_ms <= self.net.now_ms
+        alone = self._alone()
+        for index in list(self.lone_since):
+            if index not in alone:
+                del self.lone_since[index]
+        for index, what in sorted(alone.items()):
+            since = self.lone_since.setdefault(index, self.net.now_ms)
+            if self.net.now_ms - since > LONE_BOUND_MS and self.lone is None:
+                self.lone = f"alone for {self.net.now_ms - since} ms: {what}"
+
     def _live(self) -> bool:
         assert self.gst_heights is not None
-        return not self._laggards() and all(
-            len(self.nodes[i].ledger) >= h + LIVENESS_BLOCKS for i, h in self.gst_heights.items()
+        return (
+            not self._laggards()
+            and not self._alone()
+            and all(
+                len(self.nodes[i].ledger) >= h + LIVENESS_BLOCKS
+                for i, h in self.gst_heights.items()
+            )
         )
 
     def _liveness_problem(self) -> str | None:
@@ -407,8 +544,11 @@ class Simulation:
             if len(self.nodes[i].ledger) < h + LIVENESS_BLOCKS
         ]
         stale = [f"{i}:view" for i in self._laggards()]
-        return "no progress after GST: " + ",".join(stuck + stale)
+        alone = [f"{what}" for what in self._alone().values()]
+        return "no progress after GST: " + ",".join(stuck + stale + alone)
 
 
-def run_seed(seed: int, nodes: int = 4, factory: ReplicaFactory = Replica) -> SeedResult:
-    return Simulation(seed, nodes, factory).run()
+def run_seed(
+    seed: int, nodes: int = 4, factory: ReplicaFactory = Replica, block_id: BlockId = block_id
+) -> SeedResult:
+    return Simulation(seed, nodes, factory, block_id).run()

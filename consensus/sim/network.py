@@ -1,7 +1,8 @@
 """The simulated clock and network: a heap of timed events, per-message faults drawn from one rng.
 
-Before GST messages are delayed, lost, duplicated (and so reordered) and cut by partitions;
-from GST on every message between live replicas arrives within ``delay_after_gst_ms_max``.
+Before GST messages are delayed, lost, duplicated (and so reordered) and cut by partitions,
+one-way cuts and heavy loss on one node's links; from GST on every message between live
+replicas arrives within ``delay_after_gst_ms_max``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class Faults:
     partitions: tuple[tuple[int, int, frozenset[int]], ...]  # (start_ms, end_ms, one side)
     crashes: tuple[tuple[int, int, int], ...]  # (at_ms, node, down_ms)
     mid_step_crash: float  # chance that a step's actions stop halfway (crash) before GST
+    # One-way cuts: nothing from ``src`` side to ``dst`` side, (start_ms, end_ms, src, dst).
+    cuts: tuple[tuple[int, int, frozenset[int], frozenset[int]], ...] = ()
+    # Heavy loss on every link of one node, (start_ms, end_ms, node, loss).
+    lossy: tuple[tuple[int, int, int, float], ...] = ()
+    durable_ms_max: int = 0  # the host writes a committed block this long after the Commit
     delay_after_gst_ms_max: int = 10
 
     @staticmethod
@@ -39,15 +45,37 @@ class Faults:
             (rng.randrange(gst_ms), rng.randrange(n), rng.randint(5, 300))
             for _ in range(rng.randint(0, 3))
         ]
+        cuts: list[tuple[int, int, frozenset[int], frozenset[int]]] = []
+        lossy: list[tuple[int, int, int, float]] = []
+        if rng.random() < 0.4:
+            # Leave one replica alone: it stops hearing the others (or they stop hearing it, or
+            # its links lose most messages) until GST, long enough to time out by itself.
+            alone = rng.randrange(n)
+            others = frozenset(range(n)) - {alone}
+            start = rng.randrange(gst_ms // 2)
+            kind = rng.randrange(3)
+            if kind == 0:
+                cuts.append((start, gst_ms, others, frozenset({alone})))
+            elif kind == 1:
+                cuts.append((start, gst_ms, frozenset({alone}), others))
+            else:
+                lossy.append((start, gst_ms, alone, rng.choice([0.5, 0.8, 0.95])))
+        clean = bool(cuts or lossy) and rng.random() < 0.5
+        if clean:
+            # Only the lone replica's fault: nothing else makes the others change view with it.
+            partitions, crashes = [], []
         return Faults(
             gst_ms=gst_ms,
-            loss=rng.choice([0.0, 0.02, 0.1, 0.25]),
+            loss=0.0 if clean else rng.choice([0.0, 0.02, 0.1, 0.25]),
             duplicate=rng.choice([0.0, 0.05, 0.2]),
             delay_ms_max=rng.choice([5, 20, 60, 150]),
-            spike=rng.choice([0.0, 0.01, 0.05]),
+            spike=0.0 if clean else rng.choice([0.0, 0.01, 0.05]),
             partitions=tuple(partitions),
             crashes=tuple(crashes),
-            mid_step_crash=rng.choice([0.0, 0.002, 0.01, 0.03]),
+            mid_step_crash=0.0 if clean else rng.choice([0.0, 0.002, 0.01, 0.03]),
+            cuts=tuple(cuts),
+            lossy=tuple(lossy),
+            durable_ms_max=rng.choice([0, 2, 10, 40]),
         )
 
 
@@ -92,17 +120,34 @@ class Network:
                 return True
         return False
 
-    def send(self, src: int, dst: int, data: bytes) -> None:
+    def cut(self, src: int, dst: int) -> bool:
+        """Partitioned, or a one-way cut from ``src`` to ``dst`` in force now."""
+        now = self.now_ms
+        return self.partitioned(src, dst) or any(
+            start <= now < end and src in froms and dst in tos
+            for start, end, froms, tos in self.faults.cuts
+        )
+
+    def loss(self, src: int, dst: int) -> float:
+        now = self.now_ms
+        extra = [
+            loss
+            for start, end, node, loss in self.faults.lossy
+            if start <= now < end and node in (src, dst)
+        ]
+        return max([self.faults.loss, *extra])
+
+    def send(self, src: int, dst: int, data: Any, kind: str = "msg") -> None:
         """Queue ``data`` for ``dst``, subject to the faults in force now."""
         self.sent += 1
         f = self.faults
         rng = self.rng
         if self.now_ms >= f.gst_ms:
             self.schedule(
-                self.now_ms + rng.randint(1, f.delay_after_gst_ms_max), dst, "msg", (src, data)
+                self.now_ms + rng.randint(1, f.delay_after_gst_ms_max), dst, kind, (src, data)
             )
             return
-        if self.partitioned(src, dst) or rng.random() < f.loss:
+        if self.cut(src, dst) or rng.random() < self.loss(src, dst):
             self.lost += 1
             return
         copies = 2 if rng.random() < f.duplicate else 1
@@ -110,4 +155,4 @@ class Network:
             delay = rng.randint(1, f.delay_ms_max)
             if rng.random() < f.spike:
                 delay *= rng.randint(2, 10)
-            self.schedule(self.now_ms + delay, dst, "msg", (src, data))
+            self.schedule(self.now_ms + delay, dst, kind, (src, data))

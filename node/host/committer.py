@@ -69,9 +69,9 @@ async def run_committer(node: Node) -> None:
             txs,
         )
         node.metrics.storage_write_seconds.observe(applied.write_s)
+        # Core contract (docs/consensus.md): the block is durable, the core may vote CHECKPOINT.
+        await node.inbox.put(Applied(c.seq))
         after_commit(node, applied, c, time.monotonic() - started)
-        # The block is durable: the core may now vote the checkpoint of this seq (issue 12).
-        await node.inbox.put(Applied(applied.block.height))
 
 
 def after_commit(node: Node, applied: Any, c: Commit, took_s: float) -> None:

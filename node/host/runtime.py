@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from common.codec import sha256
-from consensus.api import Commit, ConsensusConfig, Event, Fetched, FetchedEntry, Received
+from consensus.api import (
+    Commit,
+    ConsensusConfig,
+    Event,
+    Fetched,
+    FetchedEntry,
+    Received,
+)
 from consensus.replica import Replica
 from node import VERSION
 from node.chain.chain import Chain

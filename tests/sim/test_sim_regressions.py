@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from consensus.sim.cluster import run_seed
+from common import codec
+from consensus.api import Commit
+from consensus.sim.cluster import block_id, run_seed
 
 # 147, 191: liveness. Replicas that ran one view ahead timed out in step with the laggards and
 # never met them; fixed by arming the new-view timer only once 2f+1 replicas reached the view.
-REGRESSION_SEEDS = [147, 191]
+# 566, 957, 1223: alone (issue 11). The replica timed out of view v into v+1 just before the
+# NEW-VIEW(v) reached it, so it never entered the view the others work in; a RETRACT may now
+# target that view too, and its primary answers with the NEW-VIEW the replica enters through.
+REGRESSION_SEEDS = [147, 191, 566, 957, 1223]
 
 
 @pytest.mark.parametrize("seed", REGRESSION_SEEDS)
@@ -16,3 +21,16 @@ def test_regression_seed(seed: int) -> None:
     result = run_seed(seed)
     assert result.safety_violations == ()
     assert result.liveness_failure is None
+
+
+def test_block_ids_agree_where_replicas_commit_in_different_views() -> None:
+    """Seed 1 commits seq 1 in different views at different replicas (a NEW-VIEW re-proposed
+    it): blocks hashing the commit view diverge there (issue 11, node 0 vs node 2 from height
+    929 in the fault lab); blocks built from the agreed data alone do not."""
+
+    def with_view(c: Commit, prev: bytes) -> bytes:
+        return codec.sha256(block_id(c, prev) + c.view.to_bytes(8, "big"))
+
+    old = run_seed(1, 4, block_id=with_view)
+    assert old.safety_violations[:1] == ("block: height 1 replica 3",)
+    assert run_seed(1).safety_violations == ()

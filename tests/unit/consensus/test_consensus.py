@@ -10,13 +10,16 @@ from common.crypto import SigningKey
 from consensus import messages as m
 from consensus.api import (
     Action,
+    Applied,
     Broadcast,
     Commit,
     ConsensusConfig,
+    Dropped,
     Event,
     FetchBlocks,
     Fetched,
     FetchedEntry,
+    PeerStatus,
     Pending,
     Persist,
     Propose,
@@ -89,6 +92,7 @@ class Harness:
                         self.queue.append((to, Received(i, data)))
                 case Commit():
                     self.commits[i].append(a)
+                    self.queue.append((i, Applied(a.seq)))  # the block is durable at once
                 case RequestProposal(view, seq):
                     self.proposed += 1
                     self.queue.append((i, Propose(view, seq, b"block-%d" % seq)))
@@ -218,7 +222,7 @@ def test_random_bytes_never_raise() -> None:
 def test_old_view_messages_are_dropped_after_restart_in_a_later_view() -> None:
     from consensus.log import KEY_VIEW, view_record
 
-    r = Replica(config(2), random.Random(2), records=[(KEY_VIEW, view_record(1, True))])
+    r = Replica(config(2), random.Random(2), records=[(KEY_VIEW, view_record(1, True, 1))])
     assert (r.view, r.primary) == (1, 1)
     pp = m.PrePrepare(0, 1, m.payload_digest(b"block-1"), b"block-1", 0)
     assert [a.reason for a in r.step(Received(0, signed(pp, 0))) if hasattr(a, "reason")] == [
@@ -393,3 +397,183 @@ def test_a_valid_new_view_for_a_later_view_is_adopted_directly() -> None:
         "sender_mismatch"
     ]
     assert other.view == 0
+
+
+def test_checkpoint_waits_for_the_host_to_apply_the_block() -> None:
+    h = Harness(blocks=2)
+    applied: list[tuple[int, Event]] = []
+    feed = h.feed
+
+    def hold_applied(i: int, event: Event) -> list[Action]:
+        if isinstance(event, Applied) and i in (1, 2):
+            applied.append((i, event))  # the hosts of 1 and 2 are slow to write their blocks
+            return []
+        return feed(i, event)
+
+    h.feed = hold_applied  # type: ignore[method-assign]
+    h.start()
+    kinds = [
+        type(m.decode(a.data, 1024, 64 * 1024)) for a in h.actions_of[2] if isinstance(a, Broadcast)
+    ]
+    assert len(h.commits[2]) == 2
+    assert m.Checkpoint not in kinds
+    assert h.replicas[2].stable_checkpoint == 0  # 0 and 3 voted: not a quorum yet
+    out = feed(2, Applied(2))
+    sent = [m.decode(a.data, 1024, 64 * 1024) for a in out if isinstance(a, Broadcast)]
+    assert [(c.seq, c.sender) for c in sent if isinstance(c, m.Checkpoint)] == [(2, 2)]
+
+
+def _alone_in_view_one(h: Harness) -> list[bytes]:
+    """Replica 3 hears nothing, times out alone into view 1; the others stay in view 0."""
+    h.drop = lambda src, dst, data: dst == 3
+    h.start()
+    for i in (1, 2):
+        h.feed(i, Pending(False))  # only 3 has work of its own: nobody else times out
+    h.run()
+    for _ in range(3):
+        h.tick(100)
+    r = h.replicas[3]
+    assert (r.view, r.view_active) == (1, False)
+    assert all((h.replicas[i].view, h.replicas[i].view_active) == (0, True) for i in (0, 1, 2))
+    return [
+        a.data
+        for a in h.actions_of[3]
+        if isinstance(a, Broadcast) and isinstance(m.decode(a.data, 1024, 64 * 1024), m.ViewChange)
+    ]
+
+
+def _heal_and_report(h: Harness) -> None:
+    h.drop = lambda src, dst, data: False
+    h.feed(3, Pending(False))  # else, with nothing proposed, it times out again once back
+    for _ in range(3):
+        for j in (0, 1, 2):
+            h.feed(3, PeerStatus(j, len(h.commits[j]), 0))
+        h.run()
+        h.tick(100)
+
+
+def test_replica_alone_in_a_view_change_retracts_and_returns() -> None:
+    h = Harness(blocks=2)
+    _alone_in_view_one(h)
+    _heal_and_report(h)
+    r = h.replicas[3]
+    assert (r.view, r.view_active) == (0, True)
+    sent = [m.decode(a.data, 1024, 64 * 1024) for a in h.actions_of[3] if isinstance(a, Broadcast)]
+    retracts = [x for x in sent if isinstance(x, m.Retract)]
+    assert [(x.view, x.epoch) for x in retracts] == [(0, 0)]
+    assert ViewChanged(0, 0) in h.actions_of[3]
+    # The RETRACT is durable on every replica that acknowledged it, before its acknowledgment.
+    for i in (0, 1, 2):
+        assert b"retract/\x00\x03" in h.records[i]
+    assert b"retract/\x00\x03" in h.records[3]
+    # Back to voting in view 0: the next blocks commit everywhere, 3 included, with its COMMITs.
+    first = len(h.actions_of[3])
+    h.blocks += 2
+    h.feed(0, Pending(True))
+    h.run()
+    h.tick(100)
+    assert [c.digest for c in h.commits[3]] == [c.digest for c in h.commits[0]]
+    assert len(h.commits[3]) == 4
+    later = [
+        m.decode(a.data, 1024, 64 * 1024)
+        for a in h.actions_of[3][first:]
+        if isinstance(a, Broadcast)
+    ]
+    assert any(isinstance(v, m.CommitVote) and v.view == 0 for v in later)
+    # A fresh VIEW-CHANGE of 3 carries the next epoch, so it is not void.
+    h.replicas[3].step(Tick(h.now_ms + 10_000))
+    fresh = [
+        m.decode(a.data, 1024, 64 * 1024)
+        for a in h.replicas[3].step(Tick(h.now_ms + 20_000))
+        if isinstance(a, Broadcast)
+    ]
+    assert all(x.epoch == 1 for x in fresh if isinstance(x, m.ViewChange))
+
+
+def test_new_view_with_a_retracted_view_change_is_refused_even_after_restart() -> None:
+    h = Harness(blocks=2)
+    stale = m.decode(_alone_in_view_one(h)[0], 1024, 64 * 1024)
+    assert isinstance(stale, m.ViewChange)
+    _heal_and_report(h)
+    assert h.replicas[3].view_active
+
+    def vc(sender: int) -> m.ViewChange:
+        return m.sign(
+            m.ViewChange(1, 0, b"\x00" * 32, (), (), sender), SigningKey(SEEDS[sender]), "vigil"
+        )
+
+    # A (byzantine) primary of view 1 builds its NEW-VIEW from 3's retracted VIEW-CHANGE.
+    nv = signed(m.NewView(1, (vc(1), vc(2), stale), (), 1), 1)
+    out = h.replicas[0].step(Received(1, nv))
+    assert [a.reason for a in out if isinstance(a, Dropped)] == ["retracted_view_change"]
+    assert (h.replicas[0].view, h.replicas[0].view_active) == (0, True)
+    again = Replica(config(0), random.Random(0), sorted(h.records[0].items()), len(h.commits[0]))
+    out = again.step(Received(1, nv))
+    assert [a.reason for a in out if isinstance(a, Dropped)] == ["retracted_view_change"]
+    # The same NEW-VIEW is fine where the RETRACT never arrived: the acknowledgments matter.
+    fresh = Replica(config(0), random.Random(0))
+    assert not any(isinstance(a, Dropped) for a in fresh.step(Received(1, nv)))
+    assert (fresh.view, fresh.view_active) == (1, True)
+
+
+def test_laggard_in_an_old_view_follows_peer_status_on_an_idle_cluster() -> None:
+    h = Harness(blocks=2)
+    _view_one_without_replica_3(h)
+    h.down.discard(3)
+    h.replicas[3] = Replica(config(3), random.Random(33), sorted(h.records[3].items()))
+    for _ in range(3):
+        for j in (0, 1, 2):
+            h.feed(3, PeerStatus(j, len(h.commits[j]), 1))
+        h.run()
+        h.tick(100)
+    assert (h.replicas[3].view, h.replicas[3].view_active) == (1, True)
+    assert len(h.commits[3]) == len(h.commits[0])
+
+
+class _ReturnsOnOwnWord(Replica):
+    """The broken rule: returns without 2f+1 acknowledgments (tests/test_sim_broken_variants.py)."""
+
+    def _retract_quorum(self) -> int:
+        return 1
+
+
+class _CountsRetracted(Replica):
+    """The broken rule: still counts VIEW-CHANGEs whose sender retracted them."""
+
+    _refuse_retracted = False
+
+
+def test_return_needs_2f_plus_1_acknowledgments() -> None:
+    for cls, returns in ((Replica, False), (_ReturnsOnOwnWord, True)):
+        h = Harness(blocks=2)
+        h.replicas[3] = cls(config(3), random.Random(3))
+        _alone_in_view_one(h)
+
+        def lose_acks(src: int, dst: int, data: bytes) -> bool:
+            return src in (1, 2) and isinstance(m.decode(data, 1024, 64 * 1024), m.RetractAck)
+
+        h.feed(3, Pending(False))
+        for _ in range(3):
+            for j in (0, 1, 2):
+                h.feed(3, PeerStatus(j, len(h.commits[j]), 0))
+            h.drop = lose_acks
+            h.run()
+            h.tick(100)
+        assert h.replicas[3].view_active is returns, cls.__name__
+
+
+def test_only_the_refusing_rule_keeps_a_retracted_view_change_out() -> None:
+    for cls, refused in ((Replica, True), (_CountsRetracted, False)):
+        h = Harness(blocks=2)
+        h.replicas[0] = cls(config(0), random.Random(0))
+        stale = m.decode(_alone_in_view_one(h)[0], 1024, 64 * 1024)
+        assert isinstance(stale, m.ViewChange)
+        _heal_and_report(h)
+
+        def vc(sender: int) -> m.ViewChange:
+            key = SigningKey(SEEDS[sender])
+            return m.sign(m.ViewChange(1, 0, b"\x00" * 32, (), (), sender), key, "vigil")
+
+        nv = signed(m.NewView(1, (vc(1), vc(2), stale), (), 1), 1)
+        h.replicas[0].step(Received(1, nv))
+        assert (h.replicas[0].view == 0) is refused, cls.__name__

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common import codec
 from common.crypto import SigningKey
+from common.crypto import verify as verify_sig
 from consensus import messages as m
 
 KEY = SigningKey(b"\x07" * 32)
@@ -36,6 +39,9 @@ def test_every_message_round_trips() -> None:
         m.sign(m.Checkpoint(16, DIGEST, 3), KEY, "vigil"),
         vc,
         nv,
+        m.sign(m.Retract(4, 2, 3), KEY, "vigil"),
+        m.sign(m.RetractAck(4, 2, 3, 1), KEY, "vigil"),
+        m.sign(m.ViewChange(5, 0, b"\x00" * 32, (), (), 3, epoch=7), KEY, "vigil"),
     ]
     for msg in msgs:
         assert m.decode(m.encode(msg), 1024, 1 << 20) == msg
@@ -62,3 +68,47 @@ def test_every_message_round_trips() -> None:
 def test_bad_shapes_are_codec_errors(value: object) -> None:
     with pytest.raises(codec.CodecError):
         m.decode(codec.encode(value), 1024, 1 << 20)
+
+
+_U64 = st.integers(min_value=0, max_value=2**64 - 1)
+_INDEX = st.integers(min_value=0, max_value=m.VALIDATORS_MAX - 1)
+_SIG = st.binary(min_size=64, max_size=64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(view=_U64, epoch=_U64, target=_INDEX, sender=_INDEX, sig=_SIG)
+def test_retract_messages_round_trip_canonically(
+    view: int, epoch: int, target: int, sender: int, sig: bytes
+) -> None:
+    for msg in (
+        m.Retract(view, epoch, sender, sig),
+        m.RetractAck(view, epoch, target, sender, sig),
+        m.ViewChange(view, 0, b"\x00" * 32, (), (), sender, sig, epoch),
+    ):
+        data = m.encode(msg)
+        assert m.decode(data, 1024, 1 << 20) == msg
+        assert m.encode(m.decode(data, 1024, 1 << 20)) == data  # one encoding per value
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_random_bytes_decode_or_raise_codec_error(data: bytes) -> None:
+    try:
+        m.decode(data, 1024, 1 << 20)
+    except codec.CodecError:
+        pass
+
+
+def test_retract_signatures_cover_every_field() -> None:
+    rt = m.sign(m.Retract(4, 2, 3), KEY, "vigil")
+    ack = m.sign(m.RetractAck(4, 2, 3, 1), KEY, "vigil")
+    for msg, other in (
+        (rt, m.Retract(4, 3, 3, rt.sig)),
+        (rt, m.Retract(5, 2, 3, rt.sig)),
+        (ack, m.RetractAck(4, 2, 0, 1, ack.sig)),
+        (ack, m.RetractAck(4, 1, 3, 1, ack.sig)),
+    ):
+        content = m.signing_content(other, "vigil")
+        assert not verify_sig(KEY.public_key, m.domain(other.kind), content, msg.sig)
+        good = m.signing_content(msg, "vigil")
+        assert verify_sig(KEY.public_key, m.domain(msg.kind), good, msg.sig)
