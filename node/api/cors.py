@@ -3,7 +3,10 @@
 An allowed origin gets ``Access-Control-Allow-Origin`` echoed back (with ``Vary: Origin``) and
 its preflight answered; any other origin gets no CORS headers, so the browser keeps the answer
 from the page. ``Authorization`` is not an allowed request header: admin methods stay out of
-reach of other sites even when a wallet's origin is allowed. ``"*"`` allows every origin.
+reach of other sites even when a wallet's origin is allowed: a preflight asking for it is
+refused (403), and a cross-origin request that carries it anyway (a non-browser client forging
+``Origin``, or a browser bug) is refused before any method runs. Same-origin pages (the
+operator console at ``/console``) are unaffected. ``"*"`` allows every origin.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFLIGHT_MAX_AGE_S = 600
+ADMIN_CROSS_ORIGIN = "admin methods are not callable cross-origin (no Authorization header)\n"
 
 
 def cors_middleware(origins: tuple[str, ...]) -> Middleware:
@@ -24,9 +28,13 @@ def cors_middleware(origins: tuple[str, ...]) -> Middleware:
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         ok = origin is not None and ("*" in allowed or origin in allowed)
+        cross = origin is not None and origin != f"{request.scheme}://{request.host}"
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             if not ok:
                 return web.Response(status=403, text="origin not allowed\n")
+            asked = request.headers.get("Access-Control-Request-Headers", "").lower()
+            if "authorization" in (h.strip() for h in asked.split(",")):
+                return web.Response(status=403, text=ADMIN_CROSS_ORIGIN)
             return web.Response(
                 status=204,
                 headers={
@@ -37,6 +45,8 @@ def cors_middleware(origins: tuple[str, ...]) -> Middleware:
                     "Vary": "Origin",
                 },
             )
+        if cross and "Authorization" in request.headers:
+            return web.Response(status=403, text=ADMIN_CROSS_ORIGIN)
         response = await handler(request)
         if ok and origin is not None and not response.prepared:
             response.headers["Access-Control-Allow-Origin"] = origin

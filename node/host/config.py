@@ -21,6 +21,10 @@ from node.host.keyfile import KeyfileError, key_from_json, read_keyfile
 from node.net.address import PeerAddress, PeerAddressError, parse_peer
 
 PASSPHRASE_ENV = "VIGIL_KEY_PASSPHRASE"
+# A validator key's passphrase: long enough to resist guessing against a stolen key file, and
+# above the log redaction's minimum (node/host/logs.py SECRET_LEN_MIN = 8), so a short one is
+# refused here, naming the passphrase, rather than by the redaction.
+PASSPHRASE_LEN_MIN = 12
 
 
 class ConfigError(ValueError):
@@ -308,10 +312,22 @@ def read_passphrase(cfg: NodeConfig) -> str | None:
     """The key passphrase: env ``VIGIL_KEY_PASSPHRASE``, else ``node.passphrase_file`` (0600)."""
     env = os.environ.get(PASSPHRASE_ENV)
     if env:
-        return env
+        return check_passphrase(env, PASSPHRASE_ENV)
     if cfg.passphrase_file is None:
         return None
-    return read_secret_file(cfg.passphrase_file, "node.passphrase_file")
+    return check_passphrase(
+        read_secret_file(cfg.passphrase_file, "node.passphrase_file"), "node.passphrase_file"
+    )
+
+
+def check_passphrase(passphrase: str, source: str) -> str:
+    """The passphrase, or ConfigError naming ``source`` when it is too short (never echoing it)."""
+    if len(passphrase) < PASSPHRASE_LEN_MIN:
+        raise ConfigError(
+            f"{source}: the key passphrase must be at least {PASSPHRASE_LEN_MIN} characters,"
+            f" got {len(passphrase)}"
+        )
+    return passphrase
 
 
 def read_secret_file(path: Path, what: str) -> str:

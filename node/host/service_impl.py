@@ -20,6 +20,7 @@ from node.api.service import Event
 from node.chain.ledger import Receipt
 from node.errors import NOT_FOUND, NOT_READY, VigilError
 from node.host.eth_backend import EthBackendImpl
+from storage.db import Store
 
 if TYPE_CHECKING:
     from node.chain.chain import Chain
@@ -322,8 +323,16 @@ class NodeServiceImpl:
         assert node.store is not None
         name = f"backup-{time.strftime('%Y%m%dT%H%M%S')}-{node.chain_height()}"
         dest = node.cfg.data_dir / "backups" / name
-        height = node.chain_height()
-        keys = await asyncio.to_thread(node.store.snapshot_to, str(dest))
+        store = node.store
+
+        def snapshot() -> tuple[int, int]:
+            keys = store.snapshot_to(str(dest))
+            # The height the snapshot holds (blocks commit while it is taken), read from it.
+            with Store(str(dest)) as copy:
+                head = copy.head()
+            return keys, head[0] if head else 0
+
+        keys, height = await asyncio.to_thread(snapshot)
         return {"path": str(dest), "height": height, "keys": keys}
 
     async def quarantine_show(self, tx_hash: bytes) -> dict[str, Any]:

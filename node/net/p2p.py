@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ from aiohttp import WSMsgType, web
 from common.crypto import SigningKey
 from node.net.address import PeerAddress
 from node.net.peer import PeerConn, WebSocket
-from node.net.tls import P2PTls, TlsError, check_validity, fingerprint
+from node.net.tls import P2PTls, TlsError, check_validity, client_context, fingerprint
 from node.net.wire import (
     CHALLENGE_BYTES,
     BadFrame,
@@ -55,6 +56,19 @@ HEARTBEAT_S = 5.0
 # flood of block-range requests cannot pile up reads and answers without bound.
 REQUESTS_INFLIGHT_MAX = 8
 QUEUE_BYTES_MIN = 64 * 1024 * 1024
+ACCEPT_WARN_EVERY_S = 60.0
+
+
+# Dial refusals in words, for the one log line an operator reads (the reason is the metric label).
+_DIAL_WHY = {
+    "dial_certificate_not_bound_to_key": "the certificate we were shown is not the one the"
+    " peer's genesis key signed for this session (a relay in the middle, or not the validator)",
+    "dial_peer_certificate_expired": "the peer's TLS certificate is expired or not yet valid",
+    "dial_tls_mismatch": "the peer runs with the other p2p.insecure setting (downgrade refused)",
+    "dial_tls_missing": "no TLS session on a TLS link",
+    "dial_expected_hello_ack": "the peer answered as another validator or not at all",
+    "dial_not_accepted": "the peer did not accept our key",
+}
 
 
 class PeerError(Exception):
@@ -62,7 +76,11 @@ class PeerError(Exception):
 
 
 class HandshakeError(Exception):
-    pass
+    """The handshake failed; ``reason`` is the metric label (``str(exc)``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class P2P:
@@ -113,6 +131,8 @@ class P2P:
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random(os.urandom(8))
         self._closing = False
+        self._dial_reported: dict[int, str] = {}  # peer -> dial refusal last logged as warning
+        self._accept_reported: dict[str, float] = {}  # reason -> loop time of its last warning
 
     # --- public ---------------------------------------------------------------------------
 
@@ -204,10 +224,53 @@ class P2P:
             with contextlib.suppress(Exception):
                 self._metrics.p2p_dropped_total.labels(type=kind).inc()
 
-    def _reject(self, reason: str, peer: int | None = None) -> None:
+    def _count_reject(self, reason: str) -> None:
         with contextlib.suppress(Exception):
             self._metrics.p2p_rejected_total.labels(reason=reason).inc()
+
+    def _reject(self, reason: str, peer: int | None = None) -> None:
+        self._count_reject(reason)
         log.warning("peer_misbehaving", extra={"peer": peer, "reason": reason})
+
+    def _accept_failed(self, reason: str, remote: str | None) -> None:
+        """A refused inbound handshake: counted always, one warning per reason a minute (a
+        stranger redialing cannot flood the log), the rest at debug."""
+        self._count_reject(reason)
+        now = asyncio.get_running_loop().time()
+        fields = {"peer": None, "remote": remote, "reason": reason}
+        if now - self._accept_reported.get(reason, -ACCEPT_WARN_EVERY_S) < ACCEPT_WARN_EVERY_S:
+            log.debug("peer_misbehaving", extra=fields)
+            return
+        self._accept_reported[reason] = now
+        log.warning("peer_misbehaving", extra=fields)
+
+    def _dial_failed(self, j: int, reason: str, detail: str) -> None:
+        """A dial to peer j refused for ``reason``: counted every time, logged as one warning
+        line (with the address and the cause in words) until the reason changes or a link is
+        made, so a misconfigured peer does not flood the log at every redial."""
+        with contextlib.suppress(Exception):
+            self._metrics.p2p_rejected_total.labels(reason=reason).inc()
+        fields = {"peer": j, "address": str(self.addresses[j]), "reason": reason, "why": detail}
+        if self._dial_reported.get(j) == reason:
+            log.debug("peer_misbehaving", extra=fields)
+            return
+        self._dial_reported[j] = reason
+        log.warning("peer_misbehaving", extra=fields)
+
+    async def _speaks_tls(self, j: int) -> bool:
+        """Whether peer j completes a TLS handshake (asked after a plain dial was cut off)."""
+        addr = self.addresses[j]
+        try:
+            async with asyncio.timeout(self._hs_timeout):
+                _, writer = await asyncio.open_connection(
+                    addr.host.strip("[]"), addr.port, ssl=client_context()
+                )
+        except (OSError, TimeoutError, ssl.SSLError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+        return True
 
     async def _accept(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=self._msg_max, heartbeat=HEARTBEAT_S)
@@ -216,7 +279,13 @@ class P2P:
             async with asyncio.timeout(self._hs_timeout):
                 peer = await self._handshake_accept(ws)
         except (HandshakeError, BadFrame, TimeoutError) as exc:
-            self._reject(f"handshake_{getattr(exc, 'reason', type(exc).__name__)}")
+            reason = getattr(exc, "reason", "timeout")
+            if reason == "closed":
+                # The dialer hung up mid-handshake (it refused us, or a relay did): its side
+                # logs why; here it is only counted.
+                self._count_reject("handshake_aborted")
+            else:
+                self._accept_failed(f"handshake_{reason}", request.remote)
             await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
             return ws
         except (aiohttp.ClientError, ConnectionError, RuntimeError):
@@ -464,15 +533,25 @@ class P2P:
                 raise
             except HandshakeError as exc:
                 if str(exc) != "closed":
-                    self._reject(f"dial_{exc}")
+                    reason = f"dial_{exc}"
+                    self._dial_failed(j, reason, _DIAL_WHY.get(reason, "handshake refused"))
             except BadFrame as exc:
-                self._reject(f"dial_{exc.reason}")
-            except aiohttp.ClientSSLError:
-                self._reject("dial_tls_failed", j)  # e.g. the peer speaks plain ws:// only
+                self._dial_failed(j, f"dial_{exc.reason}", "the peer sent a malformed frame")
+            except aiohttp.ClientSSLError as exc:
+                why = f"TLS handshake failed ({exc.__class__.__name__}): does the peer run with"
+                self._dial_failed(j, "dial_tls_failed", f"{why} p2p.insecure = true?")
+            except aiohttp.ServerDisconnectedError:
+                # A TLS listener drops a plain HTTP request without a word: ask it in TLS.
+                if self.tls is None and await self._speaks_tls(j):
+                    why = (
+                        "the peer requires TLS but p2p.insecure = true here: refusing to downgrade"
+                    )
+                    self._dial_failed(j, "dial_peer_requires_tls", why)
             except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError):
                 pass  # peer down, or its socket closed mid-handshake: retry after the back-off
             if conn is not None:
                 delay = self._backoff[0]
+                self._dial_reported.pop(j, None)
                 await self._serve(conn)
                 continue
             # Jitter spreads reconnect storms after a peer restarts.

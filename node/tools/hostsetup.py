@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from common.crypto import SigningKey, to_hex
-from node.host.config import PASSPHRASE_ENV, ConfigError, read_secret_file
+from node.host.config import PASSPHRASE_ENV, ConfigError, check_passphrase, read_secret_file
 from node.host.keyfile import KeyfileError, save_key
 from node.net.address import is_host
 from node.net.tls import CERT_DAYS_DEFAULT, make_certificate
@@ -193,9 +193,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     pfile = Path(args.passphrase_file) if args.passphrase_file else None
     try:
         if pfile is not None:
-            passphrase = read_secret_file(pfile, "--passphrase-file")
+            passphrase = check_passphrase(
+                read_secret_file(pfile, "--passphrase-file"), "--passphrase-file"
+            )
         elif not args.plain_key:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
+            if passphrase is not None:
+                check_passphrase(passphrase, PASSPHRASE_ENV)
         result = init_home(
             Path(args.home),
             host=args.host,

@@ -167,3 +167,62 @@ def test_genesis_vector() -> None:
     g = Genesis.from_json(vec["genesis"])
     assert "0x" + g.hash.hex() == vec["hash"]
     assert g.to_json() == vec["genesis"]
+
+
+def _vigil_node(config: Path, env: dict[str, str]) -> tuple[int, str]:
+    """``vigil node --config`` as its own process (it sets up logging); (exit code, stderr)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "node.tools.cli", "node", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        cwd=Path(__file__).resolve().parents[3],
+        check=False,
+    )
+    return proc.returncode, proc.stderr.strip()
+
+
+def test_short_or_wrong_passphrase_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A passphrase under the minimum is an error about the passphrase (not the log redaction's
+    minimum); a wrong one stops `vigil node` in one line; neither writes anything."""
+    monkeypatch.setenv("VIGIL_KEY_PASSPHRASE", "short7!")
+    home = tmp_path / "h"
+    assert main(["init", "--home", str(home), "--host", "127.0.0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "vigil init: VIGIL_KEY_PASSPHRASE: the key passphrase must be at least 12 characters, got 7"
+    )
+    assert not home.exists()
+    monkeypatch.setenv("VIGIL_KEY_PASSPHRASE", PASS)
+    lines = [_init(tmp_path, f"h{i}", capsys, 26600 + i) for i in range(4)]
+    g = _genesis(tmp_path, lines, capsys)
+    node0 = tmp_path / "h0"
+    (node0 / "genesis.json").write_text(g.read_text())
+    monkeypatch.delenv("VIGIL_KEY_PASSPHRASE")
+    pf = tmp_path / "pass"
+    pf.write_text("sevench\n")
+    os.chmod(pf, 0o600)
+    cfg = node0 / "config.toml"
+    cfg.write_text(cfg.read_text().replace("[node]\n", f'[node]\npassphrase_file = "{pf}"\n'))
+    env = {"VIGIL_KEY_PASSPHRASE": ""}
+    rc, err = _vigil_node(cfg, env)
+    assert rc == 2
+    assert err.splitlines() == [
+        "vigil node: node.passphrase_file: the key passphrase must be at least 12 characters, got 7"
+    ]
+    assert "redact" not in err
+    pf.write_text("a wrong but long passphrase\n")
+    rc, err = _vigil_node(cfg, env)
+    assert rc == 2
+    assert len(err.splitlines()) == 1
+    assert err.startswith("vigil node: node.key_file: ")
+    assert err.endswith("wrong passphrase or damaged key file")
+    assert "a wrong but long" not in err
+    assert not (node0 / "db").exists()
+    assert not (node0 / "sign_guard.json").exists()
