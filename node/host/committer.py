@@ -21,37 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-HELD_CHECKPOINTS_MAX = 64
-
-
-class HeldCheckpoints:
-    """Our CHECKPOINT votes, held until the block of their seq is durably written here.
-
-    The core votes a checkpoint when it commits a seq, before the host executed it, and a stable
-    checkpoint lets every replica delete its log records up to that seq. If 2f+1 replicas GC'd
-    records of a block none of them had written yet, a crash of all of them would lose that block
-    (nobody could serve it to catch-up). Holding the vote until our block is written means a
-    stable checkpoint always has 2f+1 replicas (f+1 honest) that store every block up to it.
-    """
-
-    def __init__(self) -> None:
-        self._held: list[tuple[int, bytes]] = []
-
-    def __len__(self) -> int:
-        return len(self._held)
-
-    def hold(self, seq: int, data: bytes) -> None:
-        self._held.append((seq, data))
-        if len(self._held) > HELD_CHECKPOINTS_MAX:  # bounded; the core re-votes on its timers
-            del self._held[0]
-
-    def due(self, height: int) -> list[bytes]:
-        """The held votes whose seq is at or below ``height``, in order; they are released."""
-        out = [data for seq, data in self._held if seq <= height]
-        self._held = [(seq, data) for seq, data in self._held if seq > height]
-        return out
-
-
 async def run_committer(node: Node) -> None:
     """The committer task: apply the core's ``Commit`` actions one by one, in order."""
     assert node.chain is not None
@@ -107,8 +76,6 @@ def after_commit(node: Node, applied: Any, c: Commit, took_s: float) -> None:
             "ms": round(took_s * 1000, 1),
         },
     )
-    for data in node.held_checkpoints.due(block.height):
-        node.p2p.broadcast({"t": "c", "d": data})
     node._head_changed.set()
     node._head_changed = asyncio.Event()
     node._propose_wake.set()

@@ -14,9 +14,9 @@ node/host/committer.py) and the status loop and frames (``PeerStatus`` per peer 
 gaps the core cannot see on an idle cluster, node/net/peerwatch.py; readiness,
 node/host/health.py).
 
-Two host-side stopgaps remain until the core owns them (issue 12): our CHECKPOINT votes are held
-until the block is written (``HOST_HOLDS_CHECKPOINTS``), and the view "nudge" fakes ``Pending``
-to make a stale view time out. Each is one switch or function here to delete.
+The host holds nothing back and fakes nothing: CHECKPOINT votes wait for ``Applied`` inside the
+core, and a replica in a stale or lone view acts on ``PeerStatus`` there (docs/consensus.md, host
+contract), where the simulator exercises both rules.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, assert_never
 
-from common.codec import CodecError
-from consensus import messages as cmsg
 from consensus.api import (
     Action,
     Broadcast,
@@ -48,7 +46,6 @@ from consensus.api import (
     ViewChanged,
 )
 from node.host.signguard import guard_round
-from node.net.wire import consensus_kind
 
 if TYPE_CHECKING:
     from node.host.runtime import Node
@@ -57,10 +54,6 @@ log = logging.getLogger(__name__)
 
 ROUND_EVENTS_MAX = 256
 STATUS_EVERY_S = 1.0
-# Until the core sends CHECKPOINT only for seqs it was told are ``Applied`` (issue 12), the host
-# holds our CHECKPOINT votes until the block is written (node/host/committer.py). When the core
-# does it: set False, then delete ``hold_checkpoint``, ``checkpoint_seq`` and ``HeldCheckpoints``.
-HOST_HOLDS_CHECKPOINTS = True
 STATUS_VALUE_MAX = 2**63 - 1
 
 
@@ -106,8 +99,7 @@ def perform(node: Node, a: Action) -> None:
         case Send(to, data):
             node.p2p.send(to, {"t": "c", "d": data})
         case Broadcast(data):
-            if not (HOST_HOLDS_CHECKPOINTS and hold_checkpoint(node, data)):
-                node.p2p.broadcast({"t": "c", "d": data})
+            node.p2p.broadcast({"t": "c", "d": data})
         case Commit():
             node.commits.put_nowait(a)
         case SetTimer():
@@ -139,15 +131,6 @@ def perform(node: Node, a: Action) -> None:
             assert_never(a)
 
 
-def hold_checkpoint(node: Node, data: bytes) -> bool:
-    """Hold our CHECKPOINT vote for a seq whose block is not written yet; True if held."""
-    seq = checkpoint_seq(data, node.ccfg.payload_bytes_max)
-    if seq is None or seq <= node.chain_height():
-        return False
-    node.held_checkpoints.hold(seq, data)  # sent by the committer once the block is written
-    return True
-
-
 # --- feeders --------------------------------------------------------------------------------
 
 
@@ -161,25 +144,14 @@ async def run_ticker(node: Node) -> None:
 
 
 def update_pending(node: Node) -> None:
-    """Tell the core when the mempool starts or stops holding txs not yet in a proposal.
-
-    While a view nudge is on (see ``check_peers``) we claim work, so the core's request
-    timer runs and a replica stuck in an old view sends a VIEW-CHANGE.
-    """
-    pending = node.mempool.has_runnable() or nudging(node)
+    """Tell the core when the mempool starts or stops holding txs not yet in a proposal."""
+    pending = node.mempool.has_runnable()
     if pending != node._pending:
         try:
             node.inbox.put_nowait(Pending(pending))
         except asyncio.QueueFull:
             return  # the ticker tries again
         node._pending = pending
-
-
-def nudging(node: Node) -> bool:
-    # Only until the core leaves the stale view: claiming work after that would make it time
-    # out again and run ahead of the others into a view nobody else is in.
-    view = node.replica.view if node.replica is not None else 0
-    return view == node._nudge_view and time.monotonic() < node._nudge_until_s
 
 
 async def validate(node: Node, a: Validate) -> None:
@@ -275,29 +247,11 @@ def check_peers(node: Node) -> None:
     if lag.fetch_to:
         log.info("behind_peers", extra={"height": node.chain_height(), "to": lag.fetch_to})
         node.catchup.want(lag.fetch_to, lag.fetch_from)
-    now = time.monotonic()
-    timeout_s = node.cfg.request_timeout_ms / 1000
-    if lag.view_behind and not nudging(node):
-        # Held until the core leaves this view (bounded, in case progress keeps resetting
-        # its request timer); then the next check decides again.
+    if lag.view_behind:  # the core follows on PeerStatus; this is for the operator
         log.warning("view_behind_peers", extra={"view": node.replica.view})
-        node._nudge_until_s = now + 10 * timeout_s
-        node._nudge_view = node.replica.view
-        update_pending(node)
 
 
 # --- pure helpers ---------------------------------------------------------------------------
-
-
-def checkpoint_seq(data: bytes, payload_bytes_max: int) -> int | None:
-    """The seq of an encoded CHECKPOINT of ours, None for any other message."""
-    if consensus_kind(data) != "checkpoint":
-        return None
-    try:
-        msg = cmsg.decode(data, payload_bytes_max, len(data))
-    except CodecError:
-        return None
-    return msg.seq if isinstance(msg, cmsg.Checkpoint) else None
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

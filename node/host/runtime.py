@@ -42,7 +42,7 @@ from node.chain.mempool import Mempool
 from node.chain.tx import Transaction
 from node.errors import VigilError
 from node.host.admission import Admission, Screened
-from node.host.committer import HeldCheckpoints, run_committer, wait_head
+from node.host.committer import run_committer, wait_head
 from node.host.config import NodeConfig, load_validator_key, read_passphrase
 from node.host.driver import (
     on_peer_status,
@@ -140,13 +140,10 @@ class Node:
         self.gossip = Gossip(self.p2p, n)
         self.watch = PeerWatch(self.ccfg.f)
         self.health = Health(self.ccfg.quorum - 1)
-        self._nudge_until_s = 0.0  # keep "pending" up until then to make a stale view time out
-        self._nudge_view = -1
         self.subscribers: list[Any] = []
         self.proposals: deque[tuple[int, int]] = deque()
         # Validations in progress: a strong reference, so a running check is never collected.
         self.validations: set[asyncio.Task[None]] = set()
-        self.held_checkpoints = HeldCheckpoints()
         self._propose_wake = asyncio.Event()
         self._head_changed = asyncio.Event()
         self._pending = False

@@ -10,8 +10,8 @@ into two signals, checked once per status period:
   and our head did not move during the last period. Then catch-up fetches up to that height.
   A head that still moves is being carried by consensus, so nothing is fetched twice under load.
 * **view behind**: at least f+1 peers report a view above ours on two checks in a row. The
-  runtime then stops proposing in its stale view and nudges the core to time out, which sends a
-  VIEW-CHANGE; the current primary answers it with its NEW-VIEW.
+  runtime then stops proposing in its stale view; the core, fed the same frames as
+  ``PeerStatus``, sends the VIEW-CHANGE that the current primary answers with its NEW-VIEW.
 * **view apart**: at least 2f peers report one same view other than ours (higher *or lower*) on
   two checks in a row. Our view then has at most f+1 members and no quorum: we are alone in a
   view nobody joined (or left behind). ``/ready`` says 503 (node/host/health.py); leaving that

@@ -52,6 +52,8 @@ CONSENSUS_KINDS = {
     "checkpoint": "checkpoint",
     "view_change": "viewchange",
     "new_view": "newview",
+    "retract": "retract",
+    "retract_ack": "retractack",
 }
 
 

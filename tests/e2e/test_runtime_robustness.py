@@ -13,12 +13,8 @@ from aiohttp import WSMsgType
 
 from common.codec import sha256
 from common.crypto import SigningKey
-from consensus import messages as cmsg
-from consensus.api import Broadcast
 from node.chain.tx import make_transfer
-from node.host.committer import HeldCheckpoints
 from node.host.resolver import TxResolver
-from node.host.runtime import Node
 from node.net.address import PeerAddress
 from node.net.catchup import CatchUp, vouched_height
 from node.net.p2p import P2P, REQUESTS_INFLIGHT_MAX
@@ -150,29 +146,6 @@ def test_one_lying_peer_cannot_make_a_node_sync_forever() -> None:
     assert catchup.target == 500
     assert vouched_height([2**63, 500, 12], 1) == 500
     assert vouched_height([7], 1) == 0
-
-
-def _checkpoint(seq: int) -> bytes:
-    return cmsg.encode(cmsg.Checkpoint(seq, b"\x07" * 32, 0, b"\x00" * 64))
-
-
-def test_checkpoint_vote_waits_until_its_block_is_written() -> None:
-    sent: list[dict[str, Any]] = []
-    fake = SimpleNamespace(
-        ccfg=SimpleNamespace(payload_bytes_max=1 << 20),
-        chain_height=lambda: 15,
-        held_checkpoints=HeldCheckpoints(),
-        p2p=SimpleNamespace(broadcast=sent.append),
-    )
-    Node._perform(fake, Broadcast(_checkpoint(16)))  # type: ignore[arg-type]
-    assert sent == []
-    Node._perform(fake, Broadcast(_checkpoint(0 + 8)))  # type: ignore[arg-type]
-    Node._perform(fake, Broadcast(b"\x81\xa4type\xa7prepare"))  # type: ignore[arg-type]
-    assert [m["d"] for m in sent] == [_checkpoint(8), b"\x81\xa4type\xa7prepare"]
-    held = fake.held_checkpoints
-    assert held.due(15) == []
-    assert held.due(16) == [_checkpoint(16)]
-    assert len(held) == 0
 
 
 def _tx(nonce: int) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from node import errors
 from node.api.rpc import make_rpc_app, start_rpc_server
 from node.host.config import ConfigError, parse_config
 from node.host.metrics import Metrics, serve_metrics
@@ -146,7 +147,9 @@ async def test_admin_methods_never_cross_origin() -> None:
         for origin in (WALLET, EVIL):
             body = _body("admin_db_backup")
             async with s.post(url, json=body, headers={**auth, "Origin": origin}) as r:
-                assert r.status == 403
+                answer = await r.json()
+                assert answer["error"]["code"] == errors.UNAUTHORIZED
+                assert "cross-origin" in answer["error"]["message"]
                 assert "Access-Control-Allow-Origin" not in r.headers
         assert ("admin_db_backup", b"") not in service.calls
         # The operator console is same-origin: its admin calls still work.
