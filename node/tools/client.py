@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -313,10 +314,21 @@ class Client(_Codec, _Methods[Any]):
     """
 
     def __init__(
-        self, url: str = DEFAULT_RPC_URL, *, admin_token: str | None = None, timeout_s: float = 10.0
+        self,
+        url: str = DEFAULT_RPC_URL,
+        *,
+        admin_token: str | None = None,
+        timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(url, admin_token)
         self.timeout_s = timeout_s
+        # Never an environment proxy: a node's RPC is local or named explicitly. ``tls`` pins
+        # or relaxes certificate checks for https URLs (a node's self-signed certificate).
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if tls is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=tls))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def __enter__(self) -> Client:
         return self
@@ -333,7 +345,7 @@ class Client(_Codec, _Methods[Any]):
         data = None if payload is None else json.dumps(payload).encode()
         req = urllib.request.Request(url, data=data, headers=self._headers)
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
+            with self._opener.open(req, timeout=timeout_s or self.timeout_s) as resp:
                 return int(resp.status), resp.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
             with exc:  # an error answer still holds the connection: close it

@@ -19,12 +19,11 @@ import shutil
 import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from node.host.config import ConfigError, NodeConfig, load_config
+from node.tools.client import Client, ClientError, RpcError
 from storage.db import StorageError, Store
 
 
@@ -68,23 +67,13 @@ def _admin_call(cfg: NodeConfig, method: str, timeout_s: float = 600.0) -> Any:
         ctx.check_hostname = False
         scheme = "https"
     url = f"{scheme}://{host}:{cfg.rpc_port}/"
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}).encode()
-    req = urllib.request.Request(
-        url,
-        data=body,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-    )
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
-    )
+    client = Client(url, admin_token=token, timeout_s=timeout_s, tls=ctx)
     try:
-        with opener.open(req, timeout=timeout_s) as resp:
-            answer = json.loads(resp.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return client.call(method)
+    except ClientError as exc:
         raise DbToolError(f"cannot reach the running node at {url}: {exc}") from None
-    if "error" in answer:
-        raise DbToolError(f"node refused {method}: {answer['error'].get('message')}")
-    return answer["result"]
+    except RpcError as exc:
+        raise DbToolError(f"node refused {method}: {exc.message}") from None
 
 
 def backup(home: str, out: str) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import signal
@@ -34,13 +33,12 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from node.tools import devnet, netns
+from node.tools.client import Client, ClientError, RpcError
 from node.tools.relay import Relay, Shaper
 
 P2P_PORT, RPC_PORT, METRICS_PORT = 26600, 26700, 26800  # the same in every namespace
@@ -51,9 +49,6 @@ BASE_OVERRIDES: dict[str, dict[str, Any]] = {"detector": {"enabled": False}}
 _TLS_CLIENT = ssl.create_default_context()
 _TLS_CLIENT.check_hostname = False
 _TLS_CLIENT.verify_mode = ssl.CERT_NONE  # the lab's self-signed RPC certificates
-OPENER = urllib.request.build_opener(  # never an env proxy
-    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_TLS_CLIENT)
-)
 RELAY_BASE_OCTET = 100  # validator j is reached at 10.77.<k>.<100 + j> (its relay address)
 MOVED_BASE_OCTET = 150  # after move(j): 10.77.<k>.<150 + j> in its namespace, relay at +50
 
@@ -62,20 +57,15 @@ class LabUnsupported(RuntimeError):
     """Network namespaces cannot be made here (not root, no ``ip``, not Linux)."""
 
 
-class RpcError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-
-
 def http_json(url: str, body: Any = None, timeout_s: float = HTTP_TIMEOUT_S) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with OPENER.open(req, timeout=timeout_s) as resp:
-        return json.loads(resp.read() or b"null")
+    """POST ``body`` (GET without one) through the one client; the parsed answer as sent."""
+    client = Client(url, timeout_s=timeout_s, tls=_TLS_CLIENT)
+    if body is None:
+        return client.health(path="")
+    return client.post(body)
 
 
-RPC_ERRORS = (OSError, urllib.error.URLError, ValueError, RpcError)
+RPC_ERRORS = (ClientError, RpcError, OSError, ValueError)
 
 
 class Lab:
@@ -393,11 +383,9 @@ class Lab:
     def ready(self, i: int) -> bool:
         """``/ready`` answered 200 (False on 503 or when unreachable)."""
         try:
-            with OPENER.open(self.rpc_url(i) + "/ready", timeout=2.0) as resp:
-                return bool(resp.status == 200)
-        except urllib.error.HTTPError:
-            return False
-        except (OSError, urllib.error.URLError):
+            client = Client(self.rpc_url(i), timeout_s=2.0, tls=_TLS_CLIENT)
+            return client.status_code("/ready") == 200
+        except ClientError:
             return False
 
     def status(self, i: int) -> dict[str, Any] | None:

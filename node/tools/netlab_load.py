@@ -154,12 +154,21 @@ class Settlement:
 def _statuses(
     lab: Lab, node: int, hashes: list[str], timeout_s: float = 10.0
 ) -> dict[str, dict[str, Any] | None]:
+    """Each hash's tx_get result at ``node`` (None: unknown there); a chunk the node did not
+    answer in time is left out, so one slow answer does not hide the others."""
     out: dict[str, dict[str, Any] | None] = {}
+    failed: Exception | None = None
     for start in range(0, len(hashes), 100):
         chunk = hashes[start : start + 100]
-        answers = lab.rpc_batch(node, [("tx_get", [h]) for h in chunk], timeout_s=timeout_s)
+        try:
+            answers = lab.rpc_batch(node, [("tx_get", [h]) for h in chunk], timeout_s=timeout_s)
+        except RPC_ERRORS as exc:
+            failed = exc
+            continue
         for h, a in zip(chunk, answers, strict=True):
             out[h] = a.get("result")
+    if failed is not None and not out:
+        raise failed
     return out
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from node.tools import netns
-from node.tools.netlab import OPENER, Lab
+from node.tools.netlab import Lab
 from node.tools.netlab_capture import Capture
 from node.tools.netlab_load import Load
 from node.tools.netlab_phases import finish, run_phase, sample
@@ -35,6 +36,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.netlab]
 SEED = 15
 RATE = 100.0
 RESUME_BOUND_S = 30.0
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # metrics scrapes
 
 
 def _heights(lab: Lab) -> list[int | None]:
@@ -80,7 +83,7 @@ def test_hosts_tls_faults_move_and_capture(tmp_path: Path) -> None:
                 "heights_after": _heights(lab),
             }
             # Plaintext control: one metrics scrape crosses the bridge unencrypted.
-            with OPENER.open(f"http://{lab.node_ips[0]}:26800/metrics", timeout=5) as resp:
+            with NO_PROXY.open(f"http://{lab.node_ips[0]}:26800/metrics", timeout=5) as resp:
                 assert b"vigil_chain_height" in resp.read()
             final = finish(lab, load, 15.0)
             transcript["final"] = {
