@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiohttp import WSMsgType
 
 from common.codec import sha256
 from common.crypto import SigningKey
+from consensus.api import FetchedEntry
 from node.chain.tx import make_transfer
 from node.net.address import PeerAddress
 from node.net.catchup import CatchUp, vouched_height
@@ -25,7 +27,7 @@ from tests.unit.host.fakes import FakeChain, resolver
 class FakeWs:
     """Frames to hand out, then a CLOSE; records what is sent."""
 
-    def __init__(self, frames: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, frames: Sequence[bytes] = ()) -> None:
         self.frames = list(frames)
         self.sent: list[bytes] = []
         self.closed = False
@@ -126,11 +128,17 @@ async def test_peer_send_queue_is_bounded_in_bytes() -> None:
 
 
 def test_one_lying_peer_cannot_make_a_node_sync_forever() -> None:
+    async def deliver(entries: list[FetchedEntry], txs: dict[bytes, Any]) -> None:
+        raise AssertionError("nothing is fetched here")
+
+    async def wait_head(seq: int, timeout_s: float) -> bool:
+        return False
+
     catchup = CatchUp(
-        p2p=None,  # type: ignore[arg-type]
+        p2p=_p2p(),
         head=lambda: 10,
-        deliver=None,  # type: ignore[arg-type]
-        wait_head=None,  # type: ignore[arg-type]
+        deliver=deliver,
+        wait_head=wait_head,
         batch_blocks=64,
         timeout_s=1.0,
         metrics=None,
@@ -168,6 +176,7 @@ def test_resolver_forgets_tx_bodies_of_seqs_at_or_below_a_commit() -> None:
 async def test_block_range_requests_beyond_the_head_are_answered_empty() -> None:
     chain = FakeChain(height=3)
     r = resolver(chain, catchup_batch_blocks=64, msg_bytes_max=1 << 20)
+    body: dict[str, Any]
     for body in ({"from": 2**64 - 1, "to": 2**64 - 1}, {"from": 4, "to": 2**63}):
         assert await r.serve_get_blocks(body) == {"entries": []}
     for body in ({"from": -1, "to": 5}, {"from": 9, "to": 2}, {"from": "a", "to": 1}):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -104,7 +105,13 @@ def test_mempool_recheck_after_commit_drops_stale_nonces() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"\xc1", encode_frame([1, 2]), encode_frame({"t": "nope"}), encode_frame({"t": "c"})],
+    [
+        b"",
+        b"\xc1",
+        encode_frame(cast(Any, [1, 2])),
+        encode_frame({"t": "nope"}),
+        encode_frame({"t": "c"}),
+    ],
 )
 def test_bad_frames_raise_badframe(raw: bytes) -> None:
     with pytest.raises(BadFrame):
