@@ -165,15 +165,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
             "consensus.viewchange_core",
         }
     ),
-    frozenset(
-        {
-            "node.host.committer",
-            "node.host.driver",
-            "node.host.resolver",
-            "node.host.runtime",
-            "node.host.service_impl",
-        }
-    ),
 }
 
 

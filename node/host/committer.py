@@ -1,9 +1,9 @@
 """The commit path of a validator: execute committed payloads in seq order and write each block.
 
-Functions over the running ``node.host.runtime.Node`` (apart to keep each module small): the task takes
-the core's ``Commit`` actions in order, resolves the txs, builds, executes and writes the block
-in the single write thread (node/chain/chain.py), then updates the mempool, detector, metrics and
-subscribers on the loop.
+The committer task takes the core's ``Commit`` actions in order from a bounded queue (a full one
+makes the driver wait), resolves the txs, builds, executes and writes the block in the single
+write thread (node/chain/chain.py), then updates the mempool, detector, metrics and subscribers
+on the loop.
 """
 
 from __future__ import annotations
@@ -11,86 +11,122 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Protocol
 
 from consensus.api import Applied, Commit
-
-if TYPE_CHECKING:
-    from node.host.runtime import Node
+from node.chain.block import Block
+from node.chain.chain import Applied as AppliedBlock
+from node.chain.chain import Chain
+from node.chain.ledger import Receipt
+from node.chain.mempool import Mempool
+from node.host.metrics import Metrics
+from node.host.resolver import TxResolver
+from node.host.signals import Head, Inbox, PendingFlag, ProposalQueue, Subscribers
 
 log = logging.getLogger(__name__)
 
 
-async def run_committer(node: Node) -> None:
-    """The committer task: apply the core's ``Commit`` actions one by one, in order."""
-    assert node.chain is not None
-    loop = asyncio.get_running_loop()
-    while True:
-        c = await node.commits.get()
-        if c.seq <= node.chain.height:
-            continue  # already applied (replayed from the log or by catch-up)
-        started = time.monotonic()
-        txs = await node.txs.for_commit(c.seq, c.digest, c.payload)
-        applied = await loop.run_in_executor(
-            node._write_pool,
-            node.chain.apply_commit,
-            c,
-            txs,
+class Detector(Protocol):
+    """The admission policy's hook on each block (node/host/screening.py ``Screening``)."""
+
+    def on_block_committed(self, block: Block, receipts: Sequence[Receipt]) -> None: ...
+
+
+class Committer:
+    def __init__(
+        self,
+        *,
+        commits: asyncio.Queue[Commit],
+        chain: Chain,
+        write_pool: Executor,
+        txs: TxResolver,
+        mempool: Mempool,
+        detector: Detector,
+        inbox: Inbox,
+        head: Head,
+        proposals: ProposalQueue,
+        pending: PendingFlag,
+        subscribers: Subscribers,
+        metrics: Metrics,
+    ) -> None:
+        self.commits = commits
+        self.chain = chain
+        self.write_pool = write_pool
+        self.txs = txs
+        self.mempool = mempool
+        self.detector = detector
+        self.inbox = inbox
+        self.head = head
+        self.proposals = proposals
+        self.pending = pending
+        self.subscribers = subscribers
+        self.metrics = metrics
+
+    async def run(self) -> None:
+        """The committer task: apply the core's ``Commit`` actions one by one, in order."""
+        loop = asyncio.get_running_loop()
+        while True:
+            c = await self.commits.get()
+            if c.seq <= self.chain.height:
+                continue  # already applied (replayed from the log or by catch-up)
+            started = time.monotonic()
+            txs = await self.txs.for_commit(c.seq, c.digest, c.payload)
+            applied = await loop.run_in_executor(
+                self.write_pool,
+                self.chain.apply_commit,
+                c,
+                txs,
+            )
+            self.metrics.storage_write_seconds.observe(applied.write_s)
+            # Core contract (docs/consensus.md): the block is durable, the core may vote CHECKPOINT.
+            await self.inbox.put(Applied(c.seq))
+            self.after_commit(applied, c, time.monotonic() - started)
+
+    def after_commit(self, applied: AppliedBlock, c: Commit, took_s: float) -> None:
+        block, execution = applied.block, applied.execution
+        hashes = [tx.hash for tx in block.txs]
+        if self.txs.committed(c.seq, c.digest):
+            # Our proposal for this seq lost to another payload: its txs are proposable again.
+            self.mempool.set_inflight(self.txs.uncommitted_hashes())
+        now = asyncio.get_running_loop().time()
+        committed, dropped = self.mempool.on_committed(
+            hashes, [tx.sender_address for tx in block.txs]
         )
-        node.metrics.storage_write_seconds.observe(applied.write_s)
-        # Core contract (docs/consensus.md): the block is durable, the core may vote CHECKPOINT.
-        await node.inbox.put(Applied(c.seq))
-        after_commit(node, applied, c, time.monotonic() - started)
-
-
-def after_commit(node: Node, applied: Any, c: Commit, took_s: float) -> None:
-    block, execution = applied.block, applied.execution
-    hashes = [tx.hash for tx in block.txs]
-    if node.txs.committed(c.seq, c.digest):
-        # Our proposal for this seq lost to another payload: its txs are proposable again.
-        node.mempool.set_inflight(node.txs.uncommitted_hashes())
-    now = asyncio.get_running_loop().time()
-    committed, dropped = node.mempool.on_committed(hashes, [tx.sender_address for tx in block.txs])
-    node.metrics.set_mempool(txs=len(node.mempool), size_bytes=node.mempool.size_bytes)
-    for entry in committed:
-        node.metrics.tx_commit_latency_seconds.observe(max(0.0, now - entry.first_seen_s))
-    for entry, reason in dropped:
-        node.txs.dropped(entry.hash, reason)
-        node.metrics.txs_rejected_total.labels(reason=reason).inc()
-    for r in execution.receipts:
-        if not r.ok:
-            node.metrics.txs_rejected_total.labels(reason=r.reason).inc()
-    try:
-        node.screening.on_block_committed(block, execution.receipts)
-    except Exception:  # the admission policy must never stop commits
-        log.exception("detector_update_failed")
-    node.metrics.observe_committed(
-        height=block.height, view=c.view, txs=execution.executed, block_seconds=took_s
-    )
-    log.info(
-        "block_committed",
-        extra={
-            "height": block.height,
-            "txs": len(block.txs),
-            "view": c.view,
-            "ms": round(took_s * 1000, 1),
-        },
-    )
-    node._head_changed.set()
-    node._head_changed = asyncio.Event()
-    node._propose_wake.set()
-    node._update_pending()
-    if node.subscribers:
-        node._publish({"type": "block", **block.header.to_json(c.view), "txs": len(block.txs)})
+        self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
+        for entry in committed:
+            self.metrics.tx_commit_latency_seconds.observe(max(0.0, now - entry.first_seen_s))
+        for entry, reason in dropped:
+            self.txs.dropped(entry.hash, reason)
+            self.metrics.txs_rejected_total.labels(reason=reason).inc()
         for r in execution.receipts:
-            node._publish({"type": "tx", "hash": "0x" + r.tx_hash.hex(), "status": r.status})
-
-
-async def wait_head(node: Node, seq: int, timeout_s: float) -> bool:
-    try:
-        async with asyncio.timeout(timeout_s):
-            while node.chain_height() < seq:
-                await node._head_changed.wait()
-    except TimeoutError:
-        return False
-    return True
+            if not r.ok:
+                self.metrics.txs_rejected_total.labels(reason=r.reason).inc()
+        try:
+            self.detector.on_block_committed(block, execution.receipts)
+        except Exception:  # the admission policy must never stop commits
+            log.exception("detector_update_failed")
+        self.metrics.observe_committed(
+            height=block.height, view=c.view, txs=execution.executed, block_seconds=took_s
+        )
+        log.info(
+            "block_committed",
+            extra={
+                "height": block.height,
+                "txs": len(block.txs),
+                "view": c.view,
+                "ms": round(took_s * 1000, 1),
+            },
+        )
+        self.head.advanced()
+        self.proposals.wake()
+        self.pending.update()
+        if self.subscribers:
+            self.subscribers.publish(
+                {"type": "block", **block.header.to_json(c.view), "txs": len(block.txs)}
+            )
+            for r in execution.receipts:
+                self.subscribers.publish(
+                    {"type": "tx", "hash": "0x" + r.tx_hash.hex(), "status": r.status}
+                )

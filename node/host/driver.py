@@ -1,7 +1,6 @@
 """The consensus driver: the task that owns the ``Replica``, and the tasks that feed its inbox.
 
-Functions over the running ``node.host.runtime.Node`` (apart to keep each module small, as in
-node/host/committer.py). One task owns the replica and is fed by a bounded queue; ``step`` is never
+Each task takes the narrow parts it uses (node/host/runtime.py wires them). One task owns the replica and is fed by a bounded queue; ``step`` is never
 re-entered. It drains what is queued, steps each event, then performs the collected actions in
 order with one twist that keeps the rule "a Persist is durable before any later send": all
 Persist records of the round are written in one durable batch first, then sends and the rest
@@ -25,7 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, assert_never
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any, Protocol, assert_never
 
 from consensus.api import (
     Action,
@@ -33,8 +34,6 @@ from consensus.api import (
     Commit,
     Dropped,
     FetchBlocks,
-    PeerStatus,
-    Pending,
     Persist,
     Propose,
     RequestProposal,
@@ -45,210 +44,316 @@ from consensus.api import (
     Verdict,
     ViewChanged,
 )
-from node.host.signguard import guard_round
-
-if TYPE_CHECKING:
-    from node.host.runtime import Node
+from consensus.replica import Replica
+from node.chain.mempool import Mempool
+from node.host.health import Health
+from node.host.metrics import Metrics
+from node.host.ports import PeerSender
+from node.host.resolver import TxResolver
+from node.host.signals import Head, Inbox, PendingFlag, ProposalQueue
+from node.host.signguard import SignGuard, guard_round
+from node.host.txflow import TxFlow
+from node.net.peerwatch import PeerWatch
 
 log = logging.getLogger(__name__)
 
 ROUND_EVENTS_MAX = 256
 STATUS_EVERY_S = 1.0
-STATUS_VALUE_MAX = 2**63 - 1
+
+
+class ViewSource(Protocol):
+    """The replica as the feeders see it: its current view, read only."""
+
+    @property
+    def view(self) -> int: ...
+
+
+class LogWriter(Protocol):
+    """The consensus log of storage/db.py ``Store``."""
+
+    def log_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None: ...
+
+
+class FetchPlanner(Protocol):
+    """Catch-up as the core's ``FetchBlocks`` and the peer watch drive it (node/net/catchup.py)."""
+
+    def want(self, to_seq: int, peers: tuple[int, ...] = ()) -> None: ...
 
 
 # --- the core -------------------------------------------------------------------------------
 
 
-async def run_replica(node: Node) -> None:
+class Actions:
+    """Carries out the core's actions: sends, commits, proposal requests, validations, fetches."""
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        p2p: PeerSender,
+        commits: asyncio.Queue[Commit],
+        proposals: ProposalQueue,
+        inbox: Inbox,
+        txs: TxResolver,
+        flow: TxFlow,
+        mempool: Mempool,
+        catchup: FetchPlanner,
+        metrics: Metrics,
+    ) -> None:
+        self.index = index
+        self.p2p = p2p
+        self.commits = commits
+        self.proposals = proposals
+        self.inbox = inbox
+        self.txs = txs
+        self.flow = flow
+        self.mempool = mempool
+        self.catchup = catchup
+        self.metrics = metrics
+        # Validations in progress: a strong reference, so a running check is never collected.
+        self.validations: set[asyncio.Task[None]] = set()
+
+    async def perform(self, a: Action) -> None:
+        """Carry out one action of the core (its Persist records are already written).
+
+        A full commit queue makes the driver wait (back-pressure): the committer drains it.
+        """
+        match a:
+            case Persist():
+                pass  # written above, before any send of this round
+            case Send(to, data):
+                self.p2p.send(to, {"t": "c", "d": data})
+            case Broadcast(data):
+                self.p2p.broadcast({"t": "c", "d": data})
+            case Commit():
+                await self.commits.put(a)
+            case SetTimer():
+                pass  # the ticker wakes the core every tick_ms, finer than any timer we use
+            case RequestProposal(view, seq):
+                self.proposals.request(view, seq)
+            case Validate():
+                task = asyncio.create_task(self.validate(a))
+                self.validations.add(task)
+                task.add_done_callback(self.validations.discard)
+                task.add_done_callback(_log_failure)
+            case FetchBlocks(_, to_seq, peers):
+                self.catchup.want(to_seq, peers)
+            case ViewChanged(view, primary, reproposed):
+                log.warning("view_change", extra={"view": view, "primary": primary})
+                self.metrics.view_changes_total.inc()
+                self.metrics.set_view(view, is_primary=primary == self.index)
+                self.proposals.requests.clear()
+                # The NEW-VIEW's PRE-PREPAREs stay in flight; proposals of older views that it
+                # did not re-propose are abandoned: their txs become proposable again (and
+                # re-enter the mempool if they only reached us inside a proposal).
+                abandoned = self.txs.on_view_change(view, reproposed)
+                self.flow.readmit(abandoned)
+                self.mempool.set_inflight(self.txs.uncommitted_hashes())
+            case Dropped(reason):
+                self.metrics.consensus_dropped_total.labels(reason=reason).inc()
+            case _:
+                assert_never(a)
+
+    async def validate(self, a: Validate) -> None:
+        valid = await self.txs.validate(a.view, a.seq, a.digest, a.payload)
+        await self.inbox.put(Verdict(a.view, a.seq, a.digest, valid))
+
+
+class Driver:
     """The task that owns the replica: step a round of queued events, persist, then act."""
-    assert node.replica is not None
-    assert node.store is not None
-    loop = asyncio.get_running_loop()
-    while True:
-        events = [await node.inbox.get()]
-        while len(events) < ROUND_EVENTS_MAX and not node.inbox.empty():
-            events.append(node.inbox.get_nowait())
-        actions: list[Action] = []
-        for ev in events:
-            actions.extend(node.replica.step(ev))
-        records = [r for a in actions if isinstance(a, Persist) for r in a.records]
-        if records:
-            with node.metrics.time_storage_write():
-                await loop.run_in_executor(node.log_pool, node.store.log_write, records)
-        refused = await guard_round(  # node/host/signguard.py: durable before it leaves
-            node.sign_guard,
-            node.log_pool,
-            node.index,
-            node.ccfg.payload_bytes_max,
-            node.metrics,
-            actions,
-        )
-        for a in actions:
-            if refused and id(a) in refused:
-                continue  # the double-sign guard holds it back
-            perform(node, a)
-        node.health.on_round(node.replica.view, node.replica.view_active, time.monotonic())
 
+    def __init__(
+        self,
+        *,
+        replica: Replica,
+        inbox: Inbox,
+        log: LogWriter,
+        log_pool: Executor,
+        sign_guard: SignGuard | None,
+        index: int,
+        payload_bytes_max: int,
+        actions: Actions,
+        health: Health,
+        metrics: Metrics,
+    ) -> None:
+        self.replica = replica
+        self.inbox = inbox
+        self.log = log
+        self.log_pool = log_pool
+        self.sign_guard = sign_guard
+        self.index = index
+        self.payload_bytes_max = payload_bytes_max
+        self.actions = actions
+        self.health = health
+        self.metrics = metrics
 
-def perform(node: Node, a: Action) -> None:
-    """Carry out one action of the core (its Persist records are already written)."""
-    match a:
-        case Persist():
-            pass  # written above, before any send of this round
-        case Send(to, data):
-            node.p2p.send(to, {"t": "c", "d": data})
-        case Broadcast(data):
-            node.p2p.broadcast({"t": "c", "d": data})
-        case Commit():
-            node.commits.put_nowait(a)
-        case SetTimer():
-            pass  # the ticker wakes the core every tick_ms, finer than any timer we use
-        case RequestProposal(view, seq):
-            node.proposals.append((view, seq))
-            node._propose_wake.set()
-        case Validate():
-            task = asyncio.create_task(validate(node, a))
-            node.validations.add(task)
-            task.add_done_callback(node.validations.discard)
-            task.add_done_callback(_log_failure)
-        case FetchBlocks(_, to_seq, peers):
-            node.catchup.want(to_seq, peers)
-        case ViewChanged(view, primary, reproposed):
-            log.warning("view_change", extra={"view": view, "primary": primary})
-            node.metrics.view_changes_total.inc()
-            node.metrics.set_view(view, is_primary=primary == node.index)
-            node.proposals.clear()
-            # The NEW-VIEW's PRE-PREPAREs stay in flight; proposals of older views that it did
-            # not re-propose are abandoned: their txs become proposable again (and re-enter
-            # the mempool if they only reached us inside a proposal).
-            abandoned = node.txs.on_view_change(view, reproposed)
-            node.readmit(abandoned)
-            node.mempool.set_inflight(node.txs.uncommitted_hashes())
-        case Dropped(reason):
-            node.metrics.consensus_dropped_total.labels(reason=reason).inc()
-        case _:
-            assert_never(a)
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            events = [await self.inbox.get()]
+            while len(events) < ROUND_EVENTS_MAX and not self.inbox.empty():
+                events.append(self.inbox.get_nowait())
+            actions: list[Action] = []
+            for ev in events:
+                actions.extend(self.replica.step(ev))
+            records = [r for a in actions if isinstance(a, Persist) for r in a.records]
+            if records:
+                with self.metrics.time_storage_write():
+                    await loop.run_in_executor(self.log_pool, self.log.log_write, records)
+            refused = await guard_round(  # node/host/signguard.py: durable before it leaves
+                self.sign_guard,
+                self.log_pool,
+                self.index,
+                self.payload_bytes_max,
+                self.metrics,
+                actions,
+            )
+            for a in actions:
+                if refused and id(a) in refused:
+                    continue  # the double-sign guard holds it back
+                await self.actions.perform(a)
+            self.health.on_round(self.replica.view, self.replica.view_active, time.monotonic())
 
 
 # --- feeders --------------------------------------------------------------------------------
 
 
-async def run_ticker(node: Node) -> None:
-    tick_s = node.cfg.tick_ms / 1000
+async def run_ticker(
+    tick_ms: int, pending: PendingFlag, inbox: Inbox, now_ms: Callable[[], int]
+) -> None:
+    tick_s = tick_ms / 1000
     while True:
         await asyncio.sleep(tick_s)
-        update_pending(node)
+        pending.update()
         with contextlib.suppress(asyncio.QueueFull):
-            node.inbox.put_nowait(Tick(node.now_ms()))
+            inbox.put_nowait(Tick(now_ms()))
 
 
-def update_pending(node: Node) -> None:
-    """Tell the core when the mempool starts or stops holding txs not yet in a proposal."""
-    pending = node.mempool.has_runnable()
-    if pending != node._pending:
-        try:
-            node.inbox.put_nowait(Pending(pending))
-        except asyncio.QueueFull:
-            return  # the ticker tries again
-        node._pending = pending
+class Proposer:
+    """Fills the core's proposal requests from the mempool, at most one per block interval."""
 
+    def __init__(
+        self,
+        *,
+        replica: ViewSource,
+        proposals: ProposalQueue,
+        mempool: Mempool,
+        watch: PeerWatch,
+        head: Head,
+        txs: TxResolver,
+        inbox: Inbox,
+        block_interval_ms: int,
+        block_txs_max: int,
+    ) -> None:
+        self.replica = replica
+        self.proposals = proposals
+        self.mempool = mempool
+        self.watch = watch
+        self.head = head
+        self.txs = txs
+        self.inbox = inbox
+        self.block_interval_ms = block_interval_ms
+        self.block_txs_max = block_txs_max
 
-async def validate(node: Node, a: Validate) -> None:
-    assert node.replica is not None
-    valid = await node.txs.validate(a.view, a.seq, a.digest, a.payload)
-    await node.inbox.put(Verdict(a.view, a.seq, a.digest, valid))
-
-
-async def run_proposer(node: Node) -> None:
-    """Fill the core's proposal requests from the mempool, at most one per block interval."""
-    assert node.replica is not None
-    last_s = 0.0
-    while True:
-        await node._propose_wake.wait()
-        node._propose_wake.clear()
-        while node.proposals:
-            view, seq = node.proposals[0]
-            if view != node.replica.view or seq <= node.chain_height():
-                node.proposals.popleft()
-                continue
-            if not node.mempool.has_ready():
-                break  # woken again by admission
-            if node.watch.higher_view(view):
-                break  # f+1 peers moved on: a proposal in our stale view only strands txs
-            wait_s = last_s + node.cfg.block_interval_ms / 1000 - time.monotonic()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-                continue  # state may have changed while we slept
-            txs = node.mempool.select(node.cfg.block_txs_max)
-            if not txs:
-                break
-            node.proposals.popleft()
-            payload = await node.txs.proposal(view, seq, txs, int(time.time() * 1000))
-            last_s = time.monotonic()
-            await node.inbox.put(Propose(view, seq, payload))
+    async def run(self) -> None:
+        last_s = 0.0
+        requests = self.proposals.requests
+        while True:
+            await self.proposals.woken()
+            while requests:
+                view, seq = requests[0]
+                if view != self.replica.view or seq <= self.head.height():
+                    requests.popleft()
+                    continue
+                if not self.mempool.has_ready():
+                    break  # woken again by admission
+                if self.watch.higher_view(view):
+                    break  # f+1 peers moved on: a proposal in our stale view only strands txs
+                wait_s = last_s + self.block_interval_ms / 1000 - time.monotonic()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+                    continue  # state may have changed while we slept
+                txs = self.mempool.select(self.block_txs_max)
+                if not txs:
+                    break
+                requests.popleft()
+                payload = await self.txs.proposal(view, seq, txs, int(time.time() * 1000))
+                last_s = time.monotonic()
+                await self.inbox.put(Propose(view, seq, payload))
 
 
 # --- status and idle catch-up ---------------------------------------------------------------
 
 
-def status_frame(node: Node) -> dict[str, Any]:
-    view = node.replica.view if node.replica is not None else 0
-    return {"t": "status", "height": node.chain_height(), "view": view}
+class Status:
+    """Our status frame every second, idle catch-up, gap expiry and readiness reports."""
 
+    def __init__(
+        self,
+        *,
+        replica: ViewSource,
+        head: Head,
+        p2p: PeerSender,
+        watch: PeerWatch,
+        catchup: FetchPlanner,
+        mempool: Mempool,
+        txs: TxResolver,
+        health: Health,
+        not_ready_reason: Callable[[], str | None],
+        metrics: Metrics,
+    ) -> None:
+        self.replica = replica
+        self.head = head
+        self.p2p = p2p
+        self.watch = watch
+        self.catchup = catchup
+        self.mempool = mempool
+        self.txs = txs
+        self.health = health
+        self.not_ready_reason = not_ready_reason
+        self.metrics = metrics
 
-async def run_status(node: Node) -> None:
-    while True:
-        await asyncio.sleep(STATUS_EVERY_S)
-        node.p2p.broadcast(status_frame(node))
-        check_peers(node)
-        expire_gaps(node)
-        node.metrics.set_mempool(txs=len(node.mempool), size_bytes=node.mempool.size_bytes)
-        report_readiness(node)
+    def frame(self) -> dict[str, Any]:
+        return {"t": "status", "height": self.head.height(), "view": self.replica.view}
 
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            self.p2p.broadcast(self.frame())
+            self.check_peers()
+            self.expire_gaps()
+            self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
+            self.report_readiness()
 
-def expire_gaps(node: Node) -> None:
-    """Report txs stuck behind a missing nonce as rejected (``nonce_gap``), never pending forever."""
-    expired = node.mempool.expire_gaps(asyncio.get_running_loop().time())
-    for entry in expired:
-        node.txs.dropped(entry.hash, "nonce_gap")
-    if expired:
-        node.metrics.txs_rejected_total.labels(reason="nonce_gap").inc(len(expired))
-        log.warning("txs_expired", extra={"txs": len(expired), "reason": "nonce_gap"})
+    def expire_gaps(self) -> None:
+        """Report txs stuck behind a missing nonce as rejected (``nonce_gap``), never pending
+        forever."""
+        expired = self.mempool.expire_gaps(asyncio.get_running_loop().time())
+        for entry in expired:
+            self.txs.dropped(entry.hash, "nonce_gap")
+        if expired:
+            self.metrics.txs_rejected_total.labels(reason="nonce_gap").inc(len(expired))
+            log.warning("txs_expired", extra={"txs": len(expired), "reason": "nonce_gap"})
 
+    def report_readiness(self) -> None:
+        """Log readiness changes with their reason (node/host/health.py), set ``vigil_ready``."""
+        reason = self.not_ready_reason()
+        if self.health.update(reason):
+            fields = {"view": self.replica.view, "height": self.head.height()}
+            if reason is None:
+                log.info("ready", extra=fields)
+            else:
+                log.warning("not_ready", extra={**fields, "reason": reason})
+        self.metrics.ready.set(1 if reason is None else 0)
 
-def report_readiness(node: Node) -> None:
-    """Log readiness changes with their reason (node/host/health.py) and set ``vigil_ready``."""
-    reason = node.not_ready_reason()
-    if node.health.update(reason):
-        assert node.replica is not None
-        fields = {"view": node.replica.view, "height": node.chain_height()}
-        if reason is None:
-            log.info("ready", extra=fields)
-        else:
-            log.warning("not_ready", extra={**fields, "reason": reason})
-    node.metrics.ready.set(1 if reason is None else 0)
-
-
-def on_peer_status(node: Node, sender: int, height: int, view: int) -> None:
-    """A peer's status frame: to the watch, to catch-up, and to the core as ``PeerStatus``."""
-    if not (0 <= height <= STATUS_VALUE_MAX and 0 <= view <= STATUS_VALUE_MAX):
-        return  # garbage from a peer (wire.py checked only the types)
-    node.watch.on_status(sender, height, view)
-    node.catchup.on_status(sender, height, slack=2 * node.cfg.pipeline_depth)
-    with contextlib.suppress(asyncio.QueueFull):  # a hint: the next frame comes in a second
-        node.inbox.put_nowait(PeerStatus(sender, height, view))
-
-
-def check_peers(node: Node) -> None:
-    """Close gaps the core cannot see on an idle cluster (node/net/peerwatch.py)."""
-    assert node.replica is not None
-    lag = node.watch.check(node.chain_height(), node.replica.view)
-    if lag.fetch_to:
-        log.info("behind_peers", extra={"height": node.chain_height(), "to": lag.fetch_to})
-        node.catchup.want(lag.fetch_to, lag.fetch_from)
-    if lag.view_behind:  # the core follows on PeerStatus; this is for the operator
-        log.warning("view_behind_peers", extra={"view": node.replica.view})
+    def check_peers(self) -> None:
+        """Close gaps the core cannot see on an idle cluster (node/net/peerwatch.py)."""
+        lag = self.watch.check(self.head.height(), self.replica.view)
+        if lag.fetch_to:
+            log.info("behind_peers", extra={"height": self.head.height(), "to": lag.fetch_to})
+            self.catchup.want(lag.fetch_to, lag.fetch_from)
+        if lag.view_behind:  # the core follows on PeerStatus; this is for the operator
+            log.warning("view_behind_peers", extra={"view": self.replica.view})
 
 
 # --- pure helpers ---------------------------------------------------------------------------

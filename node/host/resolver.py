@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
 
 from common import codec
 from common.codec import CodecError, sha256
@@ -21,11 +23,10 @@ from consensus.api import NULL_DIGEST, Reproposed
 from node.chain.block import BLOCK_TXS_MAX, Proposal
 from node.chain.chain import PROPOSAL_TXS_KEY
 from node.chain.ledger import BlockInvalid, check_block_stateless, check_proposal
+from node.chain.mempool import Mempool
 from node.chain.tx import Transaction, decode_verified, tx_hash_of
+from node.host.ports import ChainReader, PeerRequester
 from node.net.p2p import PeerError
-
-if TYPE_CHECKING:
-    from node.host.runtime import Node
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,34 @@ def proposal_txs_key(digest: bytes) -> bytes:
 FETCH_RETRY_S = 0.2
 
 
+@dataclass(frozen=True, slots=True)
+class ResolverConfig:
+    """The settings the resolver checks proposals and serves peers with (node/host/config.py)."""
+
+    index: int  # ours: the proposer of our proposals
+    chain_id: str
+    primary: Callable[[int], int]  # view -> its primary (consensus ConsensusConfig.primary)
+    block_txs_max: int
+    catchup_batch_blocks: int
+    msg_bytes_max: int
+    timeout_s: float  # a request to one peer
+
+
 class TxResolver:
-    def __init__(self, node: Node, timeout_s: float) -> None:
-        self.node = node
-        self._timeout_s = timeout_s
+    def __init__(
+        self,
+        cfg: ResolverConfig,
+        mempool: Mempool,
+        chain: ChainReader,
+        p2p: PeerRequester,
+        executor: Executor | None,
+    ) -> None:
+        self._cfg = cfg
+        self._mempool = mempool
+        self._chain = chain
+        self._p2p = p2p
+        self._executor = executor  # the consensus-log thread: proposal txs before the vote
+        self._timeout_s = cfg.timeout_s
         # seq -> (digest, tx hashes, view) of proposals we made or validated, not yet committed.
         # The view matters: a proposal of an older view may never commit (a NEW-VIEW can put
         # another payload or a null request at its seq), so it must not block a newer view.
@@ -90,7 +115,7 @@ class TxResolver:
         self._uncommitted[seq] = (digest, hashes, view)
         self._live = None
         self._add(digest, txs, seq)
-        self.node.mempool.mark_inflight(hashes)
+        self._mempool.mark_inflight(hashes)
         return True
 
     def on_view_change(self, view: int, reproposed: Sequence[Reproposed]) -> list[Transaction]:
@@ -107,7 +132,7 @@ class TxResolver:
         puts back into the mempool those it does not hold, so that whichever node is primary
         now can propose them (a tx may have reached us only inside a proposal).
         """
-        head = self.node.chain_height()
+        head = self._chain.height
         self._view = max(self._view, view)
         dropped = [r for s, r in self._uncommitted.items() if r[2] < view and s > head]
         self._uncommitted = {s: r for s, r in self._uncommitted.items() if r[2] >= view}
@@ -131,16 +156,14 @@ class TxResolver:
         return list(abandoned.values())
 
     async def _persist(self, digest: bytes, txs: tuple[Transaction, ...]) -> None:
-        chain = self.node.chain
-        assert chain is not None
+        chain = self._chain
         data = codec.encode([tx.encode() for tx in txs])
         await asyncio.get_running_loop().run_in_executor(
-            self.node.log_pool, chain.store.meta_put, proposal_txs_key(digest), data
+            self._executor, chain.store.meta_put, proposal_txs_key(digest), data
         )
 
     def _stored(self, digest: bytes) -> tuple[Transaction, ...] | None:
-        chain = self.node.chain
-        assert chain is not None
+        chain = self._chain
         raw = chain.store.meta_get(proposal_txs_key(digest))
         if raw is None:
             return None
@@ -153,7 +176,7 @@ class TxResolver:
         self, view: int, seq: int, txs: list[Transaction], timestamp_ms: int
     ) -> bytes:
         """The payload the primary proposes for ``seq`` (txs durable first, then in flight)."""
-        p = Proposal(seq, self.node.index, timestamp_ms, tuple(tx.hash for tx in txs))
+        p = Proposal(seq, self._cfg.index, timestamp_ms, tuple(tx.hash for tx in txs))
         payload = p.encode()
         self._record(seq, sha256(payload), tuple(txs), view)  # stale: the core drops it too
         await self._persist(sha256(payload), tuple(txs))
@@ -192,7 +215,7 @@ class TxResolver:
     ) -> None:
         """Txs of fetched blocks by payload digest; ``seqs`` gives each digest's seq."""
         for digest, block_txs in txs.items():
-            self._add(digest, block_txs, seqs.get(digest, self.node.chain_height() + 1))
+            self._add(digest, block_txs, seqs.get(digest, self._chain.height + 1))
 
     def dropped(self, tx_hash: bytes, reason: str) -> None:
         self._set_status(tx_hash, "rejected", reason)
@@ -205,7 +228,7 @@ class TxResolver:
     # --- lookups ----------------------------------------------------------------------------
 
     def lookup(self, tx_hash: bytes) -> Transaction | None:
-        entry = self.node.mempool.get(tx_hash)
+        entry = self._mempool.get(tx_hash)
         return entry.tx if entry is not None else self._by_hash.get(tx_hash)
 
     async def _fetch(self, hashes: list[bytes], peers: list[int]) -> dict[bytes, Transaction]:
@@ -216,7 +239,7 @@ class TxResolver:
             if not missing:
                 break
             try:
-                body = await self.node.p2p.request(
+                body = await self._p2p.request(
                     peer, "get_txs", {"hashes": missing}, self._timeout_s
                 )
             except PeerError:
@@ -237,7 +260,7 @@ class TxResolver:
         txs = [self.lookup(h) for h in hashes]
         missing = [h for h, tx in zip(hashes, txs, strict=True) if tx is None]
         if missing:
-            peers = self.node.p2p.peers()
+            peers = self._p2p.peers()
             if first_peer is not None and first_peer in peers:
                 peers = [first_peer] + [p for p in peers if p != first_peer]
             found = await self._fetch(missing, peers)
@@ -253,7 +276,7 @@ class TxResolver:
         here, or we left ``view``. The core ignores such a verdict (or it changes nothing), so it
         must neither be logged as an invalid proposal nor leave an in-flight record behind.
         """
-        return seq <= self.node.chain_height() or view < self._view
+        return seq <= self._chain.height or view < self._view
 
     async def validate(self, view: int, seq: int, digest: bytes, payload: bytes) -> bool:
         """The Verdict for a proposed payload (docs/architecture.md, execution rule).
@@ -263,20 +286,19 @@ class TxResolver:
         "already committed" or the record looks stale. Both used to end as a false
         ``proposal_invalid reason=replay`` (issue 11): such a verdict is moot and is not logged.
         """
-        node = self.node
+        cfg = self._cfg
         if digest == NULL_DIGEST or not payload:
             return digest == NULL_DIGEST and not payload
         try:
-            proposal = check_proposal(payload, seq, node.ccfg.primary(view), node.cfg.block_txs_max)
+            proposal = check_proposal(payload, seq, cfg.primary(view), cfg.block_txs_max)
             txs = await self._resolve(proposal.tx_hashes, proposal.proposer)
             if self._moot(view, seq):
                 return await self._moot_verdict(seq, digest)
-            assert node.chain is not None
             check_block_stateless(
                 proposal,
                 txs,
-                node.genesis.chain_id,
-                is_committed=node.chain.is_committed,
+                cfg.chain_id,
+                is_committed=self._chain.is_committed,
                 verify_signatures=False,  # mempool and fetched txs were verified on the way in
             )
             mine = set(proposal.tx_hashes)
@@ -300,8 +322,8 @@ class TxResolver:
     async def _moot_verdict(self, seq: int, digest: bytes) -> bool:
         """Whether ``digest`` is what we executed at ``seq`` (False for a view we left: the
         core ignores that verdict anyway). Nothing is recorded in flight."""
-        chain = self.node.chain
-        if chain is None or seq > chain.height:
+        chain = self._chain
+        if seq > chain.height:
             return False
         header = await asyncio.to_thread(chain.header, seq)
         return header is not None and header.payload_digest == digest
@@ -345,8 +367,7 @@ class TxResolver:
         return {"txs": out}
 
     def _committed_txs(self, hashes: list[bytes]) -> list[bytes]:
-        chain = self.node.chain
-        assert chain is not None
+        chain = self._chain
         out: list[bytes] = []
         for h in hashes:
             loc = chain.store.get_tx_location(h)
@@ -361,13 +382,12 @@ class TxResolver:
         start, end = body.get("from"), body.get("to")
         if not isinstance(start, int) or not isinstance(end, int) or start < 1 or end < start:
             return {"error": "bad_request"}
-        chain = self.node.chain
-        assert chain is not None
+        chain = self._chain
         # Clamp to what exists: a range of 2**63 blocks reads at most one batch of real ones.
-        end = min(end, start + self.node.cfg.catchup_batch_blocks - 1, chain.height)
+        end = min(end, start + self._cfg.catchup_batch_blocks - 1, chain.height)
         if end < start:
             return {"entries": []}
-        budget = self.node.cfg.p2p_msg_bytes_max // 2
+        budget = self._cfg.msg_bytes_max // 2
 
         def read() -> list[list[Any]]:
             out: list[list[Any]] = []

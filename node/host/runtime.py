@@ -1,8 +1,9 @@
 """The validator process: wires P2P, admission, the PBFT core, the chain, catch-up and the servers.
 
-``Node`` holds the node's parts and state, opens them, starts the tasks and shuts them down in
-order; the tasks live in their own modules. One task owns the ``Replica`` and is fed by a
-bounded queue (node/host/driver.py, with the ticker, proposer and status tasks that feed it).
+``Node`` is wiring only: it builds the parts (``Opened`` once the store is open), starts the tasks
+and shuts them down in order; each task lives in its own module and gets the narrow parts it
+uses, never the node. One task owns the ``Replica`` and is fed by a bounded queue
+(node/host/driver.py, with the ticker, proposer and status tasks that feed it).
 Slow work runs elsewhere so the core keeps moving: validation of proposals (which may fetch
 missing txs from the primary) in its own tasks, execution and storage of committed blocks in the
 committer task and a worker thread (node/host/committer.py), catch-up in its own task.
@@ -18,9 +19,9 @@ import os
 import random
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -32,7 +33,6 @@ from consensus.api import (
     Event,
     Fetched,
     FetchedEntry,
-    Received,
 )
 from consensus.replica import Replica
 from node import VERSION
@@ -40,25 +40,19 @@ from node.chain.chain import Chain
 from node.chain.genesis import Genesis
 from node.chain.mempool import Mempool
 from node.chain.tx import Transaction
-from node.errors import VigilError
-from node.host.admission import Admission, Screened
-from node.host.committer import run_committer, wait_head
+from node.host.admission import Admission
+from node.host.committer import Committer
 from node.host.config import NodeConfig, load_validator_key, read_passphrase
-from node.host.driver import (
-    on_peer_status,
-    perform,
-    run_proposer,
-    run_replica,
-    run_status,
-    run_ticker,
-    status_frame,
-    update_pending,
-)
+from node.host.driver import Actions, Driver, Proposer, Status, run_ticker
 from node.host.health import Health
+from node.host.inbound import PeerInbound
 from node.host.metrics import Metrics, serve_metrics, watch_loop_lag
-from node.host.resolver import TxResolver
-from node.host.screening import BLOCKER_REASONS, Screening
+from node.host.resolver import ResolverConfig, TxResolver
+from node.host.screening import Screening
+from node.host.service_impl import NodeServiceImpl
+from node.host.signals import Head, PendingFlag, ProposalQueue, Subscribers
 from node.host.signguard import GuardError, SignGuard
+from node.host.txflow import TxFlow
 from node.net.address import PeerAddress
 from node.net.catchup import CatchUp
 from node.net.gossip import Gossip
@@ -71,12 +65,37 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 INBOX_MAX = 10_000
-REGOSSIP_TXS_MAX = 20_000  # mempool txs sent to a peer that (re)connects
-REGOSSIP_BATCH_TXS = 1000
+
+
+def commits_max(cfg: NodeConfig) -> int:
+    """Bound of the commit queue: above what the core can commit ahead of ``Applied`` (a log
+    window, checkpoints wait for ``Applied``) plus a catch-up batch; when full the driver waits."""
+    return 2 * (cfg.log_window + cfg.catchup_batch_blocks)
 
 
 class NodeError(Exception):
     """The node cannot start with this configuration (key not in genesis, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The parts that exist once the store is open (``Node._open``), each built once."""
+
+    store: Store
+    chain: Chain
+    replica: Replica
+    mempool: Mempool
+    screening: Screening
+    txs: TxResolver
+    admission: Admission
+    catchup: CatchUp
+    inbound: PeerInbound
+    driver: Driver
+    committer: Committer
+    proposer: Proposer
+    status: Status
+    pending: PendingFlag
+    service: NodeServiceImpl
 
 
 class Node:
@@ -113,12 +132,8 @@ class Node:
             request_timeout_ms=cfg.request_timeout_ms,
             view_change_timeout_ms=cfg.view_change_timeout_ms,
         )
-        self.store: Store | None = None
-        self.sign_guard: SignGuard | None = None
-        self.chain: Chain | None = None
-        self.replica: Replica | None = None
         self.inbox: asyncio.Queue[Event] = asyncio.Queue(maxsize=INBOX_MAX)
-        self.commits: asyncio.Queue[Commit] = asyncio.Queue()
+        self.commits: asyncio.Queue[Commit] = asyncio.Queue(maxsize=commits_max(cfg))
         self.p2p = P2P(
             index=self.index,
             key=self.key,
@@ -140,22 +155,14 @@ class Node:
         self.gossip = Gossip(self.p2p, n)
         self.watch = PeerWatch(self.ccfg.f)
         self.health = Health(self.ccfg.quorum - 1)
-        self.subscribers: list[Any] = []
-        self.proposals: deque[tuple[int, int]] = deque()
-        # Validations in progress: a strong reference, so a running check is never collected.
-        self.validations: set[asyncio.Task[None]] = set()
-        self._propose_wake = asyncio.Event()
-        self._head_changed = asyncio.Event()
-        self._pending = False
-        self._started = time.monotonic()
+        self.subscribers = Subscribers()
+        self.proposals = ProposalQueue()
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.log_pool = ThreadPoolExecutor(1, thread_name_prefix="clog")
-        # Set in run() once the store is open.
-        self.mempool: Mempool
-        self.admission: Admission
-        self.txs: TxResolver
-        self.catchup: CatchUp
-        self.screening: Screening
+        # Set once by run(): the store as soon as it is open (closed last, even when a later
+        # step of the start fails), and the opened parts before P2P can call back.
+        self._store: Store | None = None
+        self._parts: Opened | None = None
 
     # --- clocks -----------------------------------------------------------------------------
 
@@ -165,73 +172,224 @@ class Node:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def _open(self) -> None:
-        fresh = not self.cfg.db_path.exists()
+    async def _open(self) -> Opened:
+        """Open the guard and the store, then build every part that reads them."""
+        cfg, metrics, p2p, inbox = self.cfg, self.metrics, self.p2p, self.inbox
+        fresh = not cfg.db_path.exists()
         try:
-            self.sign_guard = await asyncio.to_thread(
-                SignGuard.open, self.cfg.guard_path, self.key.public_key, fresh=fresh
+            sign_guard = await asyncio.to_thread(
+                SignGuard.open, cfg.guard_path, self.key.public_key, fresh=fresh
             )
         except GuardError as exc:
             raise NodeError(str(exc)) from None
-        self.store = await asyncio.to_thread(Store, str(self.cfg.db_path))
-        self.chain = chain = Chain(self.store, self.genesis)
+        store = await asyncio.to_thread(Store, str(cfg.db_path))
+        self._store = store
+        chain = Chain(store, self.genesis)
         await asyncio.to_thread(chain.load)
-        records = await asyncio.to_thread(self.store.log_items)
-        self.replica = Replica(
+        records = await asyncio.to_thread(store.log_items)
+        replica = Replica(
             self.ccfg,
             random.Random(os.urandom(16)),
             records=records,
-            committed_seq=self.chain.height,
+            committed_seq=chain.height,
             now_ms=self.now_ms(),
         )
-        self.mempool = Mempool(
+        mempool = Mempool(
             self.genesis.chain_id,
-            self.cfg.mempool_txs_max,
-            self.cfg.mempool_bytes_max,
-            self.chain.read_account,
+            cfg.mempool_txs_max,
+            cfg.mempool_bytes_max,
+            chain.read_account,
         )
         # The detector and its quarantine (node/host/screening.py): an admission policy only.
-        self.screening = screening = Screening(
-            self.cfg.detector, self.store, self.metrics, persist=self._write_pool.submit
-        )
+        screening = Screening(cfg.detector, store, metrics, persist=self._write_pool.submit)
         await asyncio.to_thread(
             screening.start, chain, [address for address, _ in self.genesis.balances]
         )
-        self.admission = Admission(
-            self.mempool,
+        head = Head(lambda: chain.height)
+        pending = PendingFlag(mempool.has_runnable, inbox)
+        txs = TxResolver(
+            ResolverConfig(
+                index=self.index,
+                chain_id=self.genesis.chain_id,
+                primary=self.ccfg.primary,
+                block_txs_max=cfg.block_txs_max,
+                catchup_batch_blocks=cfg.catchup_batch_blocks,
+                msg_bytes_max=cfg.p2p_msg_bytes_max,
+                timeout_s=cfg.p2p_request_timeout_ms / 1000,
+            ),
+            mempool,
+            chain,
+            p2p,
+            self.log_pool,
+        )
+        flow = TxFlow(
+            mempool=mempool,
+            chain=chain,
+            txs=txs,
+            screening=screening,
+            seen=self.gossip.seen,
+            p2p=p2p,
+            proposals=self.proposals,
+            pending=pending,
+            subscribers=self.subscribers,
+            metrics=metrics,
+        )
+        admission = Admission(
+            mempool,
             self.gossip,
             # Not "known to the resolver": a tx we saw only inside a proposal must still enter
             # our mempool when its gossip arrives, or nobody here could propose it again if
             # that proposal is abandoned by a view change (issue 11, stranded txs).
             lambda h: chain.is_committed(h) or screening.known(h),
-            self._on_admitted,
-            self._on_quarantined,
-            self.metrics,
+            flow.on_admitted,
+            # The screen held a tx back: it waits in the persisted quarantine
+            # (node/detect/quarantine.py).
+            screening.hold,
+            metrics,
         )
-        self.admission.screen = screening.screen
-        screening.bind(self.admission, self.p2p.broadcast)
-        screening.drop_waiting = self._drop_waiting
-        screening.on_unblocked = self._on_unblocked
-        self.txs = TxResolver(self, self.cfg.p2p_request_timeout_ms / 1000)
-        self.catchup = CatchUp(
-            self.p2p,
-            lambda: self.chain.height if self.chain else 0,
-            self._deliver_fetched,
-            self.wait_head,
-            self.cfg.catchup_batch_blocks,
-            self.cfg.p2p_request_timeout_ms / 1000,
-            self.metrics,
+        admission.screen = screening.screen
+        screening.bind(admission, p2p.broadcast)
+        screening.drop_waiting = flow.drop_waiting
+        screening.on_unblocked = flow.on_unblocked
+
+        async def deliver_fetched(
+            entries: list[FetchedEntry], fetched: dict[bytes, tuple[Transaction, ...]]
+        ) -> None:
+            seqs = {sha256(e.payload): e.seq for e in entries if e.payload}
+            txs.add_fetched(fetched, seqs)
+            await inbox.put(Fetched(tuple(entries)))
+
+        catchup = CatchUp(
+            p2p,
+            head.height,
+            deliver_fetched,
+            head.wait,
+            cfg.catchup_batch_blocks,
+            cfg.p2p_request_timeout_ms / 1000,
+            metrics,
             f=self.ccfg.f,
         )
-        self.metrics.chain_height.set(self.chain.height)
-        self.metrics.set_view(
-            self.replica.view, is_primary=self.ccfg.primary(self.replica.view) == self.index
+
+        def not_ready_reason() -> str | None:
+            """Why this node cannot take part in a quorum now (node/host/health.py)."""
+            return self.health.not_ready_reason(
+                peers=len(p2p.peers()),
+                syncing=catchup.syncing,
+                lag=self.watch.last,
+                now_s=time.monotonic(),
+            )
+
+        actions = Actions(
+            index=self.index,
+            p2p=p2p,
+            commits=self.commits,
+            proposals=self.proposals,
+            inbox=inbox,
+            txs=txs,
+            flow=flow,
+            mempool=mempool,
+            catchup=catchup,
+            metrics=metrics,
         )
-        self.metrics.set_mempool(txs=0, size_bytes=0)
+        status = Status(
+            replica=replica,
+            head=head,
+            p2p=p2p,
+            watch=self.watch,
+            catchup=catchup,
+            mempool=mempool,
+            txs=txs,
+            health=self.health,
+            not_ready_reason=not_ready_reason,
+            metrics=metrics,
+        )
+        opened = Opened(
+            store=store,
+            chain=chain,
+            replica=replica,
+            mempool=mempool,
+            screening=screening,
+            txs=txs,
+            admission=admission,
+            catchup=catchup,
+            inbound=PeerInbound(
+                inbox=inbox,
+                admission=admission,
+                screening=screening,
+                flow=flow,
+                txs=txs,
+                watch=self.watch,
+                catchup=catchup,
+                status=status,
+                p2p=p2p,
+                pipeline_depth=cfg.pipeline_depth,
+            ),
+            driver=Driver(
+                replica=replica,
+                inbox=inbox,
+                log=store,
+                log_pool=self.log_pool,
+                sign_guard=sign_guard,
+                index=self.index,
+                payload_bytes_max=self.ccfg.payload_bytes_max,
+                actions=actions,
+                health=self.health,
+                metrics=metrics,
+            ),
+            committer=Committer(
+                commits=self.commits,
+                chain=chain,
+                write_pool=self._write_pool,
+                txs=txs,
+                mempool=mempool,
+                detector=screening,
+                inbox=inbox,
+                head=head,
+                proposals=self.proposals,
+                pending=pending,
+                subscribers=self.subscribers,
+                metrics=metrics,
+            ),
+            proposer=Proposer(
+                replica=replica,
+                proposals=self.proposals,
+                mempool=mempool,
+                watch=self.watch,
+                head=head,
+                txs=txs,
+                inbox=inbox,
+                block_interval_ms=cfg.block_interval_ms,
+                block_txs_max=cfg.block_txs_max,
+            ),
+            status=status,
+            pending=pending,
+            service=NodeServiceImpl(
+                genesis=self.genesis,
+                index=self.index,
+                ccfg=self.ccfg,
+                chain=chain,
+                store=store,
+                data_dir=cfg.data_dir,
+                replica=replica,
+                p2p=p2p,
+                catchup=catchup,
+                watch=self.watch,
+                mempool=mempool,
+                screening=screening,
+                admission=admission,
+                txs=txs,
+                subscribers=self.subscribers,
+                not_ready_reason=not_ready_reason,
+            ),
+        )
+        metrics.chain_height.set(chain.height)
+        metrics.set_view(replica.view, is_primary=self.ccfg.primary(replica.view) == self.index)
+        metrics.set_mempool(txs=0, size_bytes=0)
         log.info(
             "node_started",
-            extra={"index": self.index, "height": self.chain.height, "view": self.replica.view},
+            extra={"index": self.index, "height": chain.height, "view": replica.view},
         )
+        return opened
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully.
@@ -240,12 +398,11 @@ class Node:
         before it (the database, other listeners) is closed first.
         """
         from node.api.rpc import make_rpc_app, start_rpc_server
-        from node.host.service_impl import NodeServiceImpl
 
         tasks: list[asyncio.Task[Any]] = []
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self._close_storage)
-            await self._open()
+            self._parts = parts = await self._open()
             p2p_app = web.Application(client_max_size=self.cfg.p2p_msg_bytes_max)
             p2p_app.add_routes(self.p2p.routes())
             p2p_runner = web.AppRunner(
@@ -261,9 +418,8 @@ class Node:
                 ssl_context=self.p2p.tls.server if self.p2p.tls is not None else None,
             )
             await _listen("p2p", self.cfg.p2p_host, self.cfg.p2p_port, site.start())
-            self.service = NodeServiceImpl(self)
             rpc_app = make_rpc_app(
-                self.service,
+                parts.service,
                 admin_token=self.cfg.admin_token or None,
                 body_bytes_max=self.cfg.rpc_body_bytes_max,
                 batch_max=self.cfg.rpc_batch_max,
@@ -290,16 +446,16 @@ class Node:
             stack.push_async_callback(_cleanup, rpc_runner, 3)  # first: stop taking requests
             self.p2p.start()
             for coro, name in (
-                (run_replica(self), "replica"),
-                (run_ticker(self), "ticker"),
-                (run_committer(self), "committer"),
-                (run_proposer(self), "proposer"),
-                (run_status(self), "status"),
-                (self.admission.run(), "admission"),
+                (parts.driver.run(), "replica"),
+                (run_ticker(self.cfg.tick_ms, parts.pending, self.inbox, self.now_ms), "ticker"),
+                (parts.committer.run(), "committer"),
+                (parts.proposer.run(), "proposer"),
+                (parts.status.run(), "status"),
+                (parts.admission.run(), "admission"),
                 (self.gossip.run(), "gossip"),
-                (self.catchup.run(), "catchup"),
+                (parts.catchup.run(), "catchup"),
                 (watch_loop_lag(self.metrics), "looplag"),
-                (self.screening.run(), "screening"),
+                (parts.screening.run(), "screening"),
             ):
                 task = asyncio.create_task(coro, name=name)
                 task.add_done_callback(self._task_done)
@@ -331,8 +487,8 @@ class Node:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await asyncio.get_running_loop().shutdown_default_executor()
-        if self.store is not None:
-            self.store.close()
+        if self._store is not None:
+            self._store.close()
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -340,208 +496,20 @@ class Node:
             # A dead core task leaves a zombie validator: better to stop loudly.
             os._exit(70)
 
-    # --- the core (node/host/driver.py) ------------------------------------------------------------
-    # Methods as well, for the callers that hold a Node: the committer, admission, unit tests.
+    # --- P2P callbacks: routed to the opened parts (node/host/inbound.py) ----------------------
 
-    def _perform(self, a: Any) -> None:
-        perform(self, a)
-
-    def _update_pending(self) -> None:
-        update_pending(self)
-
-    def chain_height(self) -> int:
-        return self.chain.height if self.chain is not None else 0
-
-    async def wait_head(self, seq: int, timeout_s: float) -> bool:
-        """Wait until the chain reaches ``seq``; False on timeout (catch-up uses it)."""
-        return await wait_head(self, seq, timeout_s)
-
-    async def _deliver_fetched(
-        self, entries: list[FetchedEntry], txs: dict[bytes, tuple[Transaction, ...]]
-    ) -> None:
-        seqs = {sha256(e.payload): e.seq for e in entries if e.payload}
-        self.txs.add_fetched(txs, seqs)
-        await self.inbox.put(Fetched(tuple(entries)))
-
-    # --- events for subscribers ---------------------------------------------------------------
-
-    def _publish(self, event: dict[str, Any]) -> None:
-        for cb in list(self.subscribers):
-            try:
-                cb(event)
-            except Exception:  # a subscriber's bug must not stop commits
-                log.exception("subscriber_failed")
-
-    # --- admission callbacks ----------------------------------------------------------------
-
-    def _on_admitted(self, txs: list[Transaction]) -> None:
-        # A tx that already sits in an uncommitted proposal is in flight, not proposable: else
-        # a primary that learns it by gossip after the NEW-VIEW re-proposed it would propose it
-        # a second time, and the backups refuse that block (proposal_invalid reason=replay).
-        self.mempool.mark_inflight(self.txs.in_flight(tx.hash for tx in txs))
-        self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
-        self._propose_wake.set()
-        self._update_pending()
-        if self.subscribers:
-            for tx in txs:
-                self._publish(self._tx_event(tx))
-
-    def _tx_event(self, tx: Transaction) -> dict[str, Any]:
-        """A pending tx's /ws event: ``pending``, or ``waiting`` behind a held tx."""
-        event: dict[str, Any] = {"type": "tx", "hash": "0x" + tx.hash.hex(), "status": "pending"}
-        blocker = self.screening.blocked_by(tx)
-        if blocker is not None:
-            event.update(status="waiting", blocked_by="0x" + blocker.hex())
-        return event
-
-    # --- txs waiting behind a held tx (node/host/screening.py) --------------------------------
-
-    def _drop_waiting(self, held: Any, reason: str) -> None:
-        """A held tx left the quarantine for good: its sender's later txs can never run. Fail
-        them here at once, and tell the other validators (a ``txs`` frame's ``dropped``)."""
-        sender, nonce = held.tx.sender_address, held.tx.nonce
-        self._fail_after(sender, nonce, reason)
-        self.p2p.broadcast({"t": "txs", "txs": [], "dropped": [[sender, nonce, reason]]})
-
-    def _fail_after(self, sender: bytes, nonce: int, reason: str) -> int:
-        dropped = self.mempool.drop_after(sender, nonce)
-        for entry in dropped:
-            self.txs.dropped(entry.hash, reason)
-            self.metrics.txs_rejected_total.labels(reason=reason).inc()
-            if self.subscribers:
-                self._publish(
-                    {
-                        "type": "tx",
-                        "hash": "0x" + entry.hash.hex(),
-                        "status": "rejected",
-                        "reason": reason,
-                    }
-                )
-        if dropped:
-            self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
-            log.info(
-                "waiting_txs_failed",
-                extra={"sender": sender.hex(), "after_nonce": nonce, "txs": len(dropped)},
-            )
-            self._update_pending()
-        return len(dropped)
-
-    def _on_peer_dropped(self, items: list[Any]) -> None:
-        """A peer's held tx will never commit: drop what waits behind it here too, unless this
-        node has that nonce itself (then the later txs can still run)."""
-        chain = self.chain
-        if chain is None:
-            return
-        for item in items[:1000]:
-            if not (
-                isinstance(item, list)
-                and len(item) == 3
-                and isinstance(item[0], bytes)
-                and isinstance(item[1], int)
-                and isinstance(item[2], str)
-                and item[2] in BLOCKER_REASONS.values()
-            ):
-                continue
-            sender, nonce, reason = item
-            account = chain.read_account(sender)
-            if (account is not None and account.nonce > nonce) or self.mempool.has_nonce(
-                sender, nonce
-            ):
-                continue
-            self._fail_after(sender, nonce, reason)
-
-    def _on_unblocked(self, held: Any) -> None:
-        """A released tx entered the mempool: what waited behind it is pending again."""
-        if self.subscribers:
-            for entry in self.mempool.later(held.tx.sender_address, held.tx.nonce):
-                self._publish(self._tx_event(entry.tx))
-
-    def _on_quarantined(self, tx: Transaction, verdict: Screened) -> None:
-        """The screen held ``tx`` back: it waits in the persisted quarantine (node/detect/quarantine.py)."""
-        self.screening.hold(tx, verdict)
-
-    # --- P2P callbacks ----------------------------------------------------------------------
+    def _inbound(self) -> PeerInbound:
+        assert self._parts is not None, "P2P starts after the store is open"
+        return self._parts.inbound
 
     async def _on_frame(self, sender: int, frame: dict[str, Any]) -> None:
-        kind = frame["t"]
-        if kind == "c":
-            await self.inbox.put(Received(sender, frame["d"]))
-        elif kind == "txs":
-            if frame.get("released") is True:  # released by a peer's operator: not screened
-                self.screening.on_peer_release(frame["txs"])
-            dropped = frame.get("dropped")
-            if isinstance(dropped, list):  # a peer's held tx left its quarantine for good
-                self._on_peer_dropped(dropped)
-            if frame["txs"]:
-                self.admission.gossiped(frame["txs"], sender)
-        elif kind == "status":
-            on_peer_status(self, sender, frame["height"], frame["view"])
+        await self._inbound().on_frame(sender, frame)
 
     async def _on_request(self, sender: int, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        if kind == "get_txs":
-            return await self.txs.serve_get_txs(body)
-        if kind == "get_blocks":
-            return await self.txs.serve_get_blocks(body)
-        return {"error": "unknown_request"}
+        return await self._inbound().on_request(sender, kind, body)
 
     def _on_peer(self, peer: int, up: bool) -> None:
-        if up:
-            self.p2p.send(peer, status_frame(self))
-            self._regossip(peer)
-        else:
-            self.catchup.peer_heights.pop(peer, None)
-            self.watch.forget(peer)
-
-    def _regossip(self, peer: int) -> None:
-        """Send a (re)connected peer what our mempool holds: gossip is not relayed, so txs
-        admitted while the link was down (a partition, a restart) would otherwise reach that
-        peer only if we proposed them. A primary lacking them never proposes them, and a
-        sender's later txs wait behind the missing nonce everywhere (issue 11, stranded txs).
-        Bounded; the peer drops what it has already seen without verifying it again.
-        """
-        raws = [e.tx.encode() for e in self.mempool.entries(REGOSSIP_TXS_MAX)]
-        for i in range(0, len(raws), REGOSSIP_BATCH_TXS):
-            self.p2p.send(peer, {"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]})
-
-    def readmit(self, txs: list[Transaction]) -> None:
-        """Txs of proposals a view change abandoned: back into our mempool if missing.
-
-        Their signatures were checked when they reached us. The mempool's own rules apply (a
-        nonce consumed meanwhile, a full mempool): a refused one simply stays out.
-        """
-        chain = self.chain
-        assert chain is not None
-        if not txs:
-            return
-        back: list[Transaction] = []
-        now = asyncio.get_running_loop().time()
-        for tx in txs:
-            h = tx.hash
-            if h in self.mempool or chain.is_committed(h) or self.screening.known(h):
-                continue
-            try:
-                self.mempool.add(tx, h, now)
-            except VigilError:
-                continue
-            self.gossip.seen.add(h)
-            back.append(tx)
-        if back:
-            log.info("txs_readmitted", extra={"txs": len(back)})
-            self._on_admitted(back)
-
-    # --- health -----------------------------------------------------------------------------
-
-    def is_ready(self) -> bool:
-        """Whether this node can take part in a quorum now (node/host/health.py)."""
-        return self.not_ready_reason() is None
-
-    def not_ready_reason(self) -> str | None:
-        return self.health.not_ready_reason(
-            peers=len(self.p2p.peers()),
-            syncing=self.catchup.syncing,
-            lag=self.watch.last,
-            now_s=time.monotonic(),
-        )
+        self._inbound().on_peer(peer, up)
 
 
 def validator_index(genesis: Genesis, public_key: bytes, index: int | None) -> int:

@@ -1,4 +1,4 @@
-"""``NodeService`` over a running ``Node``: what the RPC layer (node/api/rpc.py, node/api/ws.py) calls.
+"""``NodeService`` over a running node's parts (read-only views, plus submit): what the RPC layer (node/api/rpc.py, node/api/ws.py) calls.
 
 Reads of LevelDB go through a worker thread when they may touch more than a key or two (a block,
 a proof); single-key reads are microseconds and stay on the loop. Results follow the shapes of
@@ -10,22 +10,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from common.crypto import to_hex
 from common.merkle import merkle_proof
+from consensus.api import ConsensusConfig
 from consensus.certificate import CommitCertificate
 from node import VERSION
 from node.api.service import Event
+from node.chain.chain import Chain
+from node.chain.genesis import Genesis
 from node.chain.ledger import Receipt
-from node.errors import NOT_FOUND, NOT_READY, VigilError
+from node.chain.mempool import Mempool
+from node.errors import NOT_FOUND, VigilError
+from node.host.admission import Admission
+from node.host.driver import ViewSource
 from node.host.eth_backend import EthBackendImpl
+from node.host.resolver import TxResolver
+from node.host.screening import Screening
+from node.host.signals import Subscribers
+from node.net.address import PeerAddress
+from node.net.catchup import CatchUp
+from node.net.peerwatch import PeerWatch
 from storage.db import Store
-
-if TYPE_CHECKING:
-    from node.chain.chain import Chain
-    from node.host.runtime import Node
-
 
 ACCOUNT_TXS_BLOCKS_MAX = 1000  # account_txs scans at most this many recent blocks (no index)
 
@@ -38,30 +46,65 @@ def _tx_row(tx: Any, status: str) -> dict[str, Any]:
     return out
 
 
+class PeerDirectory(Protocol):
+    """Who we dial and who is connected (node/net/p2p.py ``P2P``)."""
+
+    addresses: dict[int, PeerAddress]
+
+    def peers(self) -> list[int]: ...
+
+
 class NodeServiceImpl:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        *,
+        genesis: Genesis,
+        index: int,
+        ccfg: ConsensusConfig,
+        chain: Chain,
+        store: Store,
+        data_dir: Path,
+        replica: ViewSource,
+        p2p: PeerDirectory,
+        catchup: CatchUp,
+        watch: PeerWatch,
+        mempool: Mempool,
+        screening: Screening,
+        admission: Admission,
+        txs: TxResolver,
+        subscribers: Subscribers,
+        not_ready_reason: Callable[[], str | None],
+    ) -> None:
+        self.genesis = genesis
+        self.index = index
+        self.ccfg = ccfg
+        self._chain = chain
+        self.store = store
+        self.data_dir = data_dir
+        self.replica = replica
+        self.p2p = p2p
+        self.catchup = catchup
+        self.watch = watch
+        self.mempool = mempool
+        self.screening = screening
+        self.admission = admission
+        self.txs = txs
+        self.subscribers = subscribers
+        self.not_ready_reason = not_ready_reason
         # What the Ethereum JSON-RPC face (node/api/eth.py) reads.
         self.eth = EthBackendImpl(
-            chain=lambda: node.chain,
-            genesis=node.genesis,
-            pending_nonces=lambda a: node.mempool.pending_nonces(a),
-            pending_tx=lambda h: e.tx if (e := node.mempool.get(h)) is not None else None,
-            held_tx=lambda h: x.tx if (x := node.screening.quarantine.get(h)) is not None else None,
-            submit=lambda raw: node.admission.submit(raw),
-            syncing=lambda: bool(node.catchup.syncing),
+            chain=lambda: chain,
+            genesis=genesis,
+            pending_nonces=lambda a: mempool.pending_nonces(a),
+            pending_tx=lambda h: e.tx if (e := mempool.get(h)) is not None else None,
+            held_tx=lambda h: x.tx if (x := screening.quarantine.get(h)) is not None else None,
+            submit=lambda raw: admission.submit(raw),
+            syncing=lambda: bool(catchup.syncing),
         )
 
-    @property
-    def _chain(self) -> Chain:
-        if self.node.chain is None:
-            raise VigilError(NOT_READY, "node is starting")
-        return self.node.chain
-
     async def node_status(self) -> dict[str, Any]:
-        node, chain = self.node, self._chain
-        replica = node.replica
-        view = replica.view if replica is not None else 0
+        node, chain = self, self._chain
+        view = node.replica.view
         primary = node.ccfg.primary(view)
         return {
             "chain_id": node.genesis.chain_id,
@@ -89,7 +132,7 @@ class NodeServiceImpl:
         }
 
     async def tx_submit(self, raw: bytes) -> dict[str, Any]:
-        return await self.node.admission.submit(raw)
+        return await self.admission.submit(raw)
 
     def _committed(self, tx_hash: bytes) -> dict[str, Any] | None:
         chain = self._chain
@@ -109,7 +152,7 @@ class NodeServiceImpl:
         return out
 
     async def tx_get(self, tx_hash: bytes) -> dict[str, Any]:
-        node = self.node
+        node = self
         entry = node.mempool.get(tx_hash)
         anomaly = node.screening.anomaly(tx_hash)
         scored = {"anomaly": anomaly} if anomaly is not None else {}
@@ -234,7 +277,7 @@ class NodeServiceImpl:
         return out
 
     async def account_txs(self, address: bytes, limit: int) -> dict[str, Any]:
-        node = self.node
+        node = self
         screening = node.screening
         rows: list[dict[str, Any]] = []
         for held in screening.quarantine.held():
@@ -258,8 +301,8 @@ class NodeServiceImpl:
         }
 
     async def cluster_status(self) -> dict[str, Any]:
-        node, chain = self.node, self._chain
-        view = node.replica.view if node.replica is not None else 0
+        node, chain = self, self._chain
+        view = node.replica.view
         peers = set(node.p2p.peers())
         ready = self.ready()
         rows: list[dict[str, Any]] = []
@@ -299,30 +342,29 @@ class NodeServiceImpl:
         }
 
     async def mempool_status(self) -> dict[str, Any]:
-        m = self.node.mempool
+        m = self.mempool
         return {
             "size": len(m),
             "bytes": m.size_bytes,
-            "quarantined": len(self.node.screening.quarantine),
+            "quarantined": len(self.screening.quarantine),
         }
 
     async def detector_status(self) -> dict[str, Any]:
-        return self.node.screening.status()
+        return self.screening.status()
 
     async def quarantine_list(self, limit: int) -> list[dict[str, Any]]:
-        return self.node.screening.listing(limit)
+        return self.screening.listing(limit)
 
     async def quarantine_release(self, tx_hash: bytes) -> dict[str, Any]:
-        return self.node.screening.release(tx_hash)
+        return self.screening.release(tx_hash)
 
     async def quarantine_reject(self, tx_hash: bytes) -> dict[str, Any]:
-        return self.node.screening.reject(tx_hash)
+        return self.screening.reject(tx_hash)
 
     async def admin_db_backup(self) -> dict[str, Any]:
-        node = self.node
-        assert node.store is not None
-        name = f"backup-{time.strftime('%Y%m%dT%H%M%S')}-{node.chain_height()}"
-        dest = node.cfg.data_dir / "backups" / name
+        node = self
+        name = f"backup-{time.strftime('%Y%m%dT%H%M%S')}-{self._chain.height}"
+        dest = node.data_dir / "backups" / name
         store = node.store
 
         def snapshot() -> tuple[int, int]:
@@ -336,28 +378,21 @@ class NodeServiceImpl:
         return {"path": str(dest), "height": height, "keys": keys}
 
     async def quarantine_show(self, tx_hash: bytes) -> dict[str, Any]:
-        return self.node.screening.show(tx_hash)
+        return self.screening.show(tx_hash)
 
     async def detector_explain(self, tx_hash: bytes) -> dict[str, Any]:
-        return await self.node.screening.explain(tx_hash)
+        return await self.screening.explain(tx_hash)
 
     def health(self) -> dict[str, Any]:
-        node = self.node
+        node = self
         return {
-            "height": node.chain_height(),
-            "syncing": node.catchup.syncing if node.chain is not None else True,
+            "height": self._chain.height,
+            "syncing": node.catchup.syncing,
             "peers": len(node.p2p.peers()),
         }
 
     def ready(self) -> bool:
-        return self.node.chain is not None and self.node.is_ready()
+        return self.not_ready_reason() is None
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        subs = self.node.subscribers
-        subs.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in subs:
-                subs.remove(callback)
-
-        return unsubscribe
+        return self.subscribers.subscribe(callback)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import stat
+from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -13,20 +13,21 @@ from aiohttp import WSMsgType
 
 from common.codec import sha256
 from common.crypto import SigningKey
+from consensus.api import FetchedEntry
 from node.chain.tx import make_transfer
-from node.host.resolver import TxResolver
 from node.net.address import PeerAddress
 from node.net.catchup import CatchUp, vouched_height
 from node.net.p2p import P2P, REQUESTS_INFLIGHT_MAX
 from node.net.peer import PeerConn
 from node.net.wire import decode_frame, encode_frame
 from node.tools import devnet
+from tests.unit.host.fakes import FakeChain, resolver
 
 
 class FakeWs:
     """Frames to hand out, then a CLOSE; records what is sent."""
 
-    def __init__(self, frames: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, frames: Sequence[bytes] = ()) -> None:
         self.frames = list(frames)
         self.sent: list[bytes] = []
         self.closed = False
@@ -127,11 +128,17 @@ async def test_peer_send_queue_is_bounded_in_bytes() -> None:
 
 
 def test_one_lying_peer_cannot_make_a_node_sync_forever() -> None:
+    async def deliver(entries: list[FetchedEntry], txs: dict[bytes, Any]) -> None:
+        raise AssertionError("nothing is fetched here")
+
+    async def wait_head(seq: int, timeout_s: float) -> bool:
+        return False
+
     catchup = CatchUp(
-        p2p=None,  # type: ignore[arg-type]
+        p2p=_p2p(),
         head=lambda: 10,
-        deliver=None,  # type: ignore[arg-type]
-        wait_head=None,  # type: ignore[arg-type]
+        deliver=deliver,
+        wait_head=wait_head,
         batch_blocks=64,
         timeout_s=1.0,
         metrics=None,
@@ -153,8 +160,7 @@ def _tx(nonce: int) -> Any:
 
 
 def test_resolver_forgets_tx_bodies_of_seqs_at_or_below_a_commit() -> None:
-    node = SimpleNamespace(chain_height=lambda: 4, mempool=SimpleNamespace(mark_inflight=len))
-    r = TxResolver(node, 1.0)  # type: ignore[arg-type]
+    r = resolver(FakeChain(height=4))
     forged, stale, live = _tx(0), _tx(1), _tx(2)
     r.add_fetched({b"f" * 32: (forged,)}, {b"f" * 32: 5})  # a forged catch-up entry at seq 5
     r._record(6, b"s" * 32, (stale, live), view=0)  # a proposal superseded by a view change
@@ -168,23 +174,17 @@ def test_resolver_forgets_tx_bodies_of_seqs_at_or_below_a_commit() -> None:
 
 
 async def test_block_range_requests_beyond_the_head_are_answered_empty() -> None:
-    reads: list[tuple[int, int]] = []
-
-    def blocks(start: int, end: int) -> Any:
-        reads.append((start, end))
-        return iter(())
-
-    chain = SimpleNamespace(height=3, store=SimpleNamespace(blocks=blocks))
-    node = SimpleNamespace(
-        chain=chain, cfg=SimpleNamespace(catchup_batch_blocks=64, p2p_msg_bytes_max=1 << 20)
-    )
-    r = TxResolver(node, 1.0)  # type: ignore[arg-type]
+    chain = FakeChain(height=3)
+    r = resolver(chain, catchup_batch_blocks=64, msg_bytes_max=1 << 20)
+    body: dict[str, Any]
     for body in ({"from": 2**64 - 1, "to": 2**64 - 1}, {"from": 4, "to": 2**63}):
         assert await r.serve_get_blocks(body) == {"entries": []}
     for body in ({"from": -1, "to": 5}, {"from": 9, "to": 2}, {"from": "a", "to": 1}):
         assert await r.serve_get_blocks(body) == {"error": "bad_request"}
     assert await r.serve_get_blocks({"from": 2, "to": 2**63}) == {"entries": []}
-    assert reads == [(2, 3)]  # never a read past the head (2**64 does not even fit a key)
+    assert chain.store.reads == [
+        (2, 3)
+    ]  # never a read past the head (2**64 does not even fit a key)
 
 
 def test_cluster_files_with_the_admin_token_are_private(tmp_path: Path) -> None:

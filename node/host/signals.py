@@ -1,0 +1,109 @@
+"""Small shared objects the host's tasks use to signal each other, each with one owner.
+
+The driver, the committer, admission and the proposer meet here instead of in one big ``Node``:
+the core's proposal requests and the proposer's wake-up (``ProposalQueue``), the chain head that
+catch-up waits on (``Head``), the core's "pending work" flag (``PendingFlag``) and the /ws
+subscribers (``Subscribers``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from consensus.api import Event, Pending
+
+log = logging.getLogger(__name__)
+
+Inbox = asyncio.Queue[Event]
+Publish = Callable[[dict[str, Any]], None]
+
+
+class ProposalQueue:
+    """The core's ``RequestProposal``s in order, and the event that wakes the proposer."""
+
+    def __init__(self) -> None:
+        self.requests: deque[tuple[int, int]] = deque()
+        self._wake = asyncio.Event()
+
+    def request(self, view: int, seq: int) -> None:
+        self.requests.append((view, seq))
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Something changed that may let a waiting request be filled (txs, a commit)."""
+        self._wake.set()
+
+    async def woken(self) -> None:
+        await self._wake.wait()
+        self._wake.clear()
+
+
+class Head:
+    """The chain head as other tasks wait on it; the committer calls ``advanced``."""
+
+    def __init__(self, height: Callable[[], int]) -> None:
+        self.height = height
+        self._changed = asyncio.Event()
+
+    def advanced(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, seq: int, timeout_s: float) -> bool:
+        """Wait until the chain reaches ``seq``; False on timeout (catch-up uses it)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.height() < seq:
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+class PendingFlag:
+    """Tells the core when the mempool starts or stops holding txs not yet in a proposal."""
+
+    def __init__(self, has_runnable: Callable[[], bool], inbox: Inbox) -> None:
+        self._has_runnable = has_runnable
+        self._inbox = inbox
+        self._pending = False
+
+    def update(self) -> None:
+        pending = self._has_runnable()
+        if pending != self._pending:
+            try:
+                self._inbox.put_nowait(Pending(pending))
+            except asyncio.QueueFull:
+                return  # the ticker tries again
+            self._pending = pending
+
+
+class Subscribers:
+    """The /ws subscribers' callbacks (node/api/ws.py); a subscriber's bug never stops us."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Publish] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.callbacks)
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for cb in list(self.callbacks):
+            try:
+                cb(event)
+            except Exception:  # a subscriber's bug must not stop commits
+                log.exception("subscriber_failed")
+
+    def subscribe(self, callback: Publish) -> Callable[[], None]:
+        subs = self.callbacks
+        subs.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in subs:
+                subs.remove(callback)
+
+        return unsubscribe

@@ -1,0 +1,193 @@
+"""The mempool side of the host: txs admitted, readmitted, waiting behind a held tx, regossiped.
+
+``TxFlow`` owns what happens around the mempool when txs enter or leave it outside a commit:
+admission's ``on_admitted`` callback, the screening's ``drop_waiting`` and ``on_unblocked``
+hooks (node/host/screening.py), a peer's ``dropped`` list, readmission of the txs of proposals a
+view change abandoned, and the mempool sent to a peer that (re)connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from node.chain.ledger import Account
+from node.chain.mempool import Mempool
+from node.chain.tx import Transaction
+from node.detect.quarantine import Held
+from node.errors import VigilError
+from node.host.metrics import Metrics
+from node.host.ports import PeerSender
+from node.host.resolver import TxResolver
+from node.host.screening import BLOCKER_REASONS
+from node.host.signals import PendingFlag, ProposalQueue, Subscribers
+from node.net.gossip import SeenCache
+
+log = logging.getLogger(__name__)
+
+REGOSSIP_TXS_MAX = 20_000  # mempool txs sent to a peer that (re)connects
+REGOSSIP_BATCH_TXS = 1000
+
+
+class ChainState(Protocol):
+    """What of node/chain/chain.py ``Chain`` decides whether a tx may enter the mempool."""
+
+    def is_committed(self, tx_hash: bytes) -> bool: ...
+
+    def read_account(self, address: bytes) -> Account | None: ...
+
+
+class HeldTxs(Protocol):
+    """What of node/host/screening.py ``Screening`` the mempool side asks."""
+
+    def known(self, tx_hash: bytes) -> bool: ...
+
+    def blocked_by(self, tx: Transaction) -> bytes | None: ...
+
+
+class TxFlow:
+    def __init__(
+        self,
+        *,
+        mempool: Mempool,
+        chain: ChainState,
+        txs: TxResolver,
+        screening: HeldTxs,
+        seen: SeenCache,
+        p2p: PeerSender,
+        proposals: ProposalQueue,
+        pending: PendingFlag,
+        subscribers: Subscribers,
+        metrics: Metrics,
+    ) -> None:
+        self.mempool = mempool
+        self.chain = chain
+        self.txs = txs
+        self.screening = screening
+        self.seen = seen
+        self.p2p = p2p
+        self.proposals = proposals
+        self.pending = pending
+        self.subscribers = subscribers
+        self.metrics = metrics
+
+    # --- admission callbacks ----------------------------------------------------------------
+
+    def on_admitted(self, txs: list[Transaction]) -> None:
+        # A tx that already sits in an uncommitted proposal is in flight, not proposable: else
+        # a primary that learns it by gossip after the NEW-VIEW re-proposed it would propose it
+        # a second time, and the backups refuse that block (proposal_invalid reason=replay).
+        self.mempool.mark_inflight(self.txs.in_flight(tx.hash for tx in txs))
+        self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
+        self.proposals.wake()
+        self.pending.update()
+        if self.subscribers:
+            for tx in txs:
+                self.subscribers.publish(self.tx_event(tx))
+
+    def tx_event(self, tx: Transaction) -> dict[str, Any]:
+        """A pending tx's /ws event: ``pending``, or ``waiting`` behind a held tx."""
+        event: dict[str, Any] = {"type": "tx", "hash": "0x" + tx.hash.hex(), "status": "pending"}
+        blocker = self.screening.blocked_by(tx)
+        if blocker is not None:
+            event.update(status="waiting", blocked_by="0x" + blocker.hex())
+        return event
+
+    # --- txs waiting behind a held tx (node/host/screening.py) --------------------------------
+
+    def drop_waiting(self, held: Held, reason: str) -> None:
+        """A held tx left the quarantine for good: its sender's later txs can never run. Fail
+        them here at once, and tell the other validators (a ``txs`` frame's ``dropped``)."""
+        sender, nonce = held.tx.sender_address, held.tx.nonce
+        self.fail_after(sender, nonce, reason)
+        self.p2p.broadcast({"t": "txs", "txs": [], "dropped": [[sender, nonce, reason]]})
+
+    def fail_after(self, sender: bytes, nonce: int, reason: str) -> int:
+        dropped = self.mempool.drop_after(sender, nonce)
+        for entry in dropped:
+            self.txs.dropped(entry.hash, reason)
+            self.metrics.txs_rejected_total.labels(reason=reason).inc()
+            if self.subscribers:
+                self.subscribers.publish(
+                    {
+                        "type": "tx",
+                        "hash": "0x" + entry.hash.hex(),
+                        "status": "rejected",
+                        "reason": reason,
+                    }
+                )
+        if dropped:
+            self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
+            log.info(
+                "waiting_txs_failed",
+                extra={"sender": sender.hex(), "after_nonce": nonce, "txs": len(dropped)},
+            )
+            self.pending.update()
+        return len(dropped)
+
+    def on_peer_dropped(self, items: list[Any]) -> None:
+        """A peer's held tx will never commit: drop what waits behind it here too, unless this
+        node has that nonce itself (then the later txs can still run)."""
+        chain = self.chain
+        for item in items[:1000]:
+            if not (
+                isinstance(item, list)
+                and len(item) == 3
+                and isinstance(item[0], bytes)
+                and isinstance(item[1], int)
+                and isinstance(item[2], str)
+                and item[2] in BLOCKER_REASONS.values()
+            ):
+                continue
+            sender, nonce, reason = item
+            account = chain.read_account(sender)
+            if (account is not None and account.nonce > nonce) or self.mempool.has_nonce(
+                sender, nonce
+            ):
+                continue
+            self.fail_after(sender, nonce, reason)
+
+    def on_unblocked(self, held: Held) -> None:
+        """A released tx entered the mempool: what waited behind it is pending again."""
+        if self.subscribers:
+            for entry in self.mempool.later(held.tx.sender_address, held.tx.nonce):
+                self.subscribers.publish(self.tx_event(entry.tx))
+
+    # --- peers and view changes ---------------------------------------------------------------
+
+    def regossip(self, peer: int) -> None:
+        """Send a (re)connected peer what our mempool holds: gossip is not relayed, so txs
+        admitted while the link was down (a partition, a restart) would otherwise reach that
+        peer only if we proposed them. A primary lacking them never proposes them, and a
+        sender's later txs wait behind the missing nonce everywhere (issue 11, stranded txs).
+        Bounded; the peer drops what it has already seen without verifying it again.
+        """
+        raws = [e.tx.encode() for e in self.mempool.entries(REGOSSIP_TXS_MAX)]
+        for i in range(0, len(raws), REGOSSIP_BATCH_TXS):
+            self.p2p.send(peer, {"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]})
+
+    def readmit(self, txs: list[Transaction]) -> None:
+        """Txs of proposals a view change abandoned: back into our mempool if missing.
+
+        Their signatures were checked when they reached us. The mempool's own rules apply (a
+        nonce consumed meanwhile, a full mempool): a refused one simply stays out.
+        """
+        chain = self.chain
+        if not txs:
+            return
+        back: list[Transaction] = []
+        now = asyncio.get_running_loop().time()
+        for tx in txs:
+            h = tx.hash
+            if h in self.mempool or chain.is_committed(h) or self.screening.known(h):
+                continue
+            try:
+                self.mempool.add(tx, h, now)
+            except VigilError:
+                continue
+            self.seen.add(h)
+            back.append(tx)
+        if back:
+            log.info("txs_readmitted", extra={"txs": len(back)})
+            self.on_admitted(back)
