@@ -9,6 +9,7 @@ on the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -81,7 +82,10 @@ class Committer:
             )
             self.metrics.storage_write_seconds.observe(applied.write_s)
             # Core contract (docs/consensus.md): the block is durable, the core may vote CHECKPOINT.
-            await self.inbox.put(Applied(c.seq))
+            # Never wait on a full inbox here (the driver may be waiting on the commit queue):
+            # the driver also feeds Applied from the durable head at every round.
+            with contextlib.suppress(asyncio.QueueFull):
+                self.inbox.put_nowait(Applied(c.seq))
             self.after_commit(applied, c, time.monotonic() - started)
 
     def after_commit(self, applied: AppliedBlock, c: Commit, took_s: float) -> None:

@@ -30,9 +30,11 @@ from typing import Any, Protocol, assert_never
 
 from consensus.api import (
     Action,
+    Applied,
     Broadcast,
     Commit,
     Dropped,
+    Event,
     FetchBlocks,
     Persist,
     Propose,
@@ -175,6 +177,7 @@ class Driver:
         actions: Actions,
         health: Health,
         metrics: Metrics,
+        durable_height: Callable[[], int],
     ) -> None:
         self.replica = replica
         self.inbox = inbox
@@ -186,13 +189,19 @@ class Driver:
         self.actions = actions
         self.health = health
         self.metrics = metrics
+        self.durable_height = durable_height
+        self._applied_fed = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            events = [await self.inbox.get()]
+            events: list[Event] = [await self.inbox.get()]
             while len(events) < ROUND_EVENTS_MAX and not self.inbox.empty():
                 events.append(self.inbox.get_nowait())
+            durable = self.durable_height()
+            if durable > self._applied_fed:  # also when the committer found the inbox full
+                self._applied_fed = durable
+                events.append(Applied(durable))
             actions: list[Action] = []
             for ev in events:
                 actions.extend(self.replica.step(ev))

@@ -335,6 +335,7 @@ class Node:
                 actions=actions,
                 health=self.health,
                 metrics=metrics,
+                durable_height=lambda: chain.height,
             ),
             committer=Committer(
                 commits=self.commits,

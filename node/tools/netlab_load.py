@@ -138,6 +138,7 @@ class Settlement:
     unsettled: Counter[str] = field(default_factory=Counter)  # entry node's status -> count
     examples: list[dict[str, Any]] = field(default_factory=list)
     waited_s: float = 0.0
+    rpc_errors: dict[int, str] = field(default_factory=dict)  # entry node -> last RPC failure
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,6 +149,7 @@ class Settlement:
             "unsettled": dict(self.unsettled),
             "examples": self.examples,
             "waited_s": round(self.waited_s, 1),
+            "rpc_errors": {str(k): v for k, v in sorted(self.rpc_errors.items())},
         }
 
 
@@ -193,7 +195,8 @@ def settle(lab: Lab, accepted: list[Accepted], deadline_s: float) -> Settlement:
             left_s = deadline_s - (time.monotonic() - started)
             try:
                 found = _statuses(lab, node, hashes, timeout_s=max(1.0, min(10.0, left_s)))
-            except RPC_ERRORS:
+            except RPC_ERRORS as exc:
+                result.rpc_errors[node] = f"{type(exc).__name__}: {exc}"[:200]
                 continue
             for h, tx in found.items():
                 status = "unknown" if tx is None else str(tx.get("status"))

@@ -106,7 +106,7 @@ def _final_failures(f: Final) -> list[str]:
         out.append(
             f"final: {sum(t.unsettled.values())} of {t.accepted} accepted txs neither committed"
             f" nor rejected {t.waited_s:.0f} s after the load stopped: {dict(t.unsettled)};"
-            f" e.g. {json.dumps(t.examples[:3])}"
+            f" RPC failures {t.rpc_errors}; e.g. {json.dumps(t.examples[:3])}"
         )
     if t.rejected_without_reason:
         out.append(f"final: {t.rejected_without_reason} txs rejected without a reason")
