@@ -94,7 +94,7 @@ __all__ = [
 ]
 
 SEED_DOMAIN = b"vigil/detector/seed/v1"
-MODEL_ID_DOMAIN = "vigil/detector/model/v1"
+MODEL_ID_DOMAIN = "vigil/detector/model/v2"  # v2: new-payee feature, gaps floored at blocks
 RECENT_SCORES_MAX = 2048
 RECENT_ROWS_MAX = 2048  # scored feature rows kept for the drift check
 

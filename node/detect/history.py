@@ -39,7 +39,8 @@ PACE_EVENTS_MAX = 200_000  # txs remembered for the network's pace (the last RAT
 # not making a set for each of them is measurable on the admission path. Never added to.
 _EMPTY: set[bytes] = set()
 
-RawRow = tuple[float, float, float, float, float, float, float, float, float]
+RawRow = tuple[float, float, float, float, float, float, float, float, float, float]
+BLOCK_INTERVALS_MAX = 64  # recent block intervals behind the chain's block interval
 
 
 class TxLike(Protocol):
@@ -89,6 +90,7 @@ class TxContext(NamedTuple):
     rate_timestamps_ms: tuple[int, ...]  # sorted; every event at or after now - RATE_WINDOW_MS
     recent_receivers: int
     next_nonce: int
+    recent_new_payees: int = 0  # receivers new to the sender in RATE_WINDOW_MS, before this tx
 
     def facts(self) -> TxFacts:
         return TxFacts(self.amount, self.fee, self.is_anchor, self.timestamp_ms, self.nonce)
@@ -101,6 +103,7 @@ class TxContext(NamedTuple):
             self.rate_timestamps_ms,
             self.recent_receivers,
             self.next_nonce,
+            self.recent_new_payees,
         )
 
 
@@ -120,7 +123,8 @@ class _Account:
         self.tx_count = 0
         self.amounts: deque[int] = deque(maxlen=SENDER_AMOUNTS_MAX)
         self.median = math.nan  # of ``amounts``, kept on commit so scoring need not sort
-        self.events: deque[tuple[int, bytes]] = deque(maxlen=SENDER_EVENTS_MAX)
+        # (time, receiver, first payment of this sender to it)
+        self.events: deque[tuple[int, bytes, bool]] = deque(maxlen=SENDER_EVENTS_MAX)
         # Event times never went down (block times normally do not): the recent events are
         # then a suffix of ``events`` and scoring stops at the first older one.
         self.ordered = True
@@ -128,10 +132,10 @@ class _Account:
         self.last_ms: int | None = None
         self.next_nonce = 0
 
-    def add_event(self, timestamp_ms: int, receiver: bytes) -> None:
+    def add_event(self, timestamp_ms: int, receiver: bytes, new: bool) -> None:
         if self.events and timestamp_ms < self.events[-1][0]:
             self.ordered = False
-        self.events.append((timestamp_ms, receiver))
+        self.events.append((timestamp_ms, receiver, new))
 
 
 class _Pending(NamedTuple):
@@ -141,6 +145,7 @@ class _Pending(NamedTuple):
     timestamp_ms: int
     receiver: bytes
     nonce: int
+    new: bool  # the sender had not paid this receiver before
 
 
 class Pace:
@@ -151,20 +156,23 @@ class Pace:
     time order (block times, admission times); older ones leave from the front.
     """
 
-    __slots__ = ("_counts", "_events")
+    __slots__ = ("_counts", "_events", "_new")
 
     def __init__(self) -> None:
-        self._events: deque[tuple[int, bytes]] = deque()
+        self._events: deque[tuple[int, bytes, bool]] = deque()
         self._counts: dict[bytes, int] = {}
+        self._new = 0  # events that paid a receiver new to its sender
 
-    def add(self, timestamp_ms: int, sender: bytes) -> None:
-        self._events.append((timestamp_ms, sender))
+    def add(self, timestamp_ms: int, sender: bytes, new: bool = False) -> None:
+        self._events.append((timestamp_ms, sender, new))
         self._counts[sender] = self._counts.get(sender, 0) + 1
+        self._new += new
         if len(self._events) > PACE_EVENTS_MAX:
             self._pop()
 
     def _pop(self) -> None:
-        _, sender = self._events.popleft()
+        _, sender, new = self._events.popleft()
+        self._new -= new
         left = self._counts[sender] - 1
         if left:
             self._counts[sender] = left
@@ -180,6 +188,12 @@ class Pace:
         if not self._counts:
             return None
         return len(events) / len(self._counts)
+
+    def new_rate(self, now_ms: int) -> float | None:
+        """New receivers per sender active in ``(now - RATE_WINDOW_MS, now]``; None: none was."""
+        if self.rate(now_ms) is None:
+            return None
+        return self._new / len(self._counts)
 
 
 def _median(values: deque[int]) -> float | None:
@@ -209,6 +223,8 @@ class TxHistory:
         self._chain_fees: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
         self._committed_pace = Pace()  # block times of committed txs
         self._admitted_pace = Pace()  # admission times of txs scored here
+        self._last_block_ms: int | None = None
+        self._intervals: deque[int] = deque(maxlen=BLOCK_INTERVALS_MAX)
 
     def note_addresses(self, addresses: Sequence[bytes]) -> None:
         """Addresses known before any block (genesis accounts) are not "never seen"."""
@@ -233,27 +249,47 @@ class TxHistory:
             if receipts_ok is not None and not receipts_ok[i]:
                 continue  # skipped by execution: no state change, not ordinary traffic either
             acct = self._accounts.get(sender)
-            raws.append(self._raw(tx, acct, (), now)[0])
-            self._apply(tx, sender, acct, now)
-            self._committed_pace.add(now, sender)
+            raw, _, paid = self._raw(tx, acct, (), now)
+            raws.append(raw)
+            self._apply(tx, sender, acct, now, not paid)
+            self._committed_pace.add(now, sender, not paid)
         # The network's pace at the block's time, this block included (as scoring counts the
         # batch being scored): committed history only, so every node builds the same rows.
-        pace = self._committed_pace.rate(now)
-        rows = feature_rows(raws, replace(self.chain, sender_rate=pace)) if raws else None
+        pace = self._committed_pace
+        rows = (
+            feature_rows(
+                raws,
+                replace(self.chain, sender_rate=pace.rate(now), new_payee_rate=pace.new_rate(now)),
+            )
+            if raws
+            else None
+        )
+        if self._last_block_ms is not None:
+            self._intervals.append(max(0, now - self._last_block_ms))
+        self._last_block_ms = now if self._last_block_ms is None else max(now, self._last_block_ms)
+        interval = _median(self._intervals)
         if block.txs:
             self.chain = ChainHistory(
                 median_amount=_median(self._chain_amounts),
                 median_fee=_median(self._chain_fees),
+                block_interval_s=None if interval is None else interval / 1000.0,
             )
+        elif interval is not None:
+            self.chain = replace(self.chain, block_interval_s=interval / 1000.0)
         return rows
 
     def scoring_chain(self, now_ms: int) -> ChainHistory:
         """The chain summary for scoring at ``now_ms``, with the network's pace right now: the
         higher of the committed and the admitted pace (either may lag: blocks behind a load
         increase, admissions after a restart)."""
-        rates = (self._committed_pace.rate(now_ms), self._admitted_pace.rate(now_ms))
-        known = [r for r in rates if r is not None]
-        return replace(self.chain, sender_rate=max(known) if known else None)
+        paces = (self._committed_pace, self._admitted_pace)
+        rates = [r for r in (p.rate(now_ms) for p in paces) if r is not None]
+        news = [r for r in (p.new_rate(now_ms) for p in paces) if r is not None]
+        return replace(
+            self.chain,
+            sender_rate=max(rates) if rates else None,
+            new_payee_rate=max(news) if news else None,
+        )
 
     def admit(
         self, txs: Sequence[TxLike], now_ms: int, rows: bool
@@ -266,19 +302,23 @@ class TxHistory:
         for tx in txs:
             sender = tx.sender_address
             pending = self._pending_of(sender, now_ms)
+            acct = accounts.get(sender)
+            to = b"" if tx.kind != "transfer" else tx.to
             if rows:
-                raw, context = self._raw(tx, accounts.get(sender), pending, now_ms)
+                raw, context, paid = self._raw(tx, acct, pending, now_ms)
                 raws.append(raw)
                 contexts.append(context)
+            else:
+                paid = not to or (acct is not None and to in acct.receivers)
+                paid = paid or any(p.receiver == to for p in pending)
             tx_hash = tx.hash
             # A re-delivered tx counts once.
             if not pending or all(p.tx_hash != tx_hash for p in pending):
-                to = b"" if tx.kind != "transfer" else tx.to
-                pending.append(_Pending(tx_hash, now_ms, to, tx.nonce))
-                self._admitted_pace.add(now_ms, sender)
+                pending.append(_Pending(tx_hash, now_ms, to, tx.nonce, not paid))
+                self._admitted_pace.add(now_ms, sender, not paid)
         return raws, contexts
 
-    def _apply(self, tx: TxLike, sender: bytes, acct: _Account | None, now: int) -> None:
+    def _apply(self, tx: TxLike, sender: bytes, acct: _Account | None, now: int, new: bool) -> None:
         if acct is None:
             acct = _Account()
         _lru_touch(self._accounts, sender, acct, self.accounts_max)
@@ -291,12 +331,12 @@ class TxHistory:
         if tx.kind == "transfer":
             acct.amounts.append(tx.amount)
             acct.median = float(statistics.median(acct.amounts))
-            acct.add_event(now, tx.to)
+            acct.add_event(now, tx.to, new)
             _lru_touch(acct.receivers, tx.to, None, SENDER_RECEIVERS_MAX)
             _lru_touch(self._addresses, tx.to, None, self.addresses_max)
             self._chain_amounts.append(tx.amount)
         else:
-            acct.add_event(now, b"")
+            acct.add_event(now, b"", False)
 
     def _forget_pending(self, sender: bytes, tx_hash: bytes) -> None:
         queue = self._pending.get(sender)
@@ -326,10 +366,10 @@ class TxHistory:
 
     def _raw(
         self, tx: TxLike, acct: _Account | None, pending: Sequence[_Pending], now: int
-    ) -> tuple[RawRow, tuple[Any, ...]]:
+    ) -> tuple[RawRow, tuple[Any, ...], bool]:
         """The tx's ml.features.RAW_COLUMNS as seen at ``now`` (committed history plus
-        ``pending``), and the fields of its ``TxContext`` (a plain tuple: cheaper to make, and
-        most are never read). Called once per scored tx, so it touches only the sender's recent
+        ``pending``), the fields of its ``TxContext`` (a plain tuple: cheaper to make, and
+        most are never read), and whether the sender paid this receiver before (anchors: True). Called once per scored tx, so it touches only the sender's recent
         events and copies nothing."""
         is_anchor = tx.kind != "transfer"
         to = b"" if is_anchor else tx.to
@@ -339,6 +379,7 @@ class TxHistory:
         last: int | None = None
         rate_ts: list[int] = []  # at or after rate_from, for the reasons
         recent = 0  # in [rate_from, now], for the feature
+        new_payees = 0  # first payments to a receiver in [rate_from, now]
         distinct: set[bytes] = _EMPTY
         if acct is not None and acct.events:
             events = acct.events
@@ -346,9 +387,9 @@ class TxHistory:
                 last = events[-1][0]
                 scan: Any = reversed(events) if last >= horizon else ()
             else:
-                last = max(t for t, _ in events)
+                last = max(e[0] for e in events)
                 scan = events
-            for t, r in scan:
+            for t, r, new in scan:
                 if t < horizon:
                     if acct.ordered:
                         break
@@ -360,6 +401,7 @@ class TxHistory:
                 if t >= rate_from:
                     rate_ts.append(t)
                     recent += t <= now
+                    new_payees += new and t <= now
         next_nonce = acct.next_nonce if acct is not None else 0
         paid = acct is not None and not is_anchor and to in acct.receivers
         for p in pending:
@@ -376,6 +418,7 @@ class TxHistory:
                 if t >= rate_from:
                     rate_ts.append(t)
                     recent += t <= now
+                    new_payees += p.new and t <= now
         if is_anchor:
             novelty = 0.0
             receivers = len(distinct)
@@ -395,6 +438,7 @@ class TxHistory:
             float(fanout),
             float(tx.nonce - next_nonce),
             1.0 if is_anchor else 0.0,
+            float(new_payees + (not paid and not is_anchor)),
         )
         context = (
             tx.amount,
@@ -408,5 +452,6 @@ class TxHistory:
             tuple(sorted(rate_ts)) if rate_ts else (),
             receivers,
             next_nonce,
+            new_payees,
         )
-        return raw, context
+        return raw, context, paid or is_anchor

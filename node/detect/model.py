@@ -27,6 +27,7 @@ SUBSPACES: tuple[tuple[int, ...], ...] = tuple(
         ("log_amount",),
         ("amount_vs_sender",),
         ("rate_vs_network", "fanout_recent", "receiver_novelty"),
+        ("new_payees_vs_network",),
     )
 )
 SUBSPACE_TREES = 50
@@ -38,10 +39,26 @@ SUBSPACE_TREES = 50
 # keep the window from ever learning it. Not the gap, the nonce gap (0 on every committed row)
 # or the anchor flag either.
 EXTRAPOLATED: tuple[int, ...] = tuple(
-    INDEX[name] for name in ("log_amount", "amount_vs_sender", "fee_vs_typical", "fanout_recent")
+    INDEX[name]
+    for name in (
+        "log_amount",
+        "amount_vs_sender",
+        "fee_vs_typical",
+        "fanout_recent",
+        "new_payees_vs_network",
+    )
 )
-AMOUNT_COLUMNS = ("log_amount", "amount_vs_sender", "fee_vs_typical")
-AMOUNT_MARGIN = math.log2(10.0)  # log2 units: extrapolation starts at 10x the window's largest
+# Per column, how far above the window's largest value extrapolation starts (log2 units). Absolute
+# amounts and fees grow with the economy: 10x. A sender's amount relative to its own median
+# already has its own habit divided out, so 2x beyond the largest ratio seen is enough (an
+# inflating economy moves a median by far less than 2x in a window).
+AMOUNT_MARGINS = {
+    "log_amount": math.log2(10.0),
+    "amount_vs_sender": 1.0,
+    "fee_vs_typical": math.log2(10.0),
+}
+AMOUNT_COLUMNS = tuple(AMOUNT_MARGINS)
+AMOUNT_MARGIN = math.log2(10.0)
 MEMO_ROWS_MAX = 4096  # distinct subspace rows whose path lengths a model remembers
 
 
@@ -168,12 +185,13 @@ def calibrate(
         subspaces.append((cols, sub, exponent))
     upper = np.zeros(X.shape[1], dtype=np.bool_)
     upper[list(EXTRAPOLATED)] = True
-    # Amounts and fees extrapolate only past 10x the window's largest (AMOUNT_MARGIN in log2
+    # Amounts and fees extrapolate only past AMOUNT_MARGINS above the window's largest (log2
     # units): a payment somewhat larger than anything seen is growth, not an outlier, and a
     # small or degenerate window (all amounts 1 after a benchmark) says little about scale.
     # Fan-out has none: a burst to new addresses must stand out from its first few transfers.
     margin = np.zeros(X.shape[1])
-    margin[[INDEX[name] for name in AMOUNT_COLUMNS]] = AMOUNT_MARGIN
+    for name, slack in AMOUNT_MARGINS.items():
+        margin[INDEX[name]] = slack
     ranges = Ranges.of(X, upper, margin)
     sample = X[np.linspace(0, len(X) - 1, min(len(X), BASELINE_ROWS)).astype(np.intp)]
     baseline = forest.explain(sample).mean(axis=0)
