@@ -28,7 +28,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "nonce_gap",  # signed log2(1 + |nonce - next expected nonce|)
     "is_anchor",  # 1 for an anchor, 0 for a transfer
     # log2 of (1 + receivers new to the sender in RATE_WINDOW_MS, incl. this tx's) over
-    # (1 + the network's new receivers per active sender in that window)
+    # (1 + the network's new receivers per active sender in that window), at least 0
     "new_payees_vs_network",
 )
 N_FEATURES = len(FEATURE_NAMES)
@@ -166,7 +166,10 @@ def feature_rows(raw: npt.ArrayLike, chain: ChainHistory) -> npt.NDArray[np.floa
     out[:, 7] = np.copysign(np.log2(1.0 + np.abs(nonce_gap)), nonce_gap)
     out[:, 8] = anchor
     new_rate = max(0.0, chain.new_payee_rate or 0.0)
-    out[:, 9] = np.log2((1.0 + np.maximum(r[:, 9], 0.0)) / (1.0 + new_rate))
+    # Floored at 0: a sender paying no more new addresses than the network's average is ordinary
+    # whatever that average is (else the mass of rows at "none" would move with it, and a
+    # window of one regime would isolate every row of the next).
+    out[:, 9] = np.maximum(np.log2((1.0 + np.maximum(r[:, 9], 0.0)) / (1.0 + new_rate)), 0.0)
     return out
 
 

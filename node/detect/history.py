@@ -156,16 +156,22 @@ class Pace:
     time order (block times, admission times); older ones leave from the front.
     """
 
-    __slots__ = ("_counts", "_events", "_new")
+    __slots__ = ("_capped", "_counts", "_events", "_new")
 
     def __init__(self) -> None:
         self._events: deque[tuple[int, bytes, bool]] = deque()
         self._counts: dict[bytes, int] = {}
         self._new = 0  # events that paid a receiver new to its sender
+        # Sum over senders of min(count, SENDER_EVENTS_MAX): a sender's own recent count is read
+        # from at most that many events, so the pace it is compared with is capped alike (else
+        # at a pace above the cap every sender looks slower than the network).
+        self._capped = 0
 
     def add(self, timestamp_ms: int, sender: bytes, new: bool = False) -> None:
         self._events.append((timestamp_ms, sender, new))
-        self._counts[sender] = self._counts.get(sender, 0) + 1
+        count = self._counts.get(sender, 0)
+        self._counts[sender] = count + 1
+        self._capped += count < SENDER_EVENTS_MAX
         self._new += new
         if len(self._events) > PACE_EVENTS_MAX:
             self._pop()
@@ -173,6 +179,7 @@ class Pace:
     def _pop(self) -> None:
         _, sender, new = self._events.popleft()
         self._new -= new
+        self._capped -= self._counts[sender] <= SENDER_EVENTS_MAX
         left = self._counts[sender] - 1
         if left:
             self._counts[sender] = left
@@ -180,14 +187,15 @@ class Pace:
             del self._counts[sender]
 
     def rate(self, now_ms: int) -> float | None:
-        """Mean txs per sender active in ``(now - RATE_WINDOW_MS, now]``; None when none was."""
+        """Mean txs (at most SENDER_EVENTS_MAX each) per sender active in ``(now - RATE_WINDOW_MS,
+        now]``; None when none was."""
         horizon = now_ms - RATE_WINDOW_MS
         events = self._events
         while events and events[0][0] <= horizon:
             self._pop()
         if not self._counts:
             return None
-        return len(events) / len(self._counts)
+        return self._capped / len(self._counts)
 
     def new_rate(self, now_ms: int) -> float | None:
         """New receivers per sender active in ``(now - RATE_WINDOW_MS, now]``; None: none was."""
@@ -284,11 +292,12 @@ class TxHistory:
         increase, admissions after a restart)."""
         paces = (self._committed_pace, self._admitted_pace)
         rates = [r for r in (p.rate(now_ms) for p in paces) if r is not None]
-        news = [r for r in (p.new_rate(now_ms) for p in paces) if r is not None]
+        # New payees: committed only, as the training rows see them. Admitted txs include the
+        # would-be holds, and a fan-out must not raise the rate it is judged against.
         return replace(
             self.chain,
             sender_rate=max(rates) if rates else None,
-            new_payee_rate=max(news) if news else None,
+            new_payee_rate=self._committed_pace.new_rate(now_ms),
         )
 
     def admit(
@@ -433,7 +442,7 @@ class TxHistory:
             median,
             float(tx.fee),
             math.nan if last is None else (now - last) / 1000.0,
-            float(recent),
+            float(min(recent, SENDER_EVENTS_MAX)),
             novelty,
             float(fanout),
             float(tx.nonce - next_nonce),
