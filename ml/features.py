@@ -27,7 +27,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "fanout_recent",  # log2(1 + distinct receivers of the sender in FANOUT_WINDOW_MS, incl. this)
     "nonce_gap",  # signed log2(1 + |nonce - next expected nonce|)
     "is_anchor",  # 1 for an anchor, 0 for a transfer
-    # log2 of (1 + receivers new to the sender in RATE_WINDOW_MS, incl. this tx's) over
+    # log2 of (1 + receivers new to the sender in NEW_PAYEE_WINDOW_MS, incl. this tx's) over
     # (1 + the network's new receivers per active sender in that window), at least 0
     "new_payees_vs_network",
 )
@@ -40,6 +40,9 @@ GAP_CAP_S = 86_400.0  # a day: longer idle periods all look alike to the model
 # median block interval, capped here so that a quiet chain does not blur every gap.
 GAP_FLOOR_MAX_S = 10.0
 RATE_WINDOW_MS = 60_000
+# A sudden fan-out pays a dozen new addresses within seconds; over a minute, a busy day's
+# ordinary senders also pay a few new ones, and would hide it.
+NEW_PAYEE_WINDOW_MS = 30_000
 FANOUT_WINDOW_MS = 600_000
 
 
@@ -65,7 +68,7 @@ class SenderHistory:
     recent_timestamps_ms: tuple[int, ...] = ()
     recent_receivers: int = 0  # distinct receivers in FANOUT_WINDOW_MS, not counting this tx's
     next_nonce: int = 0
-    # Receivers it paid for the first time in the last RATE_WINDOW_MS, not counting this tx's.
+    # Receivers it paid for the first time in the last NEW_PAYEE_WINDOW_MS, not this tx's.
     recent_new_payees: int = 0
 
 
@@ -86,7 +89,8 @@ class ChainHistory:
     # The network's current pace: txs per active sender in the last RATE_WINDOW_MS (None: unknown,
     # taken as 1). A sender's rate and gap are features relative to it.
     sender_rate: float | None = None
-    # The network's receivers new to their sender, per active sender, in the last RATE_WINDOW_MS:
+    # The network's receivers new to their sender in the last NEW_PAYEE_WINDOW_MS, per sender
+    # active in that window:
     # an onboarding wave raises it for everyone, one account fanning out does not.
     new_payee_rate: float | None = None
     # Median interval between recent blocks (s): the resolution of committed gaps.
@@ -115,7 +119,7 @@ RAW_COLUMNS: tuple[str, ...] = (
     "fanout",  # distinct receivers in FANOUT_WINDOW_MS, including this tx's if new to the sender
     "nonce_gap",  # nonce minus the sender's next expected nonce
     "is_anchor",  # 1.0 or 0.0
-    "new_payees",  # receivers new to the sender in RATE_WINDOW_MS, including this tx's if new
+    "new_payees",  # receivers new to the sender in NEW_PAYEE_WINDOW_MS, incl. this tx's if new
 )
 N_RAW = len(RAW_COLUMNS)
 
@@ -271,7 +275,7 @@ def _phrase(
         n = sender.recent_new_payees + (1 if float(x[INDEX["receiver_novelty"]]) > 0.5 else 0)
         if n < 3:
             return None
-        return f"paid {n} addresses it never paid before in {_span(RATE_WINDOW_MS)}"
+        return f"paid {n} addresses it never paid before in {_span(NEW_PAYEE_WINDOW_MS)}"
     return None
 
 

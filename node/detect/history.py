@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from ml.features import (
     FANOUT_WINDOW_MS,
+    NEW_PAYEE_WINDOW_MS,
     RATE_WINDOW_MS,
     ChainHistory,
     SenderHistory,
@@ -90,7 +91,7 @@ class TxContext(NamedTuple):
     rate_timestamps_ms: tuple[int, ...]  # sorted; every event at or after now - RATE_WINDOW_MS
     recent_receivers: int
     next_nonce: int
-    recent_new_payees: int = 0  # receivers new to the sender in RATE_WINDOW_MS, before this tx
+    recent_new_payees: int = 0  # receivers new to the sender in NEW_PAYEE_WINDOW_MS, before this
 
     def facts(self) -> TxFacts:
         return TxFacts(self.amount, self.fee, self.is_anchor, self.timestamp_ms, self.nonce)
@@ -156,16 +157,20 @@ class Pace:
     time order (block times, admission times); older ones leave from the front.
     """
 
-    __slots__ = ("_capped", "_counts", "_events", "_new")
+    __slots__ = ("_capped", "_counts", "_events", "_new", "_short", "_short_counts", "_short_new")
 
     def __init__(self) -> None:
         self._events: deque[tuple[int, bytes, bool]] = deque()
         self._counts: dict[bytes, int] = {}
-        self._new = 0  # events that paid a receiver new to its sender
+        # The last NEW_PAYEE_WINDOW_MS alone: its txs, senders, and txs to a new receiver.
+        self._short: deque[tuple[int, bytes, bool]] = deque()
+        self._short_counts: dict[bytes, int] = {}
+        self._short_new = 0
         # Sum over senders of min(count, SENDER_EVENTS_MAX): a sender's own recent count is read
         # from at most that many events, so the pace it is compared with is capped alike (else
         # at a pace above the cap every sender looks slower than the network).
         self._capped = 0
+        self._new = 0  # txs in the window that paid a receiver new to their sender
 
     def add(self, timestamp_ms: int, sender: bytes, new: bool = False) -> None:
         self._events.append((timestamp_ms, sender, new))
@@ -173,6 +178,11 @@ class Pace:
         self._counts[sender] = count + 1
         self._capped += count < SENDER_EVENTS_MAX
         self._new += new
+        self._short.append((timestamp_ms, sender, new))
+        self._short_counts[sender] = self._short_counts.get(sender, 0) + 1
+        self._short_new += new
+        if len(self._short) > PACE_EVENTS_MAX:
+            self._pop_short()
         if len(self._events) > PACE_EVENTS_MAX:
             self._pop()
 
@@ -186,6 +196,15 @@ class Pace:
         else:
             del self._counts[sender]
 
+    def _pop_short(self) -> None:
+        _, sender, new = self._short.popleft()
+        self._short_new -= new
+        left = self._short_counts[sender] - 1
+        if left:
+            self._short_counts[sender] = left
+        else:
+            del self._short_counts[sender]
+
     def rate(self, now_ms: int) -> float | None:
         """Mean txs (at most SENDER_EVENTS_MAX each) per sender active in ``(now - RATE_WINDOW_MS,
         now]``; None when none was."""
@@ -198,10 +217,18 @@ class Pace:
         return self._capped / len(self._counts)
 
     def new_rate(self, now_ms: int) -> float | None:
-        """New receivers per sender active in ``(now - RATE_WINDOW_MS, now]``; None: none was."""
-        if self.rate(now_ms) is None:
+        """Txs to a receiver new to their sender, per sender active, in NEW_PAYEE_WINDOW_MS: the
+        higher of that window's own ratio and the RATE_WINDOW_MS ratio scaled down to it (the
+        short window alone is noisy when few senders are active); None when none was."""
+        long = self.rate(now_ms)
+        horizon = now_ms - NEW_PAYEE_WINDOW_MS
+        short = self._short
+        while short and short[0][0] <= horizon:
+            self._pop_short()
+        if long is None or not self._short_counts:
             return None
-        return self._new / len(self._counts)
+        scaled = self._new / len(self._counts) * NEW_PAYEE_WINDOW_MS / RATE_WINDOW_MS
+        return max(self._short_new / len(self._short_counts), scaled)
 
 
 def _median(values: deque[int]) -> float | None:
@@ -383,6 +410,7 @@ class TxHistory:
         is_anchor = tx.kind != "transfer"
         to = b"" if is_anchor else tx.to
         rate_from = now - RATE_WINDOW_MS
+        new_from = now - NEW_PAYEE_WINDOW_MS
         fanout_from = now - FANOUT_WINDOW_MS
         horizon = min(rate_from, fanout_from)
         last: int | None = None
@@ -410,7 +438,7 @@ class TxHistory:
                 if t >= rate_from:
                     rate_ts.append(t)
                     recent += t <= now
-                    new_payees += new and t <= now
+                    new_payees += new and new_from <= t <= now
         next_nonce = acct.next_nonce if acct is not None else 0
         paid = acct is not None and not is_anchor and to in acct.receivers
         for p in pending:
@@ -427,7 +455,7 @@ class TxHistory:
                 if t >= rate_from:
                     rate_ts.append(t)
                     recent += t <= now
-                    new_payees += p.new and t <= now
+                    new_payees += p.new and new_from <= t <= now
         if is_anchor:
             novelty = 0.0
             receivers = len(distinct)

@@ -26,7 +26,7 @@ SUBSPACES: tuple[tuple[int, ...], ...] = tuple(
     for names in (
         ("log_amount",),
         ("amount_vs_sender",),
-        ("rate_vs_network", "fanout_recent", "receiver_novelty"),
+        ("rate_vs_network", "new_payees_vs_network", "receiver_novelty"),
         ("new_payees_vs_network",),
     )
 )
@@ -57,6 +57,9 @@ AMOUNT_MARGINS = {
     "amount_vs_sender": 1.0,
     "fee_vs_typical": math.log2(10.0),
 }
+# Distinct receivers in 10 min: a sender one address above the window's busiest is not yet
+# a burst (the new-payee column, without a margin, sees those from their first few).
+FANOUT_MARGIN = 1.0
 AMOUNT_COLUMNS = tuple(AMOUNT_MARGINS)
 # Columns where only "more" is suspicious: a payment or fee far below the usual moves nothing
 # (the ledger's rules bound fees). They are floored at the window's median, in the window and in
@@ -136,7 +139,8 @@ class TrainedModel:
         missing = [i for i, key in enumerate(keys) if key not in memo]
         if missing:
             if len(memo) + len(missing) > MEMO_ROWS_MAX:
-                memo.clear()
+                memo.clear()  # and every row of this batch is computed again
+                missing = list(range(len(keys)))
             for i, h in zip(missing, forest.path_lengths(rows[missing]).tolist(), strict=True):
                 memo[keys[i]] = h
         return np.array([memo[key] for key in keys])
@@ -224,6 +228,7 @@ def calibrate(
     margin = np.zeros(X.shape[1])
     for name, slack in AMOUNT_MARGINS.items():
         margin[INDEX[name]] = slack
+    margin[INDEX["fanout_recent"]] = FANOUT_MARGIN
     ranges = Ranges.of(X, upper, margin)
     sample = X[np.linspace(0, len(X) - 1, min(len(X), BASELINE_ROWS)).astype(np.intp)]
     baseline = forest.explain(sample).mean(axis=0)
