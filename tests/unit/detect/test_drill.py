@@ -46,9 +46,9 @@ def test_scenario_parameters_are_checked() -> None:
         Scenario("steady", 0, scored_steps=0)
 
 
-@pytest.mark.parametrize("name", ["steady", "onboarding"])
-def test_short_replay_meets_the_floors(name: str) -> None:
-    # 160 scored steps: 4 cases of each kind per seed, next to ~1000 ordinary txs.
+def test_short_replay_meets_the_floors() -> None:
+    # 160 scored steps: 4 cases of each kind per seed, next to ~900 ordinary txs.
+    name = "steady"
     tallies = [asyncio.run(drill.replay(Scenario(name, seed, scored_steps=160))) for seed in (0, 1)]
     row = drill.summarize(name, tallies)
     assert row["ordinary"] > 1500
