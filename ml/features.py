@@ -27,8 +27,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "fanout_recent",  # log2(1 + distinct receivers of the sender in FANOUT_WINDOW_MS, incl. this)
     "nonce_gap",  # signed log2(1 + |nonce - next expected nonce|)
     "is_anchor",  # 1 for an anchor, 0 for a transfer
-    # log2 of (1 + receivers new to the sender in NEW_PAYEE_WINDOW_MS, incl. this tx's) over
-    # (1 + the network's new receivers per active sender in that window), at least 0
+    # log2 of (receivers new to the sender in NEW_PAYEE_WINDOW_MS, incl. this tx's; at least 1)
+    # over (1 + the network's new receivers per active sender in that window), at least 0
     "new_payees_vs_network",
 )
 N_FEATURES = len(FEATURE_NAMES)
@@ -170,10 +170,13 @@ def feature_rows(raw: npt.ArrayLike, chain: ChainHistory) -> npt.NDArray[np.floa
     out[:, 7] = np.copysign(np.log2(1.0 + np.abs(nonce_gap)), nonce_gap)
     out[:, 8] = anchor
     new_rate = max(0.0, chain.new_payee_rate or 0.0)
-    # Floored at 0: a sender paying no more new addresses than the network's average is ordinary
-    # whatever that average is (else the mass of rows at "none" would move with it, and a
-    # window of one regime would isolate every row of the next).
-    out[:, 9] = np.maximum(np.log2((1.0 + np.maximum(r[:, 9], 0.0)) / (1.0 + new_rate)), 0.0)
+    # One new payee is never a fan-out (max(n, 1)): a newcomer's first payment on a quiet chain
+    # (no network rate) must not look like one. Floored at 0: a sender paying no more new
+    # addresses than the network's average is ordinary whatever that average is (else the mass
+    # of rows at "none" would move with it, and a window of one regime would isolate every row
+    # of the next).
+    n_new = np.maximum(r[:, 9], 1.0)
+    out[:, 9] = np.maximum(np.log2(n_new / (1.0 + new_rate)), 0.0)
     return out
 
 

@@ -53,7 +53,7 @@ def f(name: str, *args: object) -> float:
 
 
 def test_names_are_fixed_and_unique() -> None:
-    assert len(set(FEATURE_NAMES)) == N_FEATURES == 9
+    assert len(set(FEATURE_NAMES)) == N_FEATURES == 10
 
 
 def test_log_amount() -> None:
