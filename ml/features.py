@@ -27,12 +27,22 @@ FEATURE_NAMES: tuple[str, ...] = (
     "fanout_recent",  # log2(1 + distinct receivers of the sender in FANOUT_WINDOW_MS, incl. this)
     "nonce_gap",  # signed log2(1 + |nonce - next expected nonce|)
     "is_anchor",  # 1 for an anchor, 0 for a transfer
+    # log2 of (receivers new to the sender in NEW_PAYEE_WINDOW_MS, incl. this tx's; at least 1)
+    # over (1 + the network's new receivers per active sender in that window), at least 0
+    "new_payees_vs_network",
 )
 N_FEATURES = len(FEATURE_NAMES)
 INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 GAP_CAP_S = 86_400.0  # a day: longer idle periods all look alike to the model
+# Gaps shorter than a block interval cannot be told apart on the committed chain (txs of one block
+# share its timestamp), so training rows and scored rows both see at least this one: the recent
+# median block interval, capped here so that a quiet chain does not blur every gap.
+GAP_FLOOR_MAX_S = 10.0
 RATE_WINDOW_MS = 60_000
+# A sudden fan-out pays a dozen new addresses within seconds; over a minute, a busy day's
+# ordinary senders also pay a few new ones, and would hide it.
+NEW_PAYEE_WINDOW_MS = 30_000
 FANOUT_WINDOW_MS = 600_000
 
 
@@ -58,6 +68,8 @@ class SenderHistory:
     recent_timestamps_ms: tuple[int, ...] = ()
     recent_receivers: int = 0  # distinct receivers in FANOUT_WINDOW_MS, not counting this tx's
     next_nonce: int = 0
+    # Receivers it paid for the first time in the last NEW_PAYEE_WINDOW_MS, not this tx's.
+    recent_new_payees: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,17 @@ class ChainHistory:
     # The network's current pace: txs per active sender in the last RATE_WINDOW_MS (None: unknown,
     # taken as 1). A sender's rate and gap are features relative to it.
     sender_rate: float | None = None
+    # The network's receivers new to their sender in the last NEW_PAYEE_WINDOW_MS, per sender
+    # active in that window:
+    # an onboarding wave raises it for everyone, one account fanning out does not.
+    new_payee_rate: float | None = None
+    # Median interval between recent blocks (s): the resolution of committed gaps.
+    block_interval_s: float | None = None
+
+
+def gap_floor_s(chain: ChainHistory) -> float:
+    """The shortest gap the features tell apart: the chain's block interval, capped."""
+    return min(max(chain.block_interval_s or 0.0, 0.0), GAP_FLOOR_MAX_S)
 
 
 def typical_gap_s(chain: ChainHistory) -> float:
@@ -96,6 +119,7 @@ RAW_COLUMNS: tuple[str, ...] = (
     "fanout",  # distinct receivers in FANOUT_WINDOW_MS, including this tx's if new to the sender
     "nonce_gap",  # nonce minus the sender's next expected nonce
     "is_anchor",  # 1.0 or 0.0
+    "new_payees",  # receivers new to the sender in NEW_PAYEE_WINDOW_MS, incl. this tx's if new
 )
 N_RAW = len(RAW_COLUMNS)
 
@@ -131,10 +155,13 @@ def feature_rows(raw: npt.ArrayLike, chain: ChainHistory) -> npt.NDArray[np.floa
         out[:, 2] = np.log2((1.0 + np.maximum(r[:, 2], 0.0)) / (1.0 + fee_ref))
     # Gap and rate relative to the network's current pace (a busy day is not an anomaly). An
     # account's first tx is not anomalous for that reason alone: it gets the typical gap.
-    typical_gap = typical_gap_s(chain)
+    # Both gaps are floored at the block interval: committed gaps are multiples of it, scored
+    # ones (admission times) are not, and the forest would isolate the in-between values.
+    floor = gap_floor_s(chain)
+    typical_gap = max(typical_gap_s(chain), floor)
     rate = max(1.0, chain.sender_rate or 1.0)
     gap = r[:, 3]
-    gap_s = np.where(np.isnan(gap), typical_gap, np.maximum(np.nan_to_num(gap), 0.0))
+    gap_s = np.where(np.isnan(gap), typical_gap, np.maximum(np.nan_to_num(gap), floor))
     out[:, 3] = np.log2((1.0 + np.minimum(gap_s, GAP_CAP_S)) / (1.0 + typical_gap))
     out[:, 4] = np.log2((1.0 + r[:, 4]) / (1.0 + rate))
     out[:, 5] = r[:, 5]
@@ -142,12 +169,20 @@ def feature_rows(raw: npt.ArrayLike, chain: ChainHistory) -> npt.NDArray[np.floa
     nonce_gap = r[:, 7]
     out[:, 7] = np.copysign(np.log2(1.0 + np.abs(nonce_gap)), nonce_gap)
     out[:, 8] = anchor
+    new_rate = max(0.0, chain.new_payee_rate or 0.0)
+    # One new payee is never a fan-out (max(n, 1)): a newcomer's first payment on a quiet chain
+    # (no network rate) must not look like one. Floored at 0: a sender paying no more new
+    # addresses than the network's average is ordinary whatever that average is (else the mass
+    # of rows at "none" would move with it, and a window of one regime would isolate every row
+    # of the next).
+    n_new = np.maximum(r[:, 9], 1.0)
+    out[:, 9] = np.maximum(np.log2(n_new / (1.0 + new_rate)), 0.0)
     return out
 
 
 def raw_row(
     tx: TxFacts, sender: SenderHistory, receiver: ReceiverHistory
-) -> tuple[float, float, float, float, float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float, float, float, float, float]:
     """One tx's RAW_COLUMNS from its summaries."""
     now = tx.timestamp_ms
     nan = math.nan
@@ -165,6 +200,7 @@ def raw_row(
         float(sender.recent_receivers + (1 if new_to_sender else 0)),
         float(tx.nonce - sender.next_nonce),
         1.0 if tx.is_anchor else 0.0,
+        float(sender.recent_new_payees + (1 if new_to_sender else 0)),
     )
 
 
@@ -238,6 +274,11 @@ def _phrase(
         return f"nonce is {gap:+d} from the account's next nonce" if gap else None
     if name == "is_anchor":
         return "anchor transaction" if v > 0.5 else None
+    if name == "new_payees_vs_network":
+        n = sender.recent_new_payees + (1 if float(x[INDEX["receiver_novelty"]]) > 0.5 else 0)
+        if n < 3:
+            return None
+        return f"paid {n} addresses it never paid before in {_span(NEW_PAYEE_WINDOW_MS)}"
     return None
 
 
@@ -271,6 +312,8 @@ def _beyond_phrase(
         return f"{base} (at most {_times(high)} in {last})"
     if name == "fanout_recent":
         return f"{base} (at most {round(2.0**high - 1.0)} in {last})"
+    if name == "new_payees_vs_network":
+        return f"{base} (at most {_times(high)} the network's rate in {last})"
     return base
 
 

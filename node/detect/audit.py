@@ -77,7 +77,7 @@ def explain(
     """The rebuilt model's score, threshold and reasons for a recorded feature vector."""
     x = np.array([list(features)], dtype=np.float64)
     scores, odds = model.score_detail(x)
-    excess = (model.forest.explain(x) - model.baseline)[0]
+    excess = model.contributions(x)[0]
     ctx = TxContext._make(context)
     found = reasons(
         x[0],

@@ -94,7 +94,7 @@ __all__ = [
 ]
 
 SEED_DOMAIN = b"vigil/detector/seed/v1"
-MODEL_ID_DOMAIN = "vigil/detector/model/v1"
+MODEL_ID_DOMAIN = "vigil/detector/model/v2"  # v2: new-payee feature, gaps floored at blocks
 RECENT_SCORES_MAX = 2048
 RECENT_ROWS_MAX = 2048  # scored feature rows kept for the drift check
 
@@ -459,11 +459,7 @@ class _Scored:
         self.model, self.X, self.odds, self.contexts, self.limit = model, X, odds, contexts, limit
         self.high = model.ranges.high if model.ranges is not None else None
         self.held_rows = np.flatnonzero(held)
-        self.excess_held = (
-            model.forest.explain(X[self.held_rows]) - model.baseline
-            if self.held_rows.size
-            else None
-        )
+        self.excess_held = model.contributions(X[self.held_rows]) if self.held_rows.size else None
 
     def reasons(self, i: int) -> tuple[str, ...]:
         model = self.model
@@ -471,7 +467,7 @@ class _Scored:
         if self.excess_held is not None and at < self.held_rows.size and self.held_rows[at] == i:
             excess = self.excess_held[at]
         else:
-            excess = (model.forest.explain(self.X[i : i + 1]) - model.baseline)[0]
+            excess = model.contributions(self.X[i : i + 1])[0]
         context = TxContext._make(self.contexts[i])
         found = reasons(
             self.X[i],

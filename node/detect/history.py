@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Protocol
 from ml.arrays import FloatArray
 from ml.features import (
     FANOUT_WINDOW_MS,
+    NEW_PAYEE_WINDOW_MS,
     RATE_WINDOW_MS,
     ChainHistory,
     SenderHistory,
@@ -36,7 +37,8 @@ PACE_EVENTS_MAX = 200_000  # txs remembered for the network's pace (the last RAT
 # not making a set for each of them is measurable on the admission path. Never added to.
 _EMPTY: set[bytes] = set()
 
-RawRow = tuple[float, float, float, float, float, float, float, float, float]
+RawRow = tuple[float, float, float, float, float, float, float, float, float, float]
+BLOCK_INTERVALS_MAX = 64  # recent block intervals behind the chain's block interval
 
 
 class TxLike(Protocol):
@@ -86,6 +88,7 @@ class TxContext(NamedTuple):
     rate_timestamps_ms: tuple[int, ...]  # sorted; every event at or after now - RATE_WINDOW_MS
     recent_receivers: int
     next_nonce: int
+    recent_new_payees: int = 0  # receivers new to the sender in NEW_PAYEE_WINDOW_MS, before this
 
     def facts(self) -> TxFacts:
         return TxFacts(self.amount, self.fee, self.is_anchor, self.timestamp_ms, self.nonce)
@@ -98,6 +101,7 @@ class TxContext(NamedTuple):
             self.rate_timestamps_ms,
             self.recent_receivers,
             self.next_nonce,
+            self.recent_new_payees,
         )
 
 
@@ -117,7 +121,8 @@ class _Account:
         self.tx_count = 0
         self.amounts: deque[int] = deque(maxlen=SENDER_AMOUNTS_MAX)
         self.median = math.nan  # of ``amounts``, kept on commit so scoring need not sort
-        self.events: deque[tuple[int, bytes]] = deque(maxlen=SENDER_EVENTS_MAX)
+        # (time, receiver, first payment of this sender to it)
+        self.events: deque[tuple[int, bytes, bool]] = deque(maxlen=SENDER_EVENTS_MAX)
         # Event times never went down (block times normally do not): the recent events are
         # then a suffix of ``events`` and scoring stops at the first older one.
         self.ordered = True
@@ -125,10 +130,10 @@ class _Account:
         self.last_ms: int | None = None
         self.next_nonce = 0
 
-    def add_event(self, timestamp_ms: int, receiver: bytes) -> None:
+    def add_event(self, timestamp_ms: int, receiver: bytes, new: bool) -> None:
         if self.events and timestamp_ms < self.events[-1][0]:
             self.ordered = False
-        self.events.append((timestamp_ms, receiver))
+        self.events.append((timestamp_ms, receiver, new))
 
 
 class _Pending(NamedTuple):
@@ -138,6 +143,7 @@ class _Pending(NamedTuple):
     timestamp_ms: int
     receiver: bytes
     nonce: int
+    new: bool  # the sender had not paid this receiver before
 
 
 class Pace:
@@ -148,35 +154,78 @@ class Pace:
     time order (block times, admission times); older ones leave from the front.
     """
 
-    __slots__ = ("_counts", "_events")
+    __slots__ = ("_capped", "_counts", "_events", "_new", "_short", "_short_counts", "_short_new")
 
     def __init__(self) -> None:
-        self._events: deque[tuple[int, bytes]] = deque()
+        self._events: deque[tuple[int, bytes, bool]] = deque()
         self._counts: dict[bytes, int] = {}
+        # The last NEW_PAYEE_WINDOW_MS alone: its txs, senders, and txs to a new receiver.
+        self._short: deque[tuple[int, bytes, bool]] = deque()
+        self._short_counts: dict[bytes, int] = {}
+        self._short_new = 0
+        # Sum over senders of min(count, SENDER_EVENTS_MAX): a sender's own recent count is read
+        # from at most that many events, so the pace it is compared with is capped alike (else
+        # at a pace above the cap every sender looks slower than the network).
+        self._capped = 0
+        self._new = 0  # txs in the window that paid a receiver new to their sender
 
-    def add(self, timestamp_ms: int, sender: bytes) -> None:
-        self._events.append((timestamp_ms, sender))
-        self._counts[sender] = self._counts.get(sender, 0) + 1
+    def add(self, timestamp_ms: int, sender: bytes, new: bool = False) -> None:
+        self._events.append((timestamp_ms, sender, new))
+        count = self._counts.get(sender, 0)
+        self._counts[sender] = count + 1
+        self._capped += count < SENDER_EVENTS_MAX
+        self._new += new
+        self._short.append((timestamp_ms, sender, new))
+        self._short_counts[sender] = self._short_counts.get(sender, 0) + 1
+        self._short_new += new
+        if len(self._short) > PACE_EVENTS_MAX:
+            self._pop_short()
         if len(self._events) > PACE_EVENTS_MAX:
             self._pop()
 
     def _pop(self) -> None:
-        _, sender = self._events.popleft()
+        _, sender, new = self._events.popleft()
+        self._new -= new
+        self._capped -= self._counts[sender] <= SENDER_EVENTS_MAX
         left = self._counts[sender] - 1
         if left:
             self._counts[sender] = left
         else:
             del self._counts[sender]
 
+    def _pop_short(self) -> None:
+        _, sender, new = self._short.popleft()
+        self._short_new -= new
+        left = self._short_counts[sender] - 1
+        if left:
+            self._short_counts[sender] = left
+        else:
+            del self._short_counts[sender]
+
     def rate(self, now_ms: int) -> float | None:
-        """Mean txs per sender active in ``(now - RATE_WINDOW_MS, now]``; None when none was."""
+        """Mean txs (at most SENDER_EVENTS_MAX each) per sender active in ``(now - RATE_WINDOW_MS,
+        now]``; None when none was."""
         horizon = now_ms - RATE_WINDOW_MS
         events = self._events
         while events and events[0][0] <= horizon:
             self._pop()
         if not self._counts:
             return None
-        return len(events) / len(self._counts)
+        return self._capped / len(self._counts)
+
+    def new_rate(self, now_ms: int) -> float | None:
+        """Txs to a receiver new to their sender, per sender active, in NEW_PAYEE_WINDOW_MS: the
+        higher of that window's own ratio and the RATE_WINDOW_MS ratio scaled down to it (the
+        short window alone is noisy when few senders are active); None when none was."""
+        long = self.rate(now_ms)
+        horizon = now_ms - NEW_PAYEE_WINDOW_MS
+        short = self._short
+        while short and short[0][0] <= horizon:
+            self._pop_short()
+        if long is None or not self._short_counts:
+            return None
+        scaled = self._new / len(self._counts) * NEW_PAYEE_WINDOW_MS / RATE_WINDOW_MS
+        return max(self._short_new / len(self._short_counts), scaled)
 
 
 def _median(values: deque[int]) -> float | None:
@@ -206,6 +255,8 @@ class TxHistory:
         self._chain_fees: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
         self._committed_pace = Pace()  # block times of committed txs
         self._admitted_pace = Pace()  # admission times of txs scored here
+        self._last_block_ms: int | None = None
+        self._intervals: deque[int] = deque(maxlen=BLOCK_INTERVALS_MAX)
 
     def note_addresses(self, addresses: Sequence[bytes]) -> None:
         """Addresses known before any block (genesis accounts) are not "never seen"."""
@@ -230,27 +281,48 @@ class TxHistory:
             if receipts_ok is not None and not receipts_ok[i]:
                 continue  # skipped by execution: no state change, not ordinary traffic either
             acct = self._accounts.get(sender)
-            raws.append(self._raw(tx, acct, (), now)[0])
-            self._apply(tx, sender, acct, now)
-            self._committed_pace.add(now, sender)
+            raw, _, paid = self._raw(tx, acct, (), now)
+            raws.append(raw)
+            self._apply(tx, sender, acct, now, not paid)
+            self._committed_pace.add(now, sender, not paid)
         # The network's pace at the block's time, this block included (as scoring counts the
         # batch being scored): committed history only, so every node builds the same rows.
-        pace = self._committed_pace.rate(now)
-        rows = feature_rows(raws, replace(self.chain, sender_rate=pace)) if raws else None
+        pace = self._committed_pace
+        rows = (
+            feature_rows(
+                raws,
+                replace(self.chain, sender_rate=pace.rate(now), new_payee_rate=pace.new_rate(now)),
+            )
+            if raws
+            else None
+        )
+        if self._last_block_ms is not None:
+            self._intervals.append(max(0, now - self._last_block_ms))
+        self._last_block_ms = now if self._last_block_ms is None else max(now, self._last_block_ms)
+        interval = _median(self._intervals)
         if block.txs:
             self.chain = ChainHistory(
                 median_amount=_median(self._chain_amounts),
                 median_fee=_median(self._chain_fees),
+                block_interval_s=None if interval is None else interval / 1000.0,
             )
+        elif interval is not None:
+            self.chain = replace(self.chain, block_interval_s=interval / 1000.0)
         return rows
 
     def scoring_chain(self, now_ms: int) -> ChainHistory:
         """The chain summary for scoring at ``now_ms``, with the network's pace right now: the
         higher of the committed and the admitted pace (either may lag: blocks behind a load
         increase, admissions after a restart)."""
-        rates = (self._committed_pace.rate(now_ms), self._admitted_pace.rate(now_ms))
-        known = [r for r in rates if r is not None]
-        return replace(self.chain, sender_rate=max(known) if known else None)
+        paces = (self._committed_pace, self._admitted_pace)
+        rates = [r for r in (p.rate(now_ms) for p in paces) if r is not None]
+        # New payees: committed only, as the training rows see them. Admitted txs include the
+        # would-be holds, and a fan-out must not raise the rate it is judged against.
+        return replace(
+            self.chain,
+            sender_rate=max(rates) if rates else None,
+            new_payee_rate=self._committed_pace.new_rate(now_ms),
+        )
 
     def admit(
         self, txs: Sequence[TxLike], now_ms: int, rows: bool
@@ -263,19 +335,23 @@ class TxHistory:
         for tx in txs:
             sender = tx.sender_address
             pending = self._pending_of(sender, now_ms)
+            acct = accounts.get(sender)
+            to = b"" if tx.kind != "transfer" else tx.to
             if rows:
-                raw, context = self._raw(tx, accounts.get(sender), pending, now_ms)
+                raw, context, paid = self._raw(tx, acct, pending, now_ms)
                 raws.append(raw)
                 contexts.append(context)
+            else:
+                paid = not to or (acct is not None and to in acct.receivers)
+                paid = paid or any(p.receiver == to for p in pending)
             tx_hash = tx.hash
             # A re-delivered tx counts once.
             if not pending or all(p.tx_hash != tx_hash for p in pending):
-                to = b"" if tx.kind != "transfer" else tx.to
-                pending.append(_Pending(tx_hash, now_ms, to, tx.nonce))
-                self._admitted_pace.add(now_ms, sender)
+                pending.append(_Pending(tx_hash, now_ms, to, tx.nonce, not paid))
+                self._admitted_pace.add(now_ms, sender, not paid)
         return raws, contexts
 
-    def _apply(self, tx: TxLike, sender: bytes, acct: _Account | None, now: int) -> None:
+    def _apply(self, tx: TxLike, sender: bytes, acct: _Account | None, now: int, new: bool) -> None:
         if acct is None:
             acct = _Account()
         _lru_touch(self._accounts, sender, acct, self.accounts_max)
@@ -288,12 +364,12 @@ class TxHistory:
         if tx.kind == "transfer":
             acct.amounts.append(tx.amount)
             acct.median = float(statistics.median(acct.amounts))
-            acct.add_event(now, tx.to)
+            acct.add_event(now, tx.to, new)
             _lru_touch(acct.receivers, tx.to, None, SENDER_RECEIVERS_MAX)
             _lru_touch(self._addresses, tx.to, None, self.addresses_max)
             self._chain_amounts.append(tx.amount)
         else:
-            acct.add_event(now, b"")
+            acct.add_event(now, b"", False)
 
     def _forget_pending(self, sender: bytes, tx_hash: bytes) -> None:
         queue = self._pending.get(sender)
@@ -323,19 +399,21 @@ class TxHistory:
 
     def _raw(
         self, tx: TxLike, acct: _Account | None, pending: Sequence[_Pending], now: int
-    ) -> tuple[RawRow, tuple[Any, ...]]:
+    ) -> tuple[RawRow, tuple[Any, ...], bool]:
         """The tx's ml.features.RAW_COLUMNS as seen at ``now`` (committed history plus
-        ``pending``), and the fields of its ``TxContext`` (a plain tuple: cheaper to make, and
-        most are never read). Called once per scored tx, so it touches only the sender's recent
+        ``pending``), the fields of its ``TxContext`` (a plain tuple: cheaper to make, and
+        most are never read), and whether the sender paid this receiver before (anchors: True). Called once per scored tx, so it touches only the sender's recent
         events and copies nothing."""
         is_anchor = tx.kind != "transfer"
         to = b"" if is_anchor else tx.to
         rate_from = now - RATE_WINDOW_MS
+        new_from = now - NEW_PAYEE_WINDOW_MS
         fanout_from = now - FANOUT_WINDOW_MS
         horizon = min(rate_from, fanout_from)
         last: int | None = None
         rate_ts: list[int] = []  # at or after rate_from, for the reasons
         recent = 0  # in [rate_from, now], for the feature
+        new_payees = 0  # first payments to a receiver in [rate_from, now]
         distinct: set[bytes] = _EMPTY
         if acct is not None and acct.events:
             events = acct.events
@@ -343,9 +421,9 @@ class TxHistory:
                 last = events[-1][0]
                 scan: Any = reversed(events) if last >= horizon else ()
             else:
-                last = max(t for t, _ in events)
+                last = max(e[0] for e in events)
                 scan = events
-            for t, r in scan:
+            for t, r, new in scan:
                 if t < horizon:
                     if acct.ordered:
                         break
@@ -357,6 +435,7 @@ class TxHistory:
                 if t >= rate_from:
                     rate_ts.append(t)
                     recent += t <= now
+                    new_payees += new and new_from <= t <= now
         next_nonce = acct.next_nonce if acct is not None else 0
         paid = acct is not None and not is_anchor and to in acct.receivers
         for p in pending:
@@ -373,6 +452,7 @@ class TxHistory:
                 if t >= rate_from:
                     rate_ts.append(t)
                     recent += t <= now
+                    new_payees += p.new and new_from <= t <= now
         if is_anchor:
             novelty = 0.0
             receivers = len(distinct)
@@ -387,11 +467,12 @@ class TxHistory:
             median,
             float(tx.fee),
             math.nan if last is None else (now - last) / 1000.0,
-            float(recent),
+            float(min(recent, SENDER_EVENTS_MAX)),
             novelty,
             float(fanout),
             float(tx.nonce - next_nonce),
             1.0 if is_anchor else 0.0,
+            float(new_payees + (not paid and not is_anchor)),
         )
         context = (
             tx.amount,
@@ -405,5 +486,6 @@ class TxHistory:
             tuple(sorted(rate_ts)) if rate_ts else (),
             receivers,
             next_nonce,
+            new_payees,
         )
-        return raw, context
+        return raw, context, paid or is_anchor

@@ -24,7 +24,8 @@ SUBSPACES: tuple[tuple[int, ...], ...] = tuple(
     for names in (
         ("log_amount",),
         ("amount_vs_sender",),
-        ("rate_vs_network", "fanout_recent", "receiver_novelty"),
+        ("rate_vs_network", "new_payees_vs_network", "receiver_novelty"),
+        ("new_payees_vs_network",),
     )
 )
 SUBSPACE_TREES = 50
@@ -36,10 +37,34 @@ SUBSPACE_TREES = 50
 # keep the window from ever learning it. Not the gap, the nonce gap (0 on every committed row)
 # or the anchor flag either.
 EXTRAPOLATED: tuple[int, ...] = tuple(
-    INDEX[name] for name in ("log_amount", "amount_vs_sender", "fee_vs_typical", "fanout_recent")
+    INDEX[name]
+    for name in (
+        "log_amount",
+        "amount_vs_sender",
+        "fee_vs_typical",
+        "fanout_recent",
+        "new_payees_vs_network",
+    )
 )
-AMOUNT_COLUMNS = ("log_amount", "amount_vs_sender", "fee_vs_typical")
-AMOUNT_MARGIN = math.log2(10.0)  # log2 units: extrapolation starts at 10x the window's largest
+# Per column, how far above the window's largest value extrapolation starts (log2 units). Absolute
+# amounts and fees grow with the economy: 10x. A sender's amount relative to its own median
+# already has its own habit divided out, so 2x beyond the largest ratio seen is enough (an
+# inflating economy moves a median by far less than 2x in a window).
+AMOUNT_MARGINS = {
+    "log_amount": math.log2(10.0),
+    "amount_vs_sender": 1.0,
+    "fee_vs_typical": math.log2(10.0),
+}
+# Distinct receivers in 10 min: a sender one address above the window's busiest is not yet
+# a burst (the new-payee column, without a margin, sees those from their first few).
+FANOUT_MARGIN = 1.0
+AMOUNT_COLUMNS = tuple(AMOUNT_MARGINS)
+# Columns where only "more" is suspicious: a payment or fee far below the usual moves nothing
+# (the ledger's rules bound fees). They are floored at the window's median, in the window and in
+# scored rows alike, so that 1-unit benchmark transfers after a window of payments in the
+# thousands are not isolated at the low edge (issue 13: bench after idle).
+ONE_SIDED: tuple[int, ...] = tuple(INDEX[name] for name in AMOUNT_COLUMNS)
+AMOUNT_MARGIN = math.log2(10.0)
 MEMO_ROWS_MAX = 4096  # distinct subspace rows whose path lengths a model remembers
 
 
@@ -59,6 +84,7 @@ class TrainedModel:
     rows: int
     subspaces: tuple[tuple[tuple[int, ...], IsolationForest, float], ...] = ()
     ranges: Ranges | None = None  # None: no extrapolation (plain forest scores)
+    floors: FloatArray | None = None  # per column, the least value the forests see (ONE_SIDED)
     # Path lengths of distinct rows already seen, per multi-column subspace: a cache (scoring
     # runs on the event loop only), so the model is still a value.
     memo: dict[int, dict[tuple[float, ...], float]] = field(
@@ -68,8 +94,21 @@ class TrainedModel:
     def score(self, X: FloatArray) -> FloatArray:
         return self.score_detail(X)[0]
 
+    def prepare(self, X: FloatArray) -> FloatArray:
+        """Feature rows as the forests see them: ONE_SIDED columns floored."""
+        if self.floors is None:
+            return X
+        out: FloatArray = np.maximum(X, self.floors)
+        return out
+
+    def contributions(self, X: FloatArray) -> FloatArray:
+        """Per row and feature, bits of isolation above the ordinary (``baseline``)."""
+        out: FloatArray = self.forest.explain(self.prepare(X)) - self.baseline
+        return out
+
     def score_detail(self, X: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Scores, and per row and column the chance an out-of-range value isolates at once."""
+        X = self.prepare(X)
         if self.ranges is None:
             odds = np.zeros(X.shape)
             s = self.forest.score(X)
@@ -98,7 +137,8 @@ class TrainedModel:
         missing = [i for i, key in enumerate(keys) if key not in memo]
         if missing:
             if len(memo) + len(missing) > MEMO_ROWS_MAX:
-                memo.clear()
+                memo.clear()  # and every row of this batch is computed again
+                missing = list(range(len(keys)))
             for i, h in zip(missing, forest.path_lengths(rows[missing]).tolist(), strict=True):
                 memo[keys[i]] = h
         return np.array([memo[key] for key in keys])
@@ -129,7 +169,7 @@ def train_model(
     score_floor: float,
 ) -> TrainedModel:
     """Fit and calibrate a model on the window ``X``. Pure and thread-safe."""
-    forest = IsolationForest(n_trees, sample_size, seed).fit(X)
+    forest = IsolationForest(n_trees, sample_size, seed).fit(np.maximum(X, floors_of(X)))
     return calibrate(
         forest,
         X,
@@ -138,6 +178,14 @@ def train_model(
         contamination=contamination,
         score_floor=score_floor,
     )
+
+
+def floors_of(X: FloatArray) -> FloatArray:
+    """Per column the floor of ``TrainedModel.prepare``: the median for ONE_SIDED, else -inf."""
+    floors = np.full(X.shape[1], -np.inf)
+    cols = list(ONE_SIDED)
+    floors[cols] = np.median(X[:, cols], axis=0)
+    return floors
 
 
 def calibrate(
@@ -149,7 +197,12 @@ def calibrate(
     contamination: float,
     score_floor: float,
 ) -> TrainedModel:
-    """A model around a forest fitted on ``X``: subspace forests, ranges, baseline, threshold."""
+    """A model around a forest fitted on ``X``: subspace forests, ranges, baseline, threshold.
+
+    ``X`` is the window as observed; ONE_SIDED columns are floored here (the forest should have
+    been fitted on the floored window, as ``train_model`` does)."""
+    floors = floors_of(X)
+    X = np.maximum(X, floors)
     # Masking: with ~8 informative columns a tx extreme in just one of them (a 1000x amount)
     # is isolated only in the trees that happen to split on that column early, so its score
     # sits among ordinary rows' tails. A small forest per key subspace catches it. Each
@@ -166,16 +219,18 @@ def calibrate(
         subspaces.append((cols, sub, exponent))
     upper = np.zeros(X.shape[1], dtype=np.bool_)
     upper[list(EXTRAPOLATED)] = True
-    # Amounts and fees extrapolate only past 10x the window's largest (AMOUNT_MARGIN in log2
+    # Amounts and fees extrapolate only past AMOUNT_MARGINS above the window's largest (log2
     # units): a payment somewhat larger than anything seen is growth, not an outlier, and a
     # small or degenerate window (all amounts 1 after a benchmark) says little about scale.
     # Fan-out has none: a burst to new addresses must stand out from its first few transfers.
     margin = np.zeros(X.shape[1])
-    margin[[INDEX[name] for name in AMOUNT_COLUMNS]] = AMOUNT_MARGIN
+    for name, slack in AMOUNT_MARGINS.items():
+        margin[INDEX[name]] = slack
+    margin[INDEX["fanout_recent"]] = FANOUT_MARGIN
     ranges = Ranges.of(X, upper, margin)
     sample = X[np.linspace(0, len(X) - 1, min(len(X), BASELINE_ROWS)).astype(np.intp)]
     baseline = forest.explain(sample).mean(axis=0)
-    model = TrainedModel(forest, 1.0, baseline, len(X), tuple(subspaces), ranges)
+    model = TrainedModel(forest, 1.0, baseline, len(X), tuple(subspaces), ranges, floors)
     # Training rows are inside the range by definition: their scores are the plain forests'.
     # The threshold is the combined score's tail quantile, extrapolated where the window is
     # too small for it (ml/calibration.py); contamination 0 holds nothing.

@@ -70,7 +70,7 @@ _AUDIT = codec.struct(
     {
         "model_id": codec.raw(32),
         "window": codec.list_of(codec.uint(), 5),
-        "features": codec.raw(8 * N_FEATURES),
+        "features": codec.raw(max_size=8 * 64),  # IEEE doubles, one per feature
         "score": codec.raw(8),
         "threshold": codec.raw(8),
         "context": codec.raw(max_size=2048),
@@ -160,7 +160,8 @@ def _encode_context(context: tuple[Any, ...]) -> bytes:
 
 def _decode_context(raw: bytes) -> tuple[Any, ...]:
     items = codec.decode(raw)
-    if not isinstance(items, list) or len(items) != 11:
+    # 11 fields before the new-payees count was added, 12 since.
+    if not isinstance(items, list) or len(items) not in (11, 12):
         raise CodecError("quarantine record: bad audit context")
     out: list[Any] = []
     for i, v in enumerate(items):
@@ -180,7 +181,7 @@ def _encode_audit(held: Held) -> bytes:
         {
             "model_id": held.model_id,
             "window": [w.history_from, w.first_height, w.last_height, w.rows, w.seed],
-            "features": struct.pack(f"<{N_FEATURES}d", *held.features),
+            "features": struct.pack(f"<{len(held.features)}d", *held.features),
             "score": _f64(held.score),
             "threshold": _f64(held.threshold),
             "context": _encode_context(held.context),
@@ -232,7 +233,7 @@ def decode_record(tx_hash: bytes, value: bytes) -> Held | Rejected:
             held.since_ms,
             a["model_id"],
             WindowSpec(*a["window"]),
-            tuple(struct.unpack(f"<{N_FEATURES}d", a["features"])),
+            tuple(struct.unpack(f"<{len(a['features']) // 8}d", a["features"])),
             _decode_context(a["context"]),
         )
     if m["state"] == "held":

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from common.codec import CodecError
 from common.crypto import to_hex
+from ml.features import N_FEATURES
 from node.chain.ledger import Receipt
 from node.chain.tx import Transaction, tx_hash_of
 from node.detect import audit
@@ -650,6 +651,12 @@ def explain_record(
     if held.window is None or not held.model_id or not held.features:
         raise VigilError(NOT_FOUND, "this hold has no audit record (held before model ids)")
     spec = held.window
+    if len(held.features) != N_FEATURES:
+        raise VigilError(
+            NOT_FOUND,
+            f"this hold was scored on {len(held.features)} features by an older detector, this one"
+            f" has {N_FEATURES}: its model cannot be rebuilt here",
+        )
 
     def blocks() -> Any:
         for h in range(spec.history_from, spec.last_height + 1):

@@ -25,9 +25,11 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -178,6 +180,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_one(name: str, seed: int) -> Tally:
+    """One scenario and seed, in this process (a worker of ``main``'s pool)."""
+    logging.basicConfig(level=logging.ERROR)
+    return asyncio.run(replay(Scenario(name, seed)))
+
+
 def _seeds(text: str) -> int:
     try:
         n = int(text)
@@ -216,21 +224,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=list(SCENARIOS),
         help=f"comma-separated, default all: {','.join(SCENARIOS)}",
     )
+    p.add_argument(
+        "--jobs",
+        type=_seeds,
+        default=max(1, os.cpu_count() or 1),
+        help="worker processes (default: one per CPU)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the node's warnings are counted in the table
     if args.start < 0:
         p.error("--start must be >= 0")
+    seeds = range(args.start, args.start + args.seeds)
+    for name in args.scenarios:
+        try:
+            Scenario(name, args.start)  # bad parameters: one line before any work starts
+        except ScenarioError as exc:
+            p.error(str(exc))
     started = time.monotonic()
     rows = []
-    for name in args.scenarios:
-        tallies = []
-        for seed in range(args.start, args.start + args.seeds):
-            try:
-                tallies.append(asyncio.run(replay(Scenario(name, seed))))
-            except ScenarioError as exc:
-                p.error(str(exc))
-        rows.append(summarize(name, tallies))
-        print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    # Seeds are independent: a process each (the replay is CPU-bound numpy and Python). The
+    # heaviest scenarios go first so that the pool does not end on one long straggler.
+    order = sorted(args.scenarios, key=lambda n: not n.startswith("bench"))
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {n: [pool.submit(run_one, n, seed) for seed in seeds] for n in order}
+        for name in args.scenarios:
+            rows.append(summarize(name, [f.result() for f in futures[name]]))
+            print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     missed = [m for r in rows for m in misses(r)]
     print(
         json.dumps(

@@ -116,3 +116,57 @@ def test_bad_records_are_dropped_on_load(tmp_path: Path) -> None:
 def test_config_bounds_are_checked() -> None:
     with pytest.raises(ValueError, match="positive"):
         Quarantine(None, ttl_ms=0)
+
+
+def held_from(key: SigningKey, nonce: int, since_ms: int) -> Held:
+    tx = make_transfer(key, "vigil-test", b"\x07" * 20, 10**9, 1, nonce)
+    return Held(tx, 0.9, 0.7, ("amount is 1000x the sender's median",), since_ms)
+
+
+def test_one_senders_flood_evicts_its_own_oldest_never_others() -> None:
+    flooder = SigningKey(hashlib.sha256(b"flooder").digest())
+    others = [SigningKey(hashlib.sha256(b"other-%d" % i).digest()) for i in range(3)]
+    evicted: list[Rejected] = []
+    q = Quarantine(None, txs_max=10, sender_txs_max=4, on_rejected=evicted.append)
+    mine = [held_from(k, 0, 100 + i) for i, k in enumerate(others)]
+    for h in mine:
+        q.hold(h, h.since_ms)
+    flood = [held_from(flooder, n, 1_000 + n) for n in range(50)]
+    for h in flood:
+        q.hold(h, h.since_ms)
+    # The others' holds (the oldest of all) are untouched; the flooder keeps its newest 4.
+    assert all(h.hash in q for h in mine)
+    assert [h.hash for h in q.held() if h.sender == flood[0].sender] == [h.hash for h in flood[-4:]]
+    assert len(evicted) == 46
+    assert {r.reason for r in evicted} == {FULL}
+    assert [r.held.hash for r in evicted] == [h.hash for h in flood[:46]]  # oldest first
+
+
+def test_count_bound_evicts_from_the_sender_holding_most_then_the_oldest() -> None:
+    keys = [SigningKey(hashlib.sha256(b"count-%d" % i).digest()) for i in range(6)]
+    q = Quarantine(None, txs_max=4)
+    a0, a1 = held_from(keys[0], 0, 10), held_from(keys[0], 1, 11)
+    b0, c0 = held_from(keys[1], 0, 5), held_from(keys[2], 0, 12)
+    for h in (b0, a0, a1, c0):
+        q.hold(h, h.since_ms)
+    d0 = held_from(keys[3], 0, 20)
+    q.hold(d0, 20)  # full: keys[0] holds the most, its oldest (a0) leaves
+    assert a0.hash not in q
+    assert all(h.hash in q for h in (b0, a1, c0, d0))
+    e0 = held_from(keys[4], 0, 30)
+    q.hold(e0, 30)  # nobody holds more than one: the oldest of all (b0) leaves
+    assert b0.hash not in q
+    assert len(q) == 4
+
+
+def test_byte_bound_is_kept() -> None:
+    keys = [SigningKey(hashlib.sha256(b"bytes-%d" % i).digest()) for i in range(8)]
+    one = held_from(keys[0], 0, 0).stored_bytes()
+    q = Quarantine(None, bytes_max=3 * one + one // 2)
+    hs = [held_from(k, 0, i) for i, k in enumerate(keys)]
+    for h in hs:
+        q.hold(h, h.since_ms)
+        assert q.size_bytes <= q.bytes_max
+    assert len(q) == 3
+    assert [h.hash for h in q.held()] == [h.hash for h in hs[-3:]]  # the oldest went first
+    assert q.size_bytes == sum(h.stored_bytes() for h in hs[-3:])

@@ -53,7 +53,7 @@ def f(name: str, *args: object) -> float:
 
 
 def test_names_are_fixed_and_unique() -> None:
-    assert len(set(FEATURE_NAMES)) == N_FEATURES == 9
+    assert len(set(FEATURE_NAMES)) == N_FEATURES == 10
 
 
 def test_log_amount() -> None:
@@ -199,3 +199,30 @@ def test_feature_rows_of_a_batch_equal_featurize_one_by_one() -> None:
             assert np.array_equal(row, featurize(*case, chain))
     with pytest.raises(ValueError, match="matrix"):
         feature_rows(np.zeros((2, 3)), CHAIN)
+
+
+def test_new_payees_against_the_network() -> None:
+    new = ReceiverHistory(seen_on_chain=True, paid_by_sender=False)
+    quiet = ChainHistory(median_amount=100.0, median_fee=10.0, sender_rate=2.0)
+    # One new payee is never a fan-out, even on a chain with no network rate.
+    assert f("new_payees_vs_network", tx(), regular(), new, quiet) == 0.0
+    assert f("new_payees_vs_network", tx(), regular(), KNOWN, quiet) == 0.0
+    # The 4th new payee in the window: log2(4) on a quiet chain, log2(4 / 2) when the network
+    # pays one new payee per sender in the same time.
+    fanning = regular(recent_new_payees=3)
+    assert f("new_payees_vs_network", tx(), fanning, new, quiet) == 2.0
+    busy = ChainHistory(median_amount=100.0, median_fee=10.0, sender_rate=2.0, new_payee_rate=1.0)
+    assert f("new_payees_vs_network", tx(), fanning, new, busy) == 1.0
+    # Never below 0: no more new payees than the network's average is ordinary.
+    assert f("new_payees_vs_network", tx(), regular(recent_new_payees=1), new, busy) == 0.0
+
+
+def test_gaps_below_the_block_interval_look_alike() -> None:
+    chain = ChainHistory(
+        median_amount=100.0, median_fee=10.0, sender_rate=60.0, block_interval_s=1.0
+    )
+    a = f("gap_vs_network", tx(), regular(last_timestamp_ms=NOW - 100), KNOWN, chain)
+    b = f("gap_vs_network", tx(), regular(last_timestamp_ms=NOW), KNOWN, chain)
+    c = f("gap_vs_network", tx(), regular(last_timestamp_ms=NOW - 1_000), KNOWN, chain)
+    assert a == b == c == 0.0  # the typical gap (1 s at 60 a minute) is floored alike
+    assert f("gap_vs_network", tx(), regular(last_timestamp_ms=NOW - 3_000), KNOWN, chain) == 1.0
