@@ -154,14 +154,16 @@ class Settlement:
 
 
 def _statuses(
-    lab: Lab, node: int, hashes: list[str], timeout_s: float = 10.0
-) -> dict[str, dict[str, Any] | None]:
-    """Each hash's tx_get result at ``node`` (None: unknown there); a chunk the node did not
-    answer in time is left out, so one slow answer does not hide the others."""
+    lab: Lab, node: int, hashes: list[str], timeout_s: float = 10.0, chunk_txs: int = 25
+) -> tuple[dict[str, dict[str, Any] | None], Exception | None]:
+    """Each hash's tx_get result at ``node`` (None: unknown there), and the last RPC failure.
+
+    A chunk the node did not answer in time is left out (and reported), so one slow answer does
+    not hide the others."""
     out: dict[str, dict[str, Any] | None] = {}
     failed: Exception | None = None
-    for start in range(0, len(hashes), 100):
-        chunk = hashes[start : start + 100]
+    for start in range(0, len(hashes), chunk_txs):
+        chunk = hashes[start : start + chunk_txs]
         try:
             answers = lab.rpc_batch(node, [("tx_get", [h]) for h in chunk], timeout_s=timeout_s)
         except RPC_ERRORS as exc:
@@ -169,9 +171,7 @@ def _statuses(
             continue
         for h, a in zip(chunk, answers, strict=True):
             out[h] = a.get("result")
-    if failed is not None and not out:
-        raise failed
-    return out
+    return out, failed
 
 
 def settle(lab: Lab, accepted: list[Accepted], deadline_s: float) -> Settlement:
@@ -193,11 +193,9 @@ def settle(lab: Lab, accepted: list[Accepted], deadline_s: float) -> Settlement:
             by_node.setdefault(node, []).append(h)
         for node, hashes in sorted(by_node.items()):
             left_s = deadline_s - (time.monotonic() - started)
-            try:
-                found = _statuses(lab, node, hashes, timeout_s=max(1.0, min(10.0, left_s)))
-            except RPC_ERRORS as exc:
-                result.rpc_errors[node] = f"{type(exc).__name__}: {exc}"[:200]
-                continue
+            found, failed = _statuses(lab, node, hashes, timeout_s=max(1.0, min(10.0, left_s)))
+            if failed is not None:
+                result.rpc_errors[node] = f"{type(failed).__name__}: {failed}"[:200]
             for h, tx in found.items():
                 status = "unknown" if tx is None else str(tx.get("status"))
                 last[h] = status
@@ -221,10 +219,7 @@ def settle(lab: Lab, accepted: list[Accepted], deadline_s: float) -> Settlement:
     for h, node in list(todo.items())[:5]:
         per_node = {}
         for i in range(lab.n):
-            try:
-                tx = _statuses(lab, i, [h], timeout_s=2.0)[h]
-            except RPC_ERRORS:
-                tx = None
+            tx = _statuses(lab, i, [h], timeout_s=2.0)[0].get(h)
             per_node[str(i)] = None if tx is None else tx.get("status")
         result.examples.append({"hash": h, "entry_node": node, "status_by_node": per_node})
     return result
