@@ -159,14 +159,6 @@ def test_nothing_outside_the_tools_imports_them() -> None:
 KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset(
         {
-            "consensus.checkpoint",
-            "consensus.normal",
-            "consensus.replica",
-            "consensus.viewchange_core",
-        }
-    ),
-    frozenset(
-        {
             "node.host.committer",
             "node.host.driver",
             "node.host.resolver",
