@@ -2,7 +2,7 @@
 later views it holds until it gets there (Castro and Liskov, OSDI 1999, section 4.4).
 
 Owners with pure methods; the transitions that move between views live in
-consensus/viewchange_core.py and call these.
+consensus/viewchange_core.py and consensus/retract.py and call these.
 """
 
 from __future__ import annotations
