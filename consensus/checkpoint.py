@@ -1,208 +1,157 @@
-"""The replica's execution, checkpoints, watermarks and catch-up (Castro and Liskov, section 4.3).
+"""Checkpoints (Castro and Liskov, OSDI 1999, section 4.3): the hash chain over executed seqs, our
+CHECKPOINT digests, others' CHECKPOINT votes, the stable checkpoint and the watermarks.
 
-Committed seqs are executed strictly in order, extending the checkpoint hash chain; every K-th
-one is announced with a CHECKPOINT, and 2f+1 matching ones make it stable, which moves the low
-watermark and garbage-collects the log below it. A replica that learns it is behind asks the
-host to fetch committed blocks. Kept apart from consensus/replica.py to keep each module small;
-these functions operate on the replica's state and append to the step's action list exactly
-like its own methods.
+Every K-th executed seq extends the chain into a checkpoint digest; we vote CHECKPOINT for it only
+once the host made the block durable (``Applied``), and 2f+1 matching votes make it stable, which
+moves the low watermark. The transitions that send and adopt live in consensus/execution.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
 from common import codec
 from consensus import messages as m
-from consensus.api import Action, Broadcast, Commit, FetchBlocks, FetchedEntry, Persist
-from consensus.certificate import CommitCertificate, verify_certificate
-from consensus.log import KEY_STABLE, Committed, slot_key, stable_record
-
-if TYPE_CHECKING:
-    from consensus.replica import Replica
+from consensus.viewchange import GENESIS_CHECKPOINT
 
 CHECKPOINTS_PER_SENDER_MAX = 4
 
 
-# --- execution ----------------------------------------------------------------------------
+class CheckpointTracker:
+    """Owns the stable checkpoint, the watermarks, our checkpoint digests and everyone's votes."""
 
+    def __init__(self, interval: int, log_window: int, quorum: int, committed_seq: int) -> None:
+        assert log_window >= 2 * interval > 0
+        self._interval = interval
+        self._log_window = log_window
+        self._quorum = quorum
+        self._stable_seq = 0
+        self._stable_digest = GENESIS_CHECKPOINT
+        self._stable_proof: m.Sigs = ()
+        # The hash chain after the last executed seq; unknown after a restart until resumed.
+        self._chain: bytes | None = GENESIS_CHECKPOINT if committed_seq == 0 else None
+        self._chain_at: dict[int, bytes] = {}  # own checkpoint digests above the stable one
+        self._votes: dict[int, dict[int, tuple[bytes, bytes]]] = {}  # sender -> seq -> vote
+        self._own: m.Checkpoint | None = None  # our latest CHECKPOINT
+        # Blocks the host reports durable (``Applied``); our CHECKPOINTs never go above it.
+        self._applied_seq = committed_seq
+        self._sent_seq = 0  # highest seq of a CHECKPOINT of ours sent
 
-def execute(r: Replica, out: list[Action]) -> None:
-    """Emit ``Commit`` for every committed seq right after the last one, strictly in order."""
-    while True:
-        seq = r._last_committed + 1
-        slot = r._slots.get(seq)
-        if slot is None or slot.committed is None:
-            return
-        done = slot.committed
-        if r._chain is not None:
-            r._chain = codec.sha256(r._chain + done.digest)
-        elif seq == r._stable_seq:
-            r._chain = r._stable_digest
-        done.chain = r._chain
-        if seq > r._stable_seq:
-            out.append(Persist(((slot_key(seq), slot.record()),)))
-        else:  # committed below a stable checkpoint we already hold: nothing left to keep
-            del r._slots[seq]
-            out.append(Persist(((slot_key(seq), None),)))
-        out.append(Commit(seq, done.view, done.digest, done.payload, done.certificate))
-        r._last_committed = seq
-        r._next_seq = max(r._next_seq, seq + 1)
-        r._last_progress_ms = r._now_ms
-        r._request_deadline_ms = None
-        r._backoff = 0
-        if seq % r._cfg.checkpoint_interval == 0 and r._chain is not None:
-            if seq > r._stable_seq:
-                r._chain_at[seq] = r._chain
-            if not r._checkpoint_after_applied:
-                r._applied_seq = max(r._applied_seq, seq)
-            send_due_checkpoints(r, out)
+    # --- the stable checkpoint and the watermarks ---------------------------------------------
 
+    @property
+    def stable_seq(self) -> int:
+        return self._stable_seq
 
-# --- checkpoints --------------------------------------------------------------------------
+    @property
+    def stable_digest(self) -> bytes:
+        return self._stable_digest
 
+    @property
+    def stable_proof(self) -> m.Sigs:
+        return self._stable_proof
 
-def on_applied(r: Replica, seq: int, out: list[Action]) -> None:
-    """The host's block for ``seq`` is durable: CHECKPOINTs up to it may go out now."""
-    if seq > r._applied_seq:
-        r._applied_seq = seq
-        send_due_checkpoints(r, out)
+    @property
+    def high_watermark(self) -> int:
+        return self._stable_seq + self._log_window
 
+    def in_window(self, seq: int) -> bool:
+        return self._stable_seq < seq <= self.high_watermark
 
-def send_due_checkpoints(r: Replica, out: list[Action]) -> None:
-    """Vote CHECKPOINT only for seqs the host has made durable (``Applied``).
+    def restore_stable(self, seq: int, digest: bytes, proof: m.Sigs) -> None:
+        self._stable_seq, self._stable_digest, self._stable_proof = seq, digest, proof
 
-    A stable checkpoint lets every replica delete its log up to that seq. Voting only for
-    durable blocks means a stable checkpoint always has 2f+1 replicas (f+1 honest) that store
-    every block up to it, so a crash cannot lose a block nobody can serve any more.
-    """
-    for seq in sorted(s for s in r._chain_at if r._checkpoint_sent < s <= r._applied_seq):
-        send_checkpoint(r, seq, r._chain_at[seq], out)
+    def adopt(self, seq: int, digest: bytes, proof: m.Sigs) -> bool:
+        """Make ``seq`` stable and forget everything at or below it; False if not above ours."""
+        if seq <= self._stable_seq:
+            return False
+        self._stable_seq, self._stable_digest, self._stable_proof = seq, digest, proof
+        self._chain_at = {s: d for s, d in self._chain_at.items() if s > seq}
+        for seqs in self._votes.values():
+            for old in [s for s in seqs if s <= seq]:
+                del seqs[old]
+        return True
 
+    # --- the hash chain -------------------------------------------------------------------------
 
-def send_checkpoint(r: Replica, seq: int, digest: bytes, out: list[Action]) -> None:
-    assert seq <= r._applied_seq, "CHECKPOINT for a block the host has not made durable"
-    if seq <= r._stable_seq:
-        return
-    r._chain_at[seq] = digest
-    r._checkpoint_sent = max(r._checkpoint_sent, seq)
-    cp = r._vote(m.Checkpoint(seq, digest, r._me))
-    r._own_checkpoint = cp
-    out.append(Broadcast(m.encode(cp)))
-    record_checkpoint(r, cp, out)
+    def resume_chain(self, committed_seq: int, chain_of_committed: bytes | None) -> None:
+        """After a restart: the chain at ``committed_seq``, from the stable checkpoint or our log."""
+        if self._chain is None:
+            if committed_seq == self._stable_seq:
+                self._chain = self._stable_digest
+            else:
+                self._chain = chain_of_committed
 
+    def extend(self, seq: int, digest: bytes) -> bytes | None:
+        """The chain after executing ``digest`` at ``seq`` (None while still unknown)."""
+        if self._chain is not None:
+            self._chain = codec.sha256(self._chain + digest)
+        elif seq == self._stable_seq:
+            self._chain = self._stable_digest
+        if seq % self._interval == 0 and self._chain is not None and seq > self._stable_seq:
+            self._chain_at[seq] = self._chain
+        return self._chain
 
-def on_checkpoint(r: Replica, cp: m.Checkpoint, out: list[Action]) -> None:
-    if cp.seq <= r._stable_seq:
-        return r._drop(out, "stale_checkpoint", cp.sender)
-    if cp.seq % r._cfg.checkpoint_interval != 0:
-        return r._drop(out, "bad_checkpoint_seq", cp.sender)
-    record_checkpoint(r, cp, out)
+    def is_checkpoint(self, seq: int) -> bool:
+        """``seq`` is a checkpoint whose digest we know (a CHECKPOINT of ours may be due)."""
+        return seq % self._interval == 0 and self._chain is not None
 
+    # --- our votes ------------------------------------------------------------------------------
 
-def record_checkpoint(r: Replica, cp: m.Checkpoint, out: list[Action]) -> None:
-    """Keep a few CHECKPOINT seqs per sender; 2f+1 matching ones make that seq stable."""
-    mine = r._checkpoints.setdefault(cp.sender, {})
-    known = mine.get(cp.seq)
-    if known is not None:
-        reason = "duplicate" if known[0] == cp.digest else "conflicting_vote"
-        return r._drop(out, reason, cp.sender)
-    mine[cp.seq] = (cp.digest, cp.sig)
-    while len(mine) > CHECKPOINTS_PER_SENDER_MAX:
-        del mine[min(mine)]
-    proof = tuple(
-        sorted(
-            (s, seqs[cp.seq][1])
-            for s, seqs in r._checkpoints.items()
-            if cp.seq in seqs and seqs[cp.seq][0] == cp.digest
+    def applied(self, seq: int) -> bool:
+        """The host's block for ``seq`` is durable; True when that is news."""
+        if seq <= self._applied_seq:
+            return False
+        self._applied_seq = seq
+        return True
+
+    def due(self) -> list[tuple[int, bytes]]:
+        """Our checkpoints not yet voted for, up to what the host made durable, in seq order."""
+        return [
+            (seq, self._chain_at[seq])
+            for seq in sorted(s for s in self._chain_at if self._sent_seq < s <= self._applied_seq)
+        ]
+
+    def sending(self, seq: int, digest: bytes) -> bool:
+        """We vote CHECKPOINT(seq, digest) now; False if ``seq`` is stable already."""
+        assert seq <= self._applied_seq, "CHECKPOINT for a block the host has not made durable"
+        if seq <= self._stable_seq:
+            return False
+        self._chain_at[seq] = digest
+        self._sent_seq = max(self._sent_seq, seq)
+        return True
+
+    def sent(self, cp: m.Checkpoint) -> None:
+        self._own = cp
+
+    @property
+    def own_unstable(self) -> m.Checkpoint | None:
+        """Our latest CHECKPOINT if it is not stable yet (worth resending)."""
+        own = self._own
+        return own if own is not None and own.seq > self._stable_seq else None
+
+    # --- everyone's votes -------------------------------------------------------------------------
+
+    def record(self, cp: m.Checkpoint) -> str | None:
+        """Keep a few CHECKPOINT seqs per sender; the reason to drop ``cp`` if it does not count."""
+        mine = self._votes.setdefault(cp.sender, {})
+        known = mine.get(cp.seq)
+        if known is not None:
+            return "duplicate" if known[0] == cp.digest else "conflicting_vote"
+        mine[cp.seq] = (cp.digest, cp.sig)
+        while len(mine) > CHECKPOINTS_PER_SENDER_MAX:
+            del mine[min(mine)]
+        return None
+
+    def proof(self, seq: int, digest: bytes) -> m.Sigs | None:
+        """2f+1 matching CHECKPOINT signatures for (seq, digest), sorted by sender, if we hold them."""
+        proof = tuple(
+            sorted(
+                (s, seqs[seq][1])
+                for s, seqs in self._votes.items()
+                if seq in seqs and seqs[seq][0] == digest
+            )
         )
-    )
-    if len(proof) >= r._quorum:
-        own = r._chain_at.get(cp.seq)
-        if own is not None and own != cp.digest:
-            return r._drop(out, "checkpoint_mismatch", cp.sender)
-        adopt_stable(r, cp.seq, cp.digest, proof, out)
+        return proof if len(proof) >= self._quorum else None
 
-
-def adopt_stable(r: Replica, seq: int, digest: bytes, proof: m.Sigs, out: list[Action]) -> None:
-    """Make ``seq`` the low watermark and drop everything at or below it (section 4.3)."""
-    if seq <= r._stable_seq:
-        return
-    r._stable_seq, r._stable_digest, r._stable_proof = seq, digest, proof
-    records: list[tuple[bytes, bytes | None]] = [(KEY_STABLE, stable_record(seq, digest, proof))]
-    for old in sorted(s for s in r._slots if s <= seq):
-        if old <= r._last_committed or r._slots[old].committed is None:
-            del r._slots[old]
-            records.append((slot_key(old), None))
-    r._chain_at = {s: d for s, d in r._chain_at.items() if s > seq}
-    for seqs in r._checkpoints.values():
-        for old in [s for s in seqs if s <= seq]:
-            del seqs[old]
-    out.append(Persist(tuple(records)))
-    r._next_seq = max(r._next_seq, seq + 1)
-    if r._last_committed < seq:
-        note_ahead(r, seq, tuple(i for i, _ in proof))
-        maybe_fetch(r, out, urgent=True)
-
-
-# --- falling behind -----------------------------------------------------------------------
-
-
-def note_ahead(r: Replica, seq: int, peers: Iterable[int]) -> None:
-    """Remember that ``seq`` is committed somewhere, and which peers can serve it."""
-    if seq > r._known_ahead:
-        r._known_ahead = seq
-    r._ahead_peers.update(p for p in peers if p != r._me)
-
-
-def maybe_fetch(r: Replica, out: list[Action], urgent: bool = False) -> None:
-    """Ask the host to fetch blocks we know are committed, after a grace period, rate-limited.
-
-    What peers' status reports (``_hint_ahead``) is fetched too, but unlike commits we saw it
-    does not count as work for the request timer: a hint never starts a view change.
-    """
-    ahead = max(r._known_ahead, r._hint_ahead)
-    if ahead <= r._last_committed:
-        r._fetch_deadline_ms = None
-        return
-    now = r._now_ms
-    delay = max(1, r._cfg.request_timeout_ms // 4)
-    due = r._last_progress_ms + delay
-    if not urgent and now < due:
-        r._fetch_deadline_ms = due
-        return
-    recent = r._last_fetch_ms is not None and now - r._last_fetch_ms < 2 * delay
-    if recent and r._last_fetch_to >= ahead:
-        r._fetch_deadline_ms = (r._last_fetch_ms or 0) + 2 * delay
-        return
-    r._last_fetch_ms = now
-    r._last_fetch_to = ahead
-    r._fetch_deadline_ms = now + 2 * delay
-    peers = tuple(sorted(r._ahead_peers))
-    out.append(FetchBlocks(r._last_committed + 1, ahead, peers))
-
-
-def on_fetched(r: Replica, entries: Iterable[FetchedEntry], out: list[Action]) -> None:
-    """Execute fetched entries in order; each needs a certificate matching its payload."""
-    for entry in sorted(entries, key=lambda e: e.seq):
-        if entry.seq <= r._last_committed:
-            continue
-        if entry.seq != r._last_committed + 1:
-            return r._drop(out, "fetched_gap")
-        if len(entry.payload) > r._cfg.payload_bytes_max:
-            return r._drop(out, "fetched_oversize")
-        try:
-            cert = CommitCertificate.decode(entry.certificate)
-        except codec.CodecError:
-            return r._drop(out, "fetched_bad_certificate")
-        if (
-            cert.seq != entry.seq
-            or m.payload_digest(entry.payload) != cert.digest
-            or not verify_certificate(cert, r._cfg.validators, r._cfg.chain_id, r._verify)
-        ):
-            return r._drop(out, "fetched_bad_certificate")
-        slot = r._slot(entry.seq)
-        if slot.committed is None or slot.committed.digest != cert.digest:
-            slot.committed = Committed(cert.view, cert.digest, entry.payload, entry.certificate)
-        execute(r, out)
+    def contradicts_ours(self, seq: int, digest: bytes) -> bool:
+        own = self._chain_at.get(seq)
+        return own is not None and own != digest

@@ -10,6 +10,7 @@ The host stores them verbatim and hands them back on restart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,100 @@ class Slot:
             c = v["committed"]
             slot.committed = Committed(c["view"], c["digest"], c["payload"], c["cert"], c["chain"])
         return slot
+
+
+class SlotLog:
+    """The slots between the watermarks, and the primary's proposal bookkeeping."""
+
+    def __init__(self) -> None:
+        self._slots: dict[int, Slot] = {}
+        self._next_seq = 1  # the next seq the primary asks the host a proposal for
+        self._requested: set[int] = set()  # seqs with a RequestProposal out
+
+    def get(self, seq: int) -> Slot | None:
+        return self._slots.get(seq)
+
+    def slot(self, seq: int) -> Slot:
+        """The slot at ``seq``, created empty if needed."""
+        slot = self._slots.get(seq)
+        if slot is None:
+            slot = self._slots[seq] = Slot(seq)
+        return slot
+
+    def restore(self, slot: Slot) -> None:
+        """A slot from the persisted log (restart)."""
+        self._slots[slot.seq] = slot
+
+    def in_order(self) -> list[Slot]:
+        return sorted(self._slots.values(), key=lambda s: s.seq)
+
+    def delete(self, seq: int) -> None:
+        del self._slots[seq]
+
+    def clear_votes(self) -> None:
+        """Votes from others count in one view only."""
+        for slot in self._slots.values():
+            slot.clear_votes()
+
+    def prepared(self, in_window: Callable[[int], bool]) -> tuple[PreparedCert, ...]:
+        """Our prepared certificates at seqs ``in_window``, in seq order (for a VIEW-CHANGE)."""
+        return tuple(
+            s.prepared
+            for _, s in sorted(self._slots.items())
+            if s.prepared is not None and in_window(s.seq)
+        )
+
+    def collect(self, stable_seq: int, committed_seq: int) -> list[int]:
+        """Forget the slots at or below a new stable checkpoint (those not yet executed and
+        committed stay, to be executed); the seqs forgotten, ascending."""
+        gone = [
+            seq
+            for seq in sorted(s for s in self._slots if s <= stable_seq)
+            if seq <= committed_seq or self._slots[seq].committed is None
+        ]
+        for seq in gone:
+            del self._slots[seq]
+        return gone
+
+    def has_work(self, view: int, committed_seq: int) -> bool:
+        """A PRE-PREPARE of ``view`` above our last commit is still open."""
+        return any(
+            s.pre_prepare is not None and s.pre_prepare.view == view
+            for seq, s in self._slots.items()
+            if seq > committed_seq
+        )
+
+    # --- proposals (primary) ------------------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def advance(self, seq: int) -> None:
+        """Never propose at or below ``seq - 1``."""
+        self._next_seq = max(self._next_seq, seq)
+
+    def restart_at(self, seq: int) -> None:
+        """A NEW-VIEW decided everything below ``seq``: propose from there."""
+        self._next_seq = seq
+
+    def take_next(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def requested(self, seq: int) -> None:
+        self._requested.add(seq)
+
+    def answered(self, seq: int) -> bool:
+        """A proposal for ``seq`` is one we asked for (and now no longer wait for)."""
+        if seq not in self._requested:
+            return False
+        self._requested.discard(seq)
+        return True
+
+    def forget_requests(self) -> None:
+        self._requested.clear()
 
 
 def retract_key(sender: int) -> bytes:

@@ -1,49 +1,188 @@
-"""The replica's normal case (Castro and Liskov, OSDI 1999, section 4.2): ordering to commit.
+"""The normal case (Castro and Liskov, OSDI 1999, section 4.2): ordering to commit.
 
 PRE-PREPARE (sent as primary, or accepted and validated as backup), PREPARE, COMMIT, and the
-commit certificate that makes a seq committed. Execution in seq order lives in
-consensus/checkpoint.py. Kept apart from consensus/replica.py to keep each module small; these
-functions operate on the replica's state and append to the step's action list exactly like its
-own methods. Every vote is persisted (``Persist`` first) before the message carrying it is sent.
+commit certificate that makes a seq committed; execution in seq order is consensus/execution.py.
+Every vote is persisted (``Persist`` first) before the message carrying it is sent.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from consensus import checkpoint
 from consensus import messages as m
+from consensus import quorum
 from consensus.api import NULL_DIGEST, Action, Broadcast, Persist, RequestProposal, Validate
 from consensus.certificate import CommitCertificate
-from consensus.log import Committed, Slot, slot_key
+from consensus.checkpoint import CheckpointTracker
+from consensus.context import Context
+from consensus.execution import Execution
+from consensus.fetch import FetchPlanner
+from consensus.log import Committed, Slot, SlotLog, slot_key
+from consensus.timers import ViewTimers
+from consensus.views import ViewState
 
-if TYPE_CHECKING:
-    from consensus.replica import Replica
 
+class NormalCase:
+    """The normal-case transitions of the view we are active in; owns whether the host has work."""
 
-# --- backups ------------------------------------------------------------------------------
+    def __init__(
+        self,
+        ctx: Context,
+        views: ViewState,
+        log: SlotLog,
+        checkpoints: CheckpointTracker,
+        fetch: FetchPlanner,
+        timers: ViewTimers,
+        execution: Execution,
+    ) -> None:
+        self._ctx = ctx
+        self._views = views
+        self._log = log
+        self._checkpoints = checkpoints
+        self._fetch = fetch
+        self._timers = timers
+        self._execution = execution
+        self._host_pending = False  # the last ``Pending`` said the host has transactions
 
+    @property
+    def host_pending(self) -> bool:
+        return self._host_pending
 
-def on_pre_prepare(r: Replica, pp: m.PrePrepare, out: list[Action]) -> None:
-    """Accept the primary's PRE-PREPARE for (view, seq) once; PREPARE after the host validates."""
-    if pp.sender != r._cfg.primary(pp.view):
-        return r._drop(out, "not_primary", pp.sender)
-    if m.payload_digest(pp.payload) != pp.digest:
-        return r._drop(out, "bad_digest", pp.sender)
-    slot = r._slot(pp.seq)
-    current = slot.pre_prepare
-    if current is not None and current.view == pp.view:
-        reason = "duplicate" if current.digest == pp.digest else "conflicting_pre_prepare"
-        return r._drop(out, reason, pp.sender)
-    if slot.committed is not None and slot.committed.digest != pp.digest:
-        return r._drop(out, "conflicts_committed", pp.sender)
-    accept_pre_prepare(slot, pp, validated=pp.digest == NULL_DIGEST)
-    if slot.validated:
-        send_prepare(r, slot, out)
-    else:
+    def on_pending(self, pending: bool) -> None:
+        self._host_pending = pending
+
+    # --- backups ------------------------------------------------------------------------------
+
+    def on_pre_prepare(self, pp: m.PrePrepare, out: list[Action]) -> None:
+        """Accept the primary's PRE-PREPARE for (view, seq) once; PREPARE after the host validates."""
+        ctx = self._ctx
+        if pp.sender != ctx.primary(pp.view):
+            return ctx.drop(out, "not_primary", pp.sender)
+        if m.payload_digest(pp.payload) != pp.digest:
+            return ctx.drop(out, "bad_digest", pp.sender)
+        slot = self._log.slot(pp.seq)
+        current = slot.pre_prepare
+        if current is not None and current.view == pp.view:
+            reason = "duplicate" if current.digest == pp.digest else "conflicting_pre_prepare"
+            return ctx.drop(out, reason, pp.sender)
+        if slot.committed is not None and slot.committed.digest != pp.digest:
+            return ctx.drop(out, "conflicts_committed", pp.sender)
+        accept_pre_prepare(slot, pp, validated=pp.digest == NULL_DIGEST)
+        if slot.validated:
+            self._send_prepare(slot, out)
+        else:
+            out.append(Persist(((slot_key(slot.seq), slot.record()),)))
+            out.append(Validate(pp.view, pp.seq, pp.digest, pp.payload))
+        self.check_slot(slot, out)
+
+    def _send_prepare(self, slot: Slot, out: list[Action]) -> None:
+        pp = slot.pre_prepare
+        assert pp is not None
+        assert pp.view == self._views.view
+        vote = self._ctx.vote(m.Prepare(pp.view, pp.seq, pp.digest, self._ctx.me))
+        slot.prepare_sent = True
+        slot.prepares[self._ctx.me] = (pp.digest, vote.sig)
         out.append(Persist(((slot_key(slot.seq), slot.record()),)))
-        out.append(Validate(pp.view, pp.seq, pp.digest, pp.payload))
-    check_slot(r, slot, out)
+        out.append(Broadcast(m.encode(vote)))
+
+    def on_vote(self, vote: m.Prepare | m.CommitVote, out: list[Action]) -> None:
+        """Count one PREPARE or COMMIT per sender per slot (current view only)."""
+        slot = self._log.slot(vote.seq)
+        if isinstance(vote, m.Prepare):
+            if vote.sender == self._ctx.primary(vote.view):
+                return self._ctx.drop(out, "prepare_from_primary", vote.sender)
+            votes = slot.prepares
+        else:
+            votes = slot.commits
+        reason = quorum.add_vote(votes, vote.sender, vote.digest, vote.sig)
+        if reason is not None:
+            return self._ctx.drop(out, reason, vote.sender)
+        self.check_slot(slot, out)
+
+    def on_verdict(
+        self, view: int, seq: int, digest: bytes, valid: bool, out: list[Action]
+    ) -> None:
+        """The host's answer to ``Validate``; stale verdicts (other view or digest) are ignored."""
+        slot = self._log.get(seq)
+        pp = None if slot is None else slot.pre_prepare
+        views = self._views
+        if slot is None or pp is None or not views.active or view != views.view:
+            return
+        if pp.view != view or pp.digest != digest or slot.validated or slot.rejected:
+            return
+        if not valid:
+            slot.rejected = True
+            return self._ctx.drop(out, "invalid_proposal", pp.sender)
+        slot.validated = True
+        self._send_prepare(slot, out)
+        self.check_slot(slot, out)
+
+    # --- quorums and the commit certificate ---------------------------------------------------
+
+    def check_slot(self, slot: Slot, out: list[Action]) -> None:
+        """Prepared: PRE-PREPARE plus 2f PREPAREs, so COMMIT. Committed: 2f+1 matching COMMITs."""
+        ctx = self._ctx
+        pp = slot.pre_prepare
+        view = self._views.view
+        if pp is not None and pp.view == view and slot.validated and not slot.commit_sent:
+            backers = quorum.prepare_backers(slot.prepares, pp.digest, ctx.primary(view))
+            if len(backers) >= ctx.quorum - 1:
+                slot.prepared = m.PreparedCert(
+                    view, slot.seq, pp.digest, pp.payload, pp.sig, backers
+                )
+                commit = ctx.vote(m.CommitVote(view, slot.seq, pp.digest, ctx.me))
+                slot.commit_sent = True
+                slot.commits[ctx.me] = (pp.digest, commit.sig)
+                out.append(Persist(((slot_key(slot.seq), slot.record()),)))
+                out.append(Broadcast(m.encode(commit)))
+        if slot.committed is None:
+            for digest in quorum.quorum_digests(slot.commits, ctx.quorum):
+                payload = payload_for(slot, digest)
+                if payload is None:
+                    self._fetch.note_ahead(slot.seq, tuple(sorted(slot.commits)))
+                    continue
+                sigs = quorum.signatures(slot.commits, digest)
+                cert = CommitCertificate(view, slot.seq, digest, sigs)
+                slot.committed = Committed(view, digest, payload, cert.encode())
+                self._timers.certificate_formed(ctx.now_ms)
+                if slot.seq > self._execution.committed_seq + 1:
+                    self._fetch.note_ahead(slot.seq - 1, tuple(sorted(slot.commits)))
+                break
+        self._execution.execute(out)
+
+    # --- the primary --------------------------------------------------------------------------
+
+    def on_propose(self, view: int, seq: int, payload: bytes, out: list[Action]) -> None:
+        """The host's answer to ``RequestProposal``: sign, persist and broadcast the PRE-PREPARE."""
+        ctx = self._ctx
+        if view != self._views.view or not self._views.active or not self._log.answered(seq):
+            return
+        if len(payload) > ctx.cfg.payload_bytes_max:
+            return ctx.drop(out, "proposal_oversize", ctx.me)
+        pp = ctx.vote(m.PrePrepare(view, seq, m.payload_digest(payload), payload, ctx.me))
+        slot = self._log.slot(seq)
+        if slot.pre_prepare is not None and slot.pre_prepare.view == view:
+            return
+        accept_pre_prepare(slot, pp, validated=True)
+        out.append(Persist(((slot_key(seq), slot.record()),)))
+        out.append(Broadcast(m.encode(pp)))
+        self.check_slot(slot, out)
+
+    def request_proposals(self, out: list[Action]) -> None:
+        """As active primary with work pending, ask for seqs up to the pipeline depth and window."""
+        ctx, views, log = self._ctx, self._views, self._log
+        if not (views.active and self._host_pending and ctx.primary(views.view) == ctx.me):
+            return
+        limit = min(
+            self._execution.committed_seq + ctx.cfg.pipeline_depth,
+            self._checkpoints.high_watermark,
+        )
+        while log.next_seq <= limit:
+            seq = log.take_next()
+            slot = log.get(seq)
+            pp = None if slot is None else slot.pre_prepare
+            if pp is not None and pp.view == views.view:
+                continue
+            log.requested(seq)
+            out.append(RequestProposal(views.view, seq))
 
 
 def accept_pre_prepare(slot: Slot, pp: m.PrePrepare, validated: bool) -> None:
@@ -55,94 +194,6 @@ def accept_pre_prepare(slot: Slot, pp: m.PrePrepare, validated: bool) -> None:
     slot.commit_sent = False
 
 
-def send_prepare(r: Replica, slot: Slot, out: list[Action]) -> None:
-    pp = slot.pre_prepare
-    assert pp is not None
-    assert pp.view == r._view
-    vote = r._vote(m.Prepare(pp.view, pp.seq, pp.digest, r._me))
-    slot.prepare_sent = True
-    slot.prepares[r._me] = (pp.digest, vote.sig)
-    out.append(Persist(((slot_key(slot.seq), slot.record()),)))
-    out.append(Broadcast(m.encode(vote)))
-
-
-def on_vote(r: Replica, vote: m.Prepare | m.CommitVote, out: list[Action]) -> None:
-    """Count one PREPARE or COMMIT per sender per slot (current view only)."""
-    slot = r._slot(vote.seq)
-    if isinstance(vote, m.Prepare):
-        if vote.sender == r._cfg.primary(vote.view):
-            return r._drop(out, "prepare_from_primary", vote.sender)
-        votes = slot.prepares
-    else:
-        votes = slot.commits
-    known = votes.get(vote.sender)
-    if known is not None:
-        reason = "duplicate" if known[0] == vote.digest else "conflicting_vote"
-        return r._drop(out, reason, vote.sender)
-    votes[vote.sender] = (vote.digest, vote.sig)
-    check_slot(r, slot, out)
-
-
-def on_verdict(
-    r: Replica, view: int, seq: int, digest: bytes, valid: bool, out: list[Action]
-) -> None:
-    """The host's answer to ``Validate``; stale verdicts (other view or digest) are ignored."""
-    slot = r._slots.get(seq)
-    pp = None if slot is None else slot.pre_prepare
-    if slot is None or pp is None or not r._active or view != r._view:
-        return
-    if pp.view != view or pp.digest != digest or slot.validated or slot.rejected:
-        return
-    if not valid:
-        slot.rejected = True
-        return r._drop(out, "invalid_proposal", pp.sender)
-    slot.validated = True
-    send_prepare(r, slot, out)
-    check_slot(r, slot, out)
-
-
-# --- quorums and the commit certificate ---------------------------------------------------
-
-
-def check_slot(r: Replica, slot: Slot, out: list[Action]) -> None:
-    """Prepared: PRE-PREPARE plus 2f PREPAREs, so COMMIT. Committed: 2f+1 matching COMMITs."""
-    pp = slot.pre_prepare
-    view = r._view
-    if pp is not None and pp.view == view and slot.validated and not slot.commit_sent:
-        primary = r._cfg.primary(view)
-        backers = sorted(
-            (s, sig) for s, (d, sig) in slot.prepares.items() if d == pp.digest and s != primary
-        )
-        if len(backers) >= r._quorum - 1:
-            slot.prepared = m.PreparedCert(
-                view, slot.seq, pp.digest, pp.payload, pp.sig, tuple(backers)
-            )
-            commit = r._vote(m.CommitVote(view, slot.seq, pp.digest, r._me))
-            slot.commit_sent = True
-            slot.commits[r._me] = (pp.digest, commit.sig)
-            out.append(Persist(((slot_key(slot.seq), slot.record()),)))
-            out.append(Broadcast(m.encode(commit)))
-    if slot.committed is None and len(slot.commits) >= r._quorum:
-        tally: dict[bytes, int] = {}
-        for d, _ in slot.commits.values():
-            tally[d] = tally.get(d, 0) + 1
-        for digest, count in tally.items():
-            if count < r._quorum:
-                continue
-            payload = payload_for(slot, digest)
-            if payload is None:
-                checkpoint.note_ahead(r, slot.seq, tuple(sorted(slot.commits)))
-                continue
-            sigs = tuple(sorted((s, sig) for s, (d, sig) in slot.commits.items() if d == digest))
-            cert = CommitCertificate(view, slot.seq, digest, sigs)
-            slot.committed = Committed(view, digest, payload, cert.encode())
-            r._view_progress_ms = r._now_ms
-            if slot.seq > r._last_committed + 1:
-                checkpoint.note_ahead(r, slot.seq - 1, tuple(sorted(slot.commits)))
-            break
-    checkpoint.execute(r, out)
-
-
 def payload_for(slot: Slot, digest: bytes) -> bytes | None:
     """The payload behind ``digest``, if this slot has seen it (PRE-PREPARE or certificate)."""
     if slot.pre_prepare is not None and slot.pre_prepare.digest == digest:
@@ -150,40 +201,3 @@ def payload_for(slot: Slot, digest: bytes) -> bytes | None:
     if slot.prepared is not None and slot.prepared.digest == digest:
         return slot.prepared.payload
     return None
-
-
-# --- the primary --------------------------------------------------------------------------
-
-
-def on_propose(r: Replica, view: int, seq: int, payload: bytes, out: list[Action]) -> None:
-    """The host's answer to ``RequestProposal``: sign, persist and broadcast the PRE-PREPARE."""
-    if seq not in r._requested or view != r._view or not r._active:
-        return
-    r._requested.discard(seq)
-    if len(payload) > r._cfg.payload_bytes_max:
-        return r._drop(out, "proposal_oversize", r._me)
-    pp = r._vote(m.PrePrepare(view, seq, m.payload_digest(payload), payload, r._me))
-    slot = r._slot(seq)
-    if slot.pre_prepare is not None and slot.pre_prepare.view == view:
-        return
-    accept_pre_prepare(slot, pp, validated=True)
-    out.append(Persist(((slot_key(seq), slot.record()),)))
-    out.append(Broadcast(m.encode(pp)))
-    check_slot(r, slot, out)
-
-
-def request_proposals(r: Replica, out: list[Action]) -> None:
-    """As active primary with work pending, ask for seqs up to the pipeline depth and window."""
-    cfg = r._cfg
-    if not (r._active and r._host_pending and r.primary == r._me):
-        return
-    limit = min(r._last_committed + cfg.pipeline_depth, r._stable_seq + cfg.log_window)
-    while r._next_seq <= limit:
-        seq = r._next_seq
-        r._next_seq += 1
-        slot = r._slots.get(seq)
-        pp = None if slot is None else slot.pre_prepare
-        if pp is not None and pp.view == r._view:
-            continue
-        r._requested.add(seq)
-        out.append(RequestProposal(r._view, seq))

@@ -5,9 +5,10 @@ view changes section 4.4-4.5 with signed messages. Votes are persisted (``Persis
 action list) before the message that depends on them is sent, so a restarted replica neither
 contradicts a vote it cast nor forgets a prepared certificate or a commit.
 
-This module holds the state, restart, message intake and timers, and dispatches to the helpers:
-consensus/normal.py (PRE-PREPARE, PREPARE, COMMIT, the commit certificate), consensus/checkpoint.py
-(in-order execution, checkpoints, watermarks, fetching) and consensus/viewchange_core.py.
+``Replica`` wires the parts, restarts from the persisted records, takes messages in, dispatches
+them and runs the timers. State has one owner each (consensus/views.py, log.py, checkpoint.py,
+fetch.py, timers.py, retract.py, peers.py); the transitions are consensus/normal.py,
+execution.py, viewchange_core.py and retract.py.
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ import random
 from collections.abc import Iterable
 
 from common import codec
-from common.crypto import SigningKey
 from common.crypto import verify as crypto_verify
-from consensus import checkpoint, normal
 from consensus import messages as m
-from consensus import viewchange_core as vcc
 from consensus.api import (
     NULL_DIGEST,
     Action,
     Applied,
     Broadcast,
     ConsensusConfig,
-    Dropped,
     Event,
     Fetched,
     PeerStatus,
@@ -39,6 +36,10 @@ from consensus.api import (
     Validate,
     Verdict,
 )
+from consensus.checkpoint import CheckpointTracker
+from consensus.context import Context
+from consensus.execution import Execution
+from consensus.fetch import FetchPlanner
 from consensus.log import (
     KEY_NEW_VIEW,
     KEY_STABLE,
@@ -46,12 +47,16 @@ from consensus.log import (
     RETRACT_PREFIX,
     SLOT_PREFIX,
     Slot,
+    SlotLog,
     parse_retract_record,
     parse_stable_record,
     parse_view_record,
 )
+from consensus.normal import NormalCase
 from consensus.peers import PeerReports
-from consensus.viewchange import GENESIS_CHECKPOINT, Selection, select
+from consensus.timers import ViewTimers
+from consensus.viewchange_core import ViewChanger
+from consensus.views import FutureBuffer, ViewState
 
 FUTURE_PER_SENDER_MAX = 64  # buffered messages of a view we have not entered yet, per sender
 
@@ -71,7 +76,7 @@ class Replica:
 
     def _retract_quorum(self) -> int:
         """Acknowledgments (own included) a RETRACT needs before we return (2f+1)."""
-        return self._quorum
+        return self._ctx.quorum
 
     def __init__(
         self,
@@ -87,91 +92,84 @@ class Replica:
             raise ValueError("config.index is not a validator index")
         if config.log_window < 2 * config.checkpoint_interval:
             raise ValueError("log_window must be at least 2 * checkpoint_interval")
-        self._cfg = config
-        self._rng = rng
-        self._key = SigningKey(config.seed)
-        self._verify = verify
-        self._quorum = self._quorum_size(config)
-        self._me = config.index
-        self._now_ms = now_ms
-        self._view = 0
-        self._active = True  # False while changing to ``_view``
-        self._slots: dict[int, Slot] = {}
-        self._stable_seq = 0
-        self._stable_digest = GENESIS_CHECKPOINT
-        self._stable_proof: m.Sigs = ()
-        self._chain_at: dict[int, bytes] = {}  # own checkpoint digests above the stable one
-        self._last_committed = committed_seq
-        self._chain: bytes | None = GENESIS_CHECKPOINT if committed_seq == 0 else None
-        self._host_pending = False
-        self._next_seq = 1
-        self._requested: set[int] = set()
-        self._checkpoints: dict[int, dict[int, tuple[bytes, bytes]]] = {}
-        self._own_checkpoint: m.Checkpoint | None = None
-        self._view_changes: dict[int, m.ViewChange] = {}  # highest-view VIEW-CHANGE per sender
-        self._new_view: m.NewView | None = None
-        self._future: dict[int, list[m.SlotMessage]] = {}
-        self._request_deadline_ms: int | None = None
-        self._view_change_deadline_ms: int | None = None
-        self._view_change_timeout_ms = config.view_change_timeout_ms
-        self._view_change_armed = False
-        self._fetch_deadline_ms: int | None = None
-        self._backoff = 0
-        self._known_ahead = 0
-        self._ahead_peers: set[int] = set()
-        self._last_progress_ms = now_ms
-        self._last_fetch_ms: int | None = None
-        self._last_fetch_to = 0
-        self._timer_ms: int | None = None
-        self._startup: list[Action] = []
-        self._dropped: dict[str, int] = {}
-        # Blocks the host reports durable (``Applied``); our CHECKPOINTs never go above it.
-        self._applied_seq = committed_seq
-        self._checkpoint_sent = 0  # highest seq of a CHECKPOINT of ours sent
-        self._view_progress_ms: int | None = None  # last commit certificate formed in our view
-        # Leaving a view change nobody joined (consensus/viewchange_core.py, RETRACT).
-        self._entered = 0  # highest view we were ever active in: we never return below it
-        self._epoch = 0  # stamped on our VIEW-CHANGEs; a RETRACT voids epochs at or below its own
-        self._retracted: dict[int, tuple[int, int]] = {}  # sender -> (view, epoch) it voided
-        self._retract: m.Retract | None = None  # our RETRACT waiting for 2f+1 acknowledgments
-        self._retract_acks: set[int] = set()
-        self._retract_tries = 0
-        self._retract_new_view: tuple[m.NewView, Selection] | None = None  # of the RETRACT's view
-        self._inactive_since_ms = now_ms
+        cfg = config
+        self._ctx = ctx = Context(cfg, self._quorum_size(cfg), verify, now_ms)
+        self._views = ViewState()
+        self._log = SlotLog()
+        self._checkpoints = CheckpointTracker(
+            cfg.checkpoint_interval, cfg.log_window, ctx.quorum, committed_seq
+        )
+        self._fetch = FetchPlanner(cfg.index, cfg.request_timeout_ms, now_ms)
+        self._timers = ViewTimers(cfg.request_timeout_ms, cfg.view_change_timeout_ms, now_ms)
+        self._future = FutureBuffer(FUTURE_PER_SENDER_MAX)
         self._peers = PeerReports()
-        self._behind_since_ms: int | None = None  # f+1 peers report a view above ours since
-        self._hint_ahead = 0  # height f+1 peers report (PeerStatus): fetch, but no view change
+        self._execution = Execution(
+            ctx,
+            self._log,
+            self._checkpoints,
+            self._fetch,
+            self._timers,
+            committed_seq,
+            self._checkpoint_after_applied,
+        )
+        self._normal = NormalCase(
+            ctx,
+            self._views,
+            self._log,
+            self._checkpoints,
+            self._fetch,
+            self._timers,
+            self._execution,
+        )
+        self._view_changer = ViewChanger(
+            ctx,
+            rng,
+            self._views,
+            self._log,
+            self._checkpoints,
+            self._timers,
+            self._peers,
+            self._future,
+            self._execution,
+            self._dispatch,
+            use_prepared=self._use_prepared,
+            retract_when_alone=self._retract_when_alone,
+            refuse_retracted=self._refuse_retracted,
+            retract_quorum=self._retract_quorum(),
+        )
+        self._startup: list[Action] = []  # restart's actions, returned by the first step
         self._restore(list(records), committed_seq)
 
     # --- public view of the state ---------------------------------------------------------
 
     @property
     def view(self) -> int:
-        return self._view
+        return self._views.view
 
     @property
     def primary(self) -> int:
-        return self._cfg.primary(self._view)
+        return self._ctx.primary(self._views.view)
 
     @property
     def committed_seq(self) -> int:
-        return self._last_committed
+        return self._execution.committed_seq
 
     @property
     def stable_checkpoint(self) -> int:
-        return self._stable_seq
+        return self._checkpoints.stable_seq
 
     @property
     def view_active(self) -> bool:
-        return self._active
+        return self._views.active
 
     @property
     def dropped_counts(self) -> dict[str, int]:
-        return dict(self._dropped)
+        return self._ctx.dropped_counts
 
     # --- restart ----------------------------------------------------------------------------
 
     def _restore(self, records: list[tuple[bytes, bytes]], committed_seq: int) -> None:
+        ctx, views, log, checkpoints = self._ctx, self._views, self._log, self._checkpoints
         out = self._startup
         slots: list[Slot] = []
         new_view: bytes | None = None
@@ -179,60 +177,53 @@ class Replica:
             if key == KEY_NEW_VIEW:
                 new_view = value
             elif key == KEY_VIEW:
-                self._view, self._active, self._entered = parse_view_record(value)
+                views.restore(*parse_view_record(value))
             elif key.startswith(RETRACT_PREFIX):
                 sender = int.from_bytes(key[len(RETRACT_PREFIX) :], "big")
-                self._retracted[sender] = parse_retract_record(value)
+                self._view_changer.restore_retraction(sender, *parse_retract_record(value))
             elif key == KEY_STABLE:
-                seq, digest, proof = parse_stable_record(value)
-                self._stable_seq, self._stable_digest, self._stable_proof = seq, digest, proof
+                checkpoints.restore_stable(*parse_stable_record(value))
             elif key.startswith(SLOT_PREFIX):
                 slots.append(
                     Slot.from_record(int.from_bytes(key[len(SLOT_PREFIX) :], "big"), value)
                 )
-        if self._active:
-            self._entered = max(self._entered, self._view)
-        mine = self._retracted.get(self._me)
-        self._epoch = 0 if mine is None else mine[1] + 1
-        self._new_view = vcc.restore_new_view(self, new_view)
+        self._view_changer.restore(new_view)
+        stable_seq = checkpoints.stable_seq
         for slot in slots:
-            if slot.seq > self._stable_seq:
-                self._slots[slot.seq] = slot
-        if self._chain is None:
-            if committed_seq == self._stable_seq:
-                self._chain = self._stable_digest
-            else:
-                own = self._slots.get(committed_seq)
-                if own is not None and own.committed is not None:
-                    self._chain = own.committed.chain
+            if slot.seq > stable_seq:
+                log.restore(slot)
+        last = log.get(committed_seq)
+        checkpoints.resume_chain(
+            committed_seq, None if last is None or last.committed is None else last.committed.chain
+        )
         rebroadcast: list[Action] = []
-        for slot in sorted(self._slots.values(), key=lambda s: s.seq):
+        for slot in log.in_order():
             pp = slot.pre_prepare
-            if pp is None or pp.view != self._view:
+            if pp is None or pp.view != views.view:
                 continue
-            slot.validated = slot.prepare_sent or pp.sender == self._me or pp.digest == NULL_DIGEST
-            if pp.sender == self._me:
-                self._next_seq = max(self._next_seq, slot.seq + 1)
-            if not self._active:
+            slot.validated = slot.prepare_sent or pp.sender == ctx.me or pp.digest == NULL_DIGEST
+            if pp.sender == ctx.me:
+                log.advance(slot.seq + 1)
+            if not views.active:
                 continue
             if slot.prepare_sent:
-                vote = self._vote(m.Prepare(self._view, slot.seq, pp.digest, self._me))
-                slot.prepares[self._me] = (pp.digest, vote.sig)
+                vote = ctx.vote(m.Prepare(views.view, slot.seq, pp.digest, ctx.me))
+                slot.prepares[ctx.me] = (pp.digest, vote.sig)
                 rebroadcast.append(Broadcast(m.encode(vote)))
-            elif not slot.validated and slot.seq > self._last_committed:
+            elif not slot.validated and slot.seq > committed_seq:
                 out.append(Validate(pp.view, pp.seq, pp.digest, pp.payload))
             if slot.commit_sent:
-                commit = self._vote(m.CommitVote(self._view, slot.seq, pp.digest, self._me))
-                slot.commits[self._me] = (pp.digest, commit.sig)
+                commit = ctx.vote(m.CommitVote(views.view, slot.seq, pp.digest, ctx.me))
+                slot.commits[ctx.me] = (pp.digest, commit.sig)
                 rebroadcast.append(Broadcast(m.encode(commit)))
-        self._next_seq = max(self._next_seq, self._stable_seq + 1, self._last_committed + 1)
-        if self._last_committed < self._stable_seq:
-            checkpoint.note_ahead(self, self._stable_seq, (i for i, _ in self._stable_proof))
-            checkpoint.maybe_fetch(self, out, urgent=True)
-        checkpoint.execute(self, out)
+        log.advance(max(stable_seq + 1, committed_seq + 1))
+        if committed_seq < stable_seq:
+            self._fetch.note_ahead(stable_seq, (i for i, _ in checkpoints.stable_proof))
+            self._execution.maybe_fetch(out, urgent=True)
+        self._execution.execute(out)
         out.extend(rebroadcast)
-        if not self._active:
-            self._start_view_change(self._view, out, resend=True)
+        if not views.active:
+            self._view_changer.start_view_change(views.view, out, resend=True)
 
     # --- the step function ------------------------------------------------------------------
 
@@ -241,164 +232,109 @@ class Replica:
         self._startup = []
         match event:
             case Tick(now_ms):
-                self._now_ms = max(self._now_ms, now_ms)
+                self._ctx.advance(now_ms)
                 self._on_tick(out)
             case Received(sender, data):
                 self._on_received(sender, data, out)
             case Pending(pending):
-                self._host_pending = pending
+                self._normal.on_pending(pending)
             case Propose(view, seq, payload):
-                normal.on_propose(self, view, seq, payload, out)
+                self._normal.on_propose(view, seq, payload, out)
             case Verdict(view, seq, digest, valid):
-                normal.on_verdict(self, view, seq, digest, valid, out)
+                self._normal.on_verdict(view, seq, digest, valid, out)
             case Fetched(entries):
-                checkpoint.on_fetched(self, entries, out)
+                self._execution.on_fetched(entries, out)
             case Applied(seq):
-                checkpoint.on_applied(self, seq, out)
+                self._execution.on_applied(seq, out)
             case PeerStatus(sender, height, view):
                 self._on_peer_status(sender, height, view)
         self._after_step(out)
         return out
 
-    def _drop(self, out: list[Action], reason: str, sender: int | None = None) -> None:
-        self._dropped[reason] = self._dropped.get(reason, 0) + 1
-        out.append(Dropped(reason, sender))
-
-    def _vote(self, msg: m.MessageT) -> m.MessageT:
-        return m.sign(msg, self._key, self._cfg.chain_id)
-
-    def _slot(self, seq: int) -> Slot:
-        slot = self._slots.get(seq)
-        if slot is None:
-            slot = self._slots[seq] = Slot(seq)
-        return slot
-
-    def _in_window(self, seq: int) -> bool:
-        return self._stable_seq < seq <= self._stable_seq + self._cfg.log_window
-
     # --- receiving --------------------------------------------------------------------------
 
     def _on_received(self, sender: int, data: bytes, out: list[Action]) -> None:
-        cfg = self._cfg
+        ctx = self._ctx
+        cfg = ctx.cfg
         if not 0 <= sender < cfg.n:
-            return self._drop(out, "unknown_sender", None)
-        if sender == self._me:
-            return self._drop(out, "from_self", sender)
+            return ctx.drop(out, "unknown_sender", None)
+        if sender == ctx.me:
+            return ctx.drop(out, "from_self", sender)
         if len(data) > cfg.message_bytes_max:
-            return self._drop(out, "oversize", sender)
+            return ctx.drop(out, "oversize", sender)
         try:
             msg = m.decode(data, cfg.payload_bytes_max, cfg.message_bytes_max)
         except codec.CodecError:
-            return self._drop(out, "malformed", sender)
+            return ctx.drop(out, "malformed", sender)
         if msg.sender != sender:
-            return self._drop(out, "sender_mismatch", sender)
+            return ctx.drop(out, "sender_mismatch", sender)
         content = m.signing_content(msg, cfg.chain_id)
-        if not self._verify(cfg.validators[sender], m.domain(msg.kind), content, msg.sig):
-            return self._drop(out, "bad_signature", sender)
+        if not ctx.verify(cfg.validators[sender], m.domain(msg.kind), content, msg.sig):
+            return ctx.drop(out, "bad_signature", sender)
         self._dispatch(msg, out)
 
     def _dispatch(self, msg: m.Message, out: list[Action]) -> None:
+        views = self._views
         match msg:
             case m.PrePrepare() | m.Prepare() | m.CommitVote():
-                if msg.view < self._view:
-                    self._peers.working_in(msg.sender, msg.view, self._now_ms)
-                    return self._drop(out, "old_view", msg.sender)
-                if msg.view > self._view or not self._active:
+                if msg.view < views.view:
+                    self._peers.working_in(msg.sender, msg.view, self._ctx.now_ms)
+                    return self._ctx.drop(out, "old_view", msg.sender)
+                if msg.view > views.view or not views.active:
                     return self._buffer(msg, out)
-                if not self._in_window(msg.seq):
-                    return self._drop(out, "outside_watermarks", msg.sender)
+                if not self._checkpoints.in_window(msg.seq):
+                    return self._ctx.drop(out, "outside_watermarks", msg.sender)
                 if isinstance(msg, m.PrePrepare):
-                    return normal.on_pre_prepare(self, msg, out)
-                return normal.on_vote(self, msg, out)
+                    return self._normal.on_pre_prepare(msg, out)
+                return self._normal.on_vote(msg, out)
             case m.Checkpoint():
-                return checkpoint.on_checkpoint(self, msg, out)
+                return self._execution.on_checkpoint(msg, out)
             case m.ViewChange():
-                return self._on_view_change(msg, out)
+                return self._view_changer.on_view_change(msg, out)
             case m.NewView():
-                return self._on_new_view(msg, out)
+                return self._view_changer.on_new_view(msg, out)
             case m.Retract():
-                return vcc.on_retract(self, msg, out)
+                return self._view_changer.on_retract(msg, out)
             case m.RetractAck():
-                return vcc.on_retract_ack(self, msg, out)
+                return self._view_changer.on_retract_ack(msg, out)
 
     def _buffer(self, msg: m.SlotMessage, out: list[Action]) -> None:
-        queue = self._future.setdefault(msg.sender, [])
-        if len(queue) >= FUTURE_PER_SENDER_MAX:
-            return self._drop(out, "future_buffer_full", msg.sender)
-        queue.append(msg)
-        vcc.on_buffered(self, out)
+        if not self._future.add(msg):
+            return self._ctx.drop(out, "future_buffer_full", msg.sender)
+        self._view_changer.on_buffered(out)
 
     def _on_peer_status(self, sender: int, height: int, view: int) -> None:
         """A peer's (unsigned) status: remember it; ``_after_step`` decides what to do."""
-        if not 0 <= sender < self._cfg.n or sender == self._me:
+        ctx = self._ctx
+        if not 0 <= sender < ctx.cfg.n or sender == ctx.me:
             return
-        self._peers.status(sender, view, height, self._now_ms)
-        target, peers = self._peers.vouched_height(self._cfg.f)
-        if target > max(self._hint_ahead, self._last_committed):
-            self._hint_ahead = target
-            self._ahead_peers.update(peers)
+        self._peers.status(sender, view, height, ctx.now_ms)
+        target, peers = self._peers.vouched_height(ctx.cfg.f)
+        self._fetch.hint(target, peers, self._execution.committed_seq)
 
     # --- timers -----------------------------------------------------------------------------
 
     def _has_work(self) -> bool:
-        if self._host_pending or self._known_ahead > self._last_committed:
+        committed = self._execution.committed_seq
+        if self._normal.host_pending or self._fetch.behind(committed):
             return True
-        return any(
-            s.pre_prepare is not None and s.pre_prepare.view == self._view
-            for seq, s in self._slots.items()
-            if seq > self._last_committed
-        )
+        return self._log.has_work(self._views.view, committed)
 
     def _on_tick(self, out: list[Action]) -> None:
-        now = self._now_ms
-        if self._active:
-            if self._request_deadline_ms is not None and now >= self._request_deadline_ms:
-                progress = self._view_progress_ms
-                if progress is not None and now < progress + self._cfg.request_timeout_ms:
-                    # Commit certificates keep forming in this view (2f+1 replicas, so f+1
-                    # honest ones, vote in it): what we miss is fetched; leaving alone would
-                    # only strand us in a view nobody joins.
-                    self._request_deadline_ms = progress + self._cfg.request_timeout_ms
-                else:
-                    self._start_view_change(self._view + 1, out)
-        elif self._view_change_deadline_ms is not None and now >= self._view_change_deadline_ms:
-            vcc.on_view_change_timer(self, out)
-        if self._fetch_deadline_ms is not None and now >= self._fetch_deadline_ms:
-            checkpoint.maybe_fetch(self, out)
+        now = self._ctx.now_ms
+        if self._views.active:
+            if self._timers.request_timed_out(now):
+                self._view_changer.start_view_change(self._views.view + 1, out)
+        elif self._timers.view_change_timed_out(now):
+            self._view_changer.on_view_change_timer(out)
+        if self._fetch.due(now):
+            self._execution.maybe_fetch(out)
 
     def _after_step(self, out: list[Action]) -> None:
-        vcc.follow_peers(self, out)
-        normal.request_proposals(self, out)
-        if self._active and self._has_work():
-            if self._request_deadline_ms is None:
-                self._request_deadline_ms = self._now_ms + self._cfg.request_timeout_ms
-        else:
-            self._request_deadline_ms = None
-        checkpoint.maybe_fetch(self, out)
-        deadlines = [
-            d
-            for d in (
-                self._request_deadline_ms,
-                self._view_change_deadline_ms if not self._active else None,
-                self._fetch_deadline_ms,
-            )
-            if d is not None
-        ]
-        at = min(deadlines, default=None)
-        if at is not None and at != self._timer_ms:
-            self._timer_ms = at
+        self._view_changer.follow_peers(out)
+        self._normal.request_proposals(out)
+        self._timers.keep_request(self._ctx.now_ms, self._views.active and self._has_work())
+        self._execution.maybe_fetch(out)
+        at = self._timers.next_timer(self._views.active, self._fetch.deadline_ms)
+        if at is not None:
             out.append(SetTimer(at))
-
-    # --- view changes (consensus/viewchange_core.py) ---------------------------------------
-
-    def _selection_for(self, vcs: list[m.ViewChange]) -> Selection:
-        return select(vcs, use_prepared=self._use_prepared)
-
-    def _start_view_change(self, view: int, out: list[Action], resend: bool = False) -> None:
-        vcc.start_view_change(self, view, out, resend)
-
-    def _on_view_change(self, vc: m.ViewChange, out: list[Action]) -> None:
-        vcc.on_view_change(self, vc, out)
-
-    def _on_new_view(self, nv: m.NewView, out: list[Action]) -> None:
-        vcc.on_new_view(self, nv, out)

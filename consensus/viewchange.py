@@ -9,11 +9,12 @@ request where no certificate exists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from consensus.api import NULL_DIGEST, ConsensusConfig
 from consensus.messages import (
+    NewView,
     PreparedCert,
     Sigs,
     Verify,
@@ -21,6 +22,7 @@ from consensus.messages import (
     checkpoint_content,
     domain,
     payload_digest,
+    signing_content,
     vote_content,
 )
 
@@ -124,3 +126,85 @@ def select(view_changes: Sequence[ViewChange], use_prepared: bool = True) -> Sel
         else:
             entries.append((seq, NULL_DIGEST, b""))
     return Selection(low, best.stable_digest, best.stable_proof, tuple(entries))
+
+
+def new_view_problem(
+    nv: NewView,
+    cfg: ConsensusConfig,
+    quorum: int,
+    verify: Verify,
+    checked: Callable[[ViewChange], bool],
+    void: Callable[[ViewChange], bool],
+    use_prepared: bool = True,
+) -> Selection | str:
+    """The selection of a valid NEW-VIEW (section 4.4: its PRE-PREPAREs recomputed from its
+    VIEW-CHANGEs), else the reason it is invalid. ``checked``: a VIEW-CHANGE already verified
+    here; ``void``: one its sender retracted (we promised to refuse it)."""
+    if nv.sender != cfg.primary(nv.view):
+        return "not_primary"
+    senders = [vc.sender for vc in nv.view_changes]
+    if (
+        len(set(senders)) != len(senders)
+        or len(senders) < quorum
+        or any(vc.view != nv.view or vc.sender >= cfg.n for vc in nv.view_changes)
+    ):
+        return "bad_new_view"
+    for vc in nv.view_changes:
+        if void(vc):
+            return "retracted_view_change"
+        if checked(vc):
+            continue
+        content = signing_content(vc, cfg.chain_id)
+        if not verify(cfg.validators[vc.sender], domain(vc.kind), content, vc.sig):
+            return "bad_new_view"
+        if view_change_problem(vc, cfg, quorum, verify) is not None:
+            return "bad_new_view"
+    selection = select(list(nv.view_changes), use_prepared)
+    if [(pp.seq, pp.digest, pp.payload) for pp in nv.pre_prepares] != list(selection.entries):
+        return "bad_new_view"
+    for pp in nv.pre_prepares:
+        if pp.view != nv.view or pp.sender != nv.sender:
+            return "bad_new_view"
+        content = signing_content(pp, cfg.chain_id)
+        if not verify(cfg.validators[pp.sender], domain(pp.kind), content, pp.sig):
+            return "bad_new_view"
+    return selection
+
+
+class ViewChangeVotes:
+    """The highest-view VIEW-CHANGE per sender, and what 2f+1 or f+1 of them say."""
+
+    def __init__(self) -> None:
+        self._by_sender: dict[int, ViewChange] = {}
+
+    def get(self, sender: int) -> ViewChange | None:
+        return self._by_sender.get(sender)
+
+    def put(self, vc: ViewChange) -> None:
+        self._by_sender[vc.sender] = vc
+
+    def remove(self, sender: int) -> None:
+        del self._by_sender[sender]
+
+    def stale(self, vc: ViewChange) -> str | None:
+        """Why ``vc`` adds nothing to what its sender already told us, or None."""
+        known = self._by_sender.get(vc.sender)
+        if known is not None and (known.view, known.epoch) >= (vc.view, vc.epoch):
+            return "duplicate" if known == vc else "old_view"
+        return None
+
+    def support(self, view: int) -> int:
+        """Senders that gave up on views below ``view`` (a VIEW-CHANGE for it or later)."""
+        return sum(1 for vc in self._by_sender.values() if vc.view >= view)
+
+    def vouched_view(self, above: int, f: int, me: int) -> int | None:
+        """The highest view above ``above`` that f+1 other senders ask for (else None)."""
+        higher = sorted(
+            (v.view for s, v in self._by_sender.items() if s != me and v.view > above),
+            reverse=True,
+        )
+        return higher[f] if len(higher) > f else None
+
+    def others_for(self, view: int, me: int) -> list[ViewChange]:
+        """Other senders' VIEW-CHANGEs for exactly ``view``, by sender."""
+        return [vc for s, vc in sorted(self._by_sender.items()) if vc.view == view and s != me]
