@@ -81,7 +81,7 @@ class Proposal:
     def encode(self) -> bytes:
         m = self._map()
         _PROPOSAL(m, "")
-        return codec.encode(m)
+        return codec.encode_checked(m)  # the schema check above walked it
 
     @staticmethod
     def decode(data: bytes) -> Proposal:
@@ -123,7 +123,7 @@ class BlockHeader:
     def encode(self) -> bytes:
         m = self._map()
         _HEADER(m, "")
-        return codec.encode(m)
+        return codec.encode_checked(m)  # the schema check above walked it
 
     @staticmethod
     def decode(data: bytes) -> BlockHeader:
@@ -168,7 +168,7 @@ class Block:
     def encode(self) -> bytes:
         m = {"header": self.header._map(), "txs": [tx.encode() for tx in self.txs]}
         _BLOCK(m, "")
-        return codec.encode(m)
+        return codec.encode_checked(m)  # the schema check above walked it
 
     @staticmethod
     def decode(data: bytes) -> Block:
