@@ -53,7 +53,7 @@ _HEADER_FIELDS: dict[str, codec.Check] = {
     "payload_digest": _HASH,
 }
 _HEADER = codec.struct(_HEADER_FIELDS)
-_BLOCK = codec.struct(
+BLOCK_SCHEMA = _BLOCK = codec.struct(
     {
         "header": _HEADER,
         "txs": codec.list_of(codec.raw(max_size=TX_BYTES_MAX), BLOCK_TXS_MAX),
