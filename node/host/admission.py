@@ -22,12 +22,19 @@ from typing import Any, Protocol
 from common.codec import CodecError
 from node.chain.mempool import Mempool
 from node.chain.tx import TX_BYTES_MAX, Transaction, tx_hash_of
-from node.errors import OVERLOADED, TX_DUPLICATE, TX_INVALID, VigilError
+from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE, TX_INVALID, VigilError
 from node.net.gossip import Gossip
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 2048
+# Back-pressure: a client's tx is refused (``mempool_full``, retry later) while the txs waiting
+# here and in the mempool would take longer than BACKLOG_S to commit at the recent commit rate,
+# so saturation shows as a retryable error at the edge, never as commit latency that reaches
+# the PBFT request timer (2 s by default) and sets off a view change. Gossip is never refused.
+BACKLOG_S = 1.0
+BACKLOG_TXS_MIN = 1000  # allowed whatever the rate (a quiet chain has no recent rate)
+RATE_WINDOW_S = 2.0  # the commit rate is an average over about this long
 
 
 @dataclass(slots=True)
@@ -105,6 +112,27 @@ class Admission:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max)
         self.screen: Screen | None = None  # set by the detector wiring
         self.clock: Callable[[], float] = lambda: asyncio.get_running_loop().time()
+        self.backlog_s = BACKLOG_S
+        self._rate_txs_s = 0.0
+        self._rate_at_s: float | None = None
+
+    def on_committed(self, txs: int) -> None:
+        """A block with ``txs`` txs was committed: update the commit rate (moving average)."""
+        now = self.clock()
+        if self._rate_at_s is None:
+            self._rate_at_s = now
+            return
+        dt = max(now - self._rate_at_s, 1e-3)
+        self._rate_at_s = now
+        weight = min(1.0, dt / RATE_WINDOW_S)
+        self._rate_txs_s += weight * (txs / dt - self._rate_txs_s)
+
+    def backlog_max(self) -> int:
+        """How many txs may wait (queued + mempool) before clients are pushed back."""
+        return max(BACKLOG_TXS_MIN, int(self._rate_txs_s * self.backlog_s))
+
+    def _pushed_back(self) -> bool:
+        return len(self.mempool) + self._queue.qsize() >= self.backlog_max()
 
     def _rejected(self, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -115,6 +143,9 @@ class Admission:
         if len(raw) > TX_BYTES_MAX:
             self._rejected("tx_invalid")
             raise VigilError(TX_INVALID, f"transaction longer than {TX_BYTES_MAX} bytes")
+        if self._pushed_back():
+            self._rejected("mempool_full")
+            raise VigilError(MEMPOOL_FULL, "mempool full (commit backlog), retry later")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Item(raw, None, fut))

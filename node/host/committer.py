@@ -82,6 +82,7 @@ def after_commit(node: Node, applied: Any, c: Commit, took_s: float) -> None:
         node.mempool.set_inflight(node.txs.uncommitted_hashes())
     now = asyncio.get_running_loop().time()
     committed, dropped = node.mempool.on_committed(hashes, [tx.sender_address for tx in block.txs])
+    node.admission.on_committed(len(hashes))
     node.metrics.set_mempool(txs=len(node.mempool), size_bytes=node.mempool.size_bytes)
     for entry in committed:
         node.metrics.tx_commit_latency_seconds.observe(max(0.0, now - entry.first_seen_s))
