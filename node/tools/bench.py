@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import sys
 import tempfile
 import time
@@ -41,6 +42,7 @@ DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault dri
 # after a pause. Anything else is a final rejection.
 RETRYABLE = (MEMPOOL_FULL, OVERLOADED)
 RETRY_PAUSE_S = 0.05
+RETRY_PAUSE_MAX_S = 2.0
 
 
 async def _start_nonces(session: aiohttp.ClientSession, url: str, accounts: int) -> list[int]:
@@ -255,14 +257,19 @@ class Bench:
         """Submit a batch; txs refused by back-pressure are sent again after a pause."""
         first = time.monotonic()
         give_up = self.deadline + DRAIN_S / 2
+        pause_s = RETRY_PAUSE_S
         while batch:
             batch = await self._send_once(s, node, batch, first)
             if batch:
                 self.retried += len(batch)
                 if time.monotonic() > give_up:
+                    self.submitted += len(batch)
                     self.rejected += len(batch)
                     return
-                await asyncio.sleep(RETRY_PAUSE_S)
+                # Exponential back-off: retries above the chain's capacity must not become a
+                # storm of RPC calls that takes the CPU the validators need.
+                await asyncio.sleep(pause_s * (0.5 + random.random()))
+                pause_s = min(pause_s * 2, RETRY_PAUSE_MAX_S)
                 node += 1
 
     async def _send_once(
