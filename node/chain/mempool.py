@@ -86,6 +86,11 @@ class Mempool:
         """Nonces of ``sender``'s pending txs, ascending (eth_getTransactionCount "pending")."""
         return sorted(self._by_sender.get(sender, {}))
 
+    def oldest_age_s(self, now_s: float) -> float:
+        """How long the oldest pending tx has waited (0 when empty): entries are in arrival order."""
+        oldest = next(iter(self._entries.values()), None)
+        return 0.0 if oldest is None else now_s - oldest.first_seen_s
+
     def has_ready(self) -> bool:
         return bool(self._ready)
 

@@ -204,6 +204,7 @@ class Node:
             self._on_quarantined,
             self.metrics,
         )
+        self.admission.backlog_s = self.cfg.mempool_backlog_ms / 1000
         self.admission.screen = screening.screen
         screening.bind(self.admission, self.p2p.broadcast)
         screening.drop_waiting = self._drop_waiting
