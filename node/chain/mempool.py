@@ -86,6 +86,11 @@ class Mempool:
         """Nonces of ``sender``'s pending txs, ascending (eth_getTransactionCount "pending")."""
         return sorted(self._by_sender.get(sender, {}))
 
+    def fills_gap(self, tx: Transaction) -> bool:
+        """Whether ``tx``'s sender has a later nonce pending (parked behind this one)."""
+        pending = self._by_sender.get(tx.sender_address)
+        return pending is not None and max(pending) > tx.nonce
+
     def oldest_age_s(self, now_s: float) -> float:
         """How long the oldest pending tx has waited (0 when empty): entries are in arrival order."""
         oldest = next(iter(self._entries.values()), None)

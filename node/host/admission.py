@@ -149,9 +149,6 @@ class Admission:
         if len(raw) > TX_BYTES_MAX:
             self._rejected("tx_invalid")
             raise VigilError(TX_INVALID, f"transaction longer than {TX_BYTES_MAX} bytes")
-        if self._pushed_back():
-            self._rejected("mempool_full")
-            raise VigilError(MEMPOOL_FULL, "mempool full (commit backlog), retry later")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Item(raw, None, fut))
@@ -218,6 +215,7 @@ class Admission:
             return
         checked = await asyncio.to_thread(_decode_and_verify, [it.raw for it, _ in fresh])
         admissible: list[tuple[_Item, bytes, Transaction]] = []
+        pushing = self._pushed_back()
         for (it, h), tx in zip(fresh, checked, strict=True):
             if isinstance(tx, str):
                 self._fail(it, TX_INVALID, tx, "tx_invalid")
@@ -226,6 +224,14 @@ class Admission:
                 self.mempool.check(tx, h)
             except VigilError as exc:
                 self._fail(it, exc.code, exc.message, exc.name)
+                continue
+            # Back-pressure refuses a client's new work, never a tx that fills a nonce gap:
+            # the later txs it unblocks already count in the backlog (and would otherwise wait
+            # there until they expire).
+            if pushing and it.origin is None and not self.mempool.fills_gap(tx):
+                self._fail(
+                    it, MEMPOOL_FULL, "mempool full (commit backlog), retry later", "mempool_full"
+                )
                 continue
             admissible.append((it, h, tx))
         verdicts: Sequence[Screened] = ()

@@ -43,6 +43,10 @@ DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault dri
 RETRYABLE = (MEMPOOL_FULL, OVERLOADED)
 RETRY_PAUSE_S = 0.05
 RETRY_PAUSE_MAX_S = 2.0
+# Open loop above the chain's capacity: while this many refused txs wait for their retry, no
+# new batch leaves (the offered rate then follows what the chain takes, as a real client's
+# would); retries must not grow into a storm that takes the validators' CPU.
+RETRY_BACKLOG_MAX = 2000
 
 
 async def _start_nonces(session: aiohttp.ClientSession, url: str, accounts: int) -> list[int]:
@@ -71,6 +75,7 @@ class Bench:
         self.rejected = 0
         self.errors = 0
         self.retried = 0
+        self.retry_backlog = 0  # refused txs waiting for their retry
         self.down_until: dict[int, float] = {}
         self.extra: dict[str, Any] = {}
         self.deadline = 0.0
@@ -243,6 +248,8 @@ class Bench:
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            while self.retry_backlog > RETRY_BACKLOG_MAX and time.monotonic() < deadline:
+                await asyncio.sleep(RETRY_PAUSE_S)
             if time.monotonic() >= deadline:
                 break
             task = asyncio.create_task(self._send(s, node, batch))
@@ -268,7 +275,11 @@ class Bench:
                     return
                 # Exponential back-off: retries above the chain's capacity must not become a
                 # storm of RPC calls that takes the CPU the validators need.
-                await asyncio.sleep(pause_s * (0.5 + random.random()))
+                self.retry_backlog += len(batch)
+                try:
+                    await asyncio.sleep(pause_s * (0.5 + random.random()))
+                finally:
+                    self.retry_backlog -= len(batch)
                 pause_s = min(pause_s * 2, RETRY_PAUSE_MAX_S)
                 node += 1
 
