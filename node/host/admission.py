@@ -30,12 +30,12 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 2048
 # Back-pressure: a client's tx is refused (``mempool_full``, retry later) while the txs waiting
 # here and in the mempool would take longer than BACKLOG_S to commit at the recent commit rate
-# AND the oldest of them has waited 2 * BACKLOG_S already, so saturation shows as a retryable
+# AND the oldest of them has waited BACKLOG_S already, so saturation shows as a retryable
 # error at the edge, never as commit latency that reaches the PBFT request timer (2 s by
 # default) and sets off a view change. A burst the chain absorbs in time is never refused, and
 # gossip never is.
-BACKLOG_S = 0.5
-BACKLOG_TXS_MIN = 250  # allowed whatever the rate (a quiet chain has no recent rate)
+BACKLOG_S = 1.0
+BACKLOG_TXS_MIN = 500  # allowed whatever the rate (a quiet chain has no recent rate)
 RATE_WINDOW_S = 2.0  # the commit rate is an average over about this long
 
 
@@ -138,7 +138,7 @@ class Admission:
             return False  # mempool.backlog_ms = 0: only the mempool's own limits apply
         if len(self.mempool) + self._queue.qsize() < self.backlog_max():
             return False
-        return self.mempool.oldest_age_s(self.clock()) >= 2 * self.backlog_s
+        return self.mempool.oldest_age_s(self.clock()) >= self.backlog_s
 
     def _rejected(self, reason: str) -> None:
         with contextlib.suppress(Exception):

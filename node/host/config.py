@@ -73,7 +73,7 @@ class NodeConfig:
     # [mempool]
     mempool_txs_max: int = 50_000
     mempool_bytes_max: int = 64 * 1024 * 1024
-    mempool_backlog_ms: int = 500  # admission back-pressure (node/host/admission.py); 0: off
+    mempool_backlog_ms: int = 1000  # admission back-pressure (node/host/admission.py); 0: off
     # [block]
     block_txs_max: int = 2000
     block_interval_ms: int = 0
