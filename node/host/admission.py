@@ -149,12 +149,25 @@ class Admission:
         if len(raw) > TX_BYTES_MAX:
             self._rejected("tx_invalid")
             raise VigilError(TX_INVALID, f"transaction longer than {TX_BYTES_MAX} bytes")
+        if self._pushed_back() and not self._may_fill_gap(raw):
+            # Refused before the signature check: under overload a refusal must cost little.
+            self._rejected("mempool_full")
+            raise VigilError(MEMPOOL_FULL, "mempool full (commit backlog), retry later")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Item(raw, None, fut))
         except asyncio.QueueFull:
             raise VigilError(OVERLOADED, "admission queue full, retry later") from None
         return await fut
+
+    def _may_fill_gap(self, raw: bytes) -> bool:
+        """Whether an unverified tx claims a nonce its sender's pending txs wait for (or does
+        not decode: the normal path answers that). Claims are checked by the normal path."""
+        try:
+            tx = Transaction.decode(raw)
+        except CodecError:
+            return True
+        return self.mempool.fills_gap(tx)
 
     def admit_released(self, tx: Transaction) -> dict[str, Any]:
         """A tx an operator released from the quarantine: into the mempool without screening.
