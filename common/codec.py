@@ -14,7 +14,11 @@ The bytes come from msgspec: its MessagePack encoder with ``order="sorted"`` wri
 canonical form above (sorted str keys compare by code point, which is UTF-8 byte order; shortest
 integers and headers; bin for bytes), byte-identical to msgpack-python on the test vectors, and
 encodes and decodes several times faster. msgspec would also accept floats, integer map keys and
-extension types, so :func:`_check_tree` keeps refusing those, on both sides.
+extension types, so :func:`_check_tree` keeps refusing those, on both sides. Where a schema
+check follows (:func:`decode_struct`, :func:`decode_for_schema`) or came first
+(:func:`encode_checked`), the tree walk is skipped: every schema check below accepts only ints,
+bytes, str, lists and str-keyed maps of known fields, so it refuses floats, extension types and
+integer keys by itself, and the schema walk was the second walk of the same tree.
 """
 
 from __future__ import annotations
@@ -75,8 +79,12 @@ def encode(value: Any) -> bytes:
     return _ENCODER.encode(value)
 
 
-def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
-    """Decode canonical bytes into a value tree; anything else raises CodecError."""
+def encode_checked(value: Any) -> bytes:
+    """:func:`encode` of a value that a schema check (below) just accepted: no second walk."""
+    return _ENCODER.encode(value)
+
+
+def _decode_raw(data: bytes, max_bytes: int) -> tuple[Any, bytes]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodecError("input is not bytes")
     data = bytes(data)
@@ -90,6 +98,12 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         raise CodecError("nesting too deep") from None
     except Exception as exc:  # noqa: BLE001 - the decoder raises several types for garbage
         raise CodecError(f"malformed msgpack: {type(exc).__name__}") from None
+    return value, data
+
+
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode canonical bytes into a value tree; anything else raises CodecError."""
+    value, data = _decode_raw(data, max_bytes)
     try:
         _check_tree(value)  # floats, ext types, integer keys: valid msgpack, not canonical here
     except CodecError as exc:
@@ -165,21 +179,51 @@ def list_of(item: Check, max_items: int) -> Check:
 
 def struct(fields: Mapping[str, Check]) -> Check:
     """A map with exactly these keys."""
+    keys = frozenset(fields)
+    items = tuple(fields.items())
 
     def check(v: Any, name: str) -> dict[str, Any]:
         if not isinstance(v, dict):
             raise CodecError(f"{name}: expected map")
-        missing = sorted(set(fields) - set(v))
-        if missing:
-            raise CodecError(f"{name}: missing field {missing[0]}")
-        unknown = sorted(set(v) - set(fields))
-        if unknown:
+        if v.keys() != keys:
+            missing = sorted(keys - set(v))
+            if missing:
+                raise CodecError(f"{name}: missing field {missing[0]}")
+            unknown = sorted(set(v) - keys, key=lambda k: (not isinstance(k, str), repr(k)))
             raise CodecError(f"{name}: unknown field {unknown[0]}")
-        return {k: fields[k](v[k], f"{name}.{k}" if name else k) for k in fields}
+        if not name:  # top level: field names are the keys (no f-string per field)
+            return {k: c(v[k], k) for k, c in items}
+        return {k: c(v[k], f"{name}.{k}") for k, c in items}
 
     return check
 
 
+def decode_for_schema(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """:func:`decode` for a caller that checks the value against a schema before any use.
+
+    The value may hold floats, extension types or integer keys until that check refuses them;
+    the canonical (byte-identical re-encoding) check is done here.
+    """
+    value, data = _decode_raw(data, max_bytes)
+    try:
+        canonical = _ENCODER.encode(value) == data
+    except Exception as exc:  # noqa: BLE001 - whatever msgspec refuses to re-encode is malformed
+        raise CodecError(f"malformed msgpack: {type(exc).__name__}") from None
+    if not canonical:
+        raise CodecError("non-canonical encoding")
+    return value
+
+
+def check_schema(value: Any, schema: Check) -> Any:
+    """Run a schema check on an untrusted value: any failure is a CodecError."""
+    try:
+        return schema(value, "")
+    except CodecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. unhashable or unorderable garbage
+        raise CodecError(f"malformed value: {type(exc).__name__}") from None
+
+
 def decode_struct(data: bytes, schema: Check, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     """Decode canonical bytes and check them against a schema built from the helpers above."""
-    return schema(decode(data, max_bytes), "")
+    return check_schema(decode_for_schema(data, max_bytes), schema)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -249,24 +250,22 @@ def parse_json(body: bytes) -> Any:
         raise ValueError(str(exc).split(":")[0]) from None
 
 
+# A JSON string (escapes included), or the unterminated rest of one: brackets inside never count.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
 def _check_depth_raw(body: bytes) -> None:
-    """Reject bodies nested deeper than JSON_DEPTH_MAX before the parser recurses into them."""
+    """Reject bodies nested deeper than JSON_DEPTH_MAX before the parser recurses into them.
+
+    Strings are cut out by a regular expression and only the brackets are walked in Python (a
+    batch of 100 ``tx_submit`` has 200 brackets in 30 KB: walking every byte cost ~30 us a tx).
+    """
     depth = 0
-    in_string = False
-    escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
+    for bracket in _BRACKETS.findall(_STRING.sub(b"", body)):
+        if bracket in (b"[", b"{"):
             depth += 1
             if depth > JSON_DEPTH_MAX:
                 raise ValueError(f"nesting deeper than {JSON_DEPTH_MAX}")
-        elif byte in (0x5D, 0x7D):
+        else:
             depth -= 1

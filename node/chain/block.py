@@ -53,7 +53,7 @@ _HEADER_FIELDS: dict[str, codec.Check] = {
     "payload_digest": _HASH,
 }
 _HEADER = codec.struct(_HEADER_FIELDS)
-_BLOCK = codec.struct(
+BLOCK_SCHEMA = _BLOCK = codec.struct(
     {
         "header": _HEADER,
         "txs": codec.list_of(codec.raw(max_size=TX_BYTES_MAX), BLOCK_TXS_MAX),
@@ -81,7 +81,7 @@ class Proposal:
     def encode(self) -> bytes:
         m = self._map()
         _PROPOSAL(m, "")
-        return codec.encode(m)
+        return codec.encode_checked(m)  # the schema check above walked it
 
     @staticmethod
     def decode(data: bytes) -> Proposal:
@@ -123,7 +123,7 @@ class BlockHeader:
     def encode(self) -> bytes:
         m = self._map()
         _HEADER(m, "")
-        return codec.encode(m)
+        return codec.encode_checked(m)  # the schema check above walked it
 
     @staticmethod
     def decode(data: bytes) -> BlockHeader:
@@ -168,7 +168,7 @@ class Block:
     def encode(self) -> bytes:
         m = {"header": self.header._map(), "txs": [tx.encode() for tx in self.txs]}
         _BLOCK(m, "")
-        return codec.encode(m)
+        return codec.encode_checked(m)  # the schema check above walked it
 
     @staticmethod
     def decode(data: bytes) -> Block:

@@ -9,13 +9,18 @@ state inside it are consistent.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from common import codec
 from common.codec import CodecError
 from consensus.api import NULL_DIGEST, Commit
 from node.chain.block import (
+    BLOCK_BYTES_MAX,
+    BLOCK_SCHEMA,
     BLOCK_VERSION,
     Block,
     BlockHeader,
@@ -31,6 +36,11 @@ from storage.db import Store
 GENESIS_META_KEY = b"genesis_hash"
 # Meta key prefix of the tx bodies of a proposal this node voted for or made (node/host/resolver.py).
 PROPOSAL_TXS_KEY = b"ptx"
+# Decoded recent blocks kept for reads (block_get, tx_get, peers' get_txs): bounded by their txs.
+BLOCK_CACHE_TXS_MAX = 20_000
+BLOCK_CACHE_BLOCKS_MAX = 256
+# Accounts read through this chain (mempool checks, execution, account_get); dropped when full.
+ACCOUNT_CACHE_MAX = 200_000
 
 
 class ChainError(Exception):
@@ -50,6 +60,16 @@ class Chain:
         self.genesis = genesis
         self.head: BlockHeader = genesis_header(genesis)
         self._genesis_accounts = genesis_accounts(genesis)
+        # Committed blocks never change: recent ones stay decoded (height -> block).
+        self._blocks: OrderedDict[int, Block] = OrderedDict()
+        self._blocks_txs = 0
+        # State reads come from the loop (admission) and the write thread (execution); only
+        # ``apply`` changes accounts. A reader that missed the cache stores what it read from
+        # LevelDB only if no commit happened meanwhile (``_generation``), so a value read just
+        # before a commit can never overwrite the committed one.
+        self._accounts: dict[bytes, Account | None] = {}
+        self._generation = 0
+        self._lock = threading.Lock()
 
     @property
     def height(self) -> int:
@@ -81,11 +101,20 @@ class Chain:
     # --- state reads (thread safe: plyvel reads) ------------------------------------------
 
     def read_account(self, address: bytes) -> Account | None:
+        try:
+            return self._accounts[address]
+        except KeyError:
+            pass
+        generation = self._generation
         raw = self.store.get_account(address)
-        if raw is not None:
-            return Account.decode(raw)
         # Genesis balances are not written to the database; they are the base state.
-        return self._genesis_accounts.get(address)
+        account = Account.decode(raw) if raw is not None else self._genesis_accounts.get(address)
+        with self._lock:
+            if generation == self._generation:
+                if len(self._accounts) >= ACCOUNT_CACHE_MAX:
+                    self._accounts.clear()
+                self._accounts[address] = account
+        return account
 
     def read_anchor(self, digest: bytes) -> bytes | None:
         return self.store.get_anchor(digest)
@@ -96,8 +125,40 @@ class Chain:
     def get_block(self, height: int) -> Block | None:
         if height == 0:
             return Block(genesis_header(self.genesis), ())
+        block = self._blocks.get(height)
+        if block is not None:
+            return block
         raw = self.store.get_block(height)
-        return Block.decode(raw) if raw is not None else None
+        if raw is None:
+            return None
+        block = Block.decode(raw)
+        self._keep(block)
+        return block
+
+    def _keep(self, block: Block) -> None:
+        """Cache a committed block (any thread: the dict is only changed under the lock)."""
+        with self._lock:
+            if block.height in self._blocks:
+                return
+            self._blocks[block.height] = block
+            self._blocks_txs += len(block.txs)
+            while len(self._blocks) > 1 and (
+                self._blocks_txs > BLOCK_CACHE_TXS_MAX or len(self._blocks) > BLOCK_CACHE_BLOCKS_MAX
+            ):
+                _, old = self._blocks.popitem(last=False)
+                self._blocks_txs -= len(old.txs)
+
+    def tx_raws(self, height: int) -> list[bytes] | None:
+        """The encoded txs of a committed block, in order (for peers' ``get_txs``)."""
+        block = self._blocks.get(height)
+        if block is not None:
+            return [tx.encode() for tx in block.txs]
+        raw = self.store.get_block(height)
+        if raw is None:
+            return None
+        # The raw tx bytes are in the block: no per-tx decode for a peer that decodes them.
+        m = codec.decode_struct(raw, BLOCK_SCHEMA, BLOCK_BYTES_MAX)
+        return list(m["txs"])
 
     def header(self, height: int) -> BlockHeader | None:
         block = self.get_block(height)
@@ -144,7 +205,12 @@ class Chain:
                 PROPOSAL_TXS_KEY + digest: None
             },  # the proposal's tx bodies are in the block now
         )
+        with self._lock:
+            self._generation += 1
+            for address, account in execution.accounts.items():
+                self._accounts[address] = account
         self.head = block.header
+        self._keep(block)
         return Applied(block, execution, time.perf_counter() - started)
 
     def apply_commit(self, commit: Commit, txs: Sequence[Transaction]) -> Applied:

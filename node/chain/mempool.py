@@ -56,6 +56,8 @@ class Mempool:
         self._read_account = read_account
         self._entries: dict[bytes, Entry] = {}
         self._by_sender: dict[bytes, dict[int, Entry]] = {}
+        # amount + fee of each sender's pending txs (the balance rule; kept, not summed per tx)
+        self._spend: dict[bytes, int] = {}
         self._ready: OrderedDict[bytes, None] = OrderedDict()  # not in flight, arrival order
         self._inflight: set[bytes] = set()
         self._bytes = 0
@@ -83,6 +85,16 @@ class Mempool:
     def pending_nonces(self, sender: bytes) -> list[int]:
         """Nonces of ``sender``'s pending txs, ascending (eth_getTransactionCount "pending")."""
         return sorted(self._by_sender.get(sender, {}))
+
+    def fills_gap(self, tx: Transaction) -> bool:
+        """Whether ``tx``'s sender has a later nonce pending (parked behind this one)."""
+        pending = self._by_sender.get(tx.sender_address)
+        return pending is not None and max(pending) > tx.nonce
+
+    def oldest_age_s(self, now_s: float) -> float:
+        """How long the oldest pending tx has waited (0 when empty): entries are in arrival order."""
+        oldest = next(iter(self._entries.values()), None)
+        return 0.0 if oldest is None else now_s - oldest.first_seen_s
 
     def has_ready(self) -> bool:
         return bool(self._ready)
@@ -127,7 +139,7 @@ class Mempool:
         pending = self._by_sender.get(sender, {})
         if tx.nonce in pending:
             raise VigilError(TX_NONCE, f"nonce {tx.nonce} already pending for this sender")
-        spend = sum(e.tx.amount + e.tx.fee for e in pending.values())
+        spend = self._spend.get(sender, 0)
         if spend + tx.amount + tx.fee > account.balance:
             raise VigilError(TX_BALANCE, "balance does not cover amount + fee of pending txs")
         if len(self._entries) >= self.txs_max or self._bytes + size > self.bytes_max:
@@ -139,6 +151,7 @@ class Mempool:
         entry = Entry(tx, tx_hash, tx.sender_address, tx.size_bytes, now_s, next(self._order))
         self._entries[tx_hash] = entry
         self._by_sender.setdefault(entry.sender, {})[tx.nonce] = entry
+        self._spend[entry.sender] = self._spend.get(entry.sender, 0) + tx.amount + tx.fee
         self._ready[tx_hash] = None
         self._bytes += entry.size
         return entry
@@ -232,10 +245,11 @@ class Mempool:
         self._inflight.discard(tx_hash)
         self._bytes -= entry.size
         pending = self._by_sender.get(entry.sender)
-        if pending is not None:
-            pending.pop(entry.tx.nonce, None)
-            if not pending:
-                del self._by_sender[entry.sender]
+        if pending is not None and pending.pop(entry.tx.nonce, None) is not None:
+            self._spend[entry.sender] -= entry.tx.amount + entry.tx.fee
+        if pending is not None and not pending:
+            del self._by_sender[entry.sender]
+            self._spend.pop(entry.sender, None)
         return entry
 
     def remove(self, tx_hash: bytes) -> Entry | None:

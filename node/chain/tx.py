@@ -80,6 +80,16 @@ _SIGNED = {
 }
 
 
+# The signature entry of a signed encoding (fixstr key, bin8 of 64 bytes) and the "to" entry that
+# follows it in a transfer: "signature" and "to" are the two largest keys of a transfer, and
+# "signature" the largest of an anchor (docs/transactions.md, canonical key order).
+_SIG_KEY = b"\xa9signature\xc4\x40"
+_SIG_ENTRY_BYTES = len(_SIG_KEY) + SIGNATURE_BYTES
+_TO_ENTRY_BYTES = 1 + 2 + 2 + ADDRESS_BYTES
+_SIGNED_MAP = 0x88  # fixmap of 8 entries; the unsigned map has 7
+_TAIL_BYTES = {"transfer": _TO_ENTRY_BYTES, "anchor": 0}
+
+
 def _check(schema: codec.Check, m: dict[str, Any]) -> None:
     """Schema check of a value we are about to encode: a bad field is a TxError."""
     try:
@@ -135,9 +145,29 @@ class Transaction:
 
     def signing_bytes(self) -> bytes:
         """Canonical encoding of every field except the signature (the signed message)."""
+        spliced = self._spliced_signing_bytes()
+        if spliced is not None:
+            return spliced
         m = self._unsigned_map()
         _check(_UNSIGNED[self.kind], m)
-        return codec.encode(m)
+        return codec.encode_checked(m)
+
+    def _spliced_signing_bytes(self) -> bytes | None:
+        """The signing bytes cut out of the cached signed encoding, without encoding again.
+
+        A canonical map is its sorted entries after a header, so the unsigned map is the
+        signed one minus the signature entry, whose place is fixed by the key order; None
+        (encode instead) unless the bytes there are exactly that entry.
+        """
+        raw = self._encoded
+        tail = _TAIL_BYTES.get(self.kind)
+        if raw is None or tail is None or not raw or raw[0] != _SIGNED_MAP:
+            return None
+        end = len(raw) - tail
+        start = end - _SIG_ENTRY_BYTES
+        if start < 1 or raw[start:end] != _SIG_KEY + self.signature:
+            return None
+        return b"\x87" + raw[1:start] + raw[end:]
 
     def encode(self) -> bytes:
         """Canonical signed encoding: the wire format and the hash input."""
@@ -145,7 +175,7 @@ class Transaction:
             m = self._unsigned_map()
             m["signature"] = self.signature
             _check(_SIGNED[self.kind], m)
-            data = codec.encode(m)
+            data = codec.encode_checked(m)
             if len(data) > TX_BYTES_MAX:
                 raise TxError(f"transaction longer than {TX_BYTES_MAX} bytes")
             object.__setattr__(self, "_encoded", data)
@@ -158,13 +188,14 @@ class Transaction:
         fmt = _FORMATS.get(data[0]) if data else None
         if fmt is not None:
             return fmt[0](data)
-        value = codec.decode(data, max_bytes=TX_BYTES_MAX)
+        # The schema below refuses floats, extension types and integer keys (codec.py).
+        value = codec.decode_for_schema(data, max_bytes=TX_BYTES_MAX)
         if not isinstance(value, dict):
             raise CodecError("transaction: expected map")
         kind = value.get("kind")
         if not isinstance(kind, str) or kind not in _SIGNED:
             raise CodecError(f"kind: expected one of {', '.join(KINDS)}")
-        m = _SIGNED[kind](value, "")
+        m = codec.check_schema(value, _SIGNED[kind])
         tx = Transaction(
             kind=kind,
             chain_id=m["chain_id"],

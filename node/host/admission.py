@@ -19,14 +19,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from common.codec import CodecError
 from node.chain.mempool import Mempool
 from node.chain.tx import TX_BYTES_MAX, Transaction, decode_verified, tx_hash_of
-from node.errors import OVERLOADED, TX_DUPLICATE, TX_INVALID, VigilError
+from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE, TX_INVALID, VigilError
 from node.net.gossip import Gossip
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 2048
+# Back-pressure: a client's tx is refused (``mempool_full``, retry later) while the txs waiting
+# here and in the mempool would take longer than BACKLOG_S to commit at the recent commit rate
+# AND the oldest of them has waited BACKLOG_S already, so saturation shows as a retryable
+# error at the edge, never as commit latency that reaches the PBFT request timer (2 s by
+# default) and sets off a view change. A burst the chain absorbs in time is never refused, and
+# gossip never is.
+BACKLOG_S = 1.0
+BACKLOG_TXS_MIN = 500  # allowed whatever the rate (a quiet chain has no recent rate)
+RATE_WINDOW_S = 2.0  # the commit rate is an average over about this long
 
 
 @dataclass(slots=True)
@@ -91,6 +101,31 @@ class Admission:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max)
         self.screen: Screen | None = None  # set by the detector wiring
         self.clock: Callable[[], float] = lambda: asyncio.get_running_loop().time()
+        self.backlog_s = BACKLOG_S
+        self._rate_txs_s = 0.0
+        self._rate_at_s: float | None = None
+
+    def on_committed(self, txs: int) -> None:
+        """A block with ``txs`` txs was committed: update the commit rate (moving average)."""
+        now = self.clock()
+        if self._rate_at_s is None:
+            self._rate_at_s = now
+            return
+        dt = max(now - self._rate_at_s, 1e-3)
+        self._rate_at_s = now
+        weight = min(1.0, dt / RATE_WINDOW_S)
+        self._rate_txs_s += weight * (txs / dt - self._rate_txs_s)
+
+    def backlog_max(self) -> int:
+        """How many txs may wait (queued + mempool) before clients are pushed back."""
+        return max(BACKLOG_TXS_MIN, int(self._rate_txs_s * self.backlog_s))
+
+    def _pushed_back(self) -> bool:
+        if self.backlog_s <= 0:
+            return False  # mempool.backlog_ms = 0: only the mempool's own limits apply
+        if len(self.mempool) + self._queue.qsize() < self.backlog_max():
+            return False
+        return self.mempool.oldest_age_s(self.clock()) >= self.backlog_s
 
     def _rejected(self, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -101,12 +136,25 @@ class Admission:
         if len(raw) > TX_BYTES_MAX:
             self._rejected("tx_invalid")
             raise VigilError(TX_INVALID, f"transaction longer than {TX_BYTES_MAX} bytes")
+        if self._pushed_back() and not self._may_fill_gap(raw):
+            # Refused before the signature check: under overload a refusal must cost little.
+            self._rejected("mempool_full")
+            raise VigilError(MEMPOOL_FULL, "mempool full (commit backlog), retry later")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Item(raw, None, fut))
         except asyncio.QueueFull:
             raise VigilError(OVERLOADED, "admission queue full, retry later") from None
         return await fut
+
+    def _may_fill_gap(self, raw: bytes) -> bool:
+        """Whether an unverified tx claims a nonce its sender's pending txs wait for (or does
+        not decode: the normal path answers that). Claims are checked by the normal path."""
+        try:
+            tx = Transaction.decode(raw)
+        except CodecError:
+            return True
+        return self.mempool.fills_gap(tx)
 
     def admit_released(self, tx: Transaction) -> dict[str, Any]:
         """A tx an operator released from the quarantine: into the mempool without screening.
@@ -167,6 +215,7 @@ class Admission:
             return
         checked = await asyncio.to_thread(decode_verified, [it.raw for it, _ in fresh])
         admissible: list[tuple[_Item, bytes, Transaction]] = []
+        pushing = self._pushed_back()
         for (it, h), tx in zip(fresh, checked, strict=True):
             if isinstance(tx, str):
                 self._fail(it, TX_INVALID, tx, "tx_invalid")
@@ -175,6 +224,14 @@ class Admission:
                 self.mempool.check(tx, h)
             except VigilError as exc:
                 self._fail(it, exc.code, exc.message, exc.name)
+                continue
+            # Back-pressure refuses a client's new work, never a tx that fills a nonce gap:
+            # the later txs it unblocks already count in the backlog (and would otherwise wait
+            # there until they expire).
+            if pushing and it.origin is None and not self.mempool.fills_gap(tx):
+                self._fail(
+                    it, MEMPOOL_FULL, "mempool full (commit backlog), retry later", "mempool_full"
+                )
                 continue
             admissible.append((it, h, tx))
         verdicts: Sequence[Screened] = ()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Protocol
 
@@ -51,6 +51,7 @@ class Committer:
         pending: PendingFlag,
         subscribers: Subscribers,
         metrics: Metrics,
+        commit_rate: Callable[[int], None],
     ) -> None:
         self.commits = commits
         self.chain = chain
@@ -64,6 +65,7 @@ class Committer:
         self.pending = pending
         self.subscribers = subscribers
         self.metrics = metrics
+        self.commit_rate = commit_rate  # told each block's tx count (admission back-pressure)
 
     async def run(self) -> None:
         """The committer task: apply the core's ``Commit`` actions one by one, in order."""
@@ -98,6 +100,7 @@ class Committer:
         committed, dropped = self.mempool.on_committed(
             hashes, [tx.sender_address for tx in block.txs]
         )
+        self.commit_rate(len(hashes))  # admission's back-pressure follows the commit rate
         self.metrics.set_mempool(txs=len(self.mempool), size_bytes=self.mempool.size_bytes)
         for entry in committed:
             self.metrics.tx_commit_latency_seconds.observe(max(0.0, now - entry.first_seen_s))

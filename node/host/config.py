@@ -77,6 +77,7 @@ class NodeConfig:
     # [mempool]
     mempool_txs_max: int = 50_000
     mempool_bytes_max: int = 64 * 1024 * 1024
+    mempool_backlog_ms: int = 1000  # admission back-pressure (node/host/admission.py); 0: off
     # [block]
     block_txs_max: int = 2000
     block_interval_ms: int = 0
@@ -214,6 +215,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Path], _Parser]]]] = {
     "mempool": {
         "txs_max": ("mempool_txs_max", lambda b: _POS),
         "bytes_max": ("mempool_bytes_max", lambda b: _POS),
+        "backlog_ms": ("mempool_backlog_ms", lambda b: _int(0, 600_000)),
     },
     "block": {
         "txs_max": ("block_txs_max", lambda b: _int(1, 4096)),

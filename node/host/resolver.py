@@ -367,15 +367,18 @@ class TxResolver:
         return {"txs": out}
 
     def _committed_txs(self, hashes: list[bytes]) -> list[bytes]:
+        """Encoded committed txs by hash (worker thread): each block read and decoded once."""
         chain = self._chain
-        out: list[bytes] = []
+        wanted: dict[int, list[int]] = {}
         for h in hashes:
             loc = chain.store.get_tx_location(h)
-            if loc is None:
-                continue
-            block = chain.get_block(loc[0])
-            if block is not None and loc[1] < len(block.txs):
-                out.append(block.txs[loc[1]].encode())
+            if loc is not None:
+                wanted.setdefault(loc[0], []).append(loc[1])
+        out: list[bytes] = []
+        for height, indexes in wanted.items():
+            raws = chain.tx_raws(height)
+            if raws is not None:
+                out.extend(raws[i] for i in indexes if i < len(raws))
         return out
 
     async def serve_get_blocks(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -247,6 +247,7 @@ class Node:
             screening.hold,
             metrics,
         )
+        admission.backlog_s = cfg.mempool_backlog_ms / 1000
         admission.screen = screening.screen
         screening.bind(admission, p2p.broadcast)
         screening.drop_waiting = flow.drop_waiting
@@ -350,6 +351,7 @@ class Node:
                 pending=pending,
                 subscribers=self.subscribers,
                 metrics=metrics,
+                commit_rate=admission.on_committed,
             ),
             proposer=Proposer(
                 replica=replica,

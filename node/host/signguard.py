@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ VERSION = 1
 SEQ_WINDOW = 1024  # records kept per kind, below the highest seq signed
 VIEW_WINDOW = 64  # VIEW-CHANGE / NEW-VIEW records kept, below the highest view signed
 _VOTES = ("pre_prepare", "prepare", "commit")
+_VIEW_KINDS = ("view_change", "new_view")  # windowed by view; the others by seq
 
 
 class GuardError(Exception):
@@ -79,6 +81,18 @@ class SignGuard:
             (k, v, s): bytes.fromhex(d) for k, v, s, d in state["signed"]
         }
         self.refused = 0
+        # Per seq-numbered kind, its records as a heap on (seq, view) and the highest seq: the
+        # window is pruned from the bottom without sorting every record on every vote.
+        self._heaps: dict[str, list[tuple[int, int]]] = {}
+        self._tops: dict[str, int] = {}
+        for k, v, s in self.signed:
+            if k not in _VIEW_KINDS:
+                self._heaps.setdefault(k, []).append((s, v))
+                self._tops[k] = max(self._tops.get(k, s), s)
+        for heap in self._heaps.values():
+            heapq.heapify(heap)
+        # Each record's JSON text, made once: the whole file is rewritten every signing round.
+        self._json: dict[tuple[str, int, int], str] = {}
 
     # --- file -----------------------------------------------------------------------------
 
@@ -110,17 +124,23 @@ class SignGuard:
 
     def save(self) -> None:
         """Write to a temporary file, fsync, rename over the old one, fsync the directory."""
-        state = {
+        head = {
             "version": VERSION,
             "public_key": self.public_key.hex(),
             "view_floor": self.view_floor,
             "floors": self.floors,
-            "signed": [[k, v, s, d.hex()] for (k, v, s), d in sorted(self.signed.items())],
         }
+        # The same JSON object as json.dumps of the whole state, records in insertion order.
+        text = (
+            json.dumps(head, separators=(",", ":"))[:-1]
+            + ',"signed":['
+            + ",".join(self._record_json(key, d) for key, d in self.signed.items())
+            + "]}"
+        )
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps(state, separators=(",", ":")).encode())
+            os.write(fd, text.encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -130,6 +150,13 @@ class SignGuard:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    def _record_json(self, key: tuple[str, int, int], digest: bytes) -> str:
+        text = self._json.get(key)
+        if text is None:
+            text = json.dumps([key[0], key[1], key[2], digest.hex()], separators=(",", ":"))
+            self._json[key] = text
+        return text
 
     # --- rules ----------------------------------------------------------------------------
 
@@ -154,19 +181,26 @@ class SignGuard:
         self.signed[key] = s.digest
         if s.kind in _VOTES or s.kind == "view_change":
             self.view_floor = max(self.view_floor, s.view)
-        self._prune(s.kind)
+        self._prune(s.kind, s.seq, s.view)
         return True
 
-    def _prune(self, kind: str) -> None:
-        keys = sorted(k for k in self.signed if k[0] == kind)
-        if kind in ("view_change", "new_view"):
+    def _prune(self, kind: str, seq: int, view: int) -> None:
+        """Forget records of ``kind`` that fell out of the window; raise its floor over them."""
+        if kind in _VIEW_KINDS:
+            keys = sorted(k for k in self.signed if k[0] == kind)
             top = keys[-1][1]
             old = [k for k in keys if k[1] <= top - VIEW_WINDOW]
-        else:
-            top = max(k[2] for k in keys)
-            old = [k for k in keys if k[2] <= top - SEQ_WINDOW]
+        else:  # the just recorded (seq, view) joins the heap; the lowest seqs leave first
+            heap = self._heaps.setdefault(kind, [])
+            heapq.heappush(heap, (seq, view))
+            top = self._tops[kind] = max(self._tops.get(kind, seq), seq)
+            old = []
+            while heap and heap[0][0] <= top - SEQ_WINDOW:
+                s, v = heapq.heappop(heap)
+                old.append((kind, v, s))
         for k in old:
             del self.signed[k]
+            self._json.pop(k, None)
             floor = self.floors.get(kind, [0, 0])
             self.floors[kind] = max(floor, [k[1], k[2]])
 

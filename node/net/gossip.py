@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -65,11 +66,30 @@ class Gossip:
         self._out: list[bytes] = []
         self._wake = asyncio.Event()
         self._n = n_validators
+        self._sent_s = 0.0  # when the last frame left (monotonic)
 
     def forward(self, raws: list[bytes]) -> None:
-        """Queue txs (raw encodings) for every connected peer."""
+        """Queue txs (raw encodings) for every connected peer.
+
+        On a quiet link (nothing sent for a flush interval) they leave at once, in the same
+        loop step that admitted them: ahead of a PRE-PREPARE naming them, which would otherwise
+        overtake them and make every backup fetch them from the primary. Under load they are
+        collected for a flush interval into bigger frames.
+        """
+        now = time.monotonic()
+        if not self._out and now - self._sent_s >= self._flush_s:
+            self._sent_s = now
+            self._send(raws)
+            return
         self._out.extend(raws)
         self._wake.set()
+
+    def _send(self, out: list[bytes]) -> None:
+        for i in range(0, len(out), self._batch_max):
+            msg = {"t": "txs", "txs": out[i : i + self._batch_max]}
+            for peer in self._sender.peers():
+                with contextlib.suppress(Exception):
+                    self._sender.send(peer, msg)
 
     async def run(self) -> None:
         """Flush loop; runs until cancelled."""
@@ -79,8 +99,5 @@ class Gossip:
             # A short wait collects more txs into the same frame under load.
             await asyncio.sleep(self._flush_s)
             out, self._out = self._out, []
-            for i in range(0, len(out), self._batch_max):
-                msg = {"t": "txs", "txs": out[i : i + self._batch_max]}
-                for peer in self._sender.peers():
-                    with contextlib.suppress(Exception):
-                        self._sender.send(peer, msg)
+            self._sent_s = time.monotonic()
+            self._send(out)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import random
 import sys
 import tempfile
 import time
@@ -26,7 +28,9 @@ from common.crypto import address_of
 from node.chain.ethtx import WEI_PER_UNIT, eth_address, eth_chain_id, sign_dynamic_fee
 from node.chain.tx import make_transfer, tx_hash_of
 from node.detect.scenarios import bench_plan
+from node.errors import MEMPOOL_FULL, OVERLOADED
 from node.tools import devnet
+from node.tools.bench_probe import Probe, Profiler, format_profile, profile_table
 from node.tools.client import AsyncClient, Client, ClientError, RpcError
 from node.tools.devnet import Cluster, bench_eth_key
 
@@ -34,6 +38,15 @@ BATCH = 100
 ETH_FUND_UNITS = 10**9  # what each Ethereum bench account gets (1 coin: ~47000 txs of fees)
 DRAIN_S = 15.0
 DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault drills under load)
+# Admission's back-pressure answers (node/host/admission.py): the tx was not taken, send it again
+# after a pause. Anything else is a final rejection.
+RETRYABLE = (MEMPOOL_FULL, OVERLOADED)
+RETRY_PAUSE_S = 0.05
+RETRY_PAUSE_MAX_S = 2.0
+# Open loop above the chain's capacity: while this many refused txs wait for their retry, no
+# new batch leaves (the offered rate then follows what the chain takes, as a real client's
+# would); retries must not grow into a storm that takes the validators' CPU.
+RETRY_BACKLOG_MAX = 2000
 
 
 async def _start_nonces(session: aiohttp.ClientSession, url: str, accounts: int) -> list[int]:
@@ -61,7 +74,11 @@ class Bench:
         self.quarantined = 0
         self.rejected = 0
         self.errors = 0
+        self.retried = 0
+        self.retry_backlog = 0  # refused txs waiting for their retry
         self.down_until: dict[int, float] = {}
+        self.extra: dict[str, Any] = {}
+        self.deadline = 0.0
 
     def _live(self, first: int) -> int | None:
         """``first`` or the next node not marked down; None when every node is down."""
@@ -97,8 +114,14 @@ class Bench:
             txs = await asyncio.to_thread(self._presign, accounts - 1, count, nonces, eth_nonces)
             start_h = (await self._any(s, lambda i: self._call(s, i, "node_status")))["height"]
             watcher = asyncio.create_task(self._watch(s, start_h))
+            probe = Probe(c)
+            await probe.start(s)
+            profiler = None
+            if args.profile:
+                out = Path(tempfile.mkdtemp(prefix="vigil-profile-"))
+                profiler = Profiler(probe.pids, out, args.duration + DRAIN_S / 3)
             t0 = time.monotonic()
-            deadline = t0 + args.duration
+            deadline = self.deadline = t0 + args.duration
             queue = [txs[i : i + BATCH] for i in range(0, len(txs), BATCH)]
             await asyncio.gather(
                 *(self._client(s, n, queue, rate, t0, deadline) for n in range(args.clients))
@@ -108,6 +131,7 @@ class Bench:
             while time.monotonic() < drain_until and len(self.committed_at) < len(self.sent_at):
                 await asyncio.sleep(0.1)
             watcher.cancel()
+            await probe.stop(s)
             elapsed = max(send_end - t0, 1e-9)
         lat = sorted(
             (self.committed_at[h] - self.sent_at[h]) * 1000
@@ -119,6 +143,12 @@ class Bench:
             return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None
 
         committed = len(lat)
+        self.extra = probe.report(committed)
+        self.extra["retried"] = self.retried
+        if profiler is not None:
+            table = profile_table(profiler.finish(), probe.node_cpu_s(), committed)
+            self.extra["profile"] = table
+            print(format_profile(table), file=sys.stderr)
         return {
             "nodes": c.n,
             "duration_s": round(elapsed, 2),
@@ -131,6 +161,7 @@ class Bench:
             "quarantined": self.quarantined,
             "rejected": self.rejected,
             "errors": self.errors,
+            **self.extra,
         }
 
     def _presign(
@@ -217,6 +248,8 @@ class Bench:
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            while self.retry_backlog > RETRY_BACKLOG_MAX and time.monotonic() < deadline:
+                await asyncio.sleep(RETRY_PAUSE_S)
             if time.monotonic() >= deadline:
                 break
             task = asyncio.create_task(self._send(s, node, batch))
@@ -228,8 +261,33 @@ class Bench:
     async def _send(
         self, s: aiohttp.ClientSession, node: int, batch: list[tuple[str, str]]
     ) -> None:
+        """Submit a batch; txs refused by back-pressure are sent again after a pause."""
+        first = time.monotonic()
+        give_up = self.deadline + DRAIN_S
+        pause_s = RETRY_PAUSE_S
+        while batch:
+            batch = await self._send_once(s, node, batch, first)
+            if batch:
+                self.retried += len(batch)
+                if time.monotonic() > give_up:
+                    self.submitted += len(batch)
+                    self.rejected += len(batch)
+                    return
+                # Exponential back-off: retries above the chain's capacity must not become a
+                # storm of RPC calls that takes the CPU the validators need.
+                self.retry_backlog += len(batch)
+                try:
+                    await asyncio.sleep(pause_s * (0.5 + random.random()))
+                finally:
+                    self.retry_backlog -= len(batch)
+                pause_s = min(pause_s * 2, RETRY_PAUSE_MAX_S)
+                node += 1
+
+    async def _send_once(
+        self, s: aiohttp.ClientSession, node: int, batch: list[tuple[str, str]], first: float
+    ) -> list[tuple[str, str]]:
+        """One JSON-RPC batch; returns the txs to send again (pushed back by admission)."""
         calls = [("tx_submit", [raw]) for raw, _ in batch]
-        now = time.monotonic()
         answers: list[Any] | None = None
         target = None
         for _ in range(2):  # the chosen node, then once more on another live one
@@ -244,33 +302,58 @@ class Bench:
                 node = target + 1
         if answers is None:  # no node took the batch (or it answered garbage)
             self.errors += len(batch)
-            return
-        for (_, h), a in zip(batch, answers, strict=True):
+            return []
+        again: list[tuple[str, str]] = []
+        for item, a in zip(batch, answers, strict=True):
             if isinstance(a, ClientError):
                 self.errors += 1
+                continue
+            if isinstance(a, RpcError) and a.code in RETRYABLE:
+                again.append(item)
                 continue
             self.submitted += 1
             if isinstance(a, RpcError):
                 self.rejected += 1
                 continue
-            self.sent_at[h] = now
+            self.sent_at[item[1]] = first
             if a["status"] == "quarantined":
                 self.quarantined += 1
+        return again
 
     async def _watch(self, s: aiohttp.ClientSession, height: int) -> None:
+        """Commit times: woken by node 0's ``blocks`` subscription (or every 50 ms without it),
+        then ``block_get`` of each new height."""
         node = 0
-        while True:
-            try:
-                top = (await self._call(s, node, "node_status"))["height"]
-                for h in range(height + 1, top + 1):
-                    block = await self._call(s, node, "block_get", [h])
-                    now = time.monotonic()
-                    for tx_hash in block["tx_hashes"]:
-                        self.committed_at.setdefault(tx_hash, now)
-                    height = h
-            except (ClientError, RpcError, KeyError, TypeError, ValueError):
-                node = (node + 1) % self.c.n
-            await asyncio.sleep(0.05)
+        wake = asyncio.Event()
+        feed = asyncio.create_task(self._block_feed(s, wake))
+        try:
+            while True:
+                try:
+                    top = (await self._call(s, node, "node_status"))["height"]
+                    for h in range(height + 1, top + 1):
+                        block = await self._call(s, node, "block_get", [h])
+                        now = time.monotonic()
+                        for tx_hash in block["tx_hashes"]:
+                            self.committed_at.setdefault(tx_hash, now)
+                        height = h
+                except (ClientError, RpcError, KeyError, TypeError, ValueError):
+                    node = (node + 1) % self.c.n
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await wake.wait()
+                wake.clear()
+        finally:
+            feed.cancel()
+
+    async def _block_feed(self, s: aiohttp.ClientSession, wake: asyncio.Event) -> None:
+        """Set ``wake`` on every block notification of node 0's /ws (best effort)."""
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with s.ws_connect(self.c.rpc_url(0) + "/ws") as ws:
+                await ws.send_json(
+                    {"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": ["blocks"]}
+                )
+                async for _msg in ws:
+                    wake.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         "--eth-share", type=float, default=0.0, help="share of Ethereum-signed txs, 0..1"
     )
     parser.add_argument("--eth-accounts", type=int, default=200, help="Ethereum bench accounts")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every node with py-spy; print us per committed tx per node per stage",
+    )
     args = parser.parse_args(argv)
     if args.rate != "max":
         try:

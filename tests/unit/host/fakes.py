@@ -60,6 +60,9 @@ class FakeChain:
     def get_block(self, height: int) -> Block | None:
         return None
 
+    def tx_raws(self, height: int) -> list[bytes] | None:
+        return None
+
     def read_account(self, address: bytes) -> Account | None:
         return Account(10**9, len(self.committed))
 

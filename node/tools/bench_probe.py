@@ -1,0 +1,251 @@
+"""What ``scripts/bench`` measures besides latency: node CPU, memory, view changes, loop lag.
+
+Read from outside the nodes, so the bench measures the product as it ships: CPU time and
+resident size from ``/proc/PID`` (Linux; None elsewhere), view changes and event-loop lag from
+each node's Prometheus metrics before and after the run. ``--profile`` adds py-spy sampling of
+every node (node/tools/bench_stages.py turns the samples into microseconds per stage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from node.tools import devnet
+from node.tools.bench_stages import stage_samples
+from node.tools.devnet import Cluster
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+PROFILE_RATE_HZ = 97  # py-spy samples per second (prime: no lock-step with 50 ms ticks)
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (all threads), from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * PAGE_BYTES / 2**20, 1)
+
+
+def node_pids(cluster: Cluster) -> list[int | None]:
+    return [devnet.read_pid(cluster, i) for i in range(cluster.n)]
+
+
+@dataclass
+class Scrape:
+    """The few metric values the bench compares before and after its run."""
+
+    view_changes: float
+    lag_buckets: list[tuple[float, float]]  # (upper bound s, cumulative count)
+
+
+async def scrape(s: aiohttp.ClientSession, url: str) -> Scrape | None:
+    try:
+        async with asyncio.timeout(5), s.get(url) as resp:
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+    view_changes = 0.0
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text):
+        if family.name == "vigil_consensus_view_changes":
+            view_changes = sum(x.value for x in family.samples if x.name.endswith("_total"))
+        elif family.name == "vigil_event_loop_lag_seconds":
+            buckets = [
+                (float(x.labels["le"]), x.value)
+                for x in family.samples
+                if x.name.endswith("_bucket")
+            ]
+    return Scrape(view_changes, sorted(buckets))
+
+
+def lag_p99_ms(before: Scrape | None, after: Scrape | None) -> float | None:
+    """Upper bound of the bucket holding the 99th percentile of the run's loop-lag samples."""
+    if after is None or not after.lag_buckets:
+        return None
+    base = dict(before.lag_buckets) if before is not None else {}
+    delta = [(le, n - base.get(le, 0.0)) for le, n in after.lag_buckets]
+    total = delta[-1][1]
+    if total <= 0:
+        return None
+    for le, n in delta:
+        if n >= 0.99 * total:
+            return None if le == float("inf") else round(le * 1000, 1)
+    return None
+
+
+class Probe:
+    """Per-node readings taken at the start and the end of the load phase."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.c = cluster
+        self.pids = node_pids(cluster)
+        self.cpu0: list[float | None] = []
+        self.cpu1: list[float | None] = []
+        self.scr0: list[Scrape | None] = []
+        self.scr1: list[Scrape | None] = []
+        self.self_cpu0 = 0.0
+        self.self_cpu1 = 0.0
+
+    async def _scrape_all(self, s: aiohttp.ClientSession) -> list[Scrape | None]:
+        return list(
+            await asyncio.gather(*(scrape(s, self.c.metrics_url(i)) for i in range(self.c.n)))
+        )
+
+    async def start(self, s: aiohttp.ClientSession) -> None:
+        self.scr0 = await self._scrape_all(s)
+        self.cpu0 = [cpu_s(p) if p else None for p in self.pids]
+        self.self_cpu0 = _self_cpu_s()
+
+    async def stop(self, s: aiohttp.ClientSession) -> None:
+        self.cpu1 = [cpu_s(p) if p else None for p in self.pids]
+        self.self_cpu1 = _self_cpu_s()
+        self.scr1 = await self._scrape_all(s)
+
+    def node_cpu_s(self) -> list[float | None]:
+        return [
+            round(b - a, 2) if a is not None and b is not None else None
+            for a, b in zip(self.cpu0, self.cpu1, strict=True)
+        ]
+
+    def report(self, committed: int) -> dict[str, Any]:
+        """The extra JSON keys (the contract's keys are the bench's own)."""
+        per_tx = [
+            round(c * 1e6 / committed, 1) if c is not None and committed else None
+            for c in self.node_cpu_s()
+        ]
+        changes = [
+            round(b.view_changes - a.view_changes)
+            for a, b in zip(self.scr0, self.scr1, strict=True)
+            if a is not None and b is not None
+        ]
+        bench_cpu = self.self_cpu1 - self.self_cpu0
+        return {
+            "view_changes": sum(changes),
+            "view_changes_by_node": changes,
+            "node_cpu_us_per_tx": per_tx,
+            "bench_cpu_us_per_tx": round(bench_cpu * 1e6 / committed, 1) if committed else None,
+            "node_rss_mib": [rss_mib(p) if p else None for p in self.pids],
+            "loop_lag_p99_ms": [
+                lag_p99_ms(a, b) for a, b in zip(self.scr0, self.scr1, strict=True)
+            ],
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        }
+
+
+def _self_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# --- profile: py-spy on every node ------------------------------------------------------------
+
+
+def py_spy() -> str | None:
+    here = Path(sys.executable).parent / "py-spy"
+    return str(here) if here.exists() else shutil.which("py-spy")
+
+
+class Profiler:
+    """One ``py-spy record`` per node for the load phase; raw (collapsed) stacks in ``out``."""
+
+    def __init__(self, pids: list[int | None], out: Path, duration_s: float) -> None:
+        exe = py_spy()
+        if exe is None:
+            raise SystemExit("--profile needs py-spy (pip install py-spy)")
+        self.files = [out / f"node{i}.txt" for i in range(len(pids))]
+        self.procs: list[subprocess.Popen[bytes] | None] = []
+        for pid, path in zip(pids, self.files, strict=True):
+            if pid is None:
+                self.procs.append(None)
+                continue
+            cmd = [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(PROFILE_RATE_HZ),
+                "--duration",
+                str(max(1, int(duration_s))),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(path),
+            ]
+            self.procs.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+
+    def finish(self, timeout_s: float = 30.0) -> list[dict[str, int] | None]:
+        """Wait for every recorder; stage -> samples per node (None when it failed)."""
+        out: list[dict[str, int] | None] = []
+        for proc, path in zip(self.procs, self.files, strict=True):
+            if proc is None:
+                out.append(None)
+                continue
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
+            try:
+                out.append(stage_samples(path.read_text().splitlines()))
+            except OSError:
+                out.append(None)
+        return out
+
+
+def profile_table(
+    samples: list[dict[str, int] | None], cpu_s: list[float | None], committed: int
+) -> dict[str, Any]:
+    """Microseconds of CPU per committed tx, per node and stage.
+
+    py-spy's sample counts give each stage's share of a node's busy samples; the node's CPU
+    time measured by the kernel over the same phase gives the total, so the figures add up
+    to ``node_cpu_us_per_tx`` (sampling under load misses samples, the kernel does not).
+    """
+    from node.tools.bench_stages import STAGES
+
+    nodes: list[dict[str, float] | None] = []
+    for counts, cpu in zip(samples, cpu_s, strict=True):
+        busy = sum(v for k, v in (counts or {}).items() if k != "idle")
+        if counts is None or not busy or cpu is None or not committed:
+            nodes.append(None)
+            continue
+        per_tx = cpu * 1e6 / committed
+        nodes.append({st: round(per_tx * counts.get(st, 0) / busy, 1) for st in STAGES})
+    return {"unit": "us_per_committed_tx", "stages": list(STAGES), "nodes": nodes}
+
+
+def format_profile(table: dict[str, Any]) -> str:
+    """The profile as a text table (stderr), one column per node plus the sum over nodes."""
+    nodes = table["nodes"]
+    head = "stage".ljust(12) + "".join(f"node{i}".rjust(9) for i in range(len(nodes)))
+    lines = [head + "all".rjust(9)]
+    for st in table["stages"]:
+        vals = [n.get(st, 0.0) if n else 0.0 for n in nodes]
+        lines.append(st.ljust(12) + "".join(f"{v:9.1f}" for v in vals) + f"{sum(vals):9.1f}")
+    totals = [sum(n.values()) if n else 0.0 for n in nodes]
+    lines.append("total".ljust(12) + "".join(f"{v:9.1f}" for v in totals) + f"{sum(totals):9.1f}")
+    return "\n".join(lines)

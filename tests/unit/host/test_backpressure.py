@@ -1,0 +1,103 @@
+"""Admission pushes clients back on a commit backlog, before the request timer is in sight."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from common.crypto import SigningKey
+from node.chain.ledger import Account
+from node.chain.mempool import Mempool
+from node.chain.tx import make_transfer
+from node.errors import MEMPOOL_FULL, VigilError
+from node.host import admission as adm
+from node.host.admission import Admission
+
+CHAIN = "vigil-local"
+KEYS = [SigningKey(bytes([k + 1]) * 32) for k in range(3)]
+
+
+class _Gossip:
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self.out: list[bytes] = []
+
+    def forward(self, raws: list[bytes]) -> None:
+        self.out.extend(raws)
+
+
+def _admission(backlog: int) -> tuple[Admission, list[float]]:
+    mempool = Mempool(CHAIN, 100_000, 1 << 30, lambda a: Account(10**12, 0))
+    a = Admission(mempool, _Gossip(), lambda h: False, lambda txs: None, print, None)  # type: ignore[arg-type]
+    clock = [100.0]
+    a.clock = lambda: clock[0]
+    # A backlog of old txs from other senders (admitted 5 s ago).
+    filler = SigningKey(b"\x55" * 32)
+    for n in range(backlog):
+        tx = make_transfer(filler, CHAIN, b"\x01" * 20, 1, 1, n)
+        mempool.add(tx, tx.hash, 95.0)
+    return a, clock
+
+
+def _commit(a: Admission, clock: list[float], txs: int, dt_s: float) -> None:
+    clock[0] += dt_s
+    a.on_committed(txs)
+
+
+def test_backlog_allowance_follows_the_commit_rate() -> None:
+    a, clock = _admission(0)
+    assert a.backlog_max() == adm.BACKLOG_TXS_MIN
+    _commit(a, clock, 0, 0.0)
+    for _ in range(80):
+        _commit(a, clock, 500, 0.1)  # 5000 tx/s for 8 s
+    assert 0.9 * 5000 * adm.BACKLOG_S <= a.backlog_max() <= 5000 * adm.BACKLOG_S
+
+
+async def _submit(a: Admission, raws: list[bytes], origin: int | None = None) -> list[Any]:
+    loop = asyncio.get_running_loop()
+    items = [adm._Item(r, origin, loop.create_future() if origin is None else None) for r in raws]
+    await a._admit(items)
+    out: list[Any] = []
+    for it in items:
+        if it.future is not None:
+            exc = it.future.exception()
+            out.append(exc if exc is not None else it.future.result())
+    return out
+
+
+async def test_new_client_work_refused_with_retryable_error_when_backlogged() -> None:
+    a, _ = _admission(adm.BACKLOG_TXS_MIN)
+    tx = make_transfer(KEYS[0], CHAIN, b"\x02" * 20, 1, 1, 0)
+    [answer] = await _submit(a, [tx.encode()])
+    assert isinstance(answer, VigilError)
+    assert answer.code == MEMPOOL_FULL
+
+
+async def test_gap_filler_and_gossip_pass_when_backlogged() -> None:
+    a, _ = _admission(adm.BACKLOG_TXS_MIN)
+    later = make_transfer(KEYS[1], CHAIN, b"\x02" * 20, 1, 1, 1)
+    a.mempool.add(later, later.hash, 99.0)  # parked behind nonce 0
+    first = make_transfer(KEYS[1], CHAIN, b"\x02" * 20, 1, 1, 0)
+    [answer] = await _submit(a, [first.encode()])
+    assert answer["status"] == "pending"
+    gossiped = make_transfer(KEYS[2], CHAIN, b"\x02" * 20, 1, 1, 0)
+    await _submit(a, [gossiped.encode()], origin=1)
+    assert gossiped.hash in a.mempool
+
+
+async def test_no_push_back_when_the_backlog_is_young() -> None:
+    a, clock = _admission(adm.BACKLOG_TXS_MIN)
+    clock[0] = 95.5  # the backlog has waited 0.5 s only: the chain may still absorb it
+    tx = make_transfer(KEYS[0], CHAIN, b"\x02" * 20, 1, 1, 0)
+    [answer] = await _submit(a, [tx.encode()])
+    assert answer["status"] == "pending"
+
+
+def test_backlog_ms_zero_turns_it_off() -> None:
+    a, _ = _admission(adm.BACKLOG_TXS_MIN * 2)
+    a.backlog_s = 0
+    assert not a._pushed_back()
+    with pytest.raises(AssertionError):
+        assert a._pushed_back()
