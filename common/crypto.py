@@ -94,7 +94,9 @@ def is_strong_public_key(public_key: bytes) -> bool:
 
 
 def address_of(public_key: bytes) -> bytes:
-    """The 20-byte account address: SHA-256(ADDRESS_DOMAIN || 0x00 || public key), first 20 bytes."""
+    """The 20-byte account address: SHA-256(ADDRESS_DOMAIN || 0x00 || public key),
+    first 20 bytes.
+    """
     return hashlib.sha256(ADDRESS_DOMAIN + b"\x00" + public_key).digest()[:ADDRESS_BYTES]
 
 

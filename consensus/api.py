@@ -105,7 +105,9 @@ class FetchedEntry:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """Committed entries the host fetched from peers after a ``FetchBlocks``; checked by the core."""
+    """Committed entries the host fetched from peers after a ``FetchBlocks``;
+    checked by the core.
+    """
 
     entries: tuple[FetchedEntry, ...]
 

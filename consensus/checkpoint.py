@@ -73,7 +73,9 @@ class CheckpointTracker:
     # --- the hash chain -------------------------------------------------------------------------
 
     def resume_chain(self, committed_seq: int, chain_of_committed: bytes | None) -> None:
-        """After a restart: the chain at ``committed_seq``, from the stable checkpoint or our log."""
+        """After a restart: the chain at ``committed_seq``, from the stable
+        checkpoint or our log.
+        """
         if self._chain is None:
             if committed_seq == self._stable_seq:
                 self._chain = self._stable_digest
@@ -142,7 +144,9 @@ class CheckpointTracker:
         return None
 
     def proof(self, seq: int, digest: bytes) -> m.Sigs | None:
-        """2f+1 matching CHECKPOINT signatures for (seq, digest), sorted by sender, if we hold them."""
+        """2f+1 matching CHECKPOINT signatures for (seq, digest), sorted by sender,
+        if we hold them.
+        """
         proof = tuple(
             sorted(
                 (s, seqs[seq][1])

@@ -201,7 +201,9 @@ def retract_key(sender: int) -> bytes:
 
 
 def view_record(view: int, active: bool, entered: int) -> bytes:
-    """``entered``: the highest view this replica was ever active in (a RETRACT never goes below)."""
+    """``entered``: the highest view this replica was ever active in (a RETRACT
+    never goes below).
+    """
     return codec.encode({"view": view, "active": active, "entered": entered})
 
 

@@ -52,7 +52,9 @@ class NormalCase:
     # --- backups ------------------------------------------------------------------------------
 
     def on_pre_prepare(self, pp: m.PrePrepare, out: list[Action]) -> None:
-        """Accept the primary's PRE-PREPARE for (view, seq) once; PREPARE after the host validates."""
+        """Accept the primary's PRE-PREPARE for (view, seq) once; PREPARE after the
+        host validates.
+        """
         ctx = self._ctx
         if pp.sender != ctx.primary(pp.view):
             return ctx.drop(out, "not_primary", pp.sender)

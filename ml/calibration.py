@@ -32,7 +32,8 @@ from ml.arrays import BoolArray, FloatArray
 from ml.iforest import IsolationForest, average_path_length, check_matrix
 
 # Features are log2 ratios and small counts: a column whose training range is narrower than one
-# doubling is treated as one doubling wide, so "2 where the window only had 1" is not infinitely far.
+# doubling is treated as one doubling wide, so "2 where the window only had 1" is not infinitely
+# far.
 SPREAD_MIN = 1.0
 TAIL_ROWS_MIN = 10  # rows the exponential tail is fitted on, at least
 # Floor of the tail scale, in levels of the full forest: with tied scores (scale 0) a tx must

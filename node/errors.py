@@ -1,7 +1,8 @@
 """Stable error codes for everything a client or peer can get wrong.
 
 As in h11, "they sent garbage" is not "we have a bug": bad input raises a ``VigilError`` with a code
-from this table, which the RPC layer maps to a JSON-RPC error and the P2P layer to a counted reject (a peer that keeps sending garbage is disconnected).
+from this table, which the RPC layer maps to a JSON-RPC error and the P2P layer to a counted reject
+(a peer that keeps sending garbage is disconnected).
 """
 
 from __future__ import annotations

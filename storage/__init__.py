@@ -1,4 +1,6 @@
-"""LevelDB storage: key layout and atomic per-block batches. Keys and bytes only; imports plyvel and stdlib."""
+"""LevelDB storage: key layout and atomic per-block batches. Keys and bytes only; imports plyvel and
+stdlib.
+"""
 
 from storage.db import StorageError, Store
 

@@ -39,7 +39,9 @@ def free_ports(count: int) -> list[int]:
 
 
 def wait_for(what: str, check: Any, deadline_s: float = DEADLINE_S, every_s: float = 0.1) -> Any:
-    """Poll ``check()`` until it returns a truthy value; AssertionError naming ``what`` otherwise."""
+    """Poll ``check()`` until it returns a truthy value; AssertionError naming
+    ``what`` otherwise.
+    """
     end = time.monotonic() + deadline_s
     last_exc: Exception | None = None
     while time.monotonic() < end:

@@ -1,5 +1,6 @@
 """Markers by folder: tests/unit (fast, fakes allowed), tests/sim (the consensus simulator),
-tests/e2e (real node processes, sockets and LevelDB). Select with ``-m unit``, ``-m sim``, ``-m e2e``.
+tests/e2e (real node processes, sockets and LevelDB). Select with ``-m unit``, ``-m sim``, ``-m
+e2e``.
 """
 
 from pathlib import Path

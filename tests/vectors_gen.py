@@ -143,7 +143,9 @@ def build() -> dict[str, dict[str, Any]]:
         "block.json": block_vector(transfer, anchor),
         "merkle.json": {
             "name": "merkle",
-            "description": "tree over [transfer hash, anchor hash, 32 zero bytes]; proof of index 2",
+            "description": (
+                "tree over [transfer hash, anchor hash, 32 zero bytes]; proof of index 2"
+            ),
             "leaves": [to_hex(x) for x in leaves],
             "root": to_hex(merkle_root(leaves)),
             "index": 2,

@@ -159,7 +159,8 @@ async def _state_at(eth: EthBackend, ref: str | int | bytes) -> None:
         raise eth_error("header not found")
     if h != eth.head():
         raise eth_error(
-            f"historical state is not available: Vigil keeps the state at the head only ({eth.head()})"
+            "historical state is not available: Vigil keeps the state at the head only"
+            f" ({eth.head()})"
         )
 
 

@@ -121,7 +121,9 @@ def logs_of(
     index: int,
     log_index: int,
 ) -> list[dict[str, Any]]:
-    """An executed anchor emits one log: address = anchor address, topics = [digest], data = memo."""
+    """An executed anchor emits one log: address = anchor address, topics =
+    [digest], data = memo.
+    """
     if tx.kind != "anchor" or receipt is None or not receipt.ok:
         return []
     return [

@@ -1,6 +1,7 @@
 """The interface between the node runtime and its RPC layer.
 
-The runtime implements :class:`NodeService`; ``node/api/rpc.py`` and ``node/api/ws.py`` only call it, so the
+The runtime implements :class:`NodeService`; ``node/api/rpc.py`` and ``node/api/ws.py`` only call
+it, so the
 RPC layer can be tested against a fake and the runtime against no HTTP at all. Results follow the
 shapes of docs/rpc.md (JSON-ready: ints, strings, ``0x`` hex, lists, dicts).
 Client mistakes raise :class:`node.errors.VigilError` with a code from ``node/errors.py``.

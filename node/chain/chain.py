@@ -34,7 +34,8 @@ from node.chain.tx import Transaction
 from storage.db import Store
 
 GENESIS_META_KEY = b"genesis_hash"
-# Meta key prefix of the tx bodies of a proposal this node voted for or made (node/host/resolver.py).
+# Meta key prefix of the tx bodies of a proposal this node voted for or made
+# (node/host/resolver.py).
 PROPOSAL_TXS_KEY = b"ptx"
 # Decoded recent blocks kept for reads (block_get, tx_get, peers' get_txs): bounded by their txs.
 BLOCK_CACHE_TXS_MAX = 20_000

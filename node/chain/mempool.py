@@ -92,7 +92,9 @@ class Mempool:
         return pending is not None and max(pending) > tx.nonce
 
     def oldest_age_s(self, now_s: float) -> float:
-        """How long the oldest pending tx has waited (0 when empty): entries are in arrival order."""
+        """How long the oldest pending tx has waited (0 when empty): entries are in
+        arrival order.
+        """
         oldest = next(iter(self._entries.values()), None)
         return 0.0 if oldest is None else now_s - oldest.first_seen_s
 

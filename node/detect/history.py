@@ -402,7 +402,8 @@ class TxHistory:
     ) -> tuple[RawRow, tuple[Any, ...], bool]:
         """The tx's ml.features.RAW_COLUMNS as seen at ``now`` (committed history plus
         ``pending``), the fields of its ``TxContext`` (a plain tuple: cheaper to make, and
-        most are never read), and whether the sender paid this receiver before (anchors: True). Called once per scored tx, so it touches only the sender's recent
+        most are never read), and whether the sender paid this receiver before (anchors: True).
+        Called once per scored tx, so it touches only the sender's recent
         events and copies nothing."""
         is_anchor = tx.kind != "transfer"
         to = b"" if is_anchor else tx.to

@@ -395,7 +395,9 @@ class Quarantine:
     # --- changes ------------------------------------------------------------------------------
 
     def hold(self, held: Held, now_ms: int) -> None:
-        """Quarantine a tx; when full, the oldest held tx leaves as rejected (``quarantine_full``)."""
+        """Quarantine a tx; when full, the oldest held tx leaves as rejected
+        (``quarantine_full``).
+        """
         h = held.hash
         if h in self._held:
             return

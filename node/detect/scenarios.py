@@ -13,7 +13,8 @@ Scenarios (a history phase the model is trained on, then a scored phase):
 - ``onboarding``: thousands of new senders paying never-seen addresses;
 - ``inflation``: all amounts x3 over the scored phase;
 - ``daynight``: the rate swings between 0.2x and 1.8x;
-- ``bench_idle``: bench-like load (everyone pays the next account 1 unit, fast) after two idle hours;
+- ``bench_idle``: bench-like load (everyone pays the next account 1 unit, fast) after two idle
+hours;
 - ``bench_steady``: bench-like load at max rate after the window learned it at a steady rate.
 
 Injected anomalies (every ``CASE_EVERY`` steps of the scored phase, kinds in turn): ``huge`` (500 to
@@ -256,7 +257,9 @@ class Scenario:
         return txs
 
     def _bench_txs(self, per_account_s: float) -> list[SimTx]:
-        """Bench-like: each account pays the next one 1 unit with fee 1, ``per_account_s`` a second."""
+        """Bench-like: each account pays the next one 1 unit with fee 1,
+        ``per_account_s`` a second.
+        """
         accts = self.bench.accounts
         plan = bench_plan(len(accts), round(per_account_s * len(accts) * STEP_MS / 1000))
         return [self.bench.tx(accts[k], accts[to].addr, amount, fee=1) for k, to, amount in plan]

@@ -1,1 +1,3 @@
-"""The validator process: runtime wiring, consensus driver, committer, admission, config, logs, metrics."""
+"""The validator process: runtime wiring, consensus driver, committer, admission, config, logs,
+metrics.
+"""

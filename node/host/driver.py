@@ -1,6 +1,7 @@
 """The consensus driver: the task that owns the ``Replica``, and the tasks that feed its inbox.
 
-Each task takes the narrow parts it uses (node/host/runtime.py wires them). One task owns the replica and is fed by a bounded queue; ``step`` is never
+Each task takes the narrow parts it uses (node/host/runtime.py wires them). One task owns the
+replica and is fed by a bounded queue; ``step`` is never
 re-entered. It drains what is queued, steps each event, then performs the collected actions in
 order with one twist that keeps the rule "a Persist is durable before any later send": all
 Persist records of the round are written in one durable batch first, then sends and the rest

@@ -137,7 +137,8 @@ class Metrics:
     """All metric families of one node, registered in ``self.registry``.
 
     Attributes are the prometheus_client objects; callers use them directly, e.g.
-    ``metrics.blocks_committed_total.inc()`` or ``metrics.txs_rejected_total.labels("nonce").inc()``.
+    ``metrics.blocks_committed_total.inc()`` or
+    ``metrics.txs_rejected_total.labels("nonce").inc()``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -352,7 +353,9 @@ class Metrics:
             self.block_commit_seconds.observe(block_seconds)
 
     def set_view(self, view: int, *, is_primary: bool) -> None:
-        """Current view and whether this node leads it (call at start-up and on every view change)."""
+        """Current view and whether this node leads it (call at start-up and on
+        every view change).
+        """
         self.consensus_view.set(view)
         self.is_primary.set(1 if is_primary else 0)
 

@@ -1,6 +1,7 @@
 """The detector wired into the node: admission screening, quarantine, training, operator actions.
 
-``Screening`` owns a ``node.detect.detector.Detector`` and the ``node.detect.quarantine.Quarantine``:
+``Screening`` owns a ``node.detect.detector.Detector`` and the
+``node.detect.quarantine.Quarantine``:
 
 - ``screen(txs)`` is the admission hook (``node.host.admission.Screen``): one micro-batch, one
   vectorized ``score_batch`` call; a tx above the threshold (after warm-up) comes back

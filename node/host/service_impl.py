@@ -1,4 +1,5 @@
-"""``NodeService`` over a running node's parts (read-only views, plus submit): what the RPC layer (node/api/rpc.py, node/api/ws.py) calls.
+"""``NodeService`` over a running node's parts (read-only views, plus submit): what the RPC layer
+(node/api/rpc.py, node/api/ws.py) calls.
 
 Reads of LevelDB go through a worker thread when they may touch more than a key or two (a block,
 a proof); single-key reads are microseconds and stay on the loop. Results follow the shapes of

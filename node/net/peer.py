@@ -1,7 +1,8 @@
 """One authenticated websocket to another validator, with its own bounded send queue.
 
 A slow peer fills only its own queue, bounded in frames and in bytes; when it is full new frames
-for that peer are dropped and counted (PBFT tolerates lost messages through its timers) so one peer never stalls the node.
+for that peer are dropped and counted (PBFT tolerates lost messages through its timers) so one peer
+never stalls the node.
 """
 
 from __future__ import annotations

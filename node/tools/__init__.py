@@ -1,1 +1,3 @@
-"""Tools people run (CLI, wallet, client, cluster, devnet, demo, bench); nothing in the node imports this package."""
+"""Tools people run (CLI, wallet, client, cluster, devnet, demo, bench); nothing in the node imports
+this package.
+"""

@@ -66,7 +66,8 @@ def run_eth_part(url: str, key: bytes, native_to: bytes) -> None:
         r = c.call("eth_getTransactionReceipt", [tx_hash])
         gas, price = int(r["gasUsed"], 16), int(r["effectiveGasPrice"], 16)
         print(
-            f"{label}: {tx_hash[:12]} status {r['status']} gasUsed {gas} x {price} wei = fee {_coins(gas * price)}"
+            f"{label}: {tx_hash[:12]} status {r['status']} gasUsed {gas} x {price} wei"
+            f" = fee {_coins(gas * price)}"
         )
         return dict(r)
 
@@ -87,7 +88,8 @@ def run_eth_part(url: str, key: bytes, native_to: bytes) -> None:
             ],
         )
         print(
-            f"eth_getLogs(topic = digest 0x{digest.hex()[:12]}..): {len(logs)} log(s) in block {int(logs[0]['blockNumber'], 16)}"
+            f"eth_getLogs(topic = digest 0x{digest.hex()[:12]}..): {len(logs)} log(s)"
+            f" in block {int(logs[0]['blockNumber'], 16)}"
         )
     print(f"balance now {_coins(int(c.call('eth_getBalance', [me, 'latest']), 16))}")
     wrong = sign_dynamic_fee(key, 1, nonce + 1, native_to, WEI_PER_UNIT)

@@ -171,7 +171,9 @@ class Lab:
                 fh.write(text)
 
     def _make_cluster(self) -> devnet.Cluster:
-        """``vigil init`` per node at its own address, genesis by ``vigil genesis``, names as peers."""
+        """``vigil init`` per node at its own address, genesis by ``vigil
+        genesis``, names as peers.
+        """
         assert self.net is not None
         ports = [devnet.Ports(P2P_PORT, RPC_PORT, METRICS_PORT)] * self.n
         root = self.workdir / "cluster"

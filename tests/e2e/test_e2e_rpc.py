@@ -26,7 +26,8 @@ pytestmark = [
     # node/devnet.start_node drops its Popen while the node runs (owned by the runtime helper).
     pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning"),
     pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function Popen.__del__:pytest.PytestUnraisableExceptionWarning"
+        "ignore:Exception ignored in. <function Popen.__del__"
+        ":pytest.PytestUnraisableExceptionWarning"
     ),
 ]
 

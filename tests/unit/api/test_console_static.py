@@ -1,4 +1,6 @@
-"""The console's static files and the admin methods' same-origin rule (node/api/console.py, rpc.py)."""
+"""The console's static files and the admin methods' same-origin rule
+(node/api/console.py, rpc.py).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Admin methods need ``Authorization: Bearer <token>``; anything else gets UNAUTHORIZED, no data."""
+"""Admin methods need ``Authorization: Bearer <token>``; anything else gets
+UNAUTHORIZED, no data.
+"""
 
 from __future__ import annotations
 

@@ -266,7 +266,8 @@ async def test_batch_limit(rpc: Rpc) -> None:
         b"not json",
         b'{"jsonrpc": "2.0", "id": NaN, "method": "x"}',
         b'{"jsonrpc": "2.0", "id": 1e400, "method": "node_status"}',
-        b'[{"jsonrpc": "2.0", "id": 1e400, "method": "node_status"}, {"jsonrpc": "2.0", "id": 2, "method": "node_status"}]',
+        b'[{"jsonrpc": "2.0", "id": 1e400, "method": "node_status"},'
+        b' {"jsonrpc": "2.0", "id": 2, "method": "node_status"}]',
         b"\xff\xfe",
         b"",
     ],

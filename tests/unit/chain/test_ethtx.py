@@ -1,4 +1,6 @@
-"""Ethereum-signed transactions: vectors, eth-account agreement, every refusal, ledger and mempool."""
+"""Ethereum-signed transactions: vectors, eth-account agreement, every refusal,
+ledger and mempool.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One Ed25519 rule everywhere: every verifier in the repo gives the pinned verdict on the edge cases.
+"""One Ed25519 rule everywhere: every verifier in the repo gives the pinned verdict on the edge
+cases.
 
 tests/vectors/ed25519_edge.json holds small-order, mixed-order and non-canonical cases with the
 verdict of Vigil's rule (docs/transactions.md). A library upgrade or a second verifier that would

@@ -59,7 +59,9 @@ class _Account:
 
 
 class Traffic:
-    """A deterministic stream of ordinary txs (and abnormal ones on request), one block per second."""
+    """A deterministic stream of ordinary txs (and abnormal ones on request), one
+    block per second.
+    """
 
     def __init__(self, seed: int, accounts: int = 200, per_block: int = 6) -> None:
         self.rng = random.Random(seed)

@@ -20,10 +20,12 @@ from node.host.metrics import (
     parse_families,
 )
 
-# Copied from docs/operations.md (the external contract) on purpose: the module's own list must not be its only check.
+# Copied from docs/operations.md (the external contract) on purpose: the module's own list must not
+# be its only check.
 CONTRACT_TEXT = """
 `vigil_chain_height`, `vigil_consensus_view`, `vigil_consensus_view_changes_total`,
-`vigil_blocks_committed_total`, `vigil_txs_committed_total`, `vigil_block_commit_seconds` (histogram),
+`vigil_blocks_committed_total`, `vigil_txs_committed_total`, `vigil_block_commit_seconds`
+(histogram),
 `vigil_tx_commit_latency_seconds` (histogram, first seen to committed), `vigil_mempool_txs`,
 `vigil_quarantine_txs`, `vigil_txs_quarantined_total`, `vigil_txs_rejected_total{reason}`,
 `vigil_detector_score` (histogram), `vigil_detector_trainings_total`, `vigil_p2p_peers`,
