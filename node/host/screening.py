@@ -234,7 +234,9 @@ class Screening:
         for i in sorted(wanted, key=lambda i: -verdicts[i].score):
             tx = txs[i]
             sender = tx.sender_address
-            blocked = sender in holding or self.quarantine.blocker(sender, tx.nonce) is not None
+            if self.quarantine.blocker(sender, tx.nonce) is not None:
+                continue  # an earlier nonce is held: this one waits behind it (``blocked_by``)
+            blocked = sender in holding
             if self.budget.decide(sender, verdicts[i].score, now, blocked=blocked):
                 hold[i] = True
                 known = holding.get(sender)
@@ -242,6 +244,10 @@ class Screening:
                     holding[sender] = (tx.nonce, tx.hash)
             else:
                 watch[i] = True
+        for i, tx in enumerate(txs):  # one hold per sender: its later nonces wait behind it
+            first = holding.get(tx.sender_address)
+            if hold[i] and first is not None and first[0] < tx.nonce:
+                hold[i] = False
         if any(watch):
             self._metric("detector_budget_overflows_total", lambda m: m.inc(sum(watch)))
             self._warn(

@@ -121,7 +121,10 @@ def test_console_in_chromium(tmp_path: Path) -> None:
         held = [a["result"] for a in c.submit(p, raws)]
         assert [h["status"] for h in held] == ["quarantined"] * 3, held
         a_hash, b_hash, o_hash = (h["hash"] for h in held)
-        later = [a["result"] for a in c.submit(p, [c.transfer(RELEASE, c.address(0), 300)])]
+        # An ordinary follow-up (a payee and an amount of its warm-up habits): it waits behind the
+        # hold rather than being held on its own.
+        usual = c.transfer(RELEASE, c.address((RELEASE + 1) % ACCOUNTS), 500)
+        later = [a["result"] for a in c.submit(p, [usual])]
         assert later[0]["status"] == "waiting", later
         if hostile["status"] != "quarantined":
             wait_for("hostile anchor", lambda: c.tx_status(p, hostile["hash"]) == "committed")
