@@ -11,6 +11,18 @@ function expect(cond, what) {
   if (!cond) throw new Error("expectation failed: " + what);
 }
 const big = (v) => v.toString();
+// Vigil makes a block only when there are transactions (docs/rpc.md, Ethereum face), while
+// ethers' tx.wait() checks the receipt once and then again on every *new* block: on an idle
+// chain it can miss a tx that was committed between the two. Poll the receipt instead.
+async function mined(tx, timeoutMs = 60000) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const receipt = await provider.getTransactionReceipt(tx.hash);
+    if (receipt) return receipt;
+    if (Date.now() > end) throw new Error("no receipt for " + tx.hash);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
 
 const provider = new ethers.JsonRpcProvider(env.RPC_URL, undefined, { staticNetwork: true, pollingInterval: 100 });
 const network = await provider.getNetwork();
@@ -25,7 +37,7 @@ note("funded", { address: alice.address, balance: ethers.formatEther(start) });
 // signed here and broadcast raw, so the same bytes can be replayed below
 const raw1 = await alice.signTransaction(await alice.populateTransaction({ to: env.NATIVE_TO, value: ethers.parseEther("0.25") }));
 const tx1 = await provider.broadcastTransaction(raw1);
-const r1 = await tx1.wait(1, 60000);
+const r1 = await mined(tx1);
 expect(r1.status === 1 && r1.gasUsed === 21000n, "native transfer receipt");
 const after1 = await provider.getBalance(alice.address);
 expect(after1 === start - ethers.parseEther("0.25") - r1.fee, "balance = start - value - gasUsed*effectiveGasPrice");
@@ -33,14 +45,14 @@ note("type2 to native address", { hash: tx1.hash, status: r1.status, gasUsed: bi
 
 // to another Ethereum account (legacy, EIP-155)
 const tx2 = await alice.sendTransaction({ to: bob.address, value: ethers.parseEther("2"), type: 0, gasPrice: fee.gasPrice });
-const r2 = await tx2.wait(1, 60000);
+const r2 = await mined(tx2);
 expect(r2.status === 1 && r2.type === 0, "legacy receipt");
 expect((await provider.getBalance(bob.address)) === ethers.parseEther("2"), "bob's balance");
 note("legacy to Ethereum account", { hash: tx2.hash, status: r2.status, bob: ethers.formatEther(await provider.getBalance(bob.address)) });
 
 // bob pays back
 const tx3 = await bob.sendTransaction({ to: alice.address, value: ethers.parseEther("1") });
-expect((await tx3.wait(1, 60000)).status === 1, "bob's payment");
+expect((await mined(tx3)).status === 1, "bob's payment");
 const nonces = { alice: await provider.getTransactionCount(alice.address), alicePending: await provider.getTransactionCount(alice.address, "pending"), bob: await provider.getTransactionCount(bob.address) };
 expect(nonces.alice === 2 && nonces.alicePending === 2 && nonces.bob === 1, "nonces");
 note("nonces", nonces);
@@ -49,7 +61,7 @@ note("nonces", nonces);
 const data = ethers.concat([env.DIGEST, ethers.toUtf8Bytes("ethers")]);
 const gas = await provider.estimateGas({ from: alice.address, to: env.ANCHOR, data });
 const tx4 = await alice.sendTransaction({ to: env.ANCHOR, data, gasLimit: gas });
-const r4 = await tx4.wait(1, 60000);
+const r4 = await mined(tx4);
 expect(r4.status === 1 && r4.gasUsed === gas, "anchor receipt");
 expect(r4.logs.length === 1 && r4.logs[0].topics[0] === env.DIGEST, "anchor log");
 const logs = await provider.getLogs({ address: env.ANCHOR, topics: [env.DIGEST], fromBlock: 0, toBlock: "latest" });
