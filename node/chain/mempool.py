@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from node.chain.ledger import Account
@@ -97,6 +97,27 @@ class Mempool:
         """
         oldest = next(iter(self._entries.values()), None)
         return 0.0 if oldest is None else now_s - oldest.first_seen_s
+
+    def crossed_ages(
+        self, since_s: float, now_s: float, ages_s: Sequence[float], limit: int
+    ) -> list[Entry]:
+        """Txs not in a proposal whose age passed one of ``ages_s`` between ``since_s`` and
+        ``now_s``: oldest first, at most ``limit``.
+
+        Entries are kept in arrival order, so the walk stops at the first one younger than the
+        smallest age.
+        """
+        youngest = min(ages_s)
+        out: list[Entry] = []
+        for entry in self._entries.values():
+            before, after = since_s - entry.first_seen_s, now_s - entry.first_seen_s
+            if after < youngest:
+                break
+            if entry.hash in self._ready and any(before < a <= after for a in ages_s):
+                out.append(entry)
+                if len(out) >= limit:
+                    break
+        return out
 
     def has_ready(self) -> bool:
         return bool(self._ready)

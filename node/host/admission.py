@@ -242,14 +242,15 @@ class Admission:
         now = self.clock()
         admitted: list[Transaction] = []
         forward: list[bytes] = []
+        seen = self.gossip.seen
         for n, (it, h, tx) in enumerate(admissible):
-            self.gossip.seen.add(h)
             verdict = verdicts[n] if verdicts else None
             # Quarantine is the entry validator's policy: a tx that another validator admitted
             # from its own client is scored here (tx_get shows it) but not held. Divergent
             # holds would look like a censoring primary to the PBFT request timer and send a
             # lone replica into a view change the others never join.
             if verdict is not None and verdict.quarantined and it.origin is None:
+                seen.add(h)
                 self._on_quarantined(tx, verdict)
                 if it.future is not None and not it.future.done():
                     it.future.set_result({"hash": "0x" + h.hex(), "status": "quarantined"})
@@ -257,8 +258,11 @@ class Admission:
             try:
                 self.mempool.add(tx, h, now)  # rechecked: an earlier tx of this batch may clash
             except VigilError as exc:
+                # Not marked seen: the same tx gossiped again (node/host/txflow.py regossips
+                # what waits too long) gets another chance once the mempool has room.
                 self._fail(it, exc.code, exc.message, exc.name)
                 continue
+            seen.add(h)
             admitted.append(tx)
             if it.origin is None:
                 forward.append(it.raw)

@@ -207,6 +207,11 @@ class Metrics:
         self.mempool_bytes = Gauge(
             "vigil_mempool_bytes", "Encoded bytes of the transactions in the mempool.", registry=r
         )
+        self.txs_regossiped_total = Counter(
+            "vigil_txs_regossiped",
+            "Mempool transactions sent to the peers again because they waited too long here.",
+            registry=r,
+        )
         self.quarantine_txs = Gauge(
             "vigil_quarantine_txs", "Transactions waiting in the quarantine.", registry=r
         )

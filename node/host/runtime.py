@@ -85,6 +85,7 @@ class Opened:
     chain: Chain
     replica: Replica
     mempool: Mempool
+    flow: TxFlow
     screening: Screening
     txs: TxResolver
     admission: Admission
@@ -309,6 +310,7 @@ class Node:
             chain=chain,
             replica=replica,
             mempool=mempool,
+            flow=flow,
             screening=screening,
             txs=txs,
             admission=admission,
@@ -453,6 +455,7 @@ class Node:
                 (run_ticker(self.cfg.tick_ms, parts.pending, self.inbox, self.now_ms), "ticker"),
                 (parts.committer.run(), "committer"),
                 (parts.proposer.run(), "proposer"),
+                (parts.flow.run(), "txflow"),
                 (parts.status.run(), "status"),
                 (parts.admission.run(), "admission"),
                 (self.gossip.run(), "gossip"),

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 REGOSSIP_TXS_MAX = 20_000  # mempool txs sent to a peer that (re)connects
 REGOSSIP_BATCH_TXS = 1000
+# A tx still waiting in our mempool is sent to every peer again when its age passes each of these
+# (seconds): the first one before a backup's request timer (2 s by default) would fire over it.
+STALE_AGES_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+STALE_EVERY_S = 0.5
 
 
 class ChainState(Protocol):
@@ -166,6 +170,36 @@ class TxFlow:
         raws = [e.tx.encode() for e in self.mempool.entries(REGOSSIP_TXS_MAX)]
         for i in range(0, len(raws), REGOSSIP_BATCH_TXS):
             self.p2p.send(peer, {"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]})
+
+    async def run(self) -> None:
+        """Regossip stale txs every ``STALE_EVERY_S`` until cancelled."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while True:
+            await asyncio.sleep(STALE_EVERY_S)
+            now = loop.time()
+            self.regossip_stale(since, now)
+            since = now
+
+    def regossip_stale(self, since_s: float, now_s: float) -> int:
+        """Send every peer again the txs that have waited here past one of ``STALE_AGES_S``.
+
+        Gossip is sent once and dropped under load (a peer's full admission queue, a full
+        mempool), so the primary may lack a tx we hold. It would then never propose it, our
+        request timer would expire over it on an idle chain and send us into a view change
+        nobody joins, again and again, while the tx and its sender's later ones stay stranded.
+        A peer that has the tx drops the copy at the cost of a hash (its seen-cache); the
+        doubling ages bound how often one tx is sent again. Returns how many txs went out.
+        """
+        entries = self.mempool.crossed_ages(since_s, now_s, STALE_AGES_S, REGOSSIP_TXS_MAX)
+        if not entries:
+            return 0
+        raws = [e.tx.encode() for e in entries]
+        for i in range(0, len(raws), REGOSSIP_BATCH_TXS):
+            self.p2p.broadcast({"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]})
+        self.metrics.txs_regossiped_total.inc(len(raws))
+        log.debug("txs_regossiped", extra={"txs": len(raws)})
+        return len(raws)
 
     def readmit(self, txs: list[Transaction]) -> None:
         """Txs of proposals a view change abandoned: back into our mempool if missing.

@@ -1,10 +1,13 @@
 """Transaction gossip: admitted txs go to every peer once, many per frame.
 
 Validators form a full mesh, so a tx is forwarded by the node that admitted it from a client and
-not relayed again by the peers that receive it: each tx crosses each link at most once. A peer
-that missed it (link down at the time) gets it later on demand, when a proposal names it and the
-backup fetches the missing hashes from the primary. The seen-cache (bounded, oldest evicted)
-lets a node drop gossip it already processed without decoding or verifying it again.
+not relayed again by the peers that receive it: each tx crosses each link once, unless lost. A
+peer that missed it gets it later: on demand, when a proposal names it and the backup fetches
+the missing hashes from the primary; when the link comes back (the whole mempool is sent); and
+when the tx has waited in our mempool past 1, 2, 4... s (node/host/txflow.py ``regossip_stale``:
+a primary whose full admission queue dropped it would otherwise never propose it). The
+seen-cache (bounded, oldest evicted) lets a node drop gossip it already processed without
+decoding or verifying it again.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ from node.tools.devnet import Cluster, bench_eth_key
 BATCH = 100
 ETH_FUND_UNITS = 10**9  # what each Ethereum bench account gets (1 coin: ~47000 txs of fees)
 DRAIN_S = 15.0
+CLASSIFY_TXS_MAX = 20_000  # uncommitted txs whose status the bench asks for after the drain
+HELD_STATUSES = frozenset({"quarantined", "waiting"})  # the detector's, and counted apart
 DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault drills under load)
 # Admission's back-pressure answers (node/host/admission.py): the tx was not taken, send it again
 # after a pause. Anything else is a final rejection.
@@ -131,6 +133,8 @@ class Bench:
             while time.monotonic() < drain_until and len(self.committed_at) < len(self.sent_at):
                 await asyncio.sleep(0.1)
             watcher.cancel()
+            missing = [h for h in self.sent_at if h not in self.committed_at]
+            uncommitted = await self._classify(s, missing)
             await probe.stop(s)
             elapsed = max(send_end - t0, 1e-9)
         lat = sorted(
@@ -145,6 +149,12 @@ class Bench:
         committed = len(lat)
         self.extra = probe.report(committed)
         self.extra["retried"] = self.retried
+        self.extra["uncommitted"] = uncommitted
+        # Accepted, not held, not waiting behind a held tx, and yet not committed by the end of
+        # the drain: what issue 13 calls stranded (0 expected).
+        self.extra["stranded"] = sum(
+            n for status, n in uncommitted.items() if status not in HELD_STATUSES
+        )
         if profiler is not None:
             table = profile_table(profiler.finish(), probe.node_cpu_s(), committed)
             self.extra["profile"] = table
@@ -188,6 +198,36 @@ class Bench:
             nonces[k] += 1
             out.append(("0x" + tx.encode().hex(), "0x" + tx.hash.hex()))
         return out
+
+    async def _classify(self, s: aiohttp.ClientSession, missing: list[str]) -> dict[str, int]:
+        """Why each accepted tx did not commit: its status on the node that says most of it.
+
+        A tx is quarantined only at its entry node and waits behind a held one everywhere, so
+        every node is asked; the most specific answer wins (quarantined > waiting > rejected >
+        pending > unknown). Capped, so a huge backlog does not keep the bench running.
+        """
+        rank = {s: n for n, s in enumerate(("unknown", "pending", "rejected", "waiting"))}
+        rank["quarantined"] = len(rank)
+        best = dict.fromkeys(missing[:CLASSIFY_TXS_MAX], "unknown")
+        for node in range(self.c.n):
+            client = AsyncClient(self.c.rpc_url(node), session=s)
+            todo = [h for h, st in best.items() if st != "quarantined"]
+            for i in range(0, len(todo), BATCH):
+                chunk = todo[i : i + BATCH]
+                try:
+                    answers = await client.batch([("tx_get", [h]) for h in chunk])
+                except ClientError:
+                    break  # a node down: the others answer
+                for h, a in zip(chunk, answers, strict=True):
+                    status = a.get("status") if isinstance(a, dict) else None
+                    if isinstance(status, str) and rank.get(status, -1) > rank[best[h]]:
+                        best[h] = status
+        counts: dict[str, int] = {}
+        for status in best.values():
+            counts[status] = counts.get(status, 0) + 1
+        if len(missing) > CLASSIFY_TXS_MAX:
+            counts["not_asked"] = len(missing) - CLASSIFY_TXS_MAX
+        return dict(sorted(counts.items()))
 
     async def _fund_eth(self, s: aiohttp.ClientSession, nonces: list[int]) -> list[int]:
         """Ethereum bench accounts: funded once by native transfers; returns their nonces."""

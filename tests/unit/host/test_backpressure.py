@@ -101,3 +101,20 @@ def test_backlog_ms_zero_turns_it_off() -> None:
     assert not a._pushed_back()
     with pytest.raises(AssertionError):
         assert a._pushed_back()
+
+
+async def test_gossip_refused_by_a_full_mempool_is_not_marked_seen() -> None:
+    """Txs of one gossip batch pass the mempool check together, then fill its last slot: the
+    ones refused must stay unseen, or the peer's regossip (node/host/txflow.py) of the same
+    tx would be dropped here for good and the tx never proposed by this node."""
+    mempool = Mempool(CHAIN, 1, 1 << 30, lambda a: Account(10**12, 0))
+    gossip = _Gossip()
+    a = Admission(mempool, gossip, lambda h: False, lambda txs: None, print, None)  # type: ignore[arg-type]
+    txs = [make_transfer(KEYS[k], CHAIN, b"\x02" * 20, 1, 1, 0) for k in range(3)]
+    await _submit(a, [tx.encode() for tx in txs], origin=1)
+    assert [tx.hash in mempool for tx in txs] == [True, False, False]
+    assert gossip.seen == {txs[0].hash}
+    mempool.remove(txs[0].hash)
+    await _submit(a, [txs[1].encode()], origin=1)  # the regossiped copy gets its chance
+    assert txs[1].hash in mempool
+    assert txs[1].hash in gossip.seen

@@ -166,3 +166,31 @@ async def test_regossip_sends_the_mempool_to_a_peer_that_reconnects() -> None:
         _admit(node, _tx(n))
     node.flow.regossip(0)
     assert [(to, m["t"], len(m["txs"])) for to, m in node.p2p.sent] == [(0, "txs", 3)]
+
+
+async def test_stale_txs_go_to_every_peer_again_at_doubling_ages() -> None:
+    """A tx the primary never got (gossip dropped under load) would wait here for ever and
+    arm our request timer on an idle chain: it is sent again at 1, 2, 4... s of age, and
+    a tx already in a proposal is not."""
+    node = Host(2)
+    txs = [_tx(n) for n in range(3)]
+    for tx in txs:
+        _admit(node, tx)  # first seen at 0.0
+    node.mempool.mark_inflight([txs[0].hash])
+
+    def sent(since: float, now: float) -> list[int]:
+        node.p2p.broadcasts.clear()
+        count = node.flow.regossip_stale(since, now)
+        got = [len(m["txs"]) for m in node.p2p.broadcasts if m["t"] == "txs"]
+        assert sum(got) == count
+        return got
+
+    assert sent(0.4, 0.9) == []  # younger than a second
+    assert sent(0.9, 1.4) == [2]  # crossed 1 s: the two not in flight
+    assert node.p2p.broadcasts[0]["txs"] == [txs[1].encode(), txs[2].encode()]
+    assert sent(1.4, 1.9) == []
+    assert sent(1.9, 2.4) == [2]  # crossed 2 s
+    assert sent(2.4, 3.9) == []
+    assert sent(3.9, 4.4) == [2]  # crossed 4 s
+    node.mempool.remove(txs[1].hash)
+    assert sent(7.9, 8.4) == [1]
