@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from node.chain.ledger import Account
@@ -98,22 +98,43 @@ class Mempool:
         oldest = next(iter(self._entries.values()), None)
         return 0.0 if oldest is None else now_s - oldest.first_seen_s
 
-    def crossed_ages(
-        self, since_s: float, now_s: float, ages_s: Sequence[float], limit: int
-    ) -> list[Entry]:
-        """Txs not in a proposal whose age passed one of ``ages_s`` between ``since_s`` and
+    def oldest_runnable_age_s(self, now_s: float, scan_max: int = 5000) -> float:
+        """How long the oldest tx that can run has waited: its nonce follows the account's
+        without a gap (in flight or not). 0 when none is found among the ``scan_max`` oldest.
+
+        Txs parked behind a missing nonce, or waiting behind a tx the detector holds, are not
+        a commit backlog: they cannot commit however fast the chain goes, and counting them
+        would push every client back for as long as one sender's tx is held.
+        """
+        first_gap: dict[bytes, int] = {}
+        for entry in itertools.islice(self._entries.values(), scan_max):
+            gap = first_gap.get(entry.sender)
+            if gap is None:
+                pending = self._by_sender[entry.sender]
+                gap = self._next_nonce(entry.sender)
+                while gap in pending:
+                    gap += 1
+                first_gap[entry.sender] = gap
+            if entry.tx.nonce < gap:
+                return now_s - entry.first_seen_s
+        return 0.0
+
+    def crossed_ages(self, since_s: float, now_s: float, limit: int) -> list[Entry]:
+        """Txs not in a proposal whose age passed 1, 2, 4, 8... s between ``since_s`` and
         ``now_s``: oldest first, at most ``limit``.
 
-        Entries are kept in arrival order, so the walk stops at the first one younger than the
-        smallest age.
+        Entries are kept in arrival order, so the walk stops at the first one younger than a
+        second.
         """
-        youngest = min(ages_s)
         out: list[Entry] = []
         for entry in self._entries.values():
             before, after = since_s - entry.first_seen_s, now_s - entry.first_seen_s
-            if after < youngest:
+            if after < 1.0:
                 break
-            if entry.hash in self._ready and any(before < a <= after for a in ages_s):
+            # int(age).bit_length() is 0 below 1 s, then 1 + floor(log2(age)): it grows by one
+            # exactly when the age passes a power of two.
+            crossed = int(after).bit_length() > int(max(before, 0.0)).bit_length()
+            if crossed and entry.hash in self._ready:
                 out.append(entry)
                 if len(out) >= limit:
                     break
@@ -235,16 +256,27 @@ class Mempool:
 
     # --- parked txs -----------------------------------------------------------------------
 
-    def expire_gaps(self, now_s: float, age_s: float = NONCE_GAP_TIMEOUT_S) -> list[Entry]:
+    def expire_gaps(
+        self,
+        now_s: float,
+        age_s: float = NONCE_GAP_TIMEOUT_S,
+        keep: Callable[[bytes], bool] = lambda sender: False,
+    ) -> list[Entry]:
         """Drop txs older than ``age_s`` that wait behind a missing nonce; returns them.
 
-        Cheap when nothing is old: entries are kept in arrival order, so one look at the oldest
-        decides. Only senders with an old entry read their account.
+        Senders for which ``keep`` is true are left alone (their missing nonce is a tx the
+        detector holds here: its fate decides theirs). Cheap when nothing is old: entries are
+        kept in arrival order, so one look at the oldest decides. Only senders with an old entry
+        read their account.
         """
         oldest = next(iter(self._entries.values()), None)
         if oldest is None or now_s - oldest.first_seen_s < age_s:
             return []
-        senders = {e.sender for e in self._entries.values() if now_s - e.first_seen_s >= age_s}
+        senders = {
+            e.sender
+            for e in self._entries.values()
+            if now_s - e.first_seen_s >= age_s and not keep(e.sender)
+        }
         out: list[Entry] = []
         for sender in senders:
             pending = self._by_sender.get(sender, {})

@@ -370,6 +370,10 @@ class Quarantine:
     def size_bytes(self) -> int:
         return self._bytes
 
+    def holds(self, sender: bytes) -> bool:
+        """Whether a tx of ``sender`` is held."""
+        return bool(self._by_sender.get(sender))
+
     def blocker(self, sender: bytes, nonce: int) -> Held | None:
         """The sender's held tx with the lowest nonce below ``nonce``: what a later tx waits on."""
         mine = self._by_sender.get(sender)

@@ -311,10 +311,14 @@ class Status:
         health: Health,
         not_ready_reason: Callable[[], str | None],
         metrics: Metrics,
+        holds_sender: Callable[[bytes], bool] = lambda sender: False,
+        forget: Callable[[bytes], None] = lambda tx_hash: None,
     ) -> None:
         self.replica = replica
         self.head = head
         self.p2p = p2p
+        self.holds_sender = holds_sender  # the detector holds one of its txs here
+        self.forget = forget  # out of the gossip seen-cache
         self.watch = watch
         self.catchup = catchup
         self.mempool = mempool
@@ -337,9 +341,14 @@ class Status:
 
     def expire_gaps(self) -> None:
         """Report txs stuck behind a missing nonce as rejected (``nonce_gap``), never pending
-        forever."""
-        expired = self.mempool.expire_gaps(asyncio.get_running_loop().time())
+        forever. Txs waiting behind a tx held here stay: its release or rejection decides.
+        An expired tx leaves the seen-cache, so its entry node's regossip (after a release at
+        that node, or once the missing nonce arrives) can bring it back."""
+        expired = self.mempool.expire_gaps(
+            asyncio.get_running_loop().time(), keep=self.holds_sender
+        )
         for entry in expired:
+            self.forget(entry.hash)
             self.txs.dropped(entry.hash, "nonce_gap")
         if expired:
             self.metrics.txs_rejected_total.labels(reason="nonce_gap").inc(len(expired))

@@ -304,6 +304,8 @@ class Node:
             health=self.health,
             not_ready_reason=not_ready_reason,
             metrics=metrics,
+            holds_sender=screening.holds_sender,
+            forget=self.gossip.seen.discard,
         )
         opened = Opened(
             store=store,

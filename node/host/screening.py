@@ -286,6 +286,10 @@ class Screening:
         held = self.quarantine.blocker(tx.sender_address, tx.nonce)
         return held.hash if held is not None else None
 
+    def holds_sender(self, sender: bytes) -> bool:
+        """Whether a tx of ``sender`` is held here (its later nonces wait behind it)."""
+        return self.quarantine.holds(sender)
+
     def blocked_by(self, tx: Transaction) -> bytes | None:
         """The held tx ``tx`` waits behind (an earlier nonce of its sender), if any."""
         return self._blocked_by(tx)

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 REGOSSIP_TXS_MAX = 20_000  # mempool txs sent to a peer that (re)connects
 REGOSSIP_BATCH_TXS = 1000
-# A tx still waiting in our mempool is sent to every peer again when its age passes each of these
-# (seconds): the first one before a backup's request timer (2 s by default) would fire over it.
-STALE_AGES_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+# A tx still waiting in our mempool is sent to every peer again when its age passes 1, 2, 4, 8...
+# s (the first before a backup's request timer, 2 s by default, would fire over it); this often
+# the ages are looked at.
 STALE_EVERY_S = 0.5
 
 
@@ -153,9 +153,16 @@ class TxFlow:
             self.fail_after(sender, nonce, reason)
 
     def on_unblocked(self, held: Held) -> None:
-        """A released tx entered the mempool: what waited behind it is pending again."""
+        """A released tx entered the mempool: what waited behind it is pending again, here
+        and at the peers (which dropped those txs as ``nonce_gap`` if they waited long: the
+        screening broadcasts the released tx itself)."""
+        later = self.mempool.later(held.tx.sender_address, held.tx.nonce)
+        if later:
+            raws = [e.tx.encode() for e in later[:REGOSSIP_TXS_MAX]]
+            for i in range(0, len(raws), REGOSSIP_BATCH_TXS):
+                self.p2p.broadcast({"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]})
         if self.subscribers:
-            for entry in self.mempool.later(held.tx.sender_address, held.tx.nonce):
+            for entry in later:
                 self.subscribers.publish(self.tx_event(entry.tx))
 
     # --- peers and view changes ---------------------------------------------------------------
@@ -182,7 +189,7 @@ class TxFlow:
             since = now
 
     def regossip_stale(self, since_s: float, now_s: float) -> int:
-        """Send every peer again the txs that have waited here past one of ``STALE_AGES_S``.
+        """Send every peer again the txs that have waited here past 1, 2, 4, 8... s.
 
         Gossip is sent once and dropped under load (a peer's full admission queue, a full
         mempool), so the primary may lack a tx we hold. It would then never propose it, our
@@ -191,7 +198,7 @@ class TxFlow:
         A peer that has the tx drops the copy at the cost of a hash (its seen-cache); the
         doubling ages bound how often one tx is sent again. Returns how many txs went out.
         """
-        entries = self.mempool.crossed_ages(since_s, now_s, STALE_AGES_S, REGOSSIP_TXS_MAX)
+        entries = self.mempool.crossed_ages(since_s, now_s, REGOSSIP_TXS_MAX)
         if not entries:
             return 0
         raws = [e.tx.encode() for e in entries]

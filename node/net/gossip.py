@@ -47,6 +47,10 @@ class SeenCache:
             self._items.popitem(last=False)
         return True
 
+    def discard(self, key: bytes) -> None:
+        """Forget ``key``: a tx dropped here may be accepted again when it comes back."""
+        self._items.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._items)
 

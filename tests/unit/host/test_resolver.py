@@ -194,3 +194,23 @@ async def test_stale_txs_go_to_every_peer_again_at_doubling_ages() -> None:
     assert sent(3.9, 4.4) == [2]  # crossed 4 s
     node.mempool.remove(txs[1].hash)
     assert sent(7.9, 8.4) == [1]
+    assert sent(8.4, 15.9) == []
+    assert sent(15.9, 16.4) == [1]
+    assert sent(16.4, 64.2) == [1]  # one send per call however many ages it passed
+    assert sent(64.2, 127.9) == []
+    assert sent(127.9, 128.3) == [1]  # for as long as it waits
+
+
+async def test_a_release_sends_the_txs_waiting_behind_it_to_every_peer() -> None:
+    """Peers dropped the later txs of a held sender after the nonce-gap timeout (they do not
+    know of the hold); when the operator releases it, the entry node sends those again."""
+    from node.detect.quarantine import Held
+
+    node = Host(2)
+    held, later = _tx(0), [_tx(1), _tx(2)]
+    for tx in later:
+        _admit(node, tx)
+    node.p2p.broadcasts.clear()
+    node.mempool.add(held, held.hash, 0.0)  # what admit_released does
+    node.flow.on_unblocked(Held(held, 0.9, 0.5, ("why",), 0))
+    assert node.p2p.broadcasts == [{"t": "txs", "txs": [tx.encode() for tx in later]}]

@@ -285,3 +285,39 @@ def test_txs_behind_a_lost_nonce_expire_as_rejected() -> None:
     assert {e.hash for e in expired} == {tx.hash for tx in parked}
     assert runnable.hash in pool  # its own nonce is next: not parked, kept
     assert len(pool) == 1
+
+
+def test_txs_behind_a_held_tx_wait_for_its_fate_not_the_gap_timeout() -> None:
+    """Issue 13: a sender's later txs wait behind its held tx until release, reject or the
+    quarantine's TTL; the nonce-gap timeout must not reject them first."""
+    from node.chain.mempool import NONCE_GAP_TIMEOUT_S
+
+    pool = _pool()
+    waiting = [_tx(0, 1), _tx(0, 2)]  # nonce 0 is held by the detector
+    parked = _tx(1, 5)  # a plain gap
+    for tx in [*waiting, parked]:
+        pool.add(tx, tx.hash, 0.0)
+    sender0 = waiting[0].sender_address
+    expired = pool.expire_gaps(NONCE_GAP_TIMEOUT_S, keep=lambda s: s == sender0)
+    assert [e.hash for e in expired] == [parked.hash]
+    assert all(tx.hash in pool for tx in waiting)
+
+
+def test_backlog_age_counts_runnable_txs_only() -> None:
+    """Back-pressure looks at the oldest tx that can commit: old txs parked behind a gap or a
+    held tx are not a backlog, and must not push every client back while they wait."""
+    pool = _pool()
+    old_parked = _tx(0, 3)
+    pool.add(old_parked, old_parked.hash, 0.0)
+    assert pool.oldest_age_s(10.0) == 10.0
+    assert pool.oldest_runnable_age_s(10.0) == 0.0
+    runnable = [_tx(1, 0), _tx(1, 1)]
+    for n, tx in enumerate(runnable):
+        pool.add(tx, tx.hash, 4.0 + n)
+    assert pool.oldest_runnable_age_s(10.0) == 6.0
+    pool.mark_inflight([runnable[0].hash])  # in a proposal: still waiting to commit
+    assert pool.oldest_runnable_age_s(10.0) == 6.0
+    filler = [_tx(0, n) for n in range(3)]
+    for tx in filler:
+        pool.add(tx, tx.hash, 8.0)
+    assert pool.oldest_runnable_age_s(10.0) == 10.0  # the gap is filled: it can run now
