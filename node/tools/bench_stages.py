@@ -33,7 +33,7 @@ STAGES = (
 _RULES: list[tuple[str, str, str]] = [
     ("storage", r"storage/db\.py$", ""),
     ("storage", r"plyvel", ""),
-    ("storage", r"node/host/signguard\.py$", r"^(SignGuard\.save|guard_round)"),
+    ("storage", r"node/host/signguard\.py$", r"^(SignGuard\.(save|append)|guard_round)"),
     ("verify", r"node/chain/tx\.py$", r"verify_signature"),
     ("verify", r"common/crypto\.py$", r"^verify"),
     ("verify", r"nacl/", r"crypto_sign_open"),

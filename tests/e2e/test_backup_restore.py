@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from node.host.signguard import SignGuard
 from tests.cluster_util import Load, LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -39,8 +40,7 @@ def vigil(*argv: str) -> tuple[int, str, str]:
 
 
 def _guard(path: Path) -> dict[tuple[str, int, int], str]:
-    state = json.loads(path.read_text())
-    return {(k, v, s): d for k, v, s, d in state["signed"]}
+    return {key: digest.hex() for key, digest in SignGuard.load(path).signed.items()}
 
 
 def test_backup_running_validator_restore_older_next_to_newer_guard(tmp_path: Path) -> None:

@@ -64,3 +64,69 @@ def test_describe_reads_only_our_own_messages() -> None:
     assert describe(cmsg.encode(mine), 0, 1 << 20) == Signed("prepare", 1, 2, A)
     assert describe(cmsg.encode(theirs), 0, 1 << 20) is None
     assert describe(b"garbage", 0, 1 << 20) is None
+
+
+def _reopen(tmp_path: Path) -> SignGuard:
+    return SignGuard.open(tmp_path / "sign_guard.json", KEY.public_key, fresh=False)
+
+
+def test_appended_records_and_compactions_reload_to_the_same_state(tmp_path: Path) -> None:
+    """Each round appends its records; a reload replays them through the same rule, across
+    compactions, and ends with the records, floors and view floor the live guard had."""
+    from node.host import signguard
+
+    g = _guard(tmp_path)
+    path = tmp_path / "sign_guard.json"
+    g.admit([Signed("prepare", 1, 1, A)])
+    assert path.read_text().count("\n") == 1  # head line + one appended record
+    for seq in range(2, 2 * signguard.COMPACT_EVERY):
+        view = 1 + seq // 500
+        if seq % 500 == 0:
+            assert g.admit([Signed("view_change", view, 0, A)]) == [None]
+        assert g.admit([Signed("prepare", view, seq, A), Signed("commit", view, seq, B)]) == [
+            None,
+            None,
+        ]
+    assert path.read_text().count("\n") <= signguard.COMPACT_EVERY  # compacted on the way
+    again = _reopen(tmp_path)
+    assert again.signed == g.signed
+    assert again.floors == g.floors
+    assert again.view_floor == g.view_floor == 17
+    assert again.floors["prepare"][1] > 6000  # records were pruned, and their floor kept
+    assert again.admit([Signed("prepare", 17, 8190, B)]) == ["conflicting_digest"]
+    assert again.admit([Signed("prepare", 16, 8000, B)]) == ["view_below_signed"]
+
+
+def test_a_torn_last_line_is_dropped_and_anything_else_refused(tmp_path: Path) -> None:
+    """A crash in mid-append leaves a partial last line: that message was never sent (the
+    fsync comes first), so it is dropped; a damaged line before the end stops the node."""
+    g = _guard(tmp_path)
+    g.admit([Signed("prepare", 1, 1, A)])
+    path = tmp_path / "sign_guard.json"
+    path.write_text(path.read_text() + '\n["prepare",1,2,"aa')
+    again = _reopen(tmp_path)
+    assert again.signed == g.signed
+    assert again.admit([Signed("prepare", 1, 2, B)]) == [None]  # the torn one is not a record
+    assert again.admit([Signed("prepare", 1, 1, B)]) == ["conflicting_digest"]
+    text = path.read_text().split("\n")
+    path.write_text("\n".join([text[0], "garbage", *text[1:]]))
+    with pytest.raises(GuardError, match="unreadable"):
+        _reopen(tmp_path)
+
+
+def test_a_version_1_file_still_loads(tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "sign_guard.json"
+    state = {
+        "version": 1,
+        "public_key": KEY.public_key.hex(),
+        "view_floor": 3,
+        "floors": {"prepare": [3, 7]},
+        "signed": [["prepare", 3, 9, A.hex()]],
+    }
+    path.write_text(json.dumps(state))
+    g = _reopen(tmp_path)
+    assert g.admit([Signed("prepare", 3, 9, B)]) == ["conflicting_digest"]
+    assert g.admit([Signed("prepare", 3, 7, B)]) == ["at_or_below_floor"]
+    assert json.loads(path.read_text().split("\n")[0])["version"] == 2
