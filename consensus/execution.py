@@ -166,5 +166,5 @@ class Execution:
                 return ctx.drop(out, "fetched_bad_certificate")
             slot = self._log.slot(entry.seq)
             if slot.committed is None or slot.committed.digest != cert.digest:
-                slot.committed = Committed(cert.view, cert.digest, entry.payload, entry.certificate)
+                slot.commit(Committed(cert.view, cert.digest, entry.payload, entry.certificate))
             self.execute(out)

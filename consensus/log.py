@@ -56,6 +56,45 @@ class Slot:
     )  # sender -> (digest, sig)
     commits: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
 
+    # Every change to a slot goes through these methods: the slot owns its flags and votes.
+
+    def accept(self, pp: PrePrepare, validated: bool) -> None:
+        """Make ``pp`` the slot's PRE-PREPARE; the vote flags restart for its view."""
+        self.pre_prepare = pp
+        self.validated = validated
+        self.rejected = False
+        self.prepare_sent = False
+        self.commit_sent = False
+
+    def judge(self, valid: bool) -> None:
+        """The host's verdict on the PRE-PREPARE's payload."""
+        if valid:
+            self.validated = True
+        else:
+            self.rejected = True
+
+    def set_validated(self, validated: bool) -> None:
+        """After a restart: whether the PRE-PREPARE counts as checked (our own, null, voted)."""
+        self.validated = validated
+
+    def own_prepare(self, me: int, digest: bytes, sig: bytes) -> None:
+        """Our PREPARE, sent (or sent again in the same view)."""
+        self.prepare_sent = True
+        self.prepares[me] = (digest, sig)
+
+    def own_commit(
+        self, me: int, digest: bytes, sig: bytes, prepared: PreparedCert | None = None
+    ) -> None:
+        """Our COMMIT, sent once ``prepared`` formed (or sent again in the same view)."""
+        if prepared is not None:
+            self.prepared = prepared
+        self.commit_sent = True
+        self.commits[me] = (digest, sig)
+
+    def commit(self, committed: Committed) -> None:
+        """The commit certificate (formed here, or fetched with the block)."""
+        self.committed = committed
+
     def clear_votes(self) -> None:
         self.prepares.clear()
         self.commits.clear()

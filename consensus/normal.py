@@ -67,7 +67,7 @@ class NormalCase:
             return ctx.drop(out, reason, pp.sender)
         if slot.committed is not None and slot.committed.digest != pp.digest:
             return ctx.drop(out, "conflicts_committed", pp.sender)
-        accept_pre_prepare(slot, pp, validated=pp.digest == NULL_DIGEST)
+        slot.accept(pp, validated=pp.digest == NULL_DIGEST)
         if slot.validated:
             self._send_prepare(slot, out)
         else:
@@ -80,8 +80,7 @@ class NormalCase:
         assert pp is not None
         assert pp.view == self._views.view
         vote = self._ctx.vote(m.Prepare(pp.view, pp.seq, pp.digest, self._ctx.me))
-        slot.prepare_sent = True
-        slot.prepares[self._ctx.me] = (pp.digest, vote.sig)
+        slot.own_prepare(self._ctx.me, pp.digest, vote.sig)
         out.append(Persist(((slot_key(slot.seq), slot.record()),)))
         out.append(Broadcast(m.encode(vote)))
 
@@ -110,10 +109,9 @@ class NormalCase:
             return
         if pp.view != view or pp.digest != digest or slot.validated or slot.rejected:
             return
+        slot.judge(valid)
         if not valid:
-            slot.rejected = True
             return self._ctx.drop(out, "invalid_proposal", pp.sender)
-        slot.validated = True
         self._send_prepare(slot, out)
         self.check_slot(slot, out)
 
@@ -127,12 +125,9 @@ class NormalCase:
         if pp is not None and pp.view == view and slot.validated and not slot.commit_sent:
             backers = quorum.prepare_backers(slot.prepares, pp.digest, ctx.primary(view))
             if len(backers) >= ctx.quorum - 1:
-                slot.prepared = m.PreparedCert(
-                    view, slot.seq, pp.digest, pp.payload, pp.sig, backers
-                )
+                prepared = m.PreparedCert(view, slot.seq, pp.digest, pp.payload, pp.sig, backers)
                 commit = ctx.vote(m.CommitVote(view, slot.seq, pp.digest, ctx.me))
-                slot.commit_sent = True
-                slot.commits[ctx.me] = (pp.digest, commit.sig)
+                slot.own_commit(ctx.me, pp.digest, commit.sig, prepared)
                 out.append(Persist(((slot_key(slot.seq), slot.record()),)))
                 out.append(Broadcast(m.encode(commit)))
         if slot.committed is None:
@@ -143,7 +138,7 @@ class NormalCase:
                     continue
                 sigs = quorum.signatures(slot.commits, digest)
                 cert = CommitCertificate(view, slot.seq, digest, sigs)
-                slot.committed = Committed(view, digest, payload, cert.encode())
+                slot.commit(Committed(view, digest, payload, cert.encode()))
                 self._timers.certificate_formed(ctx.now_ms)
                 if slot.seq > self._execution.committed_seq + 1:
                     self._fetch.note_ahead(slot.seq - 1, tuple(sorted(slot.commits)))
@@ -163,7 +158,7 @@ class NormalCase:
         slot = self._log.slot(seq)
         if slot.pre_prepare is not None and slot.pre_prepare.view == view:
             return
-        accept_pre_prepare(slot, pp, validated=True)
+        slot.accept(pp, validated=True)
         out.append(Persist(((slot_key(seq), slot.record()),)))
         out.append(Broadcast(m.encode(pp)))
         self.check_slot(slot, out)
@@ -185,15 +180,6 @@ class NormalCase:
                 continue
             log.requested(seq)
             out.append(RequestProposal(views.view, seq))
-
-
-def accept_pre_prepare(slot: Slot, pp: m.PrePrepare, validated: bool) -> None:
-    """Make ``pp`` the slot's PRE-PREPARE; the vote flags restart for its view."""
-    slot.pre_prepare = pp
-    slot.validated = validated
-    slot.rejected = False
-    slot.prepare_sent = False
-    slot.commit_sent = False
 
 
 def payload_for(slot: Slot, digest: bytes) -> bytes | None:

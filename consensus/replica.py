@@ -201,20 +201,20 @@ class Replica:
             pp = slot.pre_prepare
             if pp is None or pp.view != views.view:
                 continue
-            slot.validated = slot.prepare_sent or pp.sender == ctx.me or pp.digest == NULL_DIGEST
+            slot.set_validated(slot.prepare_sent or pp.sender == ctx.me or pp.digest == NULL_DIGEST)
             if pp.sender == ctx.me:
                 log.advance(slot.seq + 1)
             if not views.active:
                 continue
             if slot.prepare_sent:
                 vote = ctx.vote(m.Prepare(views.view, slot.seq, pp.digest, ctx.me))
-                slot.prepares[ctx.me] = (pp.digest, vote.sig)
+                slot.own_prepare(ctx.me, pp.digest, vote.sig)
                 rebroadcast.append(Broadcast(m.encode(vote)))
             elif not slot.validated and slot.seq > committed_seq:
                 out.append(Validate(pp.view, pp.seq, pp.digest, pp.payload))
             if slot.commit_sent:
                 commit = ctx.vote(m.CommitVote(views.view, slot.seq, pp.digest, ctx.me))
-                slot.commits[ctx.me] = (pp.digest, commit.sig)
+                slot.own_commit(ctx.me, pp.digest, commit.sig)
                 rebroadcast.append(Broadcast(m.encode(commit)))
         log.advance(max(stable_seq + 1, committed_seq + 1))
         if committed_seq < stable_seq:

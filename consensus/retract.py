@@ -295,7 +295,7 @@ class Retractor:
                 log.advance(slot.seq + 1)
             if slot.prepare_sent:
                 vote = ctx.vote(m.Prepare(view, slot.seq, pp.digest, ctx.me))
-                slot.prepares[ctx.me] = (pp.digest, vote.sig)
+                slot.own_prepare(ctx.me, pp.digest, vote.sig)
                 sends.append(Broadcast(m.encode(vote)))
             elif not (slot.validated or slot.rejected or pp.digest == NULL_DIGEST) and (
                 slot.seq > self._execution.committed_seq
@@ -303,7 +303,7 @@ class Retractor:
                 sends.append(Validate(pp.view, pp.seq, pp.digest, pp.payload))
             if slot.commit_sent:
                 commit = ctx.vote(m.CommitVote(view, slot.seq, pp.digest, ctx.me))
-                slot.commits[ctx.me] = (pp.digest, commit.sig)
+                slot.own_commit(ctx.me, pp.digest, commit.sig)
                 sends.append(Broadcast(m.encode(commit)))
         out.append(Persist(((KEY_VIEW, view_record(view, True, views.entered)),)))
         out.extend(sends)

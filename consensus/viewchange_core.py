@@ -32,7 +32,6 @@ from consensus.log import (
     slot_key,
     view_record,
 )
-from consensus.normal import accept_pre_prepare
 from consensus.peers import PeerReports
 from consensus.retract import Retractor
 from consensus.timers import ViewTimers
@@ -319,11 +318,10 @@ class ViewChanger:
             if slot.committed is not None and slot.committed.digest != pp.digest:
                 ctx.drop(out, "new_view_conflicts_commit", nv.sender)
                 continue
-            accept_pre_prepare(slot, pp, validated=True)
+            slot.accept(pp, validated=True)
             if backup:
                 vote = ctx.vote(m.Prepare(view, pp.seq, pp.digest, ctx.me))
-                slot.prepare_sent = True
-                slot.prepares[ctx.me] = (pp.digest, vote.sig)
+                slot.own_prepare(ctx.me, pp.digest, vote.sig)
                 sends.append(Broadcast(m.encode(vote)))
             records.append((slot_key(pp.seq), slot.record()))
         out.append(Persist(tuple(records)))
