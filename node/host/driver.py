@@ -273,13 +273,17 @@ class Proposer:
 
     async def run(self) -> None:
         last_s = 0.0
+        # The last (view, seq) answered: a heartbeat that repeats a request we filled a moment
+        # ago (our Propose still on its way to the core) is not answered twice.
+        answered = (-1, 0)
         queue = self.proposals
         requests = queue.requests
         while True:
             await queue.woken()
             while requests:
                 view, seq = requests[0]
-                if view != self.replica.view or seq <= self.head.height():
+                stale = view != self.replica.view or seq <= self.head.height()
+                if stale or (view, seq) <= answered:
                     queue.pop()
                     continue
                 heartbeat = (view, seq) in queue.heartbeats
@@ -297,6 +301,7 @@ class Proposer:
                 queue.pop()
                 payload = await self.txs.proposal(view, seq, txs, int(time.time() * 1000))
                 last_s = time.monotonic()
+                answered = (view, seq)
                 await self.inbox.put(Propose(view, seq, payload))
 
 

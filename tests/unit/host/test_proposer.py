@@ -93,6 +93,23 @@ async def test_a_heartbeat_is_answered_with_an_empty_block_a_backup_accepts(
     assert await primary.txs.for_commit(1, sha256(answer.payload), answer.payload) == ()
 
 
+async def test_a_heartbeat_repeating_a_request_just_filled_is_not_answered_twice(
+    primary: Primary,
+) -> None:
+    """The core repeats a request as a heartbeat while our Propose is on its way: one answer."""
+    tx = _tx(0)
+    primary.mempool.add(tx, tx.hash, 0.0)
+    primary.ask(RequestProposal(0, 1))
+    assert await primary.answer() is not None
+    primary.ask(RequestProposal(0, 1, heartbeat=True))
+    assert await primary.answer(0.2) is None
+    assert not primary.proposals.requests
+    primary.ask(RequestProposal(0, 2, heartbeat=True))  # the next seq is answered as usual
+    answer = await primary.answer()
+    assert answer is not None
+    assert answer.seq == 2
+
+
 async def test_a_heartbeat_carries_the_txs_that_are_ready(primary: Primary) -> None:
     tx = _tx(0)
     primary.mempool.add(tx, tx.hash, 0.0)
