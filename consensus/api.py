@@ -30,6 +30,9 @@ class ConsensusConfig:
     log_window: int = 64  # high watermark = stable checkpoint + log_window (>= 2K)
     request_timeout_ms: int = 2000  # view change when pending work makes no progress this long
     view_change_timeout_ms: int = 4000  # base of the exponential back-off between views
+    # Heartbeat: an idle primary asks for a (possibly empty) block when none was committed or
+    # proposed for this long; 0 = off (an idle chain stays still). Never arms a request timer.
+    empty_interval_ms: int = 0
     payload_bytes_max: int = 4 * 1024 * 1024
     message_bytes_max: int = 8 * 1024 * 1024
 
@@ -185,10 +188,16 @@ class SetTimer:
 
 @dataclass(frozen=True, slots=True)
 class RequestProposal:
-    """This replica is primary with room in the pipeline: build a payload for ``seq``."""
+    """This replica is primary with room in the pipeline: build a payload for ``seq``.
+
+    ``heartbeat``: the chain has been idle for ``empty_interval_ms``; answer now with whatever
+    is ready, possibly nothing (a valid block of zero txs). It may repeat an earlier, still
+    unanswered request for the same ``(view, seq)``: that one may now be answered empty too.
+    """
 
     view: int
     seq: int
+    heartbeat: bool = False
 
 
 @dataclass(frozen=True, slots=True)

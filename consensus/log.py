@@ -231,6 +231,10 @@ class SlotLog:
         self._requested.discard(seq)
         return True
 
+    def lowest_request(self) -> int | None:
+        """The lowest seq with a ``RequestProposal`` still unanswered, if any."""
+        return min(self._requested, default=None)
+
     def forget_requests(self) -> None:
         self._requested.clear()
 

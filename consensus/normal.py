@@ -41,6 +41,9 @@ class NormalCase:
         self._timers = timers
         self._execution = execution
         self._host_pending = False  # the last ``Pending`` said the host has transactions
+        # Heartbeat (empty_interval_ms): when a block was last executed here or proposed by us.
+        self._last_block_ms = ctx.now_ms
+        self._seen_seq = execution.committed_seq
 
     @property
     def host_pending(self) -> bool:
@@ -159,6 +162,7 @@ class NormalCase:
         if slot.pre_prepare is not None and slot.pre_prepare.view == view:
             return
         slot.accept(pp, validated=True)
+        self._last_block_ms = ctx.now_ms
         out.append(Persist(((slot_key(seq), slot.record()),)))
         out.append(Broadcast(m.encode(pp)))
         self.check_slot(slot, out)
@@ -168,10 +172,7 @@ class NormalCase:
         ctx, views, log = self._ctx, self._views, self._log
         if not (views.active and self._host_pending and ctx.primary(views.view) == ctx.me):
             return
-        limit = min(
-            self._execution.committed_seq + ctx.cfg.pipeline_depth,
-            self._checkpoints.high_watermark,
-        )
+        limit = self._proposal_limit()
         while log.next_seq <= limit:
             seq = log.take_next()
             slot = log.get(seq)
@@ -180,6 +181,61 @@ class NormalCase:
                 continue
             log.requested(seq)
             out.append(RequestProposal(views.view, seq))
+
+    # --- the heartbeat (empty blocks on an idle chain) --------------------------------------
+
+    def heartbeat(self, idle: bool, out: list[Action]) -> None:
+        """As idle active primary, ask for a block that may be empty once the chain has been
+        still for ``empty_interval_ms``.
+
+        ``idle``: no host work, no open PRE-PREPARE of this view, nothing to fetch (the replica's
+        "has work", whose request timer this never arms: a backup does not expect heartbeats,
+        so a silent primary on an idle chain causes no view change). The seq is the lowest one
+        still waiting for the host's txs (it may now be answered empty) or the next one within
+        the pipeline and the watermarks. A block executed here or proposed by us restarts the
+        interval, so a busy chain gets no extra blocks; so does asking, so an unanswered
+        heartbeat is repeated once per interval, not on every step.
+        """
+        if self._ctx.cfg.empty_interval_ms <= 0:
+            return
+        self._note_progress()
+        if not self._heartbeat_waits(idle) or self._ctx.now_ms < self.heartbeat_deadline_ms:
+            return
+        self._last_block_ms = self._ctx.now_ms  # due again one interval from now
+        log, view = self._log, self._views.view
+        seq = log.lowest_request()
+        if seq is None:
+            if log.next_seq > self._proposal_limit():
+                return  # the pipeline or the window is full: nothing to ask for
+            seq = log.take_next()
+            log.requested(seq)
+        out.append(RequestProposal(view, seq, heartbeat=True))
+
+    @property
+    def heartbeat_deadline_ms(self) -> int:
+        return self._last_block_ms + self._ctx.cfg.empty_interval_ms
+
+    def heartbeat_timer(self, idle: bool) -> int | None:
+        """When the host must tick us for the next heartbeat (None: none is waiting)."""
+        if self._ctx.cfg.empty_interval_ms <= 0 or not self._heartbeat_waits(idle):
+            return None
+        return self.heartbeat_deadline_ms
+
+    def _heartbeat_waits(self, idle: bool) -> bool:
+        ctx, views = self._ctx, self._views
+        return idle and views.active and ctx.primary(views.view) == ctx.me
+
+    def _note_progress(self) -> None:
+        committed = self._execution.committed_seq
+        if committed != self._seen_seq:
+            self._seen_seq = committed
+            self._last_block_ms = self._ctx.now_ms
+
+    def _proposal_limit(self) -> int:
+        return min(
+            self._execution.committed_seq + self._ctx.cfg.pipeline_depth,
+            self._checkpoints.high_watermark,
+        )
 
 
 def payload_for(slot: Slot, digest: bytes) -> bytes | None:

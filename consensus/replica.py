@@ -92,6 +92,8 @@ class Replica:
             raise ValueError("config.index is not a validator index")
         if config.log_window < 2 * config.checkpoint_interval:
             raise ValueError("log_window must be at least 2 * checkpoint_interval")
+        if config.empty_interval_ms < 0:
+            raise ValueError("empty_interval_ms must be 0 (off) or positive")
         cfg = config
         self._ctx = ctx = Context(cfg, self._quorum_size(cfg), verify, now_ms)
         self._views = ViewState()
@@ -333,8 +335,12 @@ class Replica:
     def _after_step(self, out: list[Action]) -> None:
         self._view_changer.follow_peers(out)
         self._normal.request_proposals(out)
-        self._timers.keep_request(self._ctx.now_ms, self._views.active and self._has_work())
+        work = self._has_work()
+        self._normal.heartbeat(not work, out)  # never arms the request timer
+        self._timers.keep_request(self._ctx.now_ms, self._views.active and work)
         self._execution.maybe_fetch(out)
-        at = self._timers.next_timer(self._views.active, self._fetch.deadline_ms)
+        at = self._timers.next_timer(
+            self._views.active, self._fetch.deadline_ms, self._normal.heartbeat_timer(not work)
+        )
         if at is not None:
             out.append(SetTimer(at))

@@ -119,7 +119,9 @@ class ViewTimers:
 
     # --- the host's timer -----------------------------------------------------------------------
 
-    def next_timer(self, active: bool, fetch_deadline_ms: int | None) -> int | None:
+    def next_timer(
+        self, active: bool, fetch_deadline_ms: int | None, heartbeat_ms: int | None = None
+    ) -> int | None:
         """The earliest deadline, if it is not the one the host already has (else None)."""
         deadlines = [
             d
@@ -127,6 +129,7 @@ class ViewTimers:
                 self._request_deadline_ms,
                 self._view_change_deadline_ms if not active else None,
                 fetch_deadline_ms,
+                heartbeat_ms,
             )
             if d is not None
         ]

@@ -8,6 +8,13 @@ durable ``durable_ms_max`` later, and only then feeds ``Applied``; it broadcasts
 (durable height, view) every ``STATUS_MS`` and feeds what it hears as ``PeerStatus``. It keeps
 ``Persist`` records in a dict that survives crashes; a crash loses the rest of the replica and
 every block not yet durable. Invariants are checked as actions happen; liveness after GST.
+
+In ``HEARTBEAT_SEEDS`` of the seeds (drawn from a generator of their own, so the other seeds run
+exactly as before) the heartbeat is on (``empty_interval_ms``) and the workload comes and goes:
+idle and busy phases for the whole cluster. A busy phase gives each host txs for 1-8 payloads
+(``Pending(True)``); a host that runs dry says ``Pending(False)``. Like node/host's proposer, a
+dry host holds ordinary ``RequestProposal``s (in order) until work comes, and answers a
+heartbeat one at once, with an empty block (a payload of no txs) if it has nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +69,12 @@ SIM_CONFIG = {
     "message_bytes_max": 256 * 1024,
 }
 
+HEARTBEAT_SEEDS = 0.3  # the fraction of seeds with the heartbeat on and an intermittent workload
+HEARTBEAT_MS = (20, 120)  # empty_interval_ms, drawn per seed (the request timeout is 150 ms)
+IDLE_MS = (100, 1500)  # an idle phase of the workload, drawn per phase
+BUSY_MS = (50, 500)  # a busy one
+BUSY_PAYLOADS = (1, 8)  # the txs a host gets in a busy phase, in payloads
+
 LONE_BOUND_MS = 2 * SIM_CONFIG["view_change_timeout_ms"]  # alone in a view change, at most
 
 ReplicaFactory = Callable[..., Replica]
@@ -113,6 +126,8 @@ class Node:
     unflushed: list[FetchedEntry] = field(default_factory=list)  # executed, not yet durable
     durable_at_ms: int = 0
     timers: set[int] = field(default_factory=set)
+    held: list[tuple[int, int]] = field(default_factory=list)  # requests waiting for work
+    budget: int = 0  # payloads of txs left in this busy phase (heartbeat seeds)
 
 
 class VerifyCache:
@@ -144,13 +159,24 @@ class Simulation:
         self.faults = Faults.draw(self.rng, n)
         self.net = Network(self.rng, self.faults)
         self.verify = VerifyCache()
+        # The heartbeat seeds' own generator: the main one draws exactly what it drew before.
+        self.workload = random.Random(f"vigil-sim-heartbeat/{seed}")
+        self.heartbeat = self.workload.random() < HEARTBEAT_SEEDS
+        interval = self.workload.randint(*HEARTBEAT_MS) if self.heartbeat else 0
+        self.busy = not self.heartbeat  # without the heartbeat the hosts always have work
         validators = tuple(SigningKey(validator_seed(i)).public_key for i in range(n))
         self.byz_index = self.rng.randrange(n) if self.rng.random() < 0.85 else None
         self.nodes = [
             Node(
                 i,
                 i != self.byz_index,
-                ConsensusConfig(validators, i, validator_seed(i), **SIM_CONFIG),  # type: ignore[arg-type]
+                ConsensusConfig(
+                    validators,
+                    i,
+                    validator_seed(i),
+                    empty_interval_ms=interval,
+                    **SIM_CONFIG,  # type: ignore[arg-type]
+                ),
             )
             for i in range(n)
         ]
@@ -186,6 +212,8 @@ class Simulation:
         if self.byzantine is not None:
             net.schedule(self.rng.randint(1, 50), -1, "malice")
         net.schedule(STATUS_MS, -1, "status_round")
+        if self.heartbeat:
+            net.schedule(self.workload.randint(*IDLE_MS), -1, "workload")
         deadline = self.faults.gst_ms + LIVENESS_BOUND_MS
         liveness: str | None = None
         while not self.violations:
@@ -222,6 +250,9 @@ class Simulation:
         if kind == "status_round":
             self._status_round()
             net.schedule(net.now_ms + STATUS_MS, -1, "status_round")
+            return
+        if kind == "workload":
+            self._workload()
             return
         if kind == "malice":
             assert self.byzantine is not None
@@ -283,7 +314,9 @@ class Simulation:
             verify=self.verify,
         )
         self.net.schedule(self.net.now_ms + TICK_MS, node.index, "tick", node.epoch)
-        for event in (Pending(True), Tick(self.net.now_ms)):
+        node.held.clear()
+        node.budget = 0  # restarted with an empty mempool (heartbeat seeds; unused otherwise)
+        for event in (Pending(not self.heartbeat), Tick(self.net.now_ms)):
             if node.replica is not None:  # a mid-step crash may hit right away
                 self._step(node, event)
 
@@ -291,6 +324,7 @@ class Simulation:
         node.replica = None
         node.epoch += 1
         node.unflushed.clear()  # not yet durable: lost with the process
+        node.held.clear()
         del node.block_ids[len(node.ledger) :]
         restart_ms = min(self.net.now_ms + down_ms, self.faults.gst_ms)
         self.net.schedule(restart_ms, node.index, "restart", node.epoch)
@@ -335,16 +369,17 @@ class Simulation:
                 if at_ms not in node.timers:
                     node.timers.add(at_ms)
                     net.schedule(at_ms, node.index, "tick", None)
-            case RequestProposal(view, seq):
-                payload = codec.encode({"seq": seq, "txs": [self.rng.randbytes(32)]})
-                if self.byzantine is not None and not node.honest:
-                    if "bad_proposal" in self.byzantine.behaviours and self.rng.random() < 0.5:
-                        payload = b"garbage" + self.rng.randbytes(8)
-                    else:
-                        self.valid_payloads.add(payload)
+            case RequestProposal(view, seq, heartbeat):
+                if not self.heartbeat:
+                    self._propose(node, view, seq, txs=True)
+                elif heartbeat:
+                    if (view, seq) in node.held:
+                        node.held.remove((view, seq))
+                    self._propose(node, view, seq, txs=self._take(node))
+                elif node.held or node.budget <= 0:
+                    node.held.append((view, seq))  # node/host's proposer waits for txs
                 else:
-                    self.valid_payloads.add(payload)
-                self._host_reply(node, 5, Propose(view, seq, payload))
+                    self._propose(node, view, seq, txs=self._take(node))
             case Validate(view, seq, digest, payload):
                 if self.byzantine is not None:
                     self.valid_payloads.update(self.byzantine.alternatives)
@@ -355,6 +390,41 @@ class Simulation:
                 self._fetch(node, from_seq, to_seq, peers)
             case _:
                 pass
+
+    def _take(self, node: Node) -> bool:
+        """One payload of txs from the host's budget; False (an empty block) if it has none."""
+        if node.budget <= 0:
+            return False
+        node.budget -= 1
+        if node.budget == 0:
+            self._host_reply(node, 5, Pending(False))  # node/host's PendingFlag: dry
+        return True
+
+    def _propose(self, node: Node, view: int, seq: int, txs: bool) -> None:
+        """The host's payload: a few txs, or none (an empty block)."""
+        payload = codec.encode({"seq": seq, "txs": [self.rng.randbytes(32)] if txs else []})
+        if self.byzantine is not None and not node.honest:
+            if "bad_proposal" in self.byzantine.behaviours and self.rng.random() < 0.5:
+                payload = b"garbage" + self.rng.randbytes(8)
+            else:
+                self.valid_payloads.add(payload)
+        else:
+            self.valid_payloads.add(payload)
+        self._host_reply(node, 5, Propose(view, seq, payload))
+
+    def _workload(self) -> None:
+        """The next phase: every host's ``Pending`` follows; held requests are filled."""
+        self.busy = not self.busy
+        phase = BUSY_MS if self.busy else IDLE_MS
+        self.net.schedule(self.net.now_ms + self.workload.randint(*phase), -1, "workload")
+        for node in self.nodes:
+            if node.replica is None:
+                continue
+            node.budget = self.workload.randint(*BUSY_PAYLOADS) if self.busy else 0
+            self._step(node, Pending(self.busy))
+            while node.held and node.budget > 0 and node.replica is not None:
+                view, seq = node.held.pop(0)
+                self._propose(node, view, seq, txs=self._take(node))
 
     def _transmit(self, node: Node, to: int | None, data: bytes) -> None:
         if not node.honest and self.byzantine is not None:

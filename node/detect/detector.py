@@ -286,7 +286,13 @@ class Detector:
         # A first model may come from fewer rows than the warm-up asks for (scores and reasons
         # early); the model that may quarantine is trained as soon as the window has them.
         short = self._requested_rows < self._rows_for_warm() <= len(self._window)
-        return self._model is None or short or height % self.cfg.retrain_every_blocks == 0
+        if self._model is None or short:
+            return True
+        every = self.cfg.retrain_every_blocks
+        # A scheduled retrain needs a row committed since the previous multiple: on an idle
+        # chain whose heartbeat makes empty blocks the window stays as it is, and refitting it
+        # with the next height's seed would only churn models (a new model_id every period).
+        return height % every == 0 and self._window_heights[-1] > height - every
 
     def _rows_for_warm(self) -> int:
         return min(self.cfg.warmup_txs, self.cfg.window_txs)

@@ -296,18 +296,20 @@ class TxHistory:
             if raws
             else None
         )
+        if not block.txs:
+            # An empty block (the heartbeat of an idle chain, `[block] empty_interval_ms`, or a
+            # null block) says nothing about the resolution of tx times: counted, a stream of
+            # them would set the gap floor to the heartbeat period for the first blocks of load.
+            return rows
         if self._last_block_ms is not None:
             self._intervals.append(max(0, now - self._last_block_ms))
         self._last_block_ms = now if self._last_block_ms is None else max(now, self._last_block_ms)
         interval = _median(self._intervals)
-        if block.txs:
-            self.chain = ChainHistory(
-                median_amount=_median(self._chain_amounts),
-                median_fee=_median(self._chain_fees),
-                block_interval_s=None if interval is None else interval / 1000.0,
-            )
-        elif interval is not None:
-            self.chain = replace(self.chain, block_interval_s=interval / 1000.0)
+        self.chain = ChainHistory(
+            median_amount=_median(self._chain_amounts),
+            median_fee=_median(self._chain_fees),
+            block_interval_s=None if interval is None else interval / 1000.0,
+        )
         return rows
 
     def scoring_chain(self, now_ms: int) -> ChainHistory:

@@ -81,6 +81,7 @@ class NodeConfig:
     # [block]
     block_txs_max: int = 2000
     block_interval_ms: int = 0
+    block_empty_interval_ms: int = 0  # heartbeat of empty blocks on an idle chain; 0: off
     # [catchup]
     catchup_batch_blocks: int = 64
     # [log]
@@ -160,6 +161,23 @@ def _origins(v: Any, key: str) -> tuple[str, ...]:
     return tuple(o.rstrip("/") for o in v)
 
 
+def _off_or(lo: int, hi: int) -> _Parser:
+    """0 (off), or an integer in lo..hi."""
+    within = _int(lo, hi)
+
+    def parse(v: Any, key: str) -> int:
+        if v == 0 and not isinstance(v, bool):
+            return 0
+        try:
+            return within(v, key)
+        except ConfigError:
+            raise ConfigError(
+                f"{key}: expected 0 (off) or an integer in {lo}..{hi}, got {v!r}"
+            ) from None
+
+    return parse
+
+
 _PORT = _int(1, 65535)
 _POS = _int(1, 2**31)
 _MS = _int(1, 3_600_000)
@@ -220,6 +238,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Path], _Parser]]]] = {
     "block": {
         "txs_max": ("block_txs_max", lambda b: _int(1, 4096)),
         "interval_ms": ("block_interval_ms", lambda b: _int(0, 60_000)),
+        "empty_interval_ms": ("block_empty_interval_ms", lambda b: _off_or(100, 3_600_000)),
     },
     "catchup": {
         "batch_blocks": ("catchup_batch_blocks", lambda b: _int(1, 1024)),

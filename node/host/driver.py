@@ -132,8 +132,8 @@ class Actions:
                 await self.commits.put(a)
             case SetTimer():
                 pass  # the ticker wakes the core every tick_ms, finer than any timer we use
-            case RequestProposal(view, seq):
-                self.proposals.request(view, seq)
+            case RequestProposal(view, seq, heartbeat):
+                self.proposals.request(view, seq, heartbeat)
             case Validate():
                 task = asyncio.create_task(self.validate(a))
                 self.validations.add(task)
@@ -145,7 +145,7 @@ class Actions:
                 log.warning("view_change", extra={"view": view, "primary": primary})
                 self.metrics.view_changes_total.inc()
                 self.metrics.set_view(view, is_primary=primary == self.index)
-                self.proposals.requests.clear()
+                self.proposals.clear()
                 # The NEW-VIEW's PRE-PREPAREs stay in flight; proposals of older views that it
                 # did not re-propose are abandoned: their txs become proposable again (and
                 # re-enter the mempool if they only reached us inside a proposal).
@@ -240,7 +240,13 @@ async def run_ticker(
 
 
 class Proposer:
-    """Fills the core's proposal requests from the mempool, at most one per block interval."""
+    """Fills the core's proposal requests from the mempool, at most one per block interval.
+
+    An ordinary request waits for ready txs; a heartbeat one (``RequestProposal.heartbeat``,
+    the chain idle for ``[block] empty_interval_ms``) is answered with whatever is ready, if
+    nothing then with a block of zero txs: valid like any other, and committed with its
+    certificate, so the chain head advances (wallets wait on it, docs/rpc.md).
+    """
 
     def __init__(
         self,
@@ -267,15 +273,21 @@ class Proposer:
 
     async def run(self) -> None:
         last_s = 0.0
-        requests = self.proposals.requests
+        # The last (view, seq) answered: a heartbeat that repeats a request we filled a moment
+        # ago (our Propose still on its way to the core) is not answered twice.
+        answered = (-1, 0)
+        queue = self.proposals
+        requests = queue.requests
         while True:
-            await self.proposals.woken()
+            await queue.woken()
             while requests:
                 view, seq = requests[0]
-                if view != self.replica.view or seq <= self.head.height():
-                    requests.popleft()
+                stale = view != self.replica.view or seq <= self.head.height()
+                if stale or (view, seq) <= answered:
+                    queue.pop()
                     continue
-                if not self.mempool.has_ready():
+                heartbeat = (view, seq) in queue.heartbeats
+                if not heartbeat and not self.mempool.has_ready():
                     break  # woken again by admission
                 if self.watch.higher_view(view):
                     break  # f+1 peers moved on: a proposal in our stale view only strands txs
@@ -284,11 +296,12 @@ class Proposer:
                     await asyncio.sleep(wait_s)
                     continue  # state may have changed while we slept
                 txs = self.mempool.select(self.block_txs_max)
-                if not txs:
+                if not txs and not heartbeat:
                     break
-                requests.popleft()
+                queue.pop()
                 payload = await self.txs.proposal(view, seq, txs, int(time.time() * 1000))
                 last_s = time.monotonic()
+                answered = (view, seq)
                 await self.inbox.put(Propose(view, seq, payload))
 
 

@@ -132,6 +132,7 @@ class Node:
             log_window=cfg.log_window,
             request_timeout_ms=cfg.request_timeout_ms,
             view_change_timeout_ms=cfg.view_change_timeout_ms,
+            empty_interval_ms=cfg.block_empty_interval_ms,
         )
         self.inbox: asyncio.Queue[Event] = asyncio.Queue(maxsize=INBOX_MAX)
         self.commits: asyncio.Queue[Commit] = asyncio.Queue(maxsize=commits_max(cfg))

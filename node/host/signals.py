@@ -23,15 +23,35 @@ Publish = Callable[[dict[str, Any]], None]
 
 
 class ProposalQueue:
-    """The core's ``RequestProposal``s in order, and the event that wakes the proposer."""
+    """The core's ``RequestProposal``s in order, and the event that wakes the proposer.
+
+    ``heartbeats``: the requests the core marked ``heartbeat`` (the chain is idle): they are
+    answered at once with whatever is ready, possibly no txs. The core may mark a request it
+    made earlier; it is not queued twice.
+    """
 
     def __init__(self) -> None:
         self.requests: deque[tuple[int, int]] = deque()
+        self.heartbeats: set[tuple[int, int]] = set()
         self._wake = asyncio.Event()
 
-    def request(self, view: int, seq: int) -> None:
-        self.requests.append((view, seq))
+    def request(self, view: int, seq: int, heartbeat: bool = False) -> None:
+        if heartbeat:
+            self.heartbeats.add((view, seq))
+        if (view, seq) not in self.requests:
+            self.requests.append((view, seq))
         self._wake.set()
+
+    def pop(self) -> tuple[int, int]:
+        """The first request, done with (answered or stale)."""
+        first = self.requests.popleft()
+        self.heartbeats.discard(first)
+        return first
+
+    def clear(self) -> None:
+        """A view change: requests of other views are void."""
+        self.requests.clear()
+        self.heartbeats.clear()
 
     def wake(self) -> None:
         """Something changed that may let a waiting request be filled (txs, a commit)."""

@@ -35,7 +35,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         c = Cluster.load(root)
         print(f"resuming the cluster in {root} ({c.n} nodes)")
     else:
-        c = devnet.init_cluster(root, devnet.base_ports(args.base_port, args.n))
+        overrides = {"block": {"empty_interval_ms": args.empty_interval_ms}}
+        c = devnet.init_cluster(
+            root, devnet.base_ports(args.base_port, args.n), overrides=overrides
+        )
         try:
             write_prometheus_config(
                 root / "prometheus.yml", [c.metrics_url(i) for i in range(c.n)], "vigil-local"
@@ -183,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("-n", type=int, default=4, help="validators (default 4)")
     up.add_argument("--base-port", type=int, default=26600, help="first port (default 26600)")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
+    up.add_argument(
+        "--empty-interval-ms",
+        type=int,
+        default=devnet.DEVNET_EMPTY_INTERVAL_MS,
+        help="a new cluster's [block] empty_interval_ms: an empty block this often when idle"
+        f" (default {devnet.DEVNET_EMPTY_INTERVAL_MS}; 0: off)",
+    )
     up.set_defaults(func=cmd_up)
     st = sub.add_parser("status", parents=[dir_opt], help="one row per node")
     st.add_argument("--json", action="store_true")

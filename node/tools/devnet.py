@@ -39,6 +39,10 @@ WALLET_BALANCE = 10**12
 BENCH_BALANCE = 10**12
 DEMO_WALLETS = 4
 BENCH_ACCOUNTS = 1000
+# `scripts/cluster up`'s heartbeat ([block] empty_interval_ms): an idle local chain still makes a
+# block every 2 s, as Besu's QBFT/IBFT default block period, so wallets that wait for the head to
+# advance (ethers' tx.wait(), MetaMask) work. Tests' clusters leave it off unless they ask.
+DEVNET_EMPTY_INTERVAL_MS = 2000
 
 
 def bench_key(k: int) -> SigningKey:

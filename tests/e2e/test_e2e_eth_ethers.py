@@ -2,8 +2,11 @@
 
 tests/js/ethers_flow.mjs runs the wallet flow (native funds in, type 2 and legacy sends, an
 anchor found with getLogs, blocks, newHeads and logs over /ws) and the errors a wallet shows;
-this test funds its account, runs it with node and checks the transcript. Skips with a clear
-message where node or the npm packages (``npm ci`` in tests/js, done by scripts/test) are missing.
+this test funds its account, runs it with node and checks the transcript. The cluster runs with
+the heartbeat on (``[block] empty_interval_ms``, as ``scripts/cluster up`` makes it), so the
+script waits with ethers' own ``tx.wait()``, which needs the head to advance after a commit.
+Skips with a clear message where node or the npm packages (``npm ci`` in tests/js, done by
+scripts/test) are missing.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ pytest.importorskip("eth_account", reason="eth-account is in the test extra")
 from eth_account import Account
 
 from node.chain.ethtx import ANCHOR_ADDRESS
+from node.tools import devnet
 from tests.cluster_util import LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -38,17 +42,20 @@ NODE = shutil.which("node")
     reason="ethers is not installed: run `npm ci` in tests/js (scripts/test does when npm exists)",
 )
 def test_ethers_wallet_flow(tmp_path: Path) -> None:
-    with LocalCluster(tmp_path, n=4, overrides={"block": {"interval_ms": 50}}) as c:
+    block = {"interval_ms": 50, "empty_interval_ms": devnet.DEVNET_EMPTY_INTERVAL_MS}
+    with LocalCluster(tmp_path, n=4, overrides={"block": block}) as c:
         alice = Account.create()
         raw = c.transfer(0, bytes.fromhex(alice.address[2:]), amount=100 * 10**9)
         h = c.submit(0, [raw])[0]["result"]["hash"]
         wait_for("funding committed", lambda: c.tx_status(0, h) == "committed")
+        funding_block = c.rpc(0, "tx_get", [h])["height"]
         url = c.cluster.rpc_url(0)
         env = {
             **os.environ,
             "RPC_URL": url,
             "WS_URL": url.replace("http://", "ws://").rstrip("/") + "/ws",
             "PRIVATE_KEY": alice.key.hex(),
+            "FUNDING_BLOCK": str(funding_block),
             "NATIVE_TO": "0x" + c.address(1).hex(),
             "ANCHOR": "0x" + ANCHOR_ADDRESS.hex(),
             "DIGEST": "0x" + hashlib.sha256(b"ethers anchored document").hexdigest(),

@@ -64,7 +64,9 @@ def rpc_error(w3: Web3, raw: bytes) -> dict[str, Any]:
 
 
 def test_web3_wallet_flow(tmp_path: Path) -> None:
-    overrides = {"detector": DETECTOR, "block": {"interval_ms": 50}}
+    # the heartbeat on, as `scripts/cluster up` makes it: empty blocks between the steps
+    block = {"interval_ms": 50, "empty_interval_ms": devnet.DEVNET_EMPTY_INTERVAL_MS}
+    overrides = {"detector": DETECTOR, "block": block}
     with LocalCluster(tmp_path, n=4, overrides=overrides, bench_accounts=WARMUP + 4) as c:
         url = c.cluster.rpc_url(0)
         w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))

@@ -1,6 +1,7 @@
 // ethers v6 against a running Vigil node: the wallet flow and the errors a wallet shows.
 // Run by tests/test_e2e_eth_ethers.py: env RPC_URL, WS_URL, PRIVATE_KEY (funded by a native
-// transfer), NATIVE_TO (a native address), ANCHOR (the anchor address), DIGEST (0x + 32 bytes).
+// transfer, committed in block FUNDING_BLOCK), NATIVE_TO (a native address), ANCHOR (the anchor
+// address), DIGEST (0x + 32 bytes).
 // Prints one JSON transcript on stdout; exits non-zero on any failed expectation.
 import { ethers } from "ethers";
 
@@ -11,18 +12,9 @@ function expect(cond, what) {
   if (!cond) throw new Error("expectation failed: " + what);
 }
 const big = (v) => v.toString();
-// Vigil makes a block only when there are transactions (docs/rpc.md, Ethereum face), while
-// ethers' tx.wait() checks the receipt once and then again on every *new* block: on an idle
-// chain it can miss a tx that was committed between the two. Poll the receipt instead.
-async function mined(tx, timeoutMs = 60000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const receipt = await provider.getTransactionReceipt(tx.hash);
-    if (receipt) return receipt;
-    if (Date.now() > end) throw new Error("no receipt for " + tx.hash);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
+// ethers' tx.wait() checks the receipt once, then again on every *new* block its poller sees:
+// the cluster runs with the heartbeat on ([block] empty_interval_ms, docs/rpc.md), so the head
+// advances while idle and a tx committed between the two checks is still found.
 
 const provider = new ethers.JsonRpcProvider(env.RPC_URL, undefined, { staticNetwork: true, pollingInterval: 100 });
 const network = await provider.getNetwork();
@@ -37,7 +29,7 @@ note("funded", { address: alice.address, balance: ethers.formatEther(start) });
 // signed here and broadcast raw, so the same bytes can be replayed below
 const raw1 = await alice.signTransaction(await alice.populateTransaction({ to: env.NATIVE_TO, value: ethers.parseEther("0.25") }));
 const tx1 = await provider.broadcastTransaction(raw1);
-const r1 = await mined(tx1);
+const r1 = await tx1.wait(1, 60000);
 expect(r1.status === 1 && r1.gasUsed === 21000n, "native transfer receipt");
 const after1 = await provider.getBalance(alice.address);
 expect(after1 === start - ethers.parseEther("0.25") - r1.fee, "balance = start - value - gasUsed*effectiveGasPrice");
@@ -45,14 +37,14 @@ note("type2 to native address", { hash: tx1.hash, status: r1.status, gasUsed: bi
 
 // to another Ethereum account (legacy, EIP-155)
 const tx2 = await alice.sendTransaction({ to: bob.address, value: ethers.parseEther("2"), type: 0, gasPrice: fee.gasPrice });
-const r2 = await mined(tx2);
+const r2 = await tx2.wait(1, 60000);
 expect(r2.status === 1 && r2.type === 0, "legacy receipt");
 expect((await provider.getBalance(bob.address)) === ethers.parseEther("2"), "bob's balance");
 note("legacy to Ethereum account", { hash: tx2.hash, status: r2.status, bob: ethers.formatEther(await provider.getBalance(bob.address)) });
 
 // bob pays back
 const tx3 = await bob.sendTransaction({ to: alice.address, value: ethers.parseEther("1") });
-expect((await mined(tx3)).status === 1, "bob's payment");
+expect((await tx3.wait(1, 60000)).status === 1, "bob's payment");
 const nonces = { alice: await provider.getTransactionCount(alice.address), alicePending: await provider.getTransactionCount(alice.address, "pending"), bob: await provider.getTransactionCount(bob.address) };
 expect(nonces.alice === 2 && nonces.alicePending === 2 && nonces.bob === 1, "nonces");
 note("nonces", nonces);
@@ -61,7 +53,7 @@ note("nonces", nonces);
 const data = ethers.concat([env.DIGEST, ethers.toUtf8Bytes("ethers")]);
 const gas = await provider.estimateGas({ from: alice.address, to: env.ANCHOR, data });
 const tx4 = await alice.sendTransaction({ to: env.ANCHOR, data, gasLimit: gas });
-const r4 = await mined(tx4);
+const r4 = await tx4.wait(1, 60000);
 expect(r4.status === 1 && r4.gasUsed === gas, "anchor receipt");
 expect(r4.logs.length === 1 && r4.logs[0].topics[0] === env.DIGEST, "anchor log");
 const logs = await provider.getLogs({ address: env.ANCHOR, topics: [env.DIGEST], fromBlock: 0, toBlock: "latest" });
@@ -73,7 +65,8 @@ const blk = await provider.getBlock(r4.blockNumber, true);
 expect(blk.hash === r4.blockHash && blk.prefetchedTransactions.some((t) => t.hash === tx4.hash), "block with txs");
 const byHash = await provider.getBlock(r4.blockHash);
 expect(byHash.number === r4.blockNumber && byHash.transactions.includes(tx4.hash), "block by hash");
-const first = await provider.getBlock(1, true); // holds the native funding transfer
+// holds the native funding transfer (not block 1: heartbeat blocks may come before it)
+const first = await provider.getBlock(Number(env.FUNDING_BLOCK), true);
 expect(first.prefetchedTransactions.length >= 1, "a block with a native tx parses");
 expect((await provider.getCode(bob.address)) === "0x", "no code");
 note("blocks", { number: blk.number, hash: blk.hash, baseFeePerGas: big(blk.baseFeePerGas), gasUsed: big(blk.gasUsed), nativeTxFrom: first.prefetchedTransactions[0].from });

@@ -25,6 +25,19 @@ def test_config_defaults_and_relative_paths() -> None:
     cfg = parse_config(BASE, Path("/srv/n0"))
     assert cfg.genesis_file == Path("/srv/n0/g.json")
     assert cfg.block_txs_max == 2000
+    assert cfg.block_empty_interval_ms == 0  # no heartbeat unless asked: an idle chain is still
+
+
+@pytest.mark.parametrize("value", [0, 100, 2000, 3_600_000])
+def test_config_block_empty_interval_ms_accepts_off_or_a_period(value: int) -> None:
+    cfg = parse_config({**BASE, "block": {"empty_interval_ms": value}}, Path("/"))
+    assert cfg.block_empty_interval_ms == value
+
+
+@pytest.mark.parametrize("value", [-1, 1, 99, 3_600_001, True, False, "2000", 2.5])
+def test_config_block_empty_interval_ms_refuses_other_values(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"block\.empty_interval_ms: expected 0 \(off\) or"):
+        parse_config({**BASE, "block": {"empty_interval_ms": value}}, Path("/"))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,71 @@
+"""A stream of empty blocks (the heartbeat of an idle chain, ``[block] empty_interval_ms``) leaves
+the detector as it was: no block-interval gap floor at the heartbeat period, no retraining churn
+on a window that did not change."""
+
+from __future__ import annotations
+
+from node.detect.detector import Detector, DetectorConfig
+from tests.unit.detect.test_detector import FakeBlock, FakeHeader, Traffic, train_if_due
+
+
+def _empty(traffic: Traffic, every_ms: int) -> FakeBlock:
+    traffic.height += 1
+    traffic.now_ms += every_ms
+    return FakeBlock(FakeHeader(traffic.height, traffic.now_ms), ())
+
+
+def test_empty_blocks_do_not_move_the_block_interval_gap_floor() -> None:
+    """Tx blocks every second; an idle hour of heartbeats every 2 s in between. The median block
+    interval (the features' gap floor, ml/features.py) stays the tx blocks' 1 s, and the first tx
+    block after the idle stretch is measured from the last tx block, as without heartbeats."""
+    with_hb, without = Traffic(7), Traffic(7)
+    det_hb, det = Detector(DetectorConfig()), Detector(DetectorConfig())
+    for traffic, d in ((with_hb, det_hb), (without, det)):
+        for block in traffic.ordinary_blocks(80):
+            d.observe_block(block)
+    assert det_hb._history.chain.block_interval_s == 1.0
+    for _ in range(1800):
+        det_hb.observe_block(_empty(with_hb, 2000))
+    without.height = with_hb.height
+    without.now_ms = with_hb.now_ms
+    assert det_hb._history.chain == det._history.chain
+    for traffic, d in ((with_hb, det_hb), (without, det)):
+        for block in traffic.ordinary_blocks(5):
+            d.observe_block(block)
+    assert det_hb._history.chain == det._history.chain
+    assert det_hb._history.chain.block_interval_s == 1.0
+
+
+def test_empty_blocks_do_not_retrain_an_unchanged_window() -> None:
+    """Retraining at multiples of ``retrain_every_blocks`` needs a row committed since the last
+    multiple: heartbeats alone never refit (a new model_id every period for nothing)."""
+    traffic = Traffic(3)
+    det = Detector(DetectorConfig(retrain_every_blocks=10, min_train_txs=50, warmup_txs=100))
+    det.note_addresses([a.addr for a in traffic.accounts])
+    for block in traffic.ordinary_blocks(40):
+        det.observe_block(block)
+        train_if_due(det, block.header.height)
+    trained = det.status()["trained_at_height"]
+    assert trained == 40
+    for _ in range(200):  # twenty multiples of 10 pass, all empty
+        block = _empty(traffic, 2000)
+        det.observe_block(block)
+        assert not det.needs_training(block.header.height)
+    for block in traffic.ordinary_blocks(10):  # txs again: the next multiple retrains
+        det.observe_block(block)
+        train_if_due(det, block.header.height)
+    assert det.status()["trained_at_height"] == 250
+
+
+def test_a_multiple_with_rows_in_the_last_period_still_retrains() -> None:
+    """The old schedule is kept where rows come: one tx block in the period is enough."""
+    traffic = Traffic(4)
+    det = Detector(DetectorConfig(retrain_every_blocks=10, min_train_txs=50, warmup_txs=100))
+    for block in traffic.ordinary_blocks(40):
+        det.observe_block(block)
+        train_if_due(det, block.header.height)
+    for _ in range(8):
+        det.observe_block(_empty(traffic, 2000))
+    det.observe_block(next(traffic.ordinary_blocks(1)))  # height 49
+    det.observe_block(_empty(traffic, 2000))  # height 50
+    assert det.needs_training(50)

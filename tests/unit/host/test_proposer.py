@@ -1,0 +1,119 @@
+"""The proposer and the heartbeat (node/host/driver.py ``Proposer``, ``[block] empty_interval_ms``).
+
+An ordinary ``RequestProposal`` waits for ready txs; a heartbeat one is answered at once with what
+the mempool has, possibly nothing: a block of zero txs that a backup's resolver finds valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from common.codec import sha256
+from consensus.api import Event, Propose, RequestProposal
+from node.chain.block import Proposal
+from node.host.driver import Proposer
+from node.host.signals import Head, ProposalQueue
+from node.net.peerwatch import PeerWatch
+from tests.unit.host.fakes import FakeChain, FakeP2P, mempool_of, resolver
+from tests.unit.host.test_resolver import _tx
+
+
+class View:
+    view = 0
+
+
+class Primary:
+    """Node 0's proposer, its queue fed the way ``Actions.perform`` feeds it."""
+
+    def __init__(self) -> None:
+        self.chain = FakeChain()
+        self.mempool = mempool_of(self.chain)
+        self.txs = resolver(self.chain, FakeP2P(), self.mempool, 0)
+        self.inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self.proposals = ProposalQueue()
+        self.proposer = Proposer(
+            replica=View(),
+            proposals=self.proposals,
+            mempool=self.mempool,
+            watch=PeerWatch(1),
+            head=Head(lambda: self.chain.height),
+            txs=self.txs,
+            inbox=self.inbox,
+            block_interval_ms=0,
+            block_txs_max=100,
+        )
+
+    def ask(self, r: RequestProposal) -> None:
+        self.proposals.request(r.view, r.seq, r.heartbeat)
+
+    async def answer(self, timeout_s: float = 1.0) -> Propose | None:
+        try:
+            event = await asyncio.wait_for(self.inbox.get(), timeout_s)
+        except TimeoutError:
+            return None
+        assert isinstance(event, Propose)
+        return event
+
+
+@pytest.fixture
+async def primary() -> AsyncIterator[Primary]:
+    p = Primary()
+    task = asyncio.create_task(p.proposer.run())
+    yield p
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_an_ordinary_request_waits_for_txs(primary: Primary) -> None:
+    primary.ask(RequestProposal(0, 1))
+    assert await primary.answer(0.2) is None
+    assert primary.proposals.requests  # still waiting, not dropped
+
+
+async def test_a_heartbeat_is_answered_with_an_empty_block_a_backup_accepts(
+    primary: Primary,
+) -> None:
+    primary.ask(RequestProposal(0, 1))
+    assert await primary.answer(0.2) is None
+    primary.ask(RequestProposal(0, 1, heartbeat=True))  # the same request, now a heartbeat
+    answer = await primary.answer()
+    assert answer is not None
+    assert (answer.view, answer.seq) == (0, 1)
+    proposal = Proposal.decode(answer.payload)
+    assert (proposal.height, proposal.proposer, proposal.tx_hashes) == (1, 0, ())
+    assert not primary.proposals.requests  # answered once, not queued twice
+    assert not primary.proposals.heartbeats
+    backup = resolver(FakeChain(), FakeP2P(), mempool_of(FakeChain()), 1)
+    assert await backup.validate(0, 1, sha256(answer.payload), answer.payload)
+    assert await primary.txs.for_commit(1, sha256(answer.payload), answer.payload) == ()
+
+
+async def test_a_heartbeat_repeating_a_request_just_filled_is_not_answered_twice(
+    primary: Primary,
+) -> None:
+    """The core repeats a request as a heartbeat while our Propose is on its way: one answer."""
+    tx = _tx(0)
+    primary.mempool.add(tx, tx.hash, 0.0)
+    primary.ask(RequestProposal(0, 1))
+    assert await primary.answer() is not None
+    primary.ask(RequestProposal(0, 1, heartbeat=True))
+    assert await primary.answer(0.2) is None
+    assert not primary.proposals.requests
+    primary.ask(RequestProposal(0, 2, heartbeat=True))  # the next seq is answered as usual
+    answer = await primary.answer()
+    assert answer is not None
+    assert answer.seq == 2
+
+
+async def test_a_heartbeat_carries_the_txs_that_are_ready(primary: Primary) -> None:
+    tx = _tx(0)
+    primary.mempool.add(tx, tx.hash, 0.0)
+    primary.ask(RequestProposal(0, 1, heartbeat=True))
+    answer = await primary.answer()
+    assert answer is not None
+    assert Proposal.decode(answer.payload).tx_hashes == (tx.hash,)
