@@ -45,16 +45,12 @@ txs = transfers | anchors
 KEY = SigningKey(bytes(range(32)))
 
 
-def _transfer(**kw):
-    args = {"key": KEY, "chain_id": "vigil", "to": b"\x07" * 20, "amount": 5, "fee": 1, "nonce": 0}
-    args.update(kw)
-    return make_transfer(**args)
+def _transfer(chain_id: str = "vigil") -> Transaction:
+    return make_transfer(KEY, chain_id, to=b"\x07" * 20, amount=5, fee=1, nonce=0)
 
 
-def _anchor(**kw):
-    args = {"key": KEY, "chain_id": "vigil", "digest": b"\x09" * 32, "memo": b"hi", "fee": 1}
-    args.update(kw)
-    return make_anchor(nonce=0, **args)
+def _anchor() -> Transaction:
+    return make_anchor(KEY, "vigil", digest=b"\x09" * 32, memo=b"hi", fee=1, nonce=0)
 
 
 @given(txs)
