@@ -198,11 +198,13 @@ def test_config_refuses_short_admin_token(token: str) -> None:
 
 def test_bench_skips_nodes_marked_down() -> None:
     import argparse
-    from types import SimpleNamespace
 
     from node.tools.bench import Bench
+    from node.tools.devnet import Cluster
 
-    b = Bench(SimpleNamespace(n=4), argparse.Namespace())  # type: ignore[arg-type]
+    # Only the node count matters here: no directory, no ports.
+    cluster = Cluster(root=Path("/nonexistent"), n=4, ports=(), admin_token="")
+    b = Bench(cluster, argparse.Namespace())
     assert b._live(1) == 1
     b._mark_down(1)
     b._mark_down(2)
