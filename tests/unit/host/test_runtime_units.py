@@ -10,7 +10,7 @@ import pytest
 from common.crypto import SigningKey, address_of
 from node.chain.ledger import Account
 from node.chain.mempool import Mempool
-from node.chain.tx import make_transfer
+from node.chain.tx import Transaction, make_transfer
 from node.errors import MEMPOOL_FULL, TX_BALANCE, TX_DUPLICATE, TX_NONCE, VigilError
 from node.host.config import ConfigError, parse_config
 from node.net.wire import BadFrame, decode_frame, encode_frame
@@ -50,7 +50,7 @@ def _pool(txs_max: int = 100) -> Mempool:
     return Mempool("c", txs_max, 10**6, state.get)
 
 
-def _tx(k: int, nonce: int, amount: int = 1):
+def _tx(k: int, nonce: int, amount: int = 1) -> Transaction:
     return make_transfer(KEYS[k], "c", address_of(KEYS[2].public_key), amount, 1, nonce)
 
 
