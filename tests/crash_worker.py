@@ -1,4 +1,5 @@
-"""Child process for tests/test_crash.py: commits blocks to a real LevelDB until it is killed.
+"""Child process for tests/unit/storage/test_db_crash.py: commits blocks to a real LevelDB until
+it is killed.
 
 Run as ``python -m tests.crash_worker DIR``. It resumes from the stored head, so every run extends
 the same chain. Shared helpers (genesis, commit) are imported by the test for verification.

@@ -23,7 +23,6 @@ from common.codec import CodecError
 from node.chain.mempool import Mempool
 from node.chain.tx import TX_BYTES_MAX, Transaction, decode_verified, tx_hash_of
 from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE, TX_INVALID, VigilError
-from node.net.gossip import Gossip
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +70,24 @@ class Screen(Protocol):
     ) -> Sequence[Screened]: ...
 
 
+class Seen(Protocol):
+    """What admission does with the seen-cache (node/net/gossip.py's ``SeenCache``)."""
+
+    def add(self, key: bytes, /) -> object: ...
+
+    def __contains__(self, key: bytes, /) -> bool: ...
+
+
+class TxGossip(Protocol):
+    """What admission uses of node/net/gossip.py's ``Gossip``: its seen-cache, and ``forward``
+    for the txs of this node's clients."""
+
+    @property
+    def seen(self) -> Seen: ...
+
+    def forward(self, raws: list[bytes]) -> None: ...
+
+
 def submitted(tx_hash: bytes, verdict: Screened | None) -> dict[str, Any]:
     """``tx_submit``'s answer for an admitted tx: pending, or waiting behind a held tx."""
     out: dict[str, Any] = {"hash": "0x" + tx_hash.hex(), "status": "pending"}
@@ -86,7 +103,7 @@ class Admission:
     def __init__(
         self,
         mempool: Mempool,
-        gossip: Gossip,
+        gossip: TxGossip,
         is_committed: Callable[[bytes], bool],
         on_admitted: Callable[[list[Transaction]], None],
         on_quarantined: Callable[[Transaction, Screened], None],

@@ -10,19 +10,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
-from aiohttp import ClientWebSocketResponse, web
+from aiohttp import ClientWebSocketResponse, WSMessage, web
 
 log = logging.getLogger(__name__)
 
 WebSocket = web.WebSocketResponse | ClientWebSocketResponse
 
 
+class PeerSocket(Protocol):
+    """The websocket methods a peer link uses: ``PeerConn`` sends and closes, ``P2P._serve``
+    receives. aiohttp's ``web.WebSocketResponse`` and ``ClientWebSocketResponse`` satisfy it
+    structurally (node/net/p2p.py builds a ``PeerConn`` from each); tests pass small fakes."""
+
+    async def receive(self) -> WSMessage: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def close(self) -> bool: ...
+
+
 class PeerConn:
     """An established, authenticated connection to validator ``index``."""
 
     def __init__(
-        self, index: int, ws: WebSocket, dialer: int, queue_max: int, bytes_max: int = 1 << 62
+        self, index: int, ws: PeerSocket, dialer: int, queue_max: int, bytes_max: int = 1 << 62
     ) -> None:
         self.index = index
         self.ws = ws

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,9 @@ def test_missing_file(tmp_path: Path) -> None:
         ("bad_key", lambda t: t.replace('"key.json"', '"../genesis.json"'), ("node.key_file",)),
     ],
 )
-def test_bad_config_file(cluster: devnet.Cluster, name: str, edit, words: tuple[str, ...]) -> None:
+def test_bad_config_file(
+    cluster: devnet.Cluster, name: str, edit: Callable[[str], str], words: tuple[str, ...]
+) -> None:
     config = _variant(cluster, name, edit(_config(cluster)))
     _one_line_error(_run(config), *words)
 

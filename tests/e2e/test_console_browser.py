@@ -27,6 +27,14 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip(
+    "playwright.sync_api",
+    reason="playwright not installed: pip install -e '.[browser]' (scripts/test does)",
+)
+
+from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import expect as pw_expect
+
 from node.chain.tx import make_anchor
 from node.errors import UNAUTHORIZED
 from node.tools import devnet
@@ -34,20 +42,9 @@ from tests.cluster_util import LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
-try:
-    from playwright.sync_api import Page, sync_playwright
-    from playwright.sync_api import expect as pw_expect
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None  # type: ignore[assignment]
-
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 )
-if sync_playwright is None:
-    pytest.skip(
-        "playwright not installed: pip install -e '.[browser]' (scripts/test does)",
-        allow_module_level=True,
-    )
 if CHROMIUM is None:
     pytest.skip(
         "Debian's chromium not found: apt-get install chromium (scripts/test does as root)",

@@ -23,9 +23,13 @@ import pytest
 pytest.importorskip("web3", reason="web3.py is in the test extra: pip install -e '.[test]'")
 
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_account.types import TransactionDictType
+from eth_typing import HexStr
 from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3RPCError
+from web3.types import BlockData, RPCEndpoint, TxData, TxParams, Wei
 
 from node.chain.ethtx import ANCHOR_ADDRESS, BASE_FEE_WEI, WEI_PER_UNIT, eth_chain_id
 from node.tools import devnet
@@ -48,25 +52,45 @@ def note(step: str, **fields: Any) -> None:
     TRANSCRIPT.append({"step": step, **fields})
 
 
-def send(w3: Web3, acct: Any, tx: dict[str, Any]) -> tuple[bytes, str]:
+def send(w3: Web3, acct: LocalAccount, tx: TransactionDictType) -> tuple[bytes, HexStr]:
     signed = acct.sign_transaction(tx)
     raw = bytes(signed.raw_transaction)
     h = w3.eth.send_raw_transaction(raw)
     assert bytes(h) == bytes(signed.hash)  # the node returns the hash every Ethereum tool computes
-    return raw, "0x" + bytes(h).hex()
+    return raw, HexStr("0x" + bytes(h).hex())
 
 
 def rpc_error(w3: Web3, raw: bytes) -> dict[str, Any]:
     with pytest.raises(Web3RPCError) as info:
         w3.eth.send_raw_transaction(raw)
-    err = info.value.rpc_response["error"]
+    response = info.value.rpc_response
+    assert response is not None
+    err = response["error"]
     return {"code": err["code"], "message": err["message"]}
+
+
+def full_transactions(block: BlockData) -> list[TxData]:
+    """A block fetched with ``full_transactions=True``: its transactions, not their hashes."""
+    txs: list[TxData] = []
+    for t in block["transactions"]:
+        assert not isinstance(t, bytes)
+        txs.append(t)
+    return txs
+
+
+def transaction_hashes(block: BlockData) -> list[bytes]:
+    """A block fetched without ``full_transactions``: its transactions' hashes."""
+    hashes: list[bytes] = []
+    for x in block["transactions"]:
+        assert isinstance(x, bytes)
+        hashes.append(bytes(x))
+    return hashes
 
 
 def test_web3_wallet_flow(tmp_path: Path) -> None:
     # the heartbeat on, as `scripts/cluster up` makes it: empty blocks between the steps
     block = {"interval_ms": 50, "empty_interval_ms": devnet.DEVNET_EMPTY_INTERVAL_MS}
-    overrides = {"detector": DETECTOR, "block": block}
+    overrides: dict[str, dict[str, Any]] = {"detector": DETECTOR, "block": block}
     with LocalCluster(tmp_path, n=4, overrides=overrides, bench_accounts=WARMUP + 4) as c:
         url = c.cluster.rpc_url(0)
         w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
@@ -94,17 +118,18 @@ def test_web3_wallet_flow(tmp_path: Path) -> None:
         native_to = c.address(1)
         before_native = c.balances(0, [native_to])[native_to]
         base = w3.eth.get_block("latest")["baseFeePerGas"]
-        tx = {
+        native_addr = to_checksum_address("0x" + native_to.hex())
+        tx: TransactionDictType = {
             "type": 2,
             "chainId": chain,
             "nonce": w3.eth.get_transaction_count(alice.address, "pending"),
-            "to": to_checksum_address("0x" + native_to.hex()),
+            "to": native_addr,
             "value": 10**17,
             "maxPriorityFeePerGas": w3.eth.max_priority_fee,
             "maxFeePerGas": 2 * base,
         }
         tx["gas"] = w3.eth.estimate_gas(
-            {k: tx[k] for k in ("to", "value")} | {"from": alice.address}
+            {"to": native_addr, "value": Wei(10**17), "from": alice.address}
         )
         assert tx["gas"] == 21_000
         raw1, h1 = send(w3, alice, tx)
@@ -126,7 +151,7 @@ def test_web3_wallet_flow(tmp_path: Path) -> None:
         )
 
         # --- legacy (EIP-155) transfer to another Ethereum account
-        tx2 = {
+        tx2: TransactionDictType = {
             "chainId": chain,
             "nonce": w3.eth.get_transaction_count(alice.address, "pending"),
             "to": bob.address,
@@ -142,7 +167,7 @@ def test_web3_wallet_flow(tmp_path: Path) -> None:
         note("legacy to Ethereum account", hash=h2, status=r2["status"], bob=str(3 * 10**18))
 
         # --- Bob pays back to Alice (an account that only ever received)
-        tx3 = {
+        tx3: TransactionDictType = {
             "type": 2,
             "chainId": chain,
             "nonce": 0,
@@ -162,9 +187,13 @@ def test_web3_wallet_flow(tmp_path: Path) -> None:
         doc.write_bytes(b"web3 anchored document\n")
         digest = hashlib.sha256(doc.read_bytes()).digest()
         anchor_to = to_checksum_address("0x" + ANCHOR_ADDRESS.hex())
-        call = {"from": alice.address, "to": anchor_to, "data": "0x" + (digest + b"web3").hex()}
-        gas = w3.eth.estimate_gas(call)  # type: ignore[arg-type]
-        tx4 = {
+        call: TxParams = {
+            "from": alice.address,
+            "to": anchor_to,
+            "data": HexStr("0x" + (digest + b"web3").hex()),
+        }
+        gas = w3.eth.estimate_gas(call)
+        tx4: TransactionDictType = {
             "type": 2,
             "chainId": chain,
             "nonce": w3.eth.get_transaction_count(alice.address, "pending"),
@@ -210,10 +239,10 @@ def test_web3_wallet_flow(tmp_path: Path) -> None:
         # --- reads: blocks with and without txs, by hash, tx by hash, nonces, code, call
         blk = w3.eth.get_block(r4["blockNumber"], full_transactions=True)
         assert blk["hash"] == r4["blockHash"]
-        assert any(bytes(t["hash"]) == bytes.fromhex(h4[2:]) for t in blk["transactions"])
+        assert any(bytes(t["hash"]) == bytes.fromhex(h4[2:]) for t in full_transactions(blk))
         by_hash = w3.eth.get_block(r4["blockHash"])
         assert by_hash["number"] == r4["blockNumber"]
-        assert bytes.fromhex(h4[2:]) in [bytes(x) for x in by_hash["transactions"]]
+        assert bytes.fromhex(h4[2:]) in transaction_hashes(by_hash)
         got = w3.eth.get_transaction(h4)
         assert got["from"] == alice.address
         assert got["blockNumber"] == r4["blockNumber"]
@@ -223,10 +252,10 @@ def test_web3_wallet_flow(tmp_path: Path) -> None:
         history = w3.eth.fee_history(4, "latest", [50])
         assert set(history["baseFeePerGas"]) == {BASE_FEE_WEI}
         with pytest.raises(Web3RPCError, match="no EVM"):
-            w3.eth.call({"to": bob.address, "data": "0x12345678"})
+            w3.eth.call({"to": bob.address, "data": HexStr("0x12345678")})
         with pytest.raises(Web3RPCError, match="no EVM"):
-            w3.eth.estimate_gas({"from": alice.address, "data": "0x6000"})
-        unknown = w3.provider.make_request("eth_sign", [alice.address, "0x00"])  # type: ignore[arg-type]
+            w3.eth.estimate_gas({"from": alice.address, "data": HexStr("0x6000")})
+        unknown = w3.provider.make_request(RPCEndpoint("eth_sign"), [alice.address, "0x00"])
         assert unknown["error"]["code"] == -32601
         note("unsupported method", error=dict(unknown["error"]))
 

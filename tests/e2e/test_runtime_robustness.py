@@ -25,7 +25,7 @@ from tests.unit.host.fakes import FakeChain, resolver
 
 
 class FakeWs:
-    """Frames to hand out, then a CLOSE; records what is sent."""
+    """A ``PeerSocket``: frames to hand out, then a CLOSE; records what is sent."""
 
     def __init__(self, frames: Sequence[bytes] = ()) -> None:
         self.frames = list(frames)
@@ -75,7 +75,7 @@ async def test_a_frame_the_runtime_chokes_on_ends_the_link_not_the_task() -> Non
 
     p2p = _p2p(on_frame=boom)
     ws = FakeWs([encode_frame({"t": "status", "height": 1, "view": 0})] * 2)
-    conn = PeerConn(2, ws, dialer=2, queue_max=10)  # type: ignore[arg-type]
+    conn = PeerConn(2, ws, dialer=2, queue_max=10)
     p2p._conns[2] = conn
     await p2p._serve(conn)  # returns instead of raising (a dial loop would have died)
     assert conn.closed.is_set()
@@ -94,7 +94,7 @@ async def test_a_flood_of_requests_is_answered_busy_beyond_the_inflight_limit() 
         return {"entries": []}
 
     p2p = _p2p(on_request=slow)
-    conn = PeerConn(1, FakeWs(), dialer=1, queue_max=1000)  # type: ignore[arg-type]
+    conn = PeerConn(1, FakeWs(), dialer=1, queue_max=1000)
     for rid in range(50):
         p2p._take_request(conn, {"t": "req", "id": rid, "kind": "get_blocks", "body": {}})
     await asyncio.sleep(0)
@@ -111,19 +111,19 @@ async def test_an_answer_counts_only_from_the_peer_that_was_asked() -> None:
     fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     p2p._pending[7] = (1, fut)
     liar = FakeWs([encode_frame({"t": "resp", "id": 7, "body": {"txs": []}})])
-    await p2p._serve(PeerConn(2, liar, dialer=2, queue_max=10))  # type: ignore[arg-type]
+    await p2p._serve(PeerConn(2, liar, dialer=2, queue_max=10))
     assert not fut.done()
     honest = FakeWs([encode_frame({"t": "resp", "id": 7, "body": {"txs": [b"x"]}})])
-    await p2p._serve(PeerConn(1, honest, dialer=1, queue_max=10))  # type: ignore[arg-type]
+    await p2p._serve(PeerConn(1, honest, dialer=1, queue_max=10))
     assert fut.result() == {"txs": [b"x"]}
 
 
 async def test_peer_send_queue_is_bounded_in_bytes() -> None:
-    conn = PeerConn(1, FakeWs(), dialer=1, queue_max=1000, bytes_max=3 * 1024)  # type: ignore[arg-type]
+    conn = PeerConn(1, FakeWs(), dialer=1, queue_max=1000, bytes_max=3 * 1024)
     ok = [conn.enqueue(b"\x00" * 1024) for _ in range(5)]
     assert ok == [True, True, True, False, False]
     assert conn.queued_bytes == 3 * 1024
-    lone = PeerConn(1, FakeWs(), dialer=1, queue_max=10, bytes_max=10)  # type: ignore[arg-type]
+    lone = PeerConn(1, FakeWs(), dialer=1, queue_max=10, bytes_max=10)
     assert lone.enqueue(b"\x00" * 100)  # one big frame still fits an empty queue
 
 

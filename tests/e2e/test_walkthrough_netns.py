@@ -13,18 +13,22 @@ commands and their output, shortened) that docs/deploy.md quotes. Skipped withou
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from node.tools import netns
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netlab]
 
@@ -87,6 +91,10 @@ class Hosts:
         )
         return json.loads(proc.stdout) if proc.returncode == 0 else None
 
+    def connected_to_all(self, i: int) -> bool:
+        s = self.health(i)
+        return s is not None and s["peers"] == N - 1
+
     def start(self, i: int) -> None:
         config = self.home(i) / "config.toml"
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
@@ -114,10 +122,10 @@ class Hosts:
                 proc.wait(timeout=10)
 
 
-def wait_for(what: str, check: object, deadline_s: float) -> object:
+def wait_for(what: str, check: Callable[[], T], deadline_s: float) -> T:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        value = check()  # type: ignore[operator]
+        value = check()
         if value:
             return value
         time.sleep(0.3)
@@ -231,7 +239,7 @@ def test_four_host_walkthrough_by_cli(tmp_path: Path) -> None:
         for i in range(N):
             wait_for(
                 f"{h.name(i)} connected to 3 peers",
-                lambda i=i: (s := h.health(i)) is not None and s["peers"] == N - 1,
+                functools.partial(h.connected_to_all, i),
                 45,
             )
         # 4. A transfer, committed, seen on every host.

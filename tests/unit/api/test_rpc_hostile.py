@@ -26,7 +26,8 @@ STATUS_REQ = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "node_status"}).en
 @pytest.fixture
 async def server() -> AsyncIterator[TestServer]:
     app = make_rpc_app(FakeService(), admin_token="t", body_bytes_max=1_000_000)
-    async with TestServer(app, host="127.0.0.1") as srv:
+    srv = TestServer(app, host="127.0.0.1")
+    async with srv:
         yield srv
 
 

@@ -25,7 +25,8 @@ from tests.unit.api.test_rpc_fake import FakeService, signed_transfer
 async def env() -> AsyncIterator[tuple[FakeService, TestServer]]:
     svc = FakeService()
     app = make_rpc_app(svc, admin_token=None, ws_config=WsConfig(queue_max=16))
-    async with TestServer(app, host="127.0.0.1") as srv:
+    srv = TestServer(app, host="127.0.0.1")
+    async with srv:
         yield svc, srv
 
 
@@ -177,6 +178,7 @@ async def test_stalled_subscriber_is_dropped_while_another_keeps_receiving() -> 
     svc = FakeService()
     app = make_rpc_app(svc, admin_token=None, ws_config=WsConfig(queue_max=32, close_timeout_s=0.5))
     async with TestServer(app, host="127.0.0.1") as srv:
+        assert srv.port is not None
         _, stalled = await _raw_ws_subscriber(srv.port)
         async with aiohttp.ClientSession() as s, s.ws_connect(srv.make_url("/ws")) as ws:
             await _rpc(ws, 1, "subscribe", ["blocks"])

@@ -1,6 +1,9 @@
 """Proposals, headers, blocks and genesis: canonical round trips and certificate matching."""
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -35,7 +38,7 @@ u64 = st.integers(0, codec.U64_MAX)
 
 
 @given(u64, st.integers(0, 100), u64, hashes)
-def test_proposal_round_trip(height, proposer, ts, tx_hashes):
+def test_proposal_round_trip(height: int, proposer: int, ts: int, tx_hashes: list[bytes]) -> None:
     p = Proposal(height, proposer, ts, tuple(tx_hashes))
     assert Proposal.decode(p.encode()) == p
     assert p.digest == codec.sha256(p.encode())
@@ -44,14 +47,14 @@ def test_proposal_round_trip(height, proposer, ts, tx_hashes):
 
 @given(st.binary(max_size=200))
 @settings(max_examples=200)
-def test_garbage_payload_raises_codec_error(data):
+def test_garbage_payload_raises_codec_error(data: bytes) -> None:
     with pytest.raises(CodecError):
         Proposal.decode(data)
     with pytest.raises(CodecError):
         Block.decode(data)
 
 
-def _chain():
+def _chain() -> tuple[BlockHeader, Proposal, Block, Block]:
     g = genesis_header(GENESIS)
     txs = [make_transfer(KEY, "vigil", b"\x01" * 20, i, 1, i) for i in range(3)]
     p1 = Proposal(1, 1, 1_700_000_001_000, tuple(t.hash for t in txs))
@@ -60,7 +63,7 @@ def _chain():
     return g, p1, b1, b2
 
 
-def test_block_building_and_round_trip():
+def test_block_building_and_round_trip() -> None:
     g, p1, b1, b2 = _chain()
     assert b1.header.prev_hash == g.hash
     assert b1.header.payload_digest == p1.digest
@@ -81,14 +84,14 @@ def test_block_building_and_round_trip():
     assert j["view"] == 3  # the certificate's view, shown beside the header, not hashed
 
 
-def test_block_decode_checks_tx_root():
+def test_block_decode_checks_tx_root() -> None:
     _, _, b1, _ = _chain()
     bad = Block(dataclasses.replace(b1.header, tx_root=b"\x00" * 32), b1.txs)
     with pytest.raises(CodecError, match="tx_root"):
         Block.decode(bad.encode())
 
 
-def test_build_block_refuses_mismatches():
+def test_build_block_refuses_mismatches() -> None:
     g, p1, b1, _ = _chain()
     with pytest.raises(ValueError, match="height"):
         build_block(p1, b1.txs, b1.header)
@@ -96,7 +99,7 @@ def test_build_block_refuses_mismatches():
         build_block(p1, b1.txs[:2], g)
 
 
-def test_one_block_hash_per_height_whatever_view_each_replica_committed_in(tmp_path):
+def test_one_block_hash_per_height_whatever_view_each_replica_committed_in(tmp_path: Path) -> None:
     """Issue 11 #1: node 0 commits seq 1-3 in view 1, node 2 in view 3 after a NEW-VIEW.
 
     Seq 1 carries txs, seq 2 is a null request (NEW-VIEW gap), seq 3 carries txs again; both
@@ -129,7 +132,7 @@ def test_one_block_hash_per_height_whatever_view_each_replica_committed_in(tmp_p
     assert (null.proposer, null.timestamp_ms) == (1, 1_700_000_001_000)  # copied from height 1
 
 
-def test_header_encoding_is_version_2_without_view():
+def test_header_encoding_is_version_2_without_view() -> None:
     _, _, b1, _ = _chain()
     m = codec.decode(b1.header.encode())
     assert m["version"] == 2
@@ -139,7 +142,7 @@ def test_header_encoding_is_version_2_without_view():
         BlockHeader.decode(codec.encode(m))
 
 
-def test_header_matches_certificate():
+def test_header_matches_certificate() -> None:
     _, p1, b1, b2 = _chain()
     assert header_matches_certificate(b1.header, b1.tx_hashes, 1, p1.digest)
     assert not header_matches_certificate(b1.header, b1.tx_hashes, 2, p1.digest)
@@ -151,7 +154,7 @@ def test_header_matches_certificate():
     assert not header_matches_certificate(b2.header, b1.tx_hashes, 2, NULL_DIGEST)
 
 
-def test_genesis_json_round_trip_and_hash(tmp_path):
+def test_genesis_json_round_trip_and_hash(tmp_path: Path) -> None:
     path = tmp_path / "genesis.json"
     GENESIS.save(path)
     loaded = Genesis.load(path)
@@ -177,14 +180,16 @@ def test_genesis_json_round_trip_and_hash(tmp_path):
         (lambda j: j.update(validators=[]), "validators"),
     ],
 )
-def test_genesis_errors_name_the_field(mutate, field):
+def test_genesis_errors_name_the_field(
+    mutate: Callable[[dict[str, Any]], object], field: str
+) -> None:
     j = GENESIS.to_json()
     mutate(j)
     with pytest.raises(GenesisError, match=field):
         Genesis.from_json(j)
 
 
-def test_genesis_load_errors_name_the_file(tmp_path):
+def test_genesis_load_errors_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "g.json"
     path.write_text("{not json")
     with pytest.raises(GenesisError, match="not valid JSON") as err:

@@ -19,7 +19,7 @@ from node.chain.ledger import (
     execute_block,
     genesis_accounts,
 )
-from node.chain.tx import make_anchor, make_transfer
+from node.chain.tx import Transaction, make_anchor, make_transfer
 
 CHAIN = "test-chain"
 KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
@@ -31,12 +31,12 @@ PROPOSER_ADDR = ADDR[3]
 class State:
     """A dict-backed world state, applying executions the way node/ commits them."""
 
-    def __init__(self, balances):
+    def __init__(self, balances: dict[bytes, int]) -> None:
         self.accounts = {a: Account(b, 0) for a, b in balances.items()}
-        self.anchors = {}
+        self.anchors: dict[bytes, bytes] = {}
         self.height = 0
 
-    def run(self, txs, proposer_address=PROPOSER_ADDR) -> Execution:
+    def run(self, txs: list[Transaction], proposer_address: bytes = PROPOSER_ADDR) -> Execution:
         self.height += 1
         # execution reads only the txs; the header's height does not matter here
         proposal = Proposal(1, 3, 1000 + self.height, tuple(tx.hash for tx in txs))
@@ -46,21 +46,21 @@ class State:
         self.anchors.update(ex.anchors)
         return ex
 
-    def balance(self, address):
+    def balance(self, address: bytes) -> int:
         return self.accounts.get(address, Account(0, 0)).balance
 
-    def nonce(self, address):
+    def nonce(self, address: bytes) -> int:
         return self.accounts.get(address, Account(0, 0)).nonce
 
-    def total(self):
+    def total(self) -> int:
         return sum(a.balance for a in self.accounts.values())
 
 
-def _t(i, to, amount, fee, nonce, chain=CHAIN):
+def _t(i: int, to: int, amount: int, fee: int, nonce: int, chain: str = CHAIN) -> Transaction:
     return make_transfer(KEYS[i], chain, ADDR[to], amount, fee, nonce)
 
 
-def test_transfer_moves_amount_and_fee():
+def test_transfer_moves_amount_and_fee() -> None:
     s = State({ADDR[0]: 100})
     ex = s.run([_t(0, 1, 30, 2, 0)])
     assert ex.receipts == [Receipt(ex.receipts[0].tx_hash, 0, True, "")]
@@ -70,7 +70,7 @@ def test_transfer_moves_amount_and_fee():
     assert ex.fees == 2
 
 
-def test_overspend_is_skipped_without_fee():
+def test_overspend_is_skipped_without_fee() -> None:
     s = State({ADDR[0]: 100})
     ex = s.run([_t(0, 1, 99, 2, 0), _t(0, 1, 98, 2, 0)])
     assert [(r.ok, r.reason) for r in ex.receipts] == [
@@ -81,14 +81,14 @@ def test_overspend_is_skipped_without_fee():
     assert s.nonce(ADDR[0]) == 1
 
 
-def test_exact_balance_is_enough_and_empty_account_cannot_pay_fee():
+def test_exact_balance_is_enough_and_empty_account_cannot_pay_fee() -> None:
     s = State({ADDR[0]: 10})
     ex = s.run([_t(0, 1, 9, 1, 0), _t(2, 1, 0, 1, 0)])
     assert [r.reason for r in ex.receipts] == ["", "insufficient_balance"]
     assert s.balance(ADDR[0]) == 0
 
 
-def test_wrong_nonce_is_skipped():
+def test_wrong_nonce_is_skipped() -> None:
     s = State({ADDR[0]: 100})
     ex = s.run([_t(0, 1, 1, 1, 1), _t(0, 1, 1, 1, 0), _t(0, 1, 1, 1, 0), _t(0, 1, 1, 1, 1)])
     assert [r.reason for r in ex.receipts] == ["bad_nonce", "", "bad_nonce", ""]
@@ -96,7 +96,7 @@ def test_wrong_nonce_is_skipped():
     assert s.balance(ADDR[0]) == 96
 
 
-def test_replay_never_executes_twice():
+def test_replay_never_executes_twice() -> None:
     s = State({ADDR[0]: 100})
     tx = _t(0, 1, 10, 1, 0)
     s.run([tx])
@@ -110,7 +110,7 @@ def test_replay_never_executes_twice():
     assert err.value.reason == "replay"
 
 
-def test_wrong_chain_id():
+def test_wrong_chain_id() -> None:
     tx = _t(0, 1, 10, 1, 0, chain="other-chain")
     proposal = Proposal(1, 0, 0, (tx.hash,))
     with pytest.raises(BlockInvalid) as err:
@@ -123,7 +123,7 @@ def test_wrong_chain_id():
     assert ex.fees == 0
 
 
-def test_fees_go_to_the_proposer_after_the_block():
+def test_fees_go_to_the_proposer_after_the_block() -> None:
     s = State({ADDR[0]: 100, ADDR[1]: 50})
     ex = s.run([_t(0, 1, 10, 3, 0), _t(1, 0, 5, 4, 0), _t(1, 0, 500, 4, 1)])
     assert ex.fees == 7
@@ -131,7 +131,7 @@ def test_fees_go_to_the_proposer_after_the_block():
     assert s.total() == 150
 
 
-def test_proposer_paying_fees_cannot_spend_them_in_the_same_block():
+def test_proposer_paying_fees_cannot_spend_them_in_the_same_block() -> None:
     s = State({})
     s.accounts[PROPOSER_ADDR] = Account(1, 0)
     s.accounts[ADDR[0]] = Account(100, 0)
@@ -140,14 +140,14 @@ def test_proposer_paying_fees_cannot_spend_them_in_the_same_block():
     assert s.balance(PROPOSER_ADDR) == 6
 
 
-def test_self_transfer_pays_only_the_fee():
+def test_self_transfer_pays_only_the_fee() -> None:
     s = State({ADDR[0]: 100})
     s.run([_t(0, 0, 60, 1, 0)])
     assert s.balance(ADDR[0]) == 99
     assert s.nonce(ADDR[0]) == 1
 
 
-def test_anchor_first_wins():
+def test_anchor_first_wins() -> None:
     s = State({ADDR[0]: 100, ADDR[1]: 100})
     digest = b"\x42" * 32
     a1 = make_anchor(KEYS[0], CHAIN, digest, b"first", 1, 0)
@@ -164,7 +164,7 @@ def test_anchor_first_wins():
     assert s.balance(PROPOSER_ADDR) == 3
 
 
-def test_failed_anchor_does_not_record():
+def test_failed_anchor_does_not_record() -> None:
     s = State({})
     a = make_anchor(KEYS[0], CHAIN, b"\x01" * 32, b"", 1, 0)
     ex = s.run([a])
@@ -182,7 +182,7 @@ def test_failed_anchor_does_not_record():
     )
 )  # fmt: skip
 @settings(max_examples=40, deadline=None)
-def test_money_is_conserved(ops):
+def test_money_is_conserved(ops: list[tuple[int, int, int, int, int, bool]]) -> None:
     s = State({ADDR[0]: 100, ADDR[1]: 50, ADDR[2]: 7})
     txs = []
     for sender, to, amount, fee, nonce_delta, anchor in ops:
@@ -199,7 +199,7 @@ def test_money_is_conserved(ops):
     assert len(ex.receipts) == len(unique)
 
 
-def test_check_proposal_rules():
+def test_check_proposal_rules() -> None:
     tx = _t(0, 1, 1, 1, 0)
     good = Proposal(5, 1, 10, (tx.hash,))
     assert check_proposal(good.encode(), 5, 1, 10) == good
@@ -216,13 +216,13 @@ def test_check_proposal_rules():
         assert err.value.reason == reason
 
 
-def test_check_block_stateless_rules():
+def test_check_block_stateless_rules() -> None:
     tx = _t(0, 1, 1, 1, 0)
     other = _t(0, 1, 1, 1, 1)
     proposal = Proposal(1, 0, 0, (tx.hash,))
     check_block_stateless(proposal, [tx], CHAIN, is_committed=lambda h: False)
     forged = dataclasses.replace(tx, signature=bytes(64))
-    cases = [
+    cases: list[tuple[list[Transaction | None], Proposal, str]] = [
         ([None], proposal, "missing_tx"),
         ([], proposal, "missing_tx"),
         ([other], proposal, "tx_mismatch"),
@@ -234,7 +234,7 @@ def test_check_block_stateless_rules():
         assert err.value.reason == reason
 
 
-def test_genesis_accounts_and_codecs():
+def test_genesis_accounts_and_codecs() -> None:
     g = Genesis(
         CHAIN,
         (Validator(0, KEYS[0].public_key),),

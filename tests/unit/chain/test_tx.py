@@ -1,6 +1,8 @@
 """Transactions: canonical round trips, signatures bound to every field, strict decoding."""
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import pytest
@@ -45,21 +47,17 @@ txs = transfers | anchors
 KEY = SigningKey(bytes(range(32)))
 
 
-def _transfer(**kw):
-    args = {"key": KEY, "chain_id": "vigil", "to": b"\x07" * 20, "amount": 5, "fee": 1, "nonce": 0}
-    args.update(kw)
-    return make_transfer(**args)
+def _transfer(chain_id: str = "vigil") -> Transaction:
+    return make_transfer(KEY, chain_id, to=b"\x07" * 20, amount=5, fee=1, nonce=0)
 
 
-def _anchor(**kw):
-    args = {"key": KEY, "chain_id": "vigil", "digest": b"\x09" * 32, "memo": b"hi", "fee": 1}
-    args.update(kw)
-    return make_anchor(nonce=0, **args)
+def _anchor() -> Transaction:
+    return make_anchor(KEY, "vigil", digest=b"\x09" * 32, memo=b"hi", fee=1, nonce=0)
 
 
 @given(txs)
 @settings(max_examples=60, deadline=None)
-def test_round_trip_and_signature(tx):
+def test_round_trip_and_signature(tx: Transaction) -> None:
     data = tx.encode()
     assert len(data) <= TX_BYTES_MAX
     back = Transaction.decode(data)
@@ -70,7 +68,7 @@ def test_round_trip_and_signature(tx):
     assert back.sender_address == address_of(tx.sender)
 
 
-def _other(value):
+def _other(value: object) -> object:
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -89,18 +87,19 @@ FIELDS = [f.name for f in dataclasses.fields(Transaction) if not f.name.startswi
 
 @given(txs, st.sampled_from(FIELDS))
 @settings(max_examples=150, deadline=None)
-def test_every_single_field_change_invalidates(tx, name):
-    changed = dataclasses.replace(tx, **{name: _other(getattr(tx, name))})
+def test_every_single_field_change_invalidates(tx: Transaction, name: str) -> None:
+    change: dict[str, Any] = {name: _other(getattr(tx, name))}  # a field chosen at run time
+    changed = dataclasses.replace(tx, **change)
     assert changed != tx
     assert not changed.verify_signature()
 
 
-def test_kind_change_invalidates():
+def test_kind_change_invalidates() -> None:
     tx = _transfer()
     assert not dataclasses.replace(tx, kind="anchor").verify_signature()
 
 
-def test_chain_id_is_signed():
+def test_chain_id_is_signed() -> None:
     tx = _transfer(chain_id="a")
     forged = dataclasses.replace(tx, chain_id="b")
     assert not forged.verify_signature()
@@ -108,7 +107,7 @@ def test_chain_id_is_signed():
 
 @given(txs, st.data())
 @settings(max_examples=100, deadline=None)
-def test_mutated_bytes_raise_only_codec_error(tx, data):
+def test_mutated_bytes_raise_only_codec_error(tx: Transaction, data: st.DataObject) -> None:
     raw = bytearray(tx.encode())
     choice = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
     if choice == "flip":
@@ -129,16 +128,16 @@ def test_mutated_bytes_raise_only_codec_error(tx, data):
 
 @given(st.binary(max_size=300))
 @settings(max_examples=300)
-def test_random_bytes_raise_only_codec_error(data):
+def test_random_bytes_raise_only_codec_error(data: bytes) -> None:
     with pytest.raises(CodecError):
         Transaction.decode(data)
 
 
-def _fields(tx):
+def _fields(tx: Transaction) -> dict[str, Any]:
     return msgpack.unpackb(tx.encode(), raw=False)
 
 
-def _pack(fields):
+def _pack(fields: dict[str, Any]) -> bytes:
     return codec.encode(fields)
 
 
@@ -161,7 +160,7 @@ def _pack(fields):
         (lambda m: m.update(chain_id=b"vigil"), "chain_id"),
     ],
 )
-def test_transfer_schema_errors(mutate, reason):
+def test_transfer_schema_errors(mutate: Callable[[dict[str, Any]], object], reason: str) -> None:
     m = _fields(_transfer())
     mutate(m)
     with pytest.raises(CodecError, match=reason):
@@ -177,26 +176,26 @@ def test_transfer_schema_errors(mutate, reason):
         (lambda m: m.update(memo="text"), "memo: expected bytes"),
     ],
 )
-def test_anchor_schema_errors(mutate, reason):
+def test_anchor_schema_errors(mutate: Callable[[dict[str, Any]], object], reason: str) -> None:
     m = _fields(_anchor())
     mutate(m)
     with pytest.raises(CodecError, match=reason):
         Transaction.decode(_pack(m))
 
 
-def test_oversize_input_is_rejected():
+def test_oversize_input_is_rejected() -> None:
     with pytest.raises(CodecError, match="too large"):
         Transaction.decode(b"\x00" * (TX_BYTES_MAX + 1))
 
 
-def test_non_canonical_bytes_are_rejected():
+def test_non_canonical_bytes_are_rejected() -> None:
     m = _fields(_transfer())
     unsorted = msgpack.packb(dict(reversed(list(m.items()))), use_bin_type=True)
     with pytest.raises(CodecError, match="non-canonical"):
         Transaction.decode(unsorted)
 
 
-def test_cannot_build_mixed_kinds():
+def test_cannot_build_mixed_kinds() -> None:
     with pytest.raises(TxError):
         make_anchor(KEY, "vigil", b"\x00" * 32, b"x" * (MEMO_BYTES_MAX + 1), 0, 0)
     tx = dataclasses.replace(_transfer(), memo=b"x")
@@ -205,7 +204,7 @@ def test_cannot_build_mixed_kinds():
     assert not tx.verify_signature()
 
 
-def test_hash_covers_signature_and_is_cached_consistently():
+def test_hash_covers_signature_and_is_cached_consistently() -> None:
     tx = _transfer()
     assert tx.hash == codec.sha256(tx.encode())
     other = dataclasses.replace(tx, nonce=1)
@@ -213,7 +212,7 @@ def test_hash_covers_signature_and_is_cached_consistently():
     assert other.encode() != tx.encode()
 
 
-def test_to_json_shapes():
+def test_to_json_shapes() -> None:
     t = _transfer().to_json()
     assert t["kind"] == "transfer"
     assert t["amount"] == 5

@@ -3,6 +3,7 @@
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -15,17 +16,17 @@ from tests.vectors_gen import build
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 
 
-def _load(name):
+def _load(name: str) -> dict[str, Any]:
     return json.loads((VECTORS / name).read_text())
 
 
-def _b(hex_str):
+def _b(hex_str: str) -> bytes:
     assert hex_str.startswith("0x")
     return bytes.fromhex(hex_str[2:])
 
 
 @pytest.mark.parametrize("name", ["transfer.json", "anchor.json"])
-def test_transaction_vector(name):
+def test_transaction_vector(name: str) -> None:
     v = _load(name)
     f = v["fields"]
     key = SigningKey(_b(v["seed"]))
@@ -51,7 +52,7 @@ def test_transaction_vector(name):
     )
 
 
-def test_merkle_vector():
+def test_merkle_vector() -> None:
     v = _load("merkle.json")
     leaves = [_b(x) for x in v["leaves"]]
     assert merkle_root(leaves) == _b(v["root"])
@@ -61,7 +62,7 @@ def test_merkle_vector():
     assert merkle_root([]) == _b(v["empty_root"])
 
 
-def test_block_vector():
+def test_block_vector() -> None:
     """Block format 2: the hashed header has no view; a null block copies its parent's fields."""
     from common import codec
     from node.chain.block import BlockHeader
@@ -81,6 +82,6 @@ def test_block_vector():
     assert hashlib.sha256(_b(v["payload"])).digest() == _b(v["payload_digest"])
 
 
-def test_vector_files_are_up_to_date():
+def test_vector_files_are_up_to_date() -> None:
     for name, content in build().items():
         assert _load(name) == content, f"regenerate with scripts/make_vectors: {name}"

@@ -25,40 +25,40 @@ trees = st.recursive(
 
 
 @given(trees)
-def test_round_trip(value):
+def test_round_trip(value: object) -> None:
     data = codec.encode(value)
     assert codec.decode(data) == value
     assert codec.encode(codec.decode(data)) == data
 
 
 @given(st.dictionaries(st.text(max_size=8), st.integers(0, 1000), min_size=2, max_size=6))
-def test_map_order_does_not_change_encoding(d):
+def test_map_order_does_not_change_encoding(d: dict[str, int]) -> None:
     reversed_d = dict(reversed(list(d.items())))
     assert codec.encode(d) == codec.encode(reversed_d)
 
 
 @given(st.binary(max_size=200))
 @settings(max_examples=500)
-def test_random_bytes_raise_only_codec_error(data):
+def test_random_bytes_raise_only_codec_error(data: bytes) -> None:
     try:
         codec.decode(data)
     except CodecError:
         pass
 
 
-def test_unsorted_map_is_rejected():
+def test_unsorted_map_is_rejected() -> None:
     data = msgpack.packb({"b": 1, "a": 2})
     with pytest.raises(CodecError, match="non-canonical"):
         codec.decode(data)
 
 
-def test_non_shortest_integer_is_rejected():
+def test_non_shortest_integer_is_rejected() -> None:
     data = b"\xcd\x00\x05"  # uint16 holding 5, whose shortest form is a fixint
     with pytest.raises(CodecError, match="non-canonical"):
         codec.decode(data)
 
 
-def test_str_and_bin_are_distinct():
+def test_str_and_bin_are_distinct() -> None:
     assert codec.decode(codec.encode(b"ab")) == b"ab"
     assert codec.decode(codec.encode("ab")) == "ab"
     assert codec.encode(b"ab") != codec.encode("ab")
@@ -78,12 +78,12 @@ def test_str_and_bin_are_distinct():
         (b"\xdd\xff\xff\xff\xff", "malformed"),  # huge array length
     ],
 )
-def test_malformed_inputs(data, reason):
+def test_malformed_inputs(data: bytes, reason: str) -> None:
     with pytest.raises(CodecError, match=reason):
         codec.decode(data)
 
 
-def test_encode_rejects_unencodable_values():
+def test_encode_rejects_unencodable_values() -> None:
     with pytest.raises(CodecError):
         codec.encode(1.5)
     with pytest.raises(CodecError):
@@ -92,7 +92,7 @@ def test_encode_rejects_unencodable_values():
         codec.encode(2**64)
 
 
-def test_too_deep_nesting_is_rejected():
+def test_too_deep_nesting_is_rejected() -> None:
     value: object = 1
     for _ in range(codec.MAX_DEPTH + 2):
         value = [value]
@@ -102,12 +102,12 @@ def test_too_deep_nesting_is_rejected():
         codec.decode(msgpack.packb(value))
 
 
-def test_oversize_input_is_rejected():
+def test_oversize_input_is_rejected() -> None:
     with pytest.raises(CodecError, match="too large"):
         codec.decode(codec.encode(b"x" * 100), max_bytes=50)
 
 
-def test_struct_schema_errors_name_the_field():
+def test_struct_schema_errors_name_the_field() -> None:
     schema = codec.struct({"a": codec.uint(10), "b": codec.raw(2)})
     assert codec.decode_struct(codec.encode({"a": 3, "b": b"xy"}), schema) == {"a": 3, "b": b"xy"}
     for bad, reason in [

@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from common.merkle import EMPTY_ROOT, leaf_hash, merkle_proof, merkle_root, node_hash, verify_proof
 
 
-def _leaves(n):
+def _leaves(n: int) -> list[bytes]:
     return [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(n)]
 
 
-def test_empty_single_and_pair():
+def test_empty_single_and_pair() -> None:
     a, b, c = _leaves(3)
     assert merkle_root([]) == EMPTY_ROOT == hashlib.sha256(b"").digest()
     assert merkle_root([a]) == hashlib.sha256(b"\x00" + a).digest()
@@ -24,7 +24,7 @@ def test_empty_single_and_pair():
 
 
 @pytest.mark.parametrize("size", range(1, 34))
-def test_every_index_verifies_and_tampering_fails(size):
+def test_every_index_verifies_and_tampering_fails(size: int) -> None:
     leaves = _leaves(size)
     root = merkle_root(leaves)
     for index, leaf in enumerate(leaves):
@@ -44,14 +44,14 @@ def test_every_index_verifies_and_tampering_fails(size):
         assert not verify_proof(leaf, -1, branch, root, size)
 
 
-def test_proof_index_out_of_range():
+def test_proof_index_out_of_range() -> None:
     with pytest.raises(IndexError):
         merkle_proof(_leaves(3), 3)
     with pytest.raises(IndexError):
         merkle_proof([], 0)
 
 
-def test_verify_is_total_on_garbage():
+def test_verify_is_total_on_garbage() -> None:
     leaf = _leaves(1)[0]
     assert not verify_proof(leaf, 0, ["zz"], merkle_root([leaf]), 2)  # type: ignore[list-item]
     assert not verify_proof(leaf, 0, [b"short"], merkle_root([leaf]), 2)
@@ -60,14 +60,14 @@ def test_verify_is_total_on_garbage():
 
 
 @given(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=40), st.data())
-def test_random_trees(leaves, data):
+def test_random_trees(leaves: list[bytes], data: st.DataObject) -> None:
     index = data.draw(st.integers(0, len(leaves) - 1))
     root = merkle_root(leaves)
     assert verify_proof(leaves[index], index, merkle_proof(leaves, index), root, len(leaves))
 
 
 @given(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=12, unique=True))
-def test_root_depends_on_order_and_content(leaves):
+def test_root_depends_on_order_and_content(leaves: list[bytes]) -> None:
     if len(leaves) > 1:
         assert merkle_root(leaves) != merkle_root(list(reversed(leaves)))
     assert merkle_root(leaves) != merkle_root(leaves[:-1])

@@ -10,7 +10,7 @@ import pytest
 from common.crypto import SigningKey, address_of
 from node.chain.ledger import Account
 from node.chain.mempool import Mempool
-from node.chain.tx import make_transfer
+from node.chain.tx import Transaction, make_transfer
 from node.errors import MEMPOOL_FULL, TX_BALANCE, TX_DUPLICATE, TX_NONCE, VigilError
 from node.host.config import ConfigError, parse_config
 from node.net.wire import BadFrame, decode_frame, encode_frame
@@ -63,7 +63,7 @@ def _pool(txs_max: int = 100) -> Mempool:
     return Mempool("c", txs_max, 10**6, state.get)
 
 
-def _tx(k: int, nonce: int, amount: int = 1):
+def _tx(k: int, nonce: int, amount: int = 1) -> Transaction:
     return make_transfer(KEYS[k], "c", address_of(KEYS[2].public_key), amount, 1, nonce)
 
 
@@ -211,11 +211,13 @@ def test_config_refuses_short_admin_token(token: str) -> None:
 
 def test_bench_skips_nodes_marked_down() -> None:
     import argparse
-    from types import SimpleNamespace
 
     from node.tools.bench import Bench
+    from node.tools.devnet import Cluster
 
-    b = Bench(SimpleNamespace(n=4), argparse.Namespace())  # type: ignore[arg-type]
+    # Only the node count matters here: no directory, no ports.
+    cluster = Cluster(root=Path("/nonexistent"), n=4, ports=(), admin_token="")
+    b = Bench(cluster, argparse.Namespace())
     assert b._live(1) == 1
     b._mark_down(1)
     b._mark_down(2)

@@ -32,21 +32,29 @@ def tx(amount: int = 100, fee: int = 10, anchor: bool = False, nonce: int = 5) -
     return TxFacts(amount=amount, fee=fee, is_anchor=anchor, timestamp_ms=NOW, nonce=nonce)
 
 
-def regular(**kw: object) -> SenderHistory:
-    base: dict[str, object] = {
-        "tx_count": 5,
-        "median_amount": 99.0,
-        "last_timestamp_ms": NOW - 7_000,
-        "recent_timestamps_ms": (NOW - 90_000, NOW - 40_000, NOW - 7_000),
-        "recent_receivers": 2,
-        "next_nonce": 5,
-    }
-    base.update(kw)
-    return SenderHistory(**base)  # type: ignore[arg-type]
+def regular(
+    *,
+    median_amount: float | None = 99.0,
+    last_timestamp_ms: int | None = NOW - 7_000,
+    recent_timestamps_ms: tuple[int, ...] = (NOW - 90_000, NOW - 40_000, NOW - 7_000),
+    recent_receivers: int = 2,
+    recent_new_payees: int = 0,
+) -> SenderHistory:
+    return SenderHistory(
+        tx_count=5,
+        median_amount=median_amount,
+        last_timestamp_ms=last_timestamp_ms,
+        recent_timestamps_ms=recent_timestamps_ms,
+        recent_receivers=recent_receivers,
+        next_nonce=5,
+        recent_new_payees=recent_new_payees,
+    )
 
 
-def f(name: str, *args: object) -> float:
-    x = featurize(*args)  # type: ignore[arg-type]
+def f(
+    name: str, facts: TxFacts, sender: SenderHistory, receiver: ReceiverHistory, chain: ChainHistory
+) -> float:
+    x = featurize(facts, sender, receiver, chain)
     assert x.shape == (N_FEATURES,)
     assert np.isfinite(x).all()
     return float(x[INDEX[name]])

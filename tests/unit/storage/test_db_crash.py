@@ -70,7 +70,7 @@ class Verifier:
         return height
 
 
-def test_sigkill_at_random_moments_never_leaves_a_partial_block(tmp_path):
+def test_sigkill_at_random_moments_never_leaves_a_partial_block(tmp_path: Path) -> None:
     path = str(tmp_path / "db")
     rng = random.Random(20240601)
     verifier = Verifier()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
+from typing import get_args
 
 from common.crypto import SigningKey
 from consensus import messages as m
@@ -130,8 +131,8 @@ class Harness:
         self.run()
 
 
-def signed(msg: m.Message, index: int, chain: str = "vigil") -> bytes:
-    return m.encode(m.sign(msg, SigningKey(SEEDS[index]), chain))  # type: ignore[type-var]
+def signed(msg: m.MessageT, index: int, chain: str = "vigil") -> bytes:
+    return m.encode(m.sign(msg, SigningKey(SEEDS[index]), chain))
 
 
 def test_normal_case_commits_in_order_with_verifiable_certificates() -> None:
@@ -215,7 +216,7 @@ def test_random_bytes_never_raise() -> None:
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
         out = r.step(Received(rng.randrange(5), bytes(data[: rng.randint(0, len(data))])))
-        assert all(isinstance(a, Action.__args__) for a in out)  # type: ignore[attr-defined]
+        assert all(isinstance(a, get_args(Action)) for a in out)
     assert r.committed_seq == 0
 
 
@@ -304,7 +305,7 @@ def test_view_change_re_proposes_prepared_payloads() -> None:
     for i in (1, 2, 3):
         h.feed(i, Pending(True))
     h.run()
-    changed: list[Action] = []
+    changed: list[ViewChanged] = []
     for _ in range(20):
         h.tick(100)
         changed.extend(a for actions in h.steps for a in actions if isinstance(a, ViewChanged))
@@ -399,18 +400,22 @@ def test_a_valid_new_view_for_a_later_view_is_adopted_directly() -> None:
     assert other.view == 0
 
 
-def test_checkpoint_waits_for_the_host_to_apply_the_block() -> None:
-    h = Harness(blocks=2)
-    applied: list[tuple[int, Event]] = []
-    feed = h.feed
+class SlowApplyHarness(Harness):
+    """The hosts of 1 and 2 are slow to write their blocks: their ``Applied`` events are held."""
 
-    def hold_applied(i: int, event: Event) -> list[Action]:
+    def __init__(self, blocks: int) -> None:
+        super().__init__(blocks=blocks)
+        self.applied: list[tuple[int, Event]] = []
+
+    def feed(self, i: int, event: Event) -> list[Action]:
         if isinstance(event, Applied) and i in (1, 2):
-            applied.append((i, event))  # the hosts of 1 and 2 are slow to write their blocks
+            self.applied.append((i, event))
             return []
-        return feed(i, event)
+        return super().feed(i, event)
 
-    h.feed = hold_applied  # type: ignore[method-assign]
+
+def test_checkpoint_waits_for_the_host_to_apply_the_block() -> None:
+    h = SlowApplyHarness(blocks=2)
     h.start()
     kinds = [
         type(m.decode(a.data, 1024, 64 * 1024)) for a in h.actions_of[2] if isinstance(a, Broadcast)
@@ -418,7 +423,7 @@ def test_checkpoint_waits_for_the_host_to_apply_the_block() -> None:
     assert len(h.commits[2]) == 2
     assert m.Checkpoint not in kinds
     assert h.replicas[2].stable_checkpoint == 0  # 0 and 3 voted: not a quorum yet
-    out = feed(2, Applied(2))
+    out = Harness.feed(h, 2, Applied(2))  # past the hold: host 2 has written block 2
     sent = [m.decode(a.data, 1024, 64 * 1024) for a in out if isinstance(a, Broadcast)]
     assert [(c.seq, c.sender) for c in sent if isinstance(c, m.Checkpoint)] == [(2, 2)]
 

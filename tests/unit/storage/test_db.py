@@ -28,7 +28,7 @@ def _commit(store: Store, height: int, ntx: int = 2) -> None:
     )
 
 
-def test_empty_store(tmp_path):
+def test_empty_store(tmp_path: Path) -> None:
     with Store(str(tmp_path / "db")) as s:
         assert s.head() is None
         assert s.get_block(1) is None
@@ -40,7 +40,7 @@ def test_empty_store(tmp_path):
         assert s.quarantine_items() == []
 
 
-def test_commit_and_read_back_after_reopen(tmp_path):
+def test_commit_and_read_back_after_reopen(tmp_path: Path) -> None:
     path = str(tmp_path / "db")
     with Store(path) as s:
         for h in (1, 2, 3):
@@ -61,7 +61,7 @@ def test_commit_and_read_back_after_reopen(tmp_path):
         assert dict(s.accounts())[b"A" * 16 + (1).to_bytes(4, "big")] == b"acct1"
 
 
-def test_commit_refuses_a_gap_or_a_repeat(tmp_path):
+def test_commit_refuses_a_gap_or_a_repeat(tmp_path: Path) -> None:
     with Store(str(tmp_path / "db")) as s:
         with pytest.raises(StorageError, match="next height is 1"):
             _commit(s, 2)
@@ -71,7 +71,7 @@ def test_commit_refuses_a_gap_or_a_repeat(tmp_path):
         assert s.head() == (1, _h(1, b"B"))
 
 
-def test_many_heights_sort_numerically(tmp_path):
+def test_many_heights_sort_numerically(tmp_path: Path) -> None:
     with Store(str(tmp_path / "db"), sync=False) as s:
         for h in range(1, 300):
             _commit(s, h, ntx=0)
@@ -79,7 +79,7 @@ def test_many_heights_sort_numerically(tmp_path):
         assert s.head() == (299, _h(299, b"B"))
 
 
-def test_log_meta_quarantine_namespaces(tmp_path):
+def test_log_meta_quarantine_namespaces(tmp_path: Path) -> None:
     with Store(str(tmp_path / "db")) as s:
         s.log_write([(b"pp/1", b"a"), (b"pp/2", b"b")])
         s.log_write([(b"pp/1", None), (b"vc/3", b"c")])
@@ -95,7 +95,7 @@ def test_log_meta_quarantine_namespaces(tmp_path):
         assert s.meta_get(b"pp/2") is None
 
 
-def test_extra_none_deletes_meta(tmp_path):
+def test_extra_none_deletes_meta(tmp_path: Path) -> None:
     with Store(str(tmp_path / "db")) as s:
         s.meta_put(b"gone", b"1")
         s.commit_block(1, b"B" * 32, b"b", b"c", [], {}, {}, {b"gone": None, b"kept": b"2"})
@@ -103,7 +103,7 @@ def test_extra_none_deletes_meta(tmp_path):
         assert s.meta_get(b"kept") == b"2"
 
 
-def test_locked_by_another_process_names_the_directory(tmp_path):
+def test_locked_by_another_process_names_the_directory(tmp_path: Path) -> None:
     path = str(tmp_path / "db")
     Store(path).close()
     holder = subprocess.Popen(
@@ -133,7 +133,7 @@ def test_locked_by_another_process_names_the_directory(tmp_path):
     Store(path).close()  # released
 
 
-def test_unusable_directory_names_it(tmp_path):
+def test_unusable_directory_names_it(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     path = str(blocker / "db")
@@ -142,7 +142,7 @@ def test_unusable_directory_names_it(tmp_path):
     assert path in str(err.value)
 
 
-def test_corrupt_database_names_it(tmp_path):
+def test_corrupt_database_names_it(tmp_path: Path) -> None:
     path = tmp_path / "db"
     with Store(str(path)) as s:
         _commit(s, 1)
@@ -152,7 +152,7 @@ def test_corrupt_database_names_it(tmp_path):
     assert str(path) in str(err.value)
 
 
-def test_foreign_leveldb_is_refused(tmp_path):
+def test_foreign_leveldb_is_refused(tmp_path: Path) -> None:
     import plyvel
 
     path = str(tmp_path / "db")
@@ -163,7 +163,7 @@ def test_foreign_leveldb_is_refused(tmp_path):
         Store(path)
 
 
-def test_initialize_once(tmp_path):
+def test_initialize_once(tmp_path: Path) -> None:
     path = str(tmp_path / "db")
     with Store(path) as s:
         assert not s.initialized

@@ -20,6 +20,8 @@ KEYS = [SigningKey(bytes([k + 1]) * 32) for k in range(3)]
 
 
 class _Gossip:
+    """A ``TxGossip`` that records what it is asked to forward."""
+
     def __init__(self) -> None:
         self.seen: set[bytes] = set()
         self.out: list[bytes] = []
@@ -30,7 +32,7 @@ class _Gossip:
 
 def _admission(backlog: int) -> tuple[Admission, list[float]]:
     mempool = Mempool(CHAIN, 100_000, 1 << 30, lambda a: Account(10**12, 0))
-    a = Admission(mempool, _Gossip(), lambda h: False, lambda txs: None, print, None)  # type: ignore[arg-type]
+    a = Admission(mempool, _Gossip(), lambda h: False, lambda txs: None, print, None)
     clock = [100.0]
     a.clock = lambda: clock[0]
     # A backlog of old txs from other senders (admitted 5 s ago).
@@ -109,7 +111,7 @@ async def test_gossip_refused_by_a_full_mempool_is_not_marked_seen() -> None:
     tx would be dropped here for good and the tx never proposed by this node."""
     mempool = Mempool(CHAIN, 1, 1 << 30, lambda a: Account(10**12, 0))
     gossip = _Gossip()
-    a = Admission(mempool, gossip, lambda h: False, lambda txs: None, print, None)  # type: ignore[arg-type]
+    a = Admission(mempool, gossip, lambda h: False, lambda txs: None, print, None)
     txs = [make_transfer(KEYS[k], CHAIN, b"\x02" * 20, 1, 1, 0) for k in range(3)]
     await _submit(a, [tx.encode() for tx in txs], origin=1)
     assert [tx.hash in mempool for tx in txs] == [True, False, False]

@@ -53,7 +53,7 @@ def _fixture(signers: tuple[int, ...] = (0, 1, 3)) -> dict[str, Any]:
 def test_valid_proof_passes_in_every_certificate_form() -> None:
     f = _fixture()
     verify_tx_inclusion(f["tx"].hash, f["proof"], f["block"], VALIDATORS, CHAIN)
-    nested = {
+    nested: dict[str, Any] = {
         "header": {k: v for k, v in f["block"].items() if k not in ("tx_hashes", "certificate")}
     }
     nested |= {"tx_hashes": f["block"]["tx_hashes"], "certificate": to_hex(f["cert"].encode())}
