@@ -6,7 +6,11 @@ our consensus messages is sent, its (kind, view, seq) and digest are recorded he
 
 - its view is below the highest view we already signed a vote or VIEW-CHANGE in (views only
   grow, PBFT section 4.4: once we voted in view v, nothing of a lower view may be signed again);
-- the same (kind, view, seq) was signed with another digest (equivocation);
+- the same (kind, view, seq) was signed with another digest (equivocation), except VIEW-CHANGE:
+  the core signs a fresh one for the same view after a RETRACT (a new epoch, consensus/retract.py)
+  or a restart (a later checkpoint). It only states what we prepared, which an honest replica
+  never loses, and a NEW-VIEW is safe with any 2f+1 valid ones; refusing it left a retracted
+  replica unable to rejoin its view, a view-change storm under load;
 - it is new but at or below the floor of what was forgotten when the record was pruned.
 
 Re-sending the very same message (same kind, view, seq and digest) is allowed. The file lives
@@ -226,7 +230,7 @@ class SignGuard:
         """Why ``s`` must not be signed, or None when it may (and is then recorded)."""
         key = (s.kind, s.view, s.seq)
         known = self.signed.get(key)
-        if known is not None:
+        if known is not None and s.kind != "view_change":
             return None if known == s.digest else "conflicting_digest"
         if s.kind != "checkpoint" and s.view < self.view_floor:
             return "view_below_signed"
@@ -238,8 +242,13 @@ class SignGuard:
     def record(self, s: Signed) -> bool:
         """Remember ``s``; True when the file must be written."""
         key = (s.kind, s.view, s.seq)
-        if key in self.signed:
+        known = self.signed.get(key)
+        if known == s.digest:
             return False
+        if known is not None:  # a VIEW-CHANGE signed again: the newest one is kept
+            self.signed[key] = s.digest
+            self._json.pop(key, None)
+            return True
         self.signed[key] = s.digest
         if s.kind in _VOTES or s.kind == "view_change":
             self.view_floor = max(self.view_floor, s.view)
@@ -311,6 +320,8 @@ async def guard_round(
     for a, why in zip(out, reasons, strict=True):
         if why is not None:
             refused.add(id(a))
-            log.error("double_sign_refused", extra={"reason": why})
+            s = describe(a.data, me, payload_bytes_max)
+            where = {} if s is None else {"kind": s.kind, "view": s.view, "seq": s.seq}
+            log.error("double_sign_refused", extra={"reason": why, **where})
             metrics.consensus_dropped_total.labels(reason=f"guard_{why}").inc()
     return refused
