@@ -13,6 +13,9 @@ our consensus messages is sent, its (kind, view, seq) and digest are recorded he
   replica unable to rejoin its view, a view-change storm under load;
 - it is new but at or below the floor of what was forgotten when the record was pruned.
 
+Our RETRACT (consensus/retract.py: a view change nobody joined, taken back) lowers the view
+floor back to the view it returns to, but never below a view we voted in.
+
 Re-sending the very same message (same kind, view, seq and digest) is allowed. The file lives
 next to the database, not in it, so restoring an older database backup cannot make the validator
 vote again where it already voted: the guard still remembers (tested in tests/test_signguard.py).
@@ -52,7 +55,7 @@ COMPACT_EVERY = 4096  # records appended before the file is rewritten whole
 SEQ_WINDOW = 1024  # records kept per kind, below the highest seq signed
 VIEW_WINDOW = 64  # VIEW-CHANGE / NEW-VIEW records kept, below the highest view signed
 _VOTES = ("pre_prepare", "prepare", "commit")
-_VIEW_KINDS = ("view_change", "new_view")  # windowed by view; the others by seq
+_VIEW_KINDS = ("view_change", "new_view", "retract")  # windowed by view; the others by seq
 
 
 class GuardError(Exception):
@@ -82,6 +85,8 @@ def describe(data: bytes, me: int, payload_bytes_max: int) -> Signed | None:
             return Signed("checkpoint", 0, msg.seq, msg.digest)
         case cmsg.ViewChange() | cmsg.NewView():
             return Signed(msg.kind, msg.view, 0, hashlib.sha256(data).digest())
+        case cmsg.Retract():
+            return Signed(msg.kind, msg.view, msg.epoch, hashlib.sha256(data).digest())
     return None
 
 
@@ -90,6 +95,9 @@ class SignGuard:
         self.path = path
         self.public_key = public_key
         self.view_floor: int = state["view_floor"]
+        # The highest view we voted in (PRE-PREPARE, PREPARE, COMMIT): a RETRACT lowers the view
+        # floor back to the view it returns to, never below this.
+        self.vote_floor: int = state.get("vote_floor", self.view_floor)
         self.floors: dict[str, list[int]] = {k: list(v) for k, v in state["floors"].items()}
         self.signed: dict[tuple[str, int, int], bytes] = {
             (k, v, s): bytes.fromhex(d) for k, v, s, d in state["signed"]
@@ -176,6 +184,7 @@ class SignGuard:
             "version": VERSION,
             "public_key": self.public_key.hex(),
             "view_floor": self.view_floor,
+            "vote_floor": self.vote_floor,
             "floors": self.floors,
         }
         # The same JSON object as json.dumps of the whole state, records in insertion order.
@@ -232,7 +241,7 @@ class SignGuard:
         known = self.signed.get(key)
         if known is not None and s.kind != "view_change":
             return None if known == s.digest else "conflicting_digest"
-        if s.kind != "checkpoint" and s.view < self.view_floor:
+        if s.kind not in ("checkpoint", "retract") and s.view < self.view_floor:
             return "view_below_signed"
         floor = self.floors.get(s.kind)
         if floor is not None and (s.view, s.seq) <= (floor[0], floor[1]):
@@ -250,8 +259,14 @@ class SignGuard:
             self._json.pop(key, None)
             return True
         self.signed[key] = s.digest
+        if s.kind in _VOTES:
+            self.vote_floor = max(self.vote_floor, s.view)
         if s.kind in _VOTES or s.kind == "view_change":
             self.view_floor = max(self.view_floor, s.view)
+        elif s.kind == "retract" and s.view < self.view_floor:
+            # Our VIEW-CHANGEs above s.view are void once 2f+1 replicas take this RETRACT (the
+            # core waits for them before it votes in s.view again): votes there are allowed.
+            self.view_floor = max(self.vote_floor, s.view)
         self._prune(s.kind, s.seq, s.view)
         return True
 

@@ -147,3 +147,28 @@ def test_a_view_change_may_be_signed_again_for_its_view(tmp_path: Path) -> None:
     assert g.admit([Signed("prepare", 5, 9, A)]) == [None]
     assert g.admit([Signed("prepare", 5, 9, B)]) == ["conflicting_digest"]
     assert _reopen(tmp_path).signed[("view_change", 5, 0)] == B
+
+
+def test_a_retract_lets_us_vote_again_in_the_view_we_return_to(tmp_path: Path) -> None:
+    """A lone view change to 6 is taken back with a RETRACT to view 5 (consensus/retract.py):
+    the core then votes in view 5 again. Without the RETRACT those votes stay refused, and
+    the floor never drops below a view we voted in."""
+    g = _guard(tmp_path)
+    assert g.admit([Signed("prepare", 5, 10, A)]) == [None]
+    assert g.admit([Signed("view_change", 6, 0, A)]) == [None]
+    assert g.admit([Signed("prepare", 5, 11, A)]) == ["view_below_signed"]
+    assert g.admit([Signed("retract", 5, 0, A)]) == [None]
+    assert g.admit([Signed("prepare", 5, 11, A)]) == [None]
+    assert g.admit([Signed("commit", 4, 12, A)]) == ["view_below_signed"]
+    again = _reopen(tmp_path)  # replayed from the appended lines: the same floors
+    assert again.view_floor == g.view_floor == 5
+    assert again.admit([Signed("view_change", 6, 0, B)]) == [None]  # a later, fresh epoch
+    assert again.admit([Signed("retract", 3, 1, A)]) == [None]
+    assert again.view_floor == 5  # never below a view we voted in
+
+
+def test_describe_reads_a_retract() -> None:
+    data = cmsg.encode(cmsg.sign(cmsg.Retract(5, 2, 1), KEY, "vigil"))
+    s = describe(data, 1, 1 << 20)
+    assert s is not None
+    assert (s.kind, s.view, s.seq) == ("retract", 5, 2)
