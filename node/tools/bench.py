@@ -4,9 +4,14 @@ Transfers are pre-signed before the clock starts (signing is not what we measure
 funded bench accounts of node/tools/devnet.py, round-robin over the nodes in JSON-RPC batches. With
 ``--rate R`` batches leave on an open-loop schedule (R tx/s whatever the answers); with
 ``--rate max`` each client sends its next batch as soon as the previous one is answered. Commits
-are tracked per tx by watching blocks (``block_get``) from one node: latency = submit to the
-first time the client sees the tx in a committed block. ``--eth-share 0.5`` makes half of the
-transfers Ethereum-signed (type 2, secp256k1) from accounts funded by native transfers first.
+are timed per tx at the node that took it (its entry node): every node's ``/ws`` ``blocks``
+subscription stamps each block as that node announces it (published once the block is durable,
+when ``tx_get`` there says committed), and ``block_get`` tells which txs a height holds. Latency =
+submit to the entry node's announcement of the block holding the tx; a block whose announcement
+the entry node's feed missed (a node down) counts from the latest sign of it: when ``block_get``
+returned it or another node announced it (``commit_time_fallbacks``). ``--eth-share 0.5`` makes
+half of the transfers Ethereum-signed (type 2, secp256k1) from accounts funded by native
+transfers first.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ ETH_FUND_UNITS = 10**9  # what each Ethereum bench account gets (1 coin: ~47000 
 DRAIN_S = 15.0
 CLASSIFY_TXS_MAX = 20_000  # uncommitted txs whose status the bench asks for after the drain
 HELD_STATUSES = frozenset({"quarantined", "waiting"})  # the detector's, and counted apart
+FEEDS_WAIT_S = 5.0  # how long the load waits for every node's /ws block feed at the start
 DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault drills under load)
 # Admission's back-pressure answers (node/host/admission.py): the tx was not taken, send it again
 # after a pause. Anything else is a final rejection.
@@ -71,7 +77,12 @@ class Bench:
         self.c = cluster
         self.args = args
         self.sent_at: dict[str, float] = {}
-        self.committed_at: dict[str, float] = {}
+        self.entry: dict[str, int] = {}  # tx hash -> the node that took it
+        self.height_of: dict[str, int] = {}  # tx hash -> height of the block holding it
+        self.announced: list[dict[int, float]] = [{} for _ in range(cluster.n)]  # per node
+        self.fetched_at: dict[int, float] = {}  # height -> when block_get returned it
+        self.feeds_up = 0  # /ws block feeds currently subscribed
+        self.feed_live = [False] * cluster.n  # per node: its feed is subscribed
         self.submitted = 0
         self.quarantined = 0
         self.rejected = 0
@@ -116,6 +127,9 @@ class Bench:
             txs = await asyncio.to_thread(self._presign, accounts - 1, count, nonces, eth_nonces)
             start_h = (await self._any(s, lambda i: self._call(s, i, "node_status")))["height"]
             watcher = asyncio.create_task(self._watch(s, start_h))
+            feeds_by = time.monotonic() + FEEDS_WAIT_S  # the clock starts once they listen
+            while self.feeds_up < c.n and time.monotonic() < feeds_by:
+                await asyncio.sleep(0.05)
             probe = Probe(c)
             await probe.start(s)
             profiler = None
@@ -130,18 +144,15 @@ class Bench:
             )
             send_end = time.monotonic()
             drain_until = send_end + DRAIN_S
-            while time.monotonic() < drain_until and len(self.committed_at) < len(self.sent_at):
+            while time.monotonic() < drain_until and self._seen() < len(self.sent_at):
                 await asyncio.sleep(0.1)
             watcher.cancel()
-            missing = [h for h in self.sent_at if h not in self.committed_at]
+            missing = [h for h in self.sent_at if h not in self.height_of]
             uncommitted = await self._classify(s, missing)
             await probe.stop(s)
             elapsed = max(send_end - t0, 1e-9)
-        lat = sorted(
-            (self.committed_at[h] - self.sent_at[h]) * 1000
-            for h in self.committed_at
-            if h in self.sent_at
-        )
+        committed_at, fallbacks = self._commit_times()
+        lat = sorted((committed_at[h] - self.sent_at[h]) * 1000 for h in committed_at)
 
         def q(p: float) -> float | None:
             return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None
@@ -155,6 +166,7 @@ class Bench:
         self.extra["stranded"] = sum(
             n for status, n in uncommitted.items() if status not in HELD_STATUSES
         )
+        self.extra["commit_time_fallbacks"] = fallbacks
         if profiler is not None:
             table = profile_table(profiler.finish(), probe.node_cpu_s(), committed)
             self.extra["profile"] = table
@@ -356,25 +368,60 @@ class Bench:
                 self.rejected += 1
                 continue
             self.sent_at[item[1]] = first
+            self.entry[item[1]] = target if target is not None else node
             if a["status"] == "quarantined":
                 self.quarantined += 1
         return again
 
+    def _seen(self) -> int:
+        """Submitted txs whose block is known and announced by their entry node (or whose entry
+        node's feed is down: those fall back, see ``_commit_times``)."""
+        seen = 0
+        for h in self.sent_at:
+            height = self.height_of.get(h)
+            entry = self.entry[h]
+            if height is not None and (
+                height in self.announced[entry] or not self.feed_live[entry]
+            ):
+                seen += 1
+        return seen
+
+    def _commit_times(self) -> tuple[dict[str, float], int]:
+        """Each committed tx's commit time at its entry node, and how many fell back to the
+        time ``block_get`` returned the block (the entry node's feed missed its announcement)."""
+        out: dict[str, float] = {}
+        fallbacks = 0
+        for h in self.sent_at:
+            height = self.height_of.get(h)
+            if height is None:
+                continue
+            at = self.announced[self.entry[h]].get(height)
+            if at is None:  # the latest sign of the block anywhere: never earlier than it was
+                fallbacks += 1
+                at = max(
+                    [self.fetched_at[height]] + [a[height] for a in self.announced if height in a]
+                )
+            out[h] = at
+        return out, fallbacks
+
     async def _watch(self, s: aiohttp.ClientSession, height: int) -> None:
-        """Commit times: woken by node 0's ``blocks`` subscription (or every 50 ms without it),
-        then ``block_get`` of each new height."""
+        """Which txs each new block holds (``block_get``), woken by the nodes' block feeds (or
+        every 50 ms, polling ``node_status``, while no feed is up)."""
         node = 0
         wake = asyncio.Event()
-        feed = asyncio.create_task(self._block_feed(s, wake))
+        feeds = [asyncio.create_task(self._block_feed(s, i, wake)) for i in range(self.c.n)]
         try:
             while True:
                 try:
-                    top = (await self._call(s, node, "node_status"))["height"]
+                    tops = [max(a, default=0) for a in self.announced]
+                    top = max(tops)
+                    if not self.feeds_up:
+                        top = max(top, (await self._call(s, node, "node_status"))["height"])
                     for h in range(height + 1, top + 1):
                         block = await self._call(s, node, "block_get", [h])
-                        now = time.monotonic()
+                        self.fetched_at[h] = time.monotonic()
                         for tx_hash in block["tx_hashes"]:
-                            self.committed_at.setdefault(tx_hash, now)
+                            self.height_of.setdefault(tx_hash, h)
                         height = h
                 except (ClientError, RpcError, KeyError, TypeError, ValueError):
                     node = (node + 1) % self.c.n
@@ -383,17 +430,35 @@ class Bench:
                         await wake.wait()
                 wake.clear()
         finally:
-            feed.cancel()
+            for f in feeds:
+                f.cancel()
 
-    async def _block_feed(self, s: aiohttp.ClientSession, wake: asyncio.Event) -> None:
-        """Set ``wake`` on every block notification of node 0's /ws (best effort)."""
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-            async with s.ws_connect(self.c.rpc_url(0) + "/ws") as ws:
-                await ws.send_json(
-                    {"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": ["blocks"]}
-                )
-                async for _msg in ws:
-                    wake.set()
+    async def _block_feed(self, s: aiohttp.ClientSession, node: int, wake: asyncio.Event) -> None:
+        """Stamp every block node ``node``'s /ws announces, and wake the watcher (best effort;
+        reconnects after a pause when the node is down)."""
+        announced = self.announced[node]
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with s.ws_connect(self.c.rpc_url(node) + "/ws") as ws:
+                    await ws.send_json(
+                        {"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": ["blocks"]}
+                    )
+                    self.feeds_up += 1
+                    self.feed_live[node] = True
+                    try:
+                        async for msg in ws:
+                            now = time.monotonic()
+                            if msg.type != aiohttp.WSMsgType.TEXT:
+                                continue
+                            with contextlib.suppress(ValueError, KeyError, TypeError):
+                                h = json.loads(msg.data)["params"]["result"]["height"]
+                                if isinstance(h, int):
+                                    announced.setdefault(h, now)
+                                    wake.set()
+                    finally:
+                        self.feeds_up -= 1
+                        self.feed_live[node] = False
+            await asyncio.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
