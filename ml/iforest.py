@@ -80,7 +80,9 @@ def check_matrix(X: npt.ArrayLike, n_features: int | None = None) -> FloatArray:
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(f"X has {arr.shape[1]} features, the forest was fit on {n_features}")
     out = np.ascontiguousarray(arr, dtype=np.float64)
-    if not np.isfinite(out).all():
+    # count_nonzero, not .all(): the same answer without the ufunc-reduction set-up, which was
+    # most of this function's cost for a single row.
+    if np.count_nonzero(np.isfinite(out)) != out.size:
         raise ValueError("X must be finite (no NaN or infinity)")
     return out
 
@@ -219,7 +221,7 @@ class IsolationForest:
             self._root_feature = self._block_feature[0].ravel()
             self._root_threshold = self._block_threshold[0].ravel()
         first = min(BLOCK_LEVELS, self.limit)
-        self._root_base = np.arange(self.n_trees, dtype=np.intp) << first
+        self._root_base = (np.arange(self.n_trees, dtype=np.intp) << first)[None, :]
 
     def _tabulate(self) -> None:
         """E[h(x)] of a one-column forest on each interval between consecutive thresholds.
@@ -358,47 +360,55 @@ class IsolationForest:
 
         Each round gathers the 16 slots of the subtree every (row, tree) is in, compares them all
         (the same ``x >= threshold`` as level by level), packs the 16 results into a two-byte code
-        and looks up the subtree's exit: the node four levels down.
+        and looks up the subtree's exit: the node four levels down. A single row (the latency
+        that matters) skips the row offsets and reshapes: broadcasting against the (1, trees)
+        root offsets gives its (1, trees) shape. Gathers use mode="wrap": every index is in
+        range, and that mode's check is the cheapest.
         """
         n, d = data.shape
-        trees = self.n_trees
-        if self.limit == 0:  # psi = 1: every tree is its root, a leaf
-            node = np.broadcast_to(self._root_base, (n, trees))
-        else:  # the first round: the same subtrees for every row, so one column gather
-            bits = data.take(self._root_feature, axis=1) >= self._root_threshold
-            node = self._exits(bits, self.limit).reshape(n, trees) + self._root_base
-        if self.limit > BLOCK_LEVELS:
+        limit = self.limit
+        node = self._root_base  # (1, trees)
+        if limit > 0:  # the first round: the same subtrees for every row, so one column gather
+            bits = data.take(self._root_feature, axis=1, mode="wrap") >= self._root_threshold
+            node = self._exits(bits, limit, n) + node
+        if limit > BLOCK_LEVELS:
             flat = data.ravel()
             offsets = np.arange(0, n * d, d, dtype=np.intp)[:, None, None] if n > 1 else None
             for block in range(1, len(self._block_feature)):
                 feature = self._block_feature[block].take(node, axis=0)
                 if offsets is not None:
                     feature += offsets
-                bits = flat.take(feature) >= self._block_threshold[block].take(node, axis=0)
-                depth = min(BLOCK_LEVELS, self.limit - block * BLOCK_LEVELS)
+                threshold = self._block_threshold[block].take(node, axis=0)
+                bits = flat.take(feature, mode="wrap") >= threshold
+                depth = min(BLOCK_LEVELS, limit - block * BLOCK_LEVELS)
                 node <<= depth
-                node += self._exits(bits, depth).reshape(n, trees)
+                node += self._exits(bits, depth, n)
         lengths: FloatArray = self._leaf.take(node).sum(axis=1)
-        lengths /= trees
+        if lengths.size < n:  # psi = 1: no round ran, node is still (1, trees)
+            lengths = np.repeat(lengths, n)
+        lengths /= self.n_trees
         return lengths
 
     @staticmethod
-    def _exits(bits: BoolArray, depth: int) -> npt.NDArray[np.uint8]:
+    def _exits(bits: BoolArray, depth: int, n: int) -> npt.NDArray[np.uint8]:
         """The exit of each 16-slot subtree from its comparisons (C order, 16 per subtree), at
-        ``depth`` (<= BLOCK_LEVELS) levels down: little-endian bit order puts slot k on bit k of
-        the subtree's two bytes."""
+        ``depth`` (<= BLOCK_LEVELS) levels down, as (n, trees) or, for one row, (trees,).
+        Little-endian bit order puts slot k on bit k of the subtree's two bytes."""
         codes = np.packbits(bits, bitorder="little").view("<u2")
-        exits: npt.NDArray[np.uint8] = BLOCK_EXIT.take(codes)
+        exits: npt.NDArray[np.uint8] = BLOCK_EXIT.take(codes, mode="wrap")
         if depth < BLOCK_LEVELS:  # unused slots went left: drop the levels below the trees
             exits >>= BLOCK_LEVELS - depth
-        return exits
+        return exits.reshape(n, -1) if n > 1 else exits
 
     def score(self, X: npt.ArrayLike) -> FloatArray:
         """s(x, psi) = 2^(-E[h(x)] / c(psi)) in (0, 1]; 0.5 everywhere when psi = 1."""
         h = self.path_lengths(X)
         if self._c_psi <= 0.0:
             return np.full(h.shape, 0.5)
-        scores: FloatArray = np.exp2(-h / self._c_psi)
+        # h / -c is -h / c exactly (IEEE division is sign-symmetric), one pass fewer; h is this
+        # call's own array, so both passes write into it.
+        np.divide(h, -self._c_psi, out=h)
+        scores: FloatArray = np.exp2(h, out=h)
         return scores
 
     def explain(self, X: npt.ArrayLike) -> FloatArray:
