@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ml import iforest
 from ml.iforest import IsolationForest, average_path_length
 from tests import iforest_vectors
 
@@ -224,9 +225,30 @@ def test_batch_scores_equal_row_by_row_and_sliced_scores() -> None:
 
 
 def test_small_batches_score_exactly_as_the_chunked_walk() -> None:
-    """Up to SMALL_BATCH_ELEMENTS, three levels per round; beyond, level by level: same sums."""
+    """Up to SMALL_BATCH_ELEMENTS, four levels per round; beyond, level by level: same sums."""
     probe = iforest_vectors.bulk_probe(5)[:100]
     model = iforest_vectors.forest("blob_5")
     whole = model.path_lengths(probe)  # above SMALL_BATCH_ELEMENTS: the chunked walk
     for size in (1, 2, 3, 40):
         assert np.array_equal(model.path_lengths(probe[:size]), whole[:size])
+
+
+@pytest.mark.parametrize("columns", [2, 8, 13, 30, 100, 1000])
+@pytest.mark.parametrize("sample_size", [1, 2, 3, 17, 100, 256, 1000])
+def test_small_path_is_bit_identical_to_the_level_walk(
+    columns: int, sample_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four-level blocks for any depth limit (0, 1, 2, 5, 7, 8, 10: not all multiples of four),
+    one row or several, equal the chunked level-by-level walk to the last bit."""
+    rng = np.random.default_rng(columns * 1009 + sample_size)
+    X = rng.normal(size=(max(sample_size, 40), columns))
+    X[:, 0] = np.round(X[:, 0], 1)  # ties: rows on split thresholds
+    forest = IsolationForest(n_trees=30, sample_size=sample_size, seed=sample_size).fit(X)
+    probe = np.vstack([X[:20], rng.normal(size=(20, columns)) * 3.0])
+    small = [forest.score(probe[i : i + 1]) for i in range(probe.shape[0])]
+    few = forest.score(probe[:7])
+    monkeypatch.setattr(iforest, "SMALL_BATCH_ELEMENTS", 0)  # psi > 1: always the chunked walk
+    walked = forest.score(probe)
+    assert np.array_equal(np.concatenate(small), walked)
+    assert np.array_equal(few, walked[:7])
+    assert np.array_equal(forest._traverse_small(probe), forest.path_lengths(probe))
