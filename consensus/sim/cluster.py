@@ -51,6 +51,7 @@ from consensus.api import (
     Verdict,
 )
 from consensus.certificate import CommitCertificate, verify_certificate
+from consensus.guard import SignRule, describe
 from consensus.replica import Replica
 from consensus.sim.byzantine import BEHAVIOURS, Byzantine
 from consensus.sim.network import Faults, Network
@@ -81,6 +82,10 @@ ReplicaFactory = Callable[..., Replica]
 BlockId = Callable[[Commit, bytes], bytes]
 
 GENESIS_BLOCK_ID = b"\x00" * 32
+
+
+# The double-sign rule every honest replica's host applies (tests swap in broken ones).
+guard_rule: Callable[[], SignRule] = SignRule
 
 
 def block_id(c: Commit, prev: bytes) -> bytes:
@@ -128,6 +133,9 @@ class Node:
     timers: set[int] = field(default_factory=set)
     held: list[tuple[int, int]] = field(default_factory=list)  # requests waiting for work
     budget: int = 0  # payloads of txs left in this busy phase (heartbeat seeds)
+    # node/host/signguard.py's rule over what this replica signed; a file there, so it
+    # survives crashes here too
+    guard: SignRule = field(default_factory=lambda: guard_rule())
 
 
 class VerifyCache:
@@ -358,11 +366,13 @@ class Simulation:
                     else:
                         node.records[key] = value
             case Send(to, data):
-                self._watch_votes(node, data)
-                self._transmit(node, to, data)
+                if self._guarded(node, data):
+                    self._watch_votes(node, data)
+                    self._transmit(node, to, data)
             case Broadcast(data):
-                self._watch_votes(node, data)
-                self._transmit(node, None, data)
+                if self._guarded(node, data):
+                    self._watch_votes(node, data)
+                    self._transmit(node, None, data)
             case Commit():
                 self._on_commit(node, action)
             case SetTimer(at_ms):
@@ -462,6 +472,21 @@ class Simulation:
         while node.unflushed and node.unflushed[0].seq <= seq:
             node.ledger.append(node.unflushed.pop(0))
         self._step(node, Applied(len(node.ledger)))
+
+    def _guarded(self, node: Node, data: bytes) -> bool:
+        """The real host's double-sign guard: it drops what it refuses. For an honest replica a
+        refusal is a violation: the core signed something the guard forbids, and on a real
+        network that replica would be silently muted (as a retracted replica once was)."""
+        if not node.honest:
+            return True
+        signed = describe(data, node.index, node.config.payload_bytes_max)
+        [why], _ = node.guard.decide([signed])
+        if why is None or signed is None:
+            return True
+        self.violations.append(
+            f"guard: replica {node.index} {signed.kind} view {signed.view} seq {signed.seq}: {why}"
+        )
+        return False
 
     def _watch_votes(self, node: Node, data: bytes) -> None:
         """No honest replica sends two different PRE-PREPAREs/PREPAREs/COMMITs for a (view, seq),

@@ -33,88 +33,39 @@ compacted. Version 1 files (the head alone) still load.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import heapq
 import json
 import logging
 import os
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.codec import CodecError
-from consensus import messages as cmsg
 from consensus.api import Broadcast, Send
+from consensus.guard import Key, Signed, SignRule, describe
 
 log = logging.getLogger(__name__)
 
 VERSION = 2
 VERSIONS_READ = (1, 2)
 COMPACT_EVERY = 4096  # records appended before the file is rewritten whole
-SEQ_WINDOW = 1024  # records kept per kind, below the highest seq signed
-VIEW_WINDOW = 64  # VIEW-CHANGE / NEW-VIEW records kept, below the highest view signed
-_VOTES = ("pre_prepare", "prepare", "commit")
-_VIEW_KINDS = ("view_change", "new_view", "retract")  # windowed by view; the others by seq
 
 
 class GuardError(Exception):
     """The guard file is missing, unreadable or for another key: the node must not sign."""
 
 
-@dataclass(frozen=True, slots=True)
-class Signed:
-    kind: str
-    view: int
-    seq: int
-    digest: bytes
-
-
-def describe(data: bytes, me: int, payload_bytes_max: int) -> Signed | None:
-    """Our own message's (kind, view, seq, digest); None for anything not signed by us."""
-    try:
-        msg = cmsg.decode(data, payload_bytes_max, len(data))
-    except CodecError:
-        return None
-    if msg.sender != me:
-        return None
-    match msg:
-        case cmsg.PrePrepare() | cmsg.Prepare() | cmsg.CommitVote():
-            return Signed(msg.kind, msg.view, msg.seq, msg.digest)
-        case cmsg.Checkpoint():
-            return Signed("checkpoint", 0, msg.seq, msg.digest)
-        case cmsg.ViewChange() | cmsg.NewView():
-            return Signed(msg.kind, msg.view, 0, hashlib.sha256(data).digest())
-        case cmsg.Retract():
-            return Signed(msg.kind, msg.view, msg.epoch, hashlib.sha256(data).digest())
-    return None
-
-
-class SignGuard:
+class SignGuard(SignRule):
     def __init__(self, path: Path, public_key: bytes, state: dict[str, Any]) -> None:
+        super().__init__(
+            state["view_floor"],
+            state.get("vote_floor"),
+            state["floors"],
+            (((k, v, s), bytes.fromhex(d)) for k, v, s, d in state["signed"]),
+        )
         self.path = path
         self.public_key = public_key
-        self.view_floor: int = state["view_floor"]
-        # The highest view we voted in (PRE-PREPARE, PREPARE, COMMIT): a RETRACT lowers the view
-        # floor back to the view it returns to, never below this.
-        self.vote_floor: int = state.get("vote_floor", self.view_floor)
-        self.floors: dict[str, list[int]] = {k: list(v) for k, v in state["floors"].items()}
-        self.signed: dict[tuple[str, int, int], bytes] = {
-            (k, v, s): bytes.fromhex(d) for k, v, s, d in state["signed"]
-        }
-        self.refused = 0
-        # Per seq-numbered kind, its records as a heap on (seq, view) and the highest seq: the
-        # window is pruned from the bottom without sorting every record on every vote.
-        self._heaps: dict[str, list[tuple[int, int]]] = {}
-        self._tops: dict[str, int] = {}
-        for k, v, s in self.signed:
-            if k not in _VIEW_KINDS:
-                self._heaps.setdefault(k, []).append((s, v))
-                self._tops[k] = max(self._tops.get(k, s), s)
-        for heap in self._heaps.values():
-            heapq.heapify(heap)
         # Each record's JSON text, made once (a compaction writes every record kept).
-        self._json: dict[tuple[str, int, int], str] = {}
+        self._json: dict[Key, str] = {}
         self._appended = 0  # record lines after the head line
         self.torn = False  # the file's last line was torn (read by ``load``)
         self.needs_compaction = False  # torn, or an older version: ``open`` rewrites it
@@ -233,81 +184,15 @@ class SignGuard:
             self._json[key] = text
         return text
 
-    # --- rules ----------------------------------------------------------------------------
-
-    def check(self, s: Signed) -> str | None:
-        """Why ``s`` must not be signed, or None when it may (and is then recorded)."""
-        key = (s.kind, s.view, s.seq)
-        known = self.signed.get(key)
-        if known is not None and s.kind != "view_change":
-            return None if known == s.digest else "conflicting_digest"
-        if s.kind not in ("checkpoint", "retract") and s.view < self.view_floor:
-            return "view_below_signed"
-        floor = self.floors.get(s.kind)
-        if floor is not None and (s.view, s.seq) <= (floor[0], floor[1]):
-            return "at_or_below_floor"
-        return None
-
-    def record(self, s: Signed) -> bool:
-        """Remember ``s``; True when the file must be written."""
-        key = (s.kind, s.view, s.seq)
-        known = self.signed.get(key)
-        if known == s.digest:
-            return False
-        if known is not None:  # a VIEW-CHANGE signed again: the newest one is kept
-            self.signed[key] = s.digest
-            self._json.pop(key, None)
-            return True
-        self.signed[key] = s.digest
-        if s.kind in _VOTES:
-            self.vote_floor = max(self.vote_floor, s.view)
-        if s.kind in _VOTES or s.kind == "view_change":
-            self.view_floor = max(self.view_floor, s.view)
-        elif s.kind == "retract" and s.view < self.view_floor:
-            # Our VIEW-CHANGEs above s.view are void once 2f+1 replicas take this RETRACT (the
-            # core waits for them before it votes in s.view again): votes there are allowed.
-            self.view_floor = max(self.vote_floor, s.view)
-        self._prune(s.kind, s.seq, s.view)
-        return True
-
-    def _prune(self, kind: str, seq: int, view: int) -> None:
-        """Forget records of ``kind`` that fell out of the window; raise its floor over them."""
-        if kind in _VIEW_KINDS:
-            keys = sorted(k for k in self.signed if k[0] == kind)
-            top = keys[-1][1]
-            old = [k for k in keys if k[1] <= top - VIEW_WINDOW]
-        else:  # the just recorded (seq, view) joins the heap; the lowest seqs leave first
-            heap = self._heaps.setdefault(kind, [])
-            heapq.heappush(heap, (seq, view))
-            top = self._tops[kind] = max(self._tops.get(kind, seq), seq)
-            old = []
-            while heap and heap[0][0] <= top - SEQ_WINDOW:
-                s, v = heapq.heappop(heap)
-                old.append((kind, v, s))
-        for k in old:
-            del self.signed[k]
-            self._json.pop(k, None)
-            floor = self.floors.get(kind, [0, 0])
-            self.floors[kind] = max(floor, [k[1], k[2]])
-
     def admit(self, items: list[Signed | None]) -> list[str | None]:
         """Check and record a round's messages, then fsync once; the refusal reason per item."""
-        reasons: list[str | None] = []
-        new: list[Signed] = []
-        for s in items:
-            if s is None:
-                reasons.append(None)
-                continue
-            why = self.check(s)
-            reasons.append(why)
-            if why is None:
-                if self.record(s):
-                    new.append(s)
-            else:
-                self.refused += 1
+        reasons, new = self.decide(items)
         if new:
             self.append(new)
         return reasons
+
+    def _forgot(self, key: Key) -> None:
+        self._json.pop(key, None)
 
 
 async def guard_round(

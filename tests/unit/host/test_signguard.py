@@ -9,7 +9,8 @@ import pytest
 
 from common.crypto import SigningKey
 from consensus import messages as cmsg
-from node.host.signguard import GuardError, Signed, SignGuard, describe
+from consensus.guard import Signed, describe
+from node.host.signguard import GuardError, SignGuard
 
 KEY = SigningKey(b"\x07" * 32)
 A, B = b"\xaa" * 32, b"\xbb" * 32
