@@ -22,7 +22,7 @@ from consensus.api import (
     Tick,
 )
 from consensus.replica import Replica
-from tests.unit.consensus.test_consensus import Harness, config, signed
+from tests.unit.consensus.test_replica import Harness, config, signed
 
 INTERVAL_MS = 500  # request timeout 100 ms, view-change timeout 200 ms (config())
 
