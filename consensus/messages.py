@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from common import codec
 from common.crypto import SIGNATURE_BYTES, SigningKey
@@ -299,7 +299,7 @@ MessageT = TypeVar(
 def sign(msg: MessageT, key: SigningKey, chain_id: str) -> MessageT:
     """The message with its ``sig`` filled in by ``key``."""
     sig = key.sign(domain(msg.kind), signing_content(msg, chain_id))
-    return cast(MessageT, replace(msg, sig=sig))
+    return replace(msg, sig=sig)
 
 
 def vote_content(

@@ -103,7 +103,8 @@ def block_ref(value: Any, name: str) -> str | int | bytes:
         return value
     if isinstance(value, dict):
         if "blockHash" in value:
-            return hex_bytes(32)(value["blockHash"], name + ".blockHash")
+            block_hash: bytes = hex_bytes(32)(value["blockHash"], name + ".blockHash")
+            return block_hash
         if "blockNumber" in value:
             return quantity(value["blockNumber"], name + ".blockNumber")
     try:
@@ -137,7 +138,8 @@ def _data_field(obj: dict[str, Any], name: str) -> bytes:
     value = obj.get("input", obj.get("data"))
     if value in (None, "0x", "0X"):
         return b""
-    return hex_bytes(size_max=RAW_TX_PARAM_BYTES_MAX)(value, name + ".input")
+    data: bytes = hex_bytes(size_max=RAW_TX_PARAM_BYTES_MAX)(value, name + ".input")
+    return data
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import rlp  # type: ignore[import-untyped]
+import rlp
 from coincurve import PrivateKey, PublicKey
 from eth_hash.auto import keccak
-from rlp.exceptions import RLPException  # type: ignore[import-untyped]
+from rlp.exceptions import RLPException
 
 from common.crypto import to_hex
 from node.chain.tx import MEMO_BYTES_MAX, TX_BYTES_MAX, Transaction, TxError, register_format
@@ -364,7 +364,8 @@ def sign_dynamic_fee(
     unsigned = bytes([DYNAMIC_FEE]) + rlp.encode(fields)
     sig = PrivateKey(private_key).sign_recoverable(keccak(unsigned), hasher=None)
     r, s, parity = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
-    return bytes([DYNAMIC_FEE]) + rlp.encode([*fields, parity, r, s])
+    signed: bytes = rlp.encode([*fields, parity, r, s])
+    return bytes([DYNAMIC_FEE]) + signed
 
 
 def eth_address(private_key: bytes) -> bytes:

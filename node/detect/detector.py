@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from common import codec
 from ml import drift
+from ml.arrays import FloatArray, IntArray
 from ml.features import FEATURE_NAMES, N_FEATURES, feature_rows, reasons
 from ml.iforest import IsolationForest
 from node.detect.history import (
@@ -56,8 +57,6 @@ from node.detect.model import (
     MEMO_ROWS_MAX,
     SUBSPACE_TREES,
     SUBSPACES,
-    FloatArray,
-    IntArray,
     TrainedModel,
     calibrate,
     train_model,

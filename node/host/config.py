@@ -169,7 +169,8 @@ def _off_or(lo: int, hi: int) -> _Parser:
         if v == 0 and not isinstance(v, bool):
             return 0
         try:
-            return within(v, key)
+            value: int = within(v, key)
+            return value
         except ConfigError:
             raise ConfigError(
                 f"{key}: expected 0 (off) or an integer in {lo}..{hi}, got {v!r}"

@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import cast
 
 from aiohttp import web
 from prometheus_client import (
@@ -36,7 +37,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The "<name>_created" series double the exposition for no operator value (Prometheus records
 # counter resets itself) and read as stray gauge families in the text format. Process-wide, which
 # is what we want: a node process serves nothing else.
-disable_created_metrics()
+cast(Callable[[], None], disable_created_metrics)()  # prometheus_client leaves it untyped
 
 # Commit latency runs from a few ms (idle cluster, one round trip) to tens of seconds (a view
 # change under load); the top buckets keep a stalled cluster visible instead of lumping it in +Inf.

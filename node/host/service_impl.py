@@ -41,7 +41,7 @@ ACCOUNT_TXS_BLOCKS_MAX = 1000  # account_txs scans at most this many recent bloc
 
 def _tx_row(tx: Any, status: str) -> dict[str, Any]:
     """A tx as account_txs lists it: its decoded fields without the signature."""
-    out = tx.to_json()
+    out: dict[str, Any] = tx.to_json()
     out.pop("signature", None)
     out["status"] = status
     return out

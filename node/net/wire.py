@@ -41,7 +41,8 @@ class BadFrame(ValueError):
 
 
 def encode_frame(msg: dict[str, Any]) -> bytes:
-    return msgpack.packb(msg, use_bin_type=True)
+    data: bytes = msgpack.packb(msg, use_bin_type=True)
+    return data
 
 
 # The core's message types as metric labels (a bounded set; consensus/messages.py names them).

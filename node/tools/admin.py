@@ -131,7 +131,10 @@ def cmd_detector(args: argparse.Namespace) -> int:
     s = _run(args, "detector_status", admin=False)  # public: no token needed
     q = s.get("score_quantiles") or {}
     drift = s.get("drift_psi") or {}
-    fmt = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+
+    def fmt(v: object) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
     lines = [
         f"enabled: {s.get('enabled')}  warm: {s.get('warm')}  model: v{s.get('model_version')}"
         f" {s.get('model_id')}",

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from node.errors import NOT_FOUND, UNAUTHORIZED
-from tests.cluster_util import LocalCluster, RpcError, wait_for
+from node.tools.client import RpcError
+from tests.cluster_util import LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_account.types import TransactionDictType
 from eth_typing import HexStr
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.types import BlockData, RPCEndpoint, TxData, TxParams, Wei
@@ -99,7 +99,7 @@ def test_web3_wallet_flow(tmp_path: Path) -> None:
         assert w3.net.version == str(chain)
         assert w3.client_version.startswith("Vigil/")
         assert w3.eth.syncing is False
-        assert w3.eth.accounts == []
+        assert list(w3.eth.accounts) == []
         assert w3.eth.gas_price == BASE_FEE_WEI
         assert w3.eth.max_priority_fee == 0
         note("connect", chain_id=chain, client=w3.client_version, gas_price=w3.eth.gas_price)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def _heights(c: LocalCluster) -> list[int]:
     return [int(c.rpc(i, "node_status")["height"]) for i in range(c.n)]
 
 
-def _certificate(block: dict) -> CommitCertificate:
+def _certificate(block: dict[str, Any]) -> CommitCertificate:
     cert = block["certificate"]
     return CommitCertificate(
         cert["view"],

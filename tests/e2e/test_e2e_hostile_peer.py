@@ -51,7 +51,7 @@ def _ready(c: LocalCluster, i: int) -> bool:
 
     try:
         with urllib.request.urlopen(c.cluster.rpc_url(i) + "/ready", timeout=3) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except urllib.error.HTTPError:
         return False
 

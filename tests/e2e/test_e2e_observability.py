@@ -16,7 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.host.metrics import CONTRACT_FAMILIES, parse_families
-from tests.cluster_util import LocalCluster, RpcError, wait_for
+from node.tools.client import RpcError
+from tests.cluster_util import LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,12 @@ async def _tampered_proofs(url: str, tx_hash: bytes, genesis: Genesis) -> None:
         block: dict[str, Any] = dict(await c.block_get(proof["height"]))
     verify_tx_inclusion(tx_hash, proof, block, keys, genesis.chain_id)
     flip = {"0": "1"}
-    tampers = {
+
+    def _bump_timestamp(p: dict[str, Any], b: dict[str, Any]) -> None:
+        b["timestamp"] += 1
+        b.pop("hash")
+
+    tampers: dict[str, Callable[[dict[str, Any], dict[str, Any]], object]] = {
         "tx_root": lambda p, b: p.__setitem__("tx_root", "0x" + "00" * 32),
         "index": lambda p, b: p.__setitem__("index", p["index"] + 1),
         "signature": lambda p, b: b["certificate"]["commits"][0].__setitem__(
@@ -135,7 +141,7 @@ async def _tampered_proofs(url: str, tx_hash: bytes, genesis: Genesis) -> None:
             b["certificate"]["commits"][0]["signature"][:-1]
             + flip.get(b["certificate"]["commits"][0]["signature"][-1], "0"),
         ),
-        "timestamp": lambda p, b: (b.__setitem__("timestamp", b["timestamp"] + 1), b.pop("hash")),
+        "timestamp": _bump_timestamp,
         "height": lambda p, b: p.__setitem__("height", p["height"] - 1),
     }
     for name, tamper in tampers.items():

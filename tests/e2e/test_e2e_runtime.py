@@ -9,7 +9,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.cluster_util import Load, LocalCluster, RpcError, wait_for
+from node.tools.client import RpcError
+from tests.cluster_util import Load, LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +43,7 @@ def _heads_agree(c: LocalCluster, nodes: list[int]) -> int:
             per_node.append([a["result"]["hash"] for a in answers])
         for other in per_node[1:]:
             assert other == per_node[0], "two nodes disagree on a block"
-    return height
+    return int(height)
 
 
 def _tx_in_chain(c: LocalCluster, node: int, tx_hash: str) -> None:
@@ -273,7 +274,7 @@ def _ready(c: LocalCluster, i: int) -> bool:
 
     try:
         with urllib.request.urlopen(c.cluster.rpc_url(i) + "/ready", timeout=5) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except urllib.error.HTTPError:
         return False
 

@@ -92,7 +92,7 @@ def test_waiting_txs_release_reject_expire_and_audit(tmp_path: Path) -> None:
         # --- expiry: after the TTL, the same with blocked_tx_expired.
         def expired() -> bool:
             info = c.rpc(p, "tx_get", [later["expire"][0]])
-            return info["status"] == "rejected" and info["reason"] == "blocked_tx_expired"
+            return bool(info["status"] == "rejected" and info["reason"] == "blocked_tx_expired")
 
         wait_for("expiry", expired, deadline_s=TTL_MS / 1000 + 30)
         assert c.tx_status(p, held["expire"]) == "rejected"

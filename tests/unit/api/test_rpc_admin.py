@@ -5,6 +5,7 @@ UNAUTHORIZED, no data.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,12 +19,13 @@ TOKEN = "correct-horse-battery-staple"
 HASH = "0x" + "22" * 32
 
 
-async def _call(url: str, method: str, params: list[object], auth: str | None) -> dict:
+async def _call(url: str, method: str, params: list[object], auth: str | None) -> dict[str, Any]:
     headers = {"Authorization": auth} if auth is not None else {}
     req = {"jsonrpc": "2.0", "id": 9, "method": method, "params": params}
     async with aiohttp.ClientSession() as s, s.post(url, json=req, headers=headers) as r:
         assert r.status == 200
-        return await r.json()
+        answer: dict[str, Any] = await r.json()
+        return answer
 
 
 @pytest.mark.parametrize(

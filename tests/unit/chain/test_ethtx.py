@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import rlp
 from eth_account import Account
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

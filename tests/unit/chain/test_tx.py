@@ -134,7 +134,8 @@ def test_random_bytes_raise_only_codec_error(data: bytes) -> None:
 
 
 def _fields(tx: Transaction) -> dict[str, Any]:
-    return msgpack.unpackb(tx.encode(), raw=False)
+    fields: dict[str, Any] = msgpack.unpackb(tx.encode(), raw=False)
+    return fields
 
 
 def _pack(fields: dict[str, Any]) -> bytes:

@@ -17,7 +17,8 @@ VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 
 
 def _load(name: str) -> dict[str, Any]:
-    return json.loads((VECTORS / name).read_text())
+    vector: dict[str, Any] = json.loads((VECTORS / name).read_text())
+    return vector
 
 
 def _b(hex_str: str) -> bytes:

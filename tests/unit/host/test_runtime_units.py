@@ -50,7 +50,7 @@ def test_config_block_empty_interval_ms_refuses_other_values(value: object) -> N
         ({**BASE, "consensus": {"log_window": 4}}, "consensus.log_window"),
     ],
 )
-def test_config_errors_name_the_key(data: dict, key: str) -> None:
+def test_config_errors_name_the_key(data: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_config(data, Path("/"))
 

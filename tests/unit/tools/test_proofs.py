@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -66,7 +67,8 @@ def _flip(hex_str: str) -> str:
     return hex_str[:-1] + ("0" if hex_str[-1] != "0" else "1")
 
 
-TAMPERS = {
+Tamper = Callable[[dict[str, Any]], object]
+TAMPERS: dict[str, tuple[Tamper, str]] = {
     "branch": (
         lambda f: f["proof"]["branch"].__setitem__(0, _flip(f["proof"]["branch"][0])),
         "Merkle branch",
