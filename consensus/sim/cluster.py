@@ -189,9 +189,9 @@ class Simulation:
         victim = 0  # the primary of view 0
         lone, isolated = rng.sample([i for i in range(n) if i not in (byz, victim)], 2)
         start = rng.randint(40, 150)
-        end = start + rng.randint(350, 500)
+        end = start + rng.randint(350, 450)
         self.faults = Faults(
-            gst_ms=end + rng.randint(600, 1200),
+            gst_ms=end + rng.randint(350, 600),
             loss=0.0,
             duplicate=0.0,
             delay_ms_max=rng.choice([5, 10, 20]),
