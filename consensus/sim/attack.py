@@ -5,17 +5,22 @@ any of them) working with the one byzantine validator ``B``, the primary of ``VI
 n = 4, f = 1). Roles, drawn per seed: ``lone`` (R) and ``isolated`` (H2) are the two backups of
 view 0, ``victim`` (H1) is view 0's primary. The schedule (``Faults.cuts``) leaves R alone
 first: nothing reaches it for a while, it times out of view 0 and broadcasts VIEW-CHANGE(1)
-(epoch 0), nobody joins, and once it hears the others again it sends RETRACT. From that moment:
+(epoch 0), nobody joins, and once it hears the others again it sends RETRACT. Before GST
+R's RETRACTs never reach ``isolated``, nor, with ``hold_retract`` (half of the seeds),
+``victim``. Once R commits again (caught up after its return), until the attack fires:
 
-* ``isolated`` hears nothing and is heard by nobody (until the attack fires): it times out in
-  view 0 and signs a VIEW-CHANGE(1) that lacks everything prepared in view 0 after this point;
-* with ``hold_retract`` (half of the seeds) R's RETRACTs never reach ``victim`` before GST;
-* B sends its view-0 COMMITs to everyone but ``victim``, and ``victim`` hears no status, so R
-  commits what ``victim`` prepared but cannot commit (nor learn as committed);
-* once R commits a seq s that ``victim`` has not, B assembles NEW-VIEW(1) from R's epoch-0
+* ``isolated`` hears nothing and is heard by nobody: it times out in view 0 and signs a
+  VIEW-CHANGE(1) that lacks everything prepared in view 0 from then on;
+* B helps no real view change (its own VIEW-CHANGE and NEW-VIEW stay home), sends its view-0
+  COMMITs to everyone but ``victim``, and ``victim`` hears no status: R commits seqs that
+  ``victim`` prepared but cannot commit (nor learn as committed);
+* once R committed a seq s that ``victim`` has not, B assembles NEW-VIEW(1) from R's epoch-0
   (retracted) VIEW-CHANGE, ``isolated``'s and a VIEW-CHANGE of its own that claims nothing
   prepared, sends it to all, PRE-PREPAREs a different (valid) payload for s and the seqs after,
   and COMMITs whatever honest replicas PREPARE for them.
+
+The adversary also learns each honest replica's commits (it could infer them from the COMMITs
+it sees). After GST it drops nothing and B's own replica sends as usual again.
 
 A correct core refuses: R voids its own retracted VIEW-CHANGE, and R returns only after 2f+1
 acknowledgments, so with ``hold_retract`` it never returns before GST (nothing to lose) and
