@@ -53,6 +53,9 @@ from consensus.api import (
 from consensus.certificate import CommitCertificate, verify_certificate
 from consensus.guard import SignRule, describe
 from consensus.replica import Replica
+from consensus.sim.attack import SHARE as ATTACK_SHARE
+from consensus.sim.attack import VIEW as ATTACK_VIEW
+from consensus.sim.attack import StaleNewView
 from consensus.sim.byzantine import BEHAVIOURS, Byzantine
 from consensus.sim.network import Faults, Network
 
@@ -198,6 +201,10 @@ class Simulation:
                 random.Random(self.rng.getrandbits(64)),
                 frozenset(picked),
             )
+        self.attack: StaleNewView | None = None
+        attack_rng = random.Random(f"vigil-sim-stale-new-view/{seed}")
+        if n == 4 and attack_rng.random() < ATTACK_SHARE:
+            self._stage_attack(attack_rng)
         self.valid_payloads: set[bytes] = set()
         self.committed: dict[int, bytes] = {}
         self.blocks: dict[int, bytes] = {}  # height -> block id of the first honest replica
@@ -207,6 +214,42 @@ class Simulation:
         self.violations: list[str] = []
         self.trace = hashlib.sha256()
         self.gst_heights: dict[int, int] | None = None
+
+    def _stage_attack(self, rng: random.Random) -> None:
+        """This seed plays the stale NEW-VIEW attack (consensus/sim/attack.py) instead of the
+        faults drawn above: its own rng, so every other seed runs exactly as before."""
+        n = len(self.nodes)
+        byz = ATTACK_VIEW % n  # the primary of view 1
+        victim = 0  # the primary of view 0
+        lone, isolated = rng.sample([i for i in range(n) if i not in (byz, victim)], 2)
+        start = rng.randint(40, 150)
+        end = start + rng.randint(350, 450)
+        self.faults = Faults(
+            gst_ms=end + rng.randint(350, 600),
+            loss=0.0,
+            duplicate=0.0,
+            delay_ms_max=rng.choice([5, 10, 20]),
+            spike=0.0,
+            partitions=(),
+            crashes=(),
+            mid_step_crash=0.0,
+            cuts=((start, end, frozenset(range(n)) - {lone}, frozenset({lone})),),
+            durable_ms_max=rng.choice([0, 2, 10]),
+        )
+        self.net = Network(self.rng, self.faults)
+        self.byz_index = byz
+        for node in self.nodes:
+            node.honest = node.index != byz
+        config = self.nodes[byz].config
+        self.byzantine = Byzantine(config, random.Random(rng.getrandbits(64)), frozenset())
+        self.attack = StaleNewView(
+            config,
+            random.Random(rng.getrandbits(64)),
+            lone=lone,
+            isolated=isolated,
+            victim=victim,
+            hold_retract=rng.random() < 0.5,
+        )
 
     # --- running ----------------------------------------------------------------------------
 
@@ -438,12 +481,27 @@ class Simulation:
 
     def _transmit(self, node: Node, to: int | None, data: bytes) -> None:
         if not node.honest and self.byzantine is not None:
-            for dst, payload in self.byzantine.outgoing(to, data):
-                self.net.send(node.index, dst, payload)
+            sends = self.byzantine.outgoing(to, data)
+        else:
+            targets = [i for i in range(len(self.nodes)) if i != node.index] if to is None else [to]
+            sends = [(dst, data) for dst in targets]
+        attack = self.attack
+        if attack is not None:
+            msg = attack.observe(node.index, data)
+            if self.net.now_ms < self.faults.gst_ms:
+                sends = [(d, p) for d, p in sends if not attack.blocks(node.index, d, msg)]
+        for dst, payload in sends:
+            self.net.send(node.index, dst, payload)
+        self._attack_sends()
+
+    def _attack_sends(self) -> None:
+        """What the stale NEW-VIEW attacker sends on its own (consensus/sim/attack.py)."""
+        attack = self.attack
+        if attack is None or not attack.outbox:
             return
-        targets = [i for i in range(len(self.nodes)) if i != node.index] if to is None else [to]
-        for dst in targets:
-            self.net.send(node.index, dst, data)
+        self.valid_payloads.update(attack.payloads)
+        for dst, payload in attack.take_outbox():
+            self.net.send(attack.me, dst, payload)
 
     def _fetch(self, node: Node, from_seq: int, to_seq: int, peers: tuple[int, ...]) -> None:
         candidates = [
@@ -526,8 +584,15 @@ class Simulation:
                         max(0, status[1] + self.rng.randint(-1, 2)),
                     )
             for dst in range(len(self.nodes)):
-                if dst != node.index:
-                    self.net.send(node.index, dst, status, kind="status")
+                if dst == node.index:
+                    continue
+                if (
+                    self.attack is not None
+                    and self.net.now_ms < self.faults.gst_ms
+                    and self.attack.blocks(node.index, dst, None, status=True)
+                ):
+                    continue
+                self.net.send(node.index, dst, status, kind="status")
         if self.gst_heights is not None:
             self._check_lone()
 
@@ -546,6 +611,9 @@ class Simulation:
         node.durable_at_ms = at
         self.net.schedule(at, node.index, "durable", (node.epoch, c.seq))
         self.trace.update(f"commit/{node.index}/{c.seq}/".encode() + c.digest)
+        if self.attack is not None and node.honest:
+            self.attack.on_commit(node.index, c.seq)
+            self._attack_sends()
         if not node.honest:
             return
         known = self.committed.setdefault(c.seq, c.digest)
