@@ -28,6 +28,7 @@ from node.errors import (
 )
 
 NONCE_AHEAD_MAX = 1000  # a tx this far ahead of its account is refused rather than parked
+RUNNABLE_SCAN_MAX = 100_000  # ready txs ``has_runnable`` looks at (above the default txs_max)
 # A tx parked behind a missing nonce this long is dropped (``nonce_gap``): its predecessor was
 # lost (accepted by a node killed before gossiping it) or will never come, and nothing else would
 # ever report it. Gossip to reconnecting peers fills gaps left by partitions well before this.
@@ -143,21 +144,29 @@ class Mempool:
     def has_ready(self) -> bool:
         return bool(self._ready)
 
-    def has_runnable(self, scan_max: int = 2000) -> bool:
+    def has_runnable(self, scan_max: int = RUNNABLE_SCAN_MAX) -> bool:
         """Whether some tx not yet proposed could run now (its nonce is the sender's next).
 
         Txs behind a nonce gap do not count: a primary cannot propose them, so they must not
-        arm the backups' request timers (that would trigger view changes forever).
+        arm the backups' request timers (that would trigger view changes forever). Each sender
+        is looked at once, however many txs it has waiting: thousands of txs parked behind
+        held ones sit at the front (the oldest), and a scan that gave up after 2,000 of them
+        and assumed work set off a view change every request timeout on an idle cluster
+        until they expired.
         """
+        looked: set[bytes] = set()
         for n, tx_hash in enumerate(self._ready):
             if n >= scan_max:
-                return True  # assume work rather than scanning a huge backlog every tick
-            entry = self._entries[tx_hash]
-            nonce = self._next_nonce(entry.sender)
-            pending = self._by_sender[entry.sender]
+                return True  # beyond the mempool's own size: assume work
+            sender = self._entries[tx_hash].sender
+            if sender in looked:
+                continue
+            looked.add(sender)
+            nonce = self._next_nonce(sender)
+            pending = self._by_sender[sender]
             while nonce in pending and pending[nonce].hash in self._inflight:
                 nonce += 1
-            if entry.tx.nonce == nonce:
+            if nonce in pending and pending[nonce].hash in self._ready:
                 return True
         return False
 

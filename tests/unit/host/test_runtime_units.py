@@ -336,3 +336,27 @@ def test_backlog_age_counts_runnable_txs_only() -> None:
     for tx in filler:
         pool.add(tx, tx.hash, 8.0)
     assert pool.oldest_runnable_age_s(10.0) == 10.0  # the gap is filled: it can run now
+
+
+def test_thousands_of_parked_txs_at_the_front_are_not_runnable_work() -> None:
+    """Warm-cluster bench (stop 11): 3,000 txs waiting behind held ones sat at the front of
+    the mempool; ``has_runnable`` gave up after 2,000 and assumed work, so every backup's
+    request timer fired on an idle chain and the views changed every 2 s for 30 s."""
+    keys = [SigningKey(bytes([k + 9]) * 32) for k in range(150)]
+    state = {address_of(k.public_key): Account(100, 0) for k in keys}
+    pool = Mempool("c", 10_000, 10**8, state.get)
+    to = address_of(KEYS[2].public_key)
+    for k in keys:  # nonce 0 held elsewhere: nonces 1..20 wait
+        for nonce in range(1, 21):
+            tx = make_transfer(k, "c", to, 1, 1, nonce)
+            pool.add(tx, tx.hash, 0.0)
+    assert len(pool) == 3000
+    assert not pool.has_runnable()
+    runnable = make_transfer(keys[0], "c", to, 1, 1, 0)  # fills its sender's gap
+    pool.add(runnable, runnable.hash, 1.0)
+    assert pool.has_runnable()
+    pool.mark_inflight([runnable.hash])
+    assert pool.has_runnable()  # its nonce 1 follows the one in flight
+    sender = runnable.sender_address
+    pool.mark_inflight(e.hash for e in pool.entries(10_000) if e.sender == sender)
+    assert not pool.has_runnable()
