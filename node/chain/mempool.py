@@ -99,16 +99,18 @@ class Mempool:
         oldest = next(iter(self._entries.values()), None)
         return 0.0 if oldest is None else now_s - oldest.first_seen_s
 
-    def oldest_runnable_age_s(self, now_s: float, scan_max: int = 5000) -> float:
-        """How long the oldest tx that can run has waited: its nonce follows the account's
-        without a gap (in flight or not). 0 when none is found among the ``scan_max`` oldest.
+    def backlog(self, now_s: float, scan_max: int = RUNNABLE_SCAN_MAX) -> tuple[float, int]:
+        """(How long the oldest tx that can run has waited, how many older txs cannot run).
 
-        Txs parked behind a missing nonce, or waiting behind a tx the detector holds, are not
-        a commit backlog: they cannot commit however fast the chain goes, and counting them
-        would push every client back for as long as one sender's tx is held.
+        A tx can run when its nonce follows the account's without a gap (in flight or not);
+        the age is 0 when none is found among the ``scan_max`` oldest. Txs parked behind a
+        missing nonce, or waiting behind a tx the detector holds, are not a commit backlog:
+        they cannot commit however fast the chain goes, and counting them (by age or by
+        number) pushed every client back for as long as one sender's tx was held. They pile
+        up at the front (the oldest), so the count of those skipped is most of them.
         """
         first_gap: dict[bytes, int] = {}
-        for entry in itertools.islice(self._entries.values(), scan_max):
+        for skipped, entry in enumerate(itertools.islice(self._entries.values(), scan_max)):
             gap = first_gap.get(entry.sender)
             if gap is None:
                 pending = self._by_sender[entry.sender]
@@ -117,8 +119,12 @@ class Mempool:
                     gap += 1
                 first_gap[entry.sender] = gap
             if entry.tx.nonce < gap:
-                return now_s - entry.first_seen_s
-        return 0.0
+                return now_s - entry.first_seen_s, skipped
+        return 0.0, min(len(self._entries), scan_max)
+
+    def oldest_runnable_age_s(self, now_s: float, scan_max: int = RUNNABLE_SCAN_MAX) -> float:
+        """The first half of ``backlog``."""
+        return self.backlog(now_s, scan_max)[0]
 
     def crossed_ages(self, since_s: float, now_s: float, limit: int) -> list[Entry]:
         """Txs not in a proposal whose age passed 1, 2, 4, 8... s between ``since_s`` and

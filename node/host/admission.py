@@ -36,7 +36,7 @@ BATCH_MAX = 2048
 BACKLOG_S = 1.0
 BACKLOG_TXS_MIN = 500  # allowed whatever the rate (a quiet chain has no recent rate)
 RATE_WINDOW_S = 2.0  # the commit rate is an average over about this long
-AGE_REFRESH_S = 0.02
+AGE_REFRESH_S = 0.05
 
 
 @dataclass(slots=True)
@@ -123,6 +123,7 @@ class Admission:
         self._rate_txs_s = 0.0
         self._rate_at_s: float | None = None
         self._age_s = 0.0  # the oldest runnable tx's age at _age_at_s (0: none)
+        self._parked = 0  # txs older than it that cannot run, at _age_at_s
         self._age_at_s: float | None = None
 
     def on_committed(self, txs: int) -> None:
@@ -143,14 +144,16 @@ class Admission:
     def _pushed_back(self) -> bool:
         if self.backlog_s <= 0:
             return False  # mempool.backlog_ms = 0: only the mempool's own limits apply
-        if len(self.mempool) + self._queue.qsize() < self.backlog_max():
-            return False
         # The oldest runnable tx is looked for at most every AGE_REFRESH_S (a scan past parked
-        # txs), not on every one of thousands of submits a second; meanwhile it ages.
+        # txs), not on every one of thousands of submits a second; meanwhile it ages. Txs that
+        # cannot run (parked, or waiting behind a held tx) count neither by age nor by number.
         now = self.clock()
         if self._age_at_s is None or now - self._age_at_s >= AGE_REFRESH_S:
             self._age_at_s = now
-            self._age_s = self.mempool.oldest_runnable_age_s(now)
+            self._age_s, self._parked = self.mempool.backlog(now)
+        waiting = len(self.mempool) - self._parked + self._queue.qsize()
+        if waiting < self.backlog_max():
+            return False
         return self._age_s > 0 and self._age_s + now - self._age_at_s >= self.backlog_s
 
     def _rejected(self, reason: str) -> None:

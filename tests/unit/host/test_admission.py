@@ -120,3 +120,30 @@ async def test_gossip_refused_by_a_full_mempool_is_not_marked_seen() -> None:
     await _submit(a, [txs[1].encode()], origin=1)  # the regossiped copy gets its chance
     assert txs[1].hash in mempool
     assert txs[1].hash in gossip.seen
+
+
+async def test_txs_waiting_behind_a_hold_neither_age_nor_fill_the_backlog() -> None:
+    """Warm-cluster bench (stop 11): thousands of txs waiting behind held ones stay for the
+    hold's TTL; counted as backlog they pushed every client back for the whole next run."""
+    a, clock = _admission(0)
+    held_sender = SigningKey(b"\x66" * 32)
+    for nonce in range(1, 2 * adm.BACKLOG_TXS_MIN):  # nonce 0 is held: all of these wait
+        tx = make_transfer(held_sender, CHAIN, b"\x01" * 20, 1, 1, nonce)
+        a.mempool.add(tx, tx.hash, 50.0)
+    assert a.mempool.backlog(100.0) == (0.0, 2 * adm.BACKLOG_TXS_MIN - 1)
+    filler = SigningKey(b"\x77" * 32)  # a few runnable txs, 5 s old: slow, but no backlog
+    for nonce in range(10):
+        t = make_transfer(filler, CHAIN, b"\x01" * 20, 1, 1, nonce)
+        a.mempool.add(t, t.hash, 95.0)
+    assert a.mempool.backlog(100.0) == (5.0, 2 * adm.BACKLOG_TXS_MIN - 1)
+    tx = make_transfer(KEYS[0], CHAIN, b"\x02" * 20, 1, 1, 0)
+    [answer] = await _submit(a, [tx.encode()])
+    assert answer["status"] == "pending"
+    for nonce in range(10, adm.BACKLOG_TXS_MIN):  # now a real backlog of runnable txs
+        t = make_transfer(filler, CHAIN, b"\x01" * 20, 1, 1, nonce)
+        a.mempool.add(t, t.hash, 95.0)
+    clock[0] += 1.0  # past the refresh interval
+    late = make_transfer(KEYS[1], CHAIN, b"\x02" * 20, 1, 1, 0)
+    [refused] = await _submit(a, [late.encode()])
+    assert isinstance(refused, VigilError)
+    assert refused.code == MEMPOOL_FULL
