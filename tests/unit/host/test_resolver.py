@@ -214,3 +214,24 @@ async def test_a_release_sends_the_txs_waiting_behind_it_to_every_peer() -> None
     node.mempool.add(held, held.hash, 0.0)  # what admit_released does
     node.flow.on_unblocked(Held(held, 0.9, 0.5, ("why",), 0))
     assert node.p2p.broadcasts == [{"t": "txs", "txs": [tx.encode() for tx in later]}]
+
+
+def test_view_change_releases_stale_inflight_records_but_keeps_new_view_ones() -> None:
+    """Root cause of a stall: an old view's proposal kept its txs in flight forever."""
+    from common.codec import sha256
+    from consensus.api import Reproposed
+    from node.chain.block import Proposal
+    from tests.unit.chain.test_mempool import _pool, _tx
+    from tests.unit.host.fakes import FakeChain, resolver
+
+    pool = _pool()
+    r = resolver(FakeChain(height=1), mempool=pool)
+    stale, kept = _tx(1, 0), _tx(2, 0)
+    pool.add(stale, stale.hash, 0.0)
+    r._record(2, b"a" * 32, (stale,), 0)  # our proposal in view 0 that nobody prepared
+    assert pool.select(10) == []  # its txs are in flight in the mempool
+    assert r.uncommitted_hashes() == {stale.hash}
+    payload = Proposal(3, 1, 0, (kept.hash,)).encode()
+    r.on_view_change(1, [Reproposed(1, b"b" * 32, b"x"), Reproposed(3, sha256(payload), payload)])
+    assert r.uncommitted_hashes() == {kept.hash}  # seq 1 is committed already: ignored
+    assert r.known(stale.hash)  # bodies stay: an old payload may still commit
