@@ -161,7 +161,9 @@ class Mempool:
         until they expired.
         """
         looked: set[bytes] = set()
-        for n, tx_hash in enumerate(self._ready):
+        # Newest first: under load the txs just admitted can run and end the walk at once,
+        # while the ones that cannot (parked, waiting behind holds) are the old ones.
+        for n, tx_hash in enumerate(reversed(self._ready)):
             if n >= scan_max:
                 return True  # beyond the mempool's own size: assume work
             sender = self._entries[tx_hash].sender
