@@ -13,7 +13,7 @@ import logging
 from typing import Any, Protocol
 
 from node.chain.ledger import Account
-from node.chain.mempool import Mempool
+from node.chain.mempool import Entry, Mempool
 from node.chain.tx import Transaction
 from node.detect.quarantine import Held
 from node.errors import VigilError
@@ -158,9 +158,7 @@ class TxFlow:
         screening broadcasts the released tx itself)."""
         later = self.mempool.later(held.tx.sender_address, held.tx.nonce)
         if later:
-            raws = [e.tx.encode() for e in later[:REGOSSIP_TXS_MAX]]
-            for i in range(0, len(raws), REGOSSIP_BATCH_TXS):
-                self.p2p.broadcast({"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]})
+            self._send_txs(later[:REGOSSIP_TXS_MAX])
         if self.subscribers:
             for entry in later:
                 self.subscribers.publish(self.tx_event(entry.tx))
@@ -174,9 +172,7 @@ class TxFlow:
         sender's later txs wait behind the missing nonce everywhere (issue 11, stranded txs).
         Bounded; the peer drops what it has already seen without verifying it again.
         """
-        raws = [e.tx.encode() for e in self.mempool.entries(REGOSSIP_TXS_MAX)]
-        for i in range(0, len(raws), REGOSSIP_BATCH_TXS):
-            self.p2p.send(peer, {"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]})
+        self._send_txs(self.mempool.entries(REGOSSIP_TXS_MAX), peer)
 
     async def run(self) -> None:
         """Regossip stale txs every ``STALE_EVERY_S`` until cancelled."""
@@ -201,12 +197,21 @@ class TxFlow:
         entries = self.mempool.crossed_ages(since_s, now_s, REGOSSIP_TXS_MAX)
         if not entries:
             return 0
+        self._send_txs(entries)
+        self.metrics.txs_regossiped_total.inc(len(entries))
+        log.debug("txs_regossiped", extra={"txs": len(entries)})
+        return len(entries)
+
+    def _send_txs(self, entries: list[Entry], peer: int | None = None) -> None:
+        """Mempool entries as ``txs`` frames of at most REGOSSIP_BATCH_TXS, to ``peer`` or to
+        every peer."""
         raws = [e.tx.encode() for e in entries]
         for i in range(0, len(raws), REGOSSIP_BATCH_TXS):
-            self.p2p.broadcast({"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]})
-        self.metrics.txs_regossiped_total.inc(len(raws))
-        log.debug("txs_regossiped", extra={"txs": len(raws)})
-        return len(raws)
+            frame = {"t": "txs", "txs": raws[i : i + REGOSSIP_BATCH_TXS]}
+            if peer is None:
+                self.p2p.broadcast(frame)
+            else:
+                self.p2p.send(peer, frame)
 
     def readmit(self, txs: list[Transaction]) -> None:
         """Txs of proposals a view change abandoned: back into our mempool if missing.
