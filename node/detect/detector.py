@@ -34,7 +34,7 @@ import numpy.typing as npt
 from common import codec
 from ml import drift
 from ml.arrays import FloatArray, IntArray
-from ml.features import FEATURE_NAMES, N_FEATURES, feature_rows, reasons
+from ml.features import FEATURE_NAMES, N_FEATURES, ChainHistory, feature_rows, reasons
 from ml.iforest import IsolationForest
 from node.detect.history import (
     CHAIN_RECENT_MAX,
@@ -95,6 +95,9 @@ __all__ = [
 SEED_DOMAIN = b"vigil/detector/seed/v1"
 MODEL_ID_DOMAIN = "vigil/detector/model/v2"  # v2: new-payee feature, gaps floored at blocks
 RECENT_SCORES_MAX = 2048
+# Deferred (peers') txs kept for score_later; past this the oldest go unscored.
+LATER_MAX = 8192
+RETRAIN_SLOW_FACTOR = 8  # see DetectorConfig.retrain_min_rows
 RECENT_ROWS_MAX = 2048  # scored feature rows kept for the drift check
 
 
@@ -105,6 +108,9 @@ class DetectorConfig:
     enabled: bool = True  # False: score nothing, quarantine nothing
     window_txs: int = 5000  # committed txs in the training window
     retrain_every_blocks: int = 50  # train at heights that are multiples of this
+    # ... that follow at least this many committed rows (else at multiples of
+    # RETRAIN_SLOW_FACTOR x retrain_every_blocks, with any new row)
+    retrain_min_rows: int = 1000
     min_train_txs: int = 100  # no model before this many committed txs
     warmup_txs: int = 200  # no quarantine before this many committed txs
     contamination: float = 0.002  # share of ordinary committed traffic above the threshold
@@ -168,6 +174,7 @@ _SET_VERDICT = tuple(
     for name in ("score", "threshold", "quarantine", "reasons", "model_version", "later")
 )
 _SET_AUDIT = tuple(getattr(Verdict, name).__set__ for name in ("model_id", "features", "context"))
+_UNSCORED = Verdict(0.0, 1.0, False, ())  # no model, or scored later (score_later)
 
 
 def _verdict(
@@ -257,6 +264,9 @@ class Detector:
         self._recent_n = 0  # rows ever written to the ring
         self._scores: deque[float] = deque(maxlen=RECENT_SCORES_MAX)
         self._quarantined: deque[bool] = deque(maxlen=RECENT_SCORES_MAX)
+        # Admitted peers' txs waiting for score_later: (tx, raw row, context) as admitted.
+        self._later: list[tuple[TxLike, RawRow, tuple[Any, ...]]] = []
+        self.later_dropped = 0  # deferred txs never scored (LATER_MAX exceeded)
 
     # --- history ----------------------------------------------------------------------------
     def note_addresses(self, addresses: Sequence[bytes]) -> None:
@@ -288,10 +298,28 @@ class Detector:
         if self._model is None or short:
             return True
         every = self.cfg.retrain_every_blocks
-        # A scheduled retrain needs a row committed since the previous multiple: on an idle
-        # chain whose heartbeat makes empty blocks the window stays as it is, and refitting it
-        # with the next height's seed would only churn models (a new model_id every period).
-        return height % every == 0 and self._window_heights[-1] > height - every
+        if height % every:
+            return False
+        # A scheduled retrain needs enough rows committed since the previous multiple: refitting
+        # a window that barely moved (an idle chain whose heartbeat makes empty blocks; a light
+        # load's blocks of a few txs) would only churn models, at ~0.15-1 s of CPU each. With
+        # few rows it waits for a slower multiple, and then needs only one row committed since
+        # the last training. Heights and the window only: nodes that trained alike so far go on
+        # training alike.
+        need = min(self.cfg.retrain_min_rows, self.cfg.window_txs)
+        if self._rows_above(height - every) >= need:
+            return True
+        slow = every * RETRAIN_SLOW_FACTOR
+        return height % slow == 0 and self._rows_above(self._requested_at) > 0
+
+    def _rows_above(self, height: int) -> int:
+        """Rows of the window committed above ``height`` (the window is in height order)."""
+        n = 0
+        for h in reversed(self._window_heights):
+            if h <= height:
+                break
+            n += 1
+        return n
 
     def _rows_for_warm(self) -> int:
         return min(self.cfg.warmup_txs, self.cfg.window_txs)
@@ -362,16 +390,78 @@ class Detector:
             and self._history.committed_txs >= self.cfg.warmup_txs
         )
 
-    def score_batch(self, txs: Sequence[TxLike], now_ms: int) -> list[Verdict]:
-        """Verdicts for a micro-batch, in order; each tx also joins the sender's pending history."""
+    def score_batch(
+        self, txs: Sequence[TxLike], now_ms: int, later: Sequence[bool] | None = None
+    ) -> list[Verdict]:
+        """Verdicts for a micro-batch, in order; each tx also joins the sender's pending history.
+
+        Txs flagged in ``later`` join the history now but are scored at the next
+        ``score_later`` (their verdict here is the model-less one, ``model_version`` 0): a
+        node holds only its own clients' txs, so a peer's tx is scored for the record (tx_get,
+        the score metrics, drift) and can wait for a bigger, cheaper batch.
+        """
         if not txs:
             return []
         model = self._model
         scoring = model is not None and self.cfg.enabled
         raws, contexts = self._history.admit(txs, now_ms, rows=scoring)
         if model is None or not scoring:
-            return [Verdict(0.0, 1.0, False, ()) for _ in txs]
-        X = feature_rows(raws, self._history.scoring_chain(now_ms))
+            return [_UNSCORED for _ in txs]
+        if later is None or not any(later):
+            return self._score_rows(model, txs, raws, contexts, self._history.scoring_chain(now_ms))
+        now_txs: list[TxLike] = []
+        now_raws: list[RawRow] = []
+        now_contexts: list[tuple[Any, ...]] = []
+        for tx, raw, context, defer in zip(txs, raws, contexts, later, strict=True):
+            if defer:
+                self._later.append((tx, raw, context))
+            else:
+                now_txs.append(tx)
+                now_raws.append(raw)
+                now_contexts.append(context)
+        if len(self._later) > LATER_MAX:  # never scored: the record is best effort
+            dropped = len(self._later) - LATER_MAX
+            del self._later[:dropped]
+            self.later_dropped += dropped
+        scored = iter(
+            self._score_rows(
+                model, now_txs, now_raws, now_contexts, self._history.scoring_chain(now_ms)
+            )
+            if now_txs
+            else ()
+        )
+        return [_UNSCORED if defer else next(scored) for defer in later]
+
+    @property
+    def later_count(self) -> int:
+        """Txs admitted to the history and waiting for ``score_later``."""
+        return len(self._later)
+
+    def score_later(self, now_ms: int) -> list[tuple[TxLike, Verdict]]:
+        """Score the txs ``score_batch`` deferred, in one batch (their rows as admitted)."""
+        pending, self._later = self._later, []
+        model = self._model
+        if not pending or model is None or not self.cfg.enabled:
+            return []
+        txs = [tx for tx, _, _ in pending]
+        verdicts = self._score_rows(
+            model,
+            txs,
+            [raw for _, raw, _ in pending],
+            [context for _, _, context in pending],
+            self._history.scoring_chain(now_ms),
+        )
+        return list(zip(txs, verdicts, strict=True))
+
+    def _score_rows(
+        self,
+        model: TrainedModel,
+        txs: Sequence[TxLike],
+        raws: Sequence[RawRow],
+        contexts: list[tuple[Any, ...]],
+        chain: ChainHistory,
+    ) -> list[Verdict]:
+        X = feature_rows(raws, chain)
         self._remember_rows(X)
         scores, odds = model.score_detail(X)
         # Strict: a tx that merely ties the tail of ordinary traffic (few distinct values, so

@@ -27,6 +27,9 @@ from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE, TX_INVALID, Vigi
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 2048
+# Up to this many txs are verified on the loop (~60-120 us each): a worker thread's hand-off and
+# wake-up cost more than that on a lightly loaded chain, where batches are one or two txs.
+INLINE_VERIFY_MAX = 2
 # Back-pressure: a client's tx is refused (``mempool_full``, retry later) while the txs waiting
 # here and in the mempool would take longer than BACKLOG_S to commit at the recent commit rate
 # AND the oldest of them has waited BACKLOG_S already, so saturation shows as a retryable
@@ -242,7 +245,11 @@ class Admission:
             fresh.append((it, h))
         if not fresh:
             return
-        checked = await asyncio.to_thread(decode_verified, [it.raw for it, _ in fresh])
+        raws = [it.raw for it, _ in fresh]
+        if len(raws) <= INLINE_VERIFY_MAX:
+            checked = decode_verified(raws)
+        else:
+            checked = await asyncio.to_thread(decode_verified, raws)
         admissible: list[tuple[_Item, bytes, Transaction]] = []
         pushing = self._pushed_back()
         for (it, h), tx in zip(fresh, checked, strict=True):

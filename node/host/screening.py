@@ -70,6 +70,11 @@ DRIFT_WARN_PSI = 0.25  # a feature's PSI above this: warning log "detector_drift
 HOLD_RATE_WARN_PER_MIN = 20  # holds in the last minute above this: "detector_hold_rate_high"
 WARN_EVERY_MS = 60_000  # each warning at most once a minute
 MONITOR_EVERY_MS = 1_000  # gauges and warnings refreshed at most this often
+# Peers' txs are never held here, so their scores (tx_get, the score metrics, drift) are worked
+# out in batches off the admission path: when this many wait, or every LATER_EVERY_MS. A model
+# call costs ~0.4 ms whatever the batch; a row ~20 us (scripts/bench_admission --batch 1 vs 256).
+LATER_BATCH = 256
+LATER_EVERY_MS = 100
 
 # Reasons a waiting tx fails when the tx it waited on leaves the quarantine for good.
 BLOCKER_REASONS = {
@@ -222,7 +227,8 @@ class Screening:
         if not self.detector.cfg.enabled:
             return [Screened(False, blocked_by=self._blocked_by(tx)) for tx in txs]
         now = self.clock_ms()
-        verdicts = self.detector.score_batch(txs, now)
+        later = None if local is None else [not mine for mine in local]
+        verdicts = self.detector.score_batch(txs, now, later)
         hold = [False] * len(txs)
         watch = [False] * len(txs)
         holding: dict[bytes, tuple[int, bytes]] = {}  # held in this batch: sender -> nonce, hash
@@ -270,17 +276,31 @@ class Screening:
             if v.model_version == 0:
                 out.append(Screened(False, blocked_by=blocked_by))
                 continue
-            self._anomaly[h] = v
-            self._anomaly.move_to_end(h)
-            if len(self._anomaly) > ANOMALY_MAX:
-                self._anomaly.popitem(last=False)
+            self._remember(h, v)
             if watch[i]:
                 self._watched[h] = None
                 if len(self._watched) > ANOMALY_MAX:
                     self._watched.popitem(last=False)
-            self._observe_score(v.score)
             out.append(Screened(hold[i], v.score, v.reasons, watch[i], blocked_by))
+        if self.detector.later_count >= LATER_BATCH:
+            self.score_later()
         return out
+
+    def _remember(self, tx_hash: bytes, v: Verdict) -> None:
+        self._anomaly[tx_hash] = v
+        self._anomaly.move_to_end(tx_hash)
+        if len(self._anomaly) > ANOMALY_MAX:
+            self._anomaly.popitem(last=False)
+        self._observe_score(v.score)
+
+    def score_later(self) -> int:
+        """Score the peers' txs that ``screen`` deferred; how many were scored."""
+        if not self.detector.later_count:
+            return 0
+        scored = self.detector.score_later(self.clock_ms())
+        for tx, v in scored:
+            self._remember(tx.hash, v)
+        return len(scored)
 
     def _blocked_by(self, tx: Transaction) -> bytes | None:
         held = self.quarantine.blocker(tx.sender_address, tx.nonce)
@@ -472,6 +492,8 @@ class Screening:
         if held is not None:
             return held.anomaly()
         v = self._anomaly.get(tx_hash)
+        if v is None and self.score_later():
+            v = self._anomaly.get(tx_hash)
         if v is None:
             return None
         out: dict[str, Any] = {
@@ -608,12 +630,14 @@ class Screening:
         }
 
     async def run(self) -> None:
-        """Once a second: TTL expiry (even when no block commits) and the monitoring."""
+        """The deferred scores every LATER_EVERY_MS; once a second, TTL expiry (even when no
+        block commits) and the monitoring."""
         while True:
-            await asyncio.sleep(MONITOR_EVERY_MS / 1000)
+            await asyncio.sleep(LATER_EVERY_MS / 1000)
             try:
-                self.monitor_tick()
-            except Exception:  # monitoring must never stop the node
+                self.score_later()
+                self.monitor_tick()  # itself at most once per MONITOR_EVERY_MS
+            except Exception:  # scoring for the record and monitoring must never stop the node
                 log.exception("detector_monitor_failed")
 
 

@@ -255,8 +255,8 @@ def test_no_model_yields_unscored_verdicts() -> None:
 
 def test_training_is_deterministic_across_nodes_and_scheduled_by_height() -> None:
     a, b = (
-        Detector(DetectorConfig(retrain_every_blocks=20)),
-        Detector(DetectorConfig(retrain_every_blocks=20)),
+        Detector(DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100)),
+        Detector(DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100)),
     )
     blocks = list(Traffic(7).ordinary_blocks(60))
     trained = []

@@ -40,7 +40,11 @@ def test_empty_blocks_do_not_retrain_an_unchanged_window() -> None:
     """Retraining at multiples of ``retrain_every_blocks`` needs a row committed since the last
     multiple: heartbeats alone never refit (a new model_id every period for nothing)."""
     traffic = Traffic(3)
-    det = Detector(DetectorConfig(retrain_every_blocks=10, min_train_txs=50, warmup_txs=100))
+    det = Detector(
+        DetectorConfig(
+            retrain_every_blocks=10, retrain_min_rows=1, min_train_txs=50, warmup_txs=100
+        )
+    )
     det.note_addresses([a.addr for a in traffic.accounts])
     for block in traffic.ordinary_blocks(40):
         det.observe_block(block)
@@ -60,7 +64,11 @@ def test_empty_blocks_do_not_retrain_an_unchanged_window() -> None:
 def test_a_multiple_with_rows_in_the_last_period_still_retrains() -> None:
     """The old schedule is kept where rows come: one tx block in the period is enough."""
     traffic = Traffic(4)
-    det = Detector(DetectorConfig(retrain_every_blocks=10, min_train_txs=50, warmup_txs=100))
+    det = Detector(
+        DetectorConfig(
+            retrain_every_blocks=10, retrain_min_rows=1, min_train_txs=50, warmup_txs=100
+        )
+    )
     for block in traffic.ordinary_blocks(40):
         det.observe_block(block)
         train_if_due(det, block.header.height)
@@ -69,3 +77,37 @@ def test_a_multiple_with_rows_in_the_last_period_still_retrains() -> None:
     det.observe_block(next(traffic.ordinary_blocks(1)))  # height 49
     det.observe_block(_empty(traffic, 2000))  # height 50
     assert det.needs_training(50)
+
+
+def test_a_period_with_few_rows_waits_for_the_slow_multiple() -> None:
+    """Blocks of 6 txs, a retrain every 10 blocks asking for 100 new rows: the 60 rows of a
+    period are not enough, so the next retrain is at the slow multiple (8 x 10 = 80); a period
+    with enough rows retrains at its own multiple again."""
+    traffic = Traffic(5)
+    det = Detector(
+        DetectorConfig(
+            retrain_every_blocks=10, retrain_min_rows=100, min_train_txs=50, warmup_txs=100
+        )
+    )
+    trained = []
+    for block in traffic.ordinary_blocks(100):
+        det.observe_block(block)
+        h = block.header.height
+        if det.needs_training(h):
+            trained.append(h)
+            train_if_due(det, h)
+    assert trained == [9, 17, 80]  # first model (50 rows), warm model (100 rows), slow multiple
+    # Where each period brings enough rows, every multiple retrains, as before.
+    traffic = Traffic(5)
+    det = Detector(
+        DetectorConfig(
+            retrain_every_blocks=10, retrain_min_rows=60, min_train_txs=50, warmup_txs=100
+        )
+    )
+    trained = []
+    for block in traffic.ordinary_blocks(40):
+        det.observe_block(block)
+        if det.needs_training(block.header.height):
+            trained.append(block.header.height)
+            train_if_due(det, block.header.height)
+    assert trained == [9, 10, 17, 20, 30, 40]

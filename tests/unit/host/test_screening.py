@@ -241,3 +241,31 @@ def test_disabled_and_config_split() -> None:
         split_config({"quarantine_ttl_ms": 0})
     with pytest.raises(ValueError, match=r"detector\.bogus"):
         split_config({"bogus": 1})
+
+
+async def test_peers_txs_are_scored_later_in_one_batch(tmp_path: Path) -> None:
+    t = Traffic()
+    chain = FakeChain(store=NoReceipts())
+    s, store, metrics = make(tmp_path, t)
+    s.start(chain, t.addrs)
+    await warm_up(s, t, chain)
+    t.now_ms += 500
+    mine, peers = t.huge(2, b"m"), [t.huge(6, b"p"), t.ordinary(FRESH, 500)]
+    scored_before = metrics.detector_score._sum.get()
+    verdicts = s.screen([peers[0], mine, peers[1]], [False, True, False])
+    # Only this node's client's tx is scored (and held) on the admission path.
+    assert [v.quarantined for v in verdicts] == [False, True, False]
+    assert verdicts[0].score is None
+    assert verdicts[2].score is None
+    assert s.detector.later_count == 2
+    # tx_get of a peer's tx before the batch ran: it is scored on demand, with the rest.
+    shown = s.anomaly(peers[0].hash)
+    assert shown is not None
+    assert shown["score"] > shown["threshold"]  # as abnormal as it is, just not held here
+    assert s.detector.later_count == 0
+    later = s.anomaly(peers[1].hash)
+    assert later is not None
+    assert later["score"] <= later["threshold"]
+    assert metrics.detector_score._sum.get() > scored_before
+    assert s.score_later() == 0
+    store.close()
