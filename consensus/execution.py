@@ -42,6 +42,7 @@ class Execution:
         self._fetch = fetch
         self._timers = timers
         self._committed_seq = committed_seq  # the last seq executed (a Commit emitted)
+        self._applied_seq = committed_seq  # the last seq the host said is durable (Applied)
         self._checkpoint_after_applied = checkpoint_after_applied  # False: a broken test variant
 
     @property
@@ -76,7 +77,11 @@ class Execution:
     # --- checkpoints --------------------------------------------------------------------------
 
     def on_applied(self, seq: int, out: list[Action]) -> None:
-        """The host's block for ``seq`` is durable: CHECKPOINTs up to it may go out now."""
+        """The host's block for ``seq`` is durable: CHECKPOINTs up to it may go out now, and
+        the request timer restarts (``ViewTimers.applied``)."""
+        if seq > self._applied_seq:
+            self._applied_seq = seq
+            self._timers.applied()
         if self._checkpoints.applied(seq):
             self.send_due_checkpoints(out)
 

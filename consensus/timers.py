@@ -67,6 +67,17 @@ class ViewTimers:
         self._request_deadline_ms = None
         self._backoff = 0
 
+    def applied(self) -> None:
+        """The host made another committed block durable: the request timer restarts.
+
+        Under overload the host applies blocks seconds after the core committed them, and a
+        primary's pipeline waits for those applications before it proposes more. Time spent on
+        our own backlog of committed blocks says nothing against the primary: the timer judges
+        it only from the moment the backlog is drained. Only blocks that already have commit
+        certificates are applied, so a faulty primary cannot use this to stay in office.
+        """
+        self._request_deadline_ms = None
+
     # --- view changes ---------------------------------------------------------------------------
 
     def left_view(self, now_ms: int, rng: random.Random) -> None:

@@ -192,6 +192,21 @@ class Driver:
         self.metrics = metrics
         self.durable_height = durable_height
         self._applied_fed = 0
+        self._applied_at = time.monotonic()
+
+    def _left_view(self, ev: Event) -> None:
+        """We gave up on our view: say what made us (a tick is our request timer expiring; a
+        peer's message, f+1 replicas already gone), how long since our last commit, and how
+        much work the inbox held, so that an operator can tell a dead primary from overload."""
+        log.warning(
+            "view_change_started",
+            extra={
+                "view": self.replica.view,
+                "cause": "timer" if isinstance(ev, Tick) else type(ev).__name__.lower(),
+                "since_commit_ms": round((time.monotonic() - self._applied_at) * 1000),
+                "inbox": self.inbox.qsize(),
+            },
+        )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -202,10 +217,14 @@ class Driver:
             durable = self.durable_height()
             if durable > self._applied_fed:  # also when the committer found the inbox full
                 self._applied_fed = durable
+                self._applied_at = time.monotonic()
                 events.append(Applied(durable))
             actions: list[Action] = []
             for ev in events:
+                was_active = self.replica.view_active
                 actions.extend(self.replica.step(ev))
+                if was_active and not self.replica.view_active:
+                    self._left_view(ev)
             records = [r for a in actions if isinstance(a, Persist) for r in a.records]
             if records:
                 with self.metrics.time_storage_write():

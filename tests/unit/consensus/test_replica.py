@@ -582,3 +582,23 @@ def test_only_the_refusing_rule_keeps_a_retracted_view_change_out() -> None:
         nv = signed(m.NewView(1, (vc(1), vc(2), stale), (), 1), 1)
         h.replicas[0].step(Received(1, nv))
         assert (h.replicas[0].view == 0) is refused, cls.__name__
+
+
+def test_request_timer_waits_while_the_host_applies_committed_blocks() -> None:
+    """Under overload a backup's host applies blocks seconds after they committed, and the
+    primary's pipeline waits for those applications: each ``Applied`` restarts the request
+    timer (100 ms here), which judges the primary only once our own backlog is drained."""
+    r = Replica(config(1), random.Random(1))
+    r.step(Tick(0))
+    r.step(Pending(True))  # work the primary should propose: the timer runs from 0
+    r.step(Applied(1))  # at 0: the host finished a block committed earlier
+    r.step(Tick(80))
+    r.step(Applied(2))  # at 80: another; the timer now runs from here
+    r.step(Tick(150))
+    assert r.view_active  # 150 ms after the work came, but only 70 after the last block
+    r.step(Applied(2))  # the same height again is no progress
+    r.step(Tick(170))
+    assert r.view_active
+    r.step(Tick(190))  # 110 ms with neither a certificate nor an applied block
+    assert not r.view_active
+    assert r.view == 1

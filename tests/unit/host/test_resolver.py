@@ -20,7 +20,7 @@ from node.chain.tx import Transaction, make_transfer
 from node.host.driver import Actions
 from node.host.metrics import Metrics
 from node.host.signals import PendingFlag, ProposalQueue, Subscribers
-from node.host.txflow import TxFlow
+from node.host.txflow import STALE_TXS_MAX, TxFlow
 from node.net.gossip import SeenCache
 from tests.unit.host.fakes import (
     CHAIN,
@@ -235,3 +235,16 @@ def test_view_change_releases_stale_inflight_records_but_keeps_new_view_ones() -
     r.on_view_change(1, [Reproposed(1, b"b" * 32, b"x"), Reproposed(3, sha256(payload), payload)])
     assert r.uncommitted_hashes() == {kept.hash}  # seq 1 is committed already: ignored
     assert r.known(stale.hash)  # bodies stay: an old payload may still commit
+
+
+async def test_stale_regossip_is_bounded_oldest_first() -> None:
+    """Under overload every tx ages past 1 s because the chain is behind: at most
+    STALE_TXS_MAX go out per call, the oldest, the rest at their next doubling."""
+    node = Host(2)
+    txs = [_tx(n) for n in range(STALE_TXS_MAX + 5)]
+    for tx in txs:
+        _admit(node, tx)
+    count = node.flow.regossip_stale(0.9, 1.4)
+    assert count == STALE_TXS_MAX
+    sent = [raw for m in node.p2p.broadcasts if m["t"] == "txs" for raw in m["txs"]]
+    assert sent == [tx.encode() for tx in txs[:STALE_TXS_MAX]]
