@@ -79,35 +79,27 @@ def test_a_multiple_with_rows_in_the_last_period_still_retrains() -> None:
     assert det.needs_training(50)
 
 
-def test_a_period_with_few_rows_waits_for_the_slow_multiple() -> None:
-    """Blocks of 6 txs, a retrain every 10 blocks asking for 100 new rows: the 60 rows of a
-    period are not enough, so the next retrain is at the slow multiple (8 x 10 = 80); a period
-    with enough rows retrains at its own multiple again."""
+def _trained_heights(min_rows: int, blocks: int) -> list[int]:
+    """Heights that train over ``blocks`` blocks of 6 txs, retraining every 10 blocks."""
     traffic = Traffic(5)
     det = Detector(
         DetectorConfig(
-            retrain_every_blocks=10, retrain_min_rows=100, min_train_txs=50, warmup_txs=100
+            retrain_every_blocks=10, retrain_min_rows=min_rows, min_train_txs=50, warmup_txs=100
         )
     )
     trained = []
-    for block in traffic.ordinary_blocks(100):
-        det.observe_block(block)
-        h = block.header.height
-        if det.needs_training(h):
-            trained.append(h)
-            train_if_due(det, h)
-    assert trained == [9, 17, 80]  # first model (50 rows), warm model (100 rows), slow multiple
-    # Where each period brings enough rows, every multiple retrains, as before.
-    traffic = Traffic(5)
-    det = Detector(
-        DetectorConfig(
-            retrain_every_blocks=10, retrain_min_rows=60, min_train_txs=50, warmup_txs=100
-        )
-    )
-    trained = []
-    for block in traffic.ordinary_blocks(40):
+    for block in traffic.ordinary_blocks(blocks):
         det.observe_block(block)
         if det.needs_training(block.header.height):
             trained.append(block.header.height)
             train_if_due(det, block.header.height)
-    assert trained == [9, 10, 17, 20, 30, 40]
+    return trained
+
+
+def test_a_period_with_few_rows_waits_for_the_slow_multiple() -> None:
+    """Blocks of 6 txs, a retrain every 10 blocks asking for 100 new rows: the 60 rows of a
+    period are not enough, so the next retrain is at the slow multiple (8 x 10 = 80); a period
+    with enough rows retrains at its own multiple, as before."""
+    # first model (50 rows), warm model (100 rows), then the slow multiple
+    assert _trained_heights(100, 100) == [9, 17, 80]
+    assert _trained_heights(60, 40) == [9, 10, 17, 20, 30, 40]

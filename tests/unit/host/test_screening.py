@@ -121,12 +121,18 @@ def make(tmp_path: Path, t: Traffic) -> tuple[Screening, Store, Metrics]:
     return s, store, metrics
 
 
-async def test_screen_hold_reject_release_and_restart(tmp_path: Path) -> None:
+async def warmed(tmp_path: Path) -> tuple[Traffic, FakeChain, Screening, Store, Metrics]:
+    """A started screening whose detector has a warm model of the warm-up traffic."""
     t = Traffic()
     chain = FakeChain(store=NoReceipts())
     s, store, metrics = make(tmp_path, t)
     s.start(chain, t.addrs)
     await warm_up(s, t, chain)
+    return t, chain, s, store, metrics
+
+
+async def test_screen_hold_reject_release_and_restart(tmp_path: Path) -> None:
+    t, chain, s, store, metrics = await warmed(tmp_path)
     st = s.status()
     assert st["warm"] is True
     assert st["model_version"] == 1
@@ -203,11 +209,7 @@ async def test_screen_hold_reject_release_and_restart(tmp_path: Path) -> None:
 
 
 async def test_peer_release_and_commit_elsewhere(tmp_path: Path) -> None:
-    t = Traffic()
-    chain = FakeChain(store=NoReceipts())
-    s, store, _ = make(tmp_path, t)
-    s.start(chain, t.addrs)
-    await warm_up(s, t, chain)
+    t, chain, s, store, _ = await warmed(tmp_path)
     releaser = Releaser()
     s.bind(releaser, None)
     a, b, c = t.huge(2, b"x"), t.huge(6, b"y"), t.huge(10, b"z")
@@ -244,11 +246,7 @@ def test_disabled_and_config_split() -> None:
 
 
 async def test_peers_txs_are_scored_later_in_one_batch(tmp_path: Path) -> None:
-    t = Traffic()
-    chain = FakeChain(store=NoReceipts())
-    s, store, metrics = make(tmp_path, t)
-    s.start(chain, t.addrs)
-    await warm_up(s, t, chain)
+    t, _, s, store, metrics = await warmed(tmp_path)
     t.now_ms += 500
     mine, peers = t.huge(2, b"m"), [t.huge(6, b"p"), t.ordinary(FRESH, 500)]
     scored_before = metrics.detector_score._sum.get()
