@@ -127,13 +127,14 @@ class Mempool:
         return self.backlog(now_s, scan_max)[0]
 
     def crossed_ages(self, since_s: float, now_s: float, limit: int) -> list[Entry]:
-        """Txs not in a proposal whose age passed 1, 2, 4, 8... s between ``since_s`` and
-        ``now_s``: oldest first, at most ``limit``.
+        """Txs not in a proposal and not behind a nonce gap whose age passed 1, 2, 4, 8... s
+        between ``since_s`` and ``now_s``: oldest first, at most ``limit``.
 
         Entries are kept in arrival order, so the walk stops at the first one younger than a
         second.
         """
         out: list[Entry] = []
+        gaps: dict[bytes, int] = {}  # sender -> the first nonce missing from its chain here
         for entry in self._entries.values():
             before, after = since_s - entry.first_seen_s, now_s - entry.first_seen_s
             if after < 1.0:
@@ -141,10 +142,25 @@ class Mempool:
             # int(age).bit_length() is 0 below 1 s, then 1 + floor(log2(age)): it grows by one
             # exactly when the age passes a power of two.
             crossed = int(after).bit_length() > int(max(before, 0.0)).bit_length()
-            if crossed and entry.hash in self._ready:
-                out.append(entry)
-                if len(out) >= limit:
-                    break
+            if not crossed or entry.hash not in self._ready:
+                continue
+            # A tx behind a nonce gap is not sent: no primary can propose it before the gap
+            # fills, and the filler's own gossip makes it runnable everywhere. Sent anyway, it
+            # bounced: it expires here as nonce_gap after 30 s (and leaves the seen-cache), a
+            # peer sends it back, it is verified, screened and parked again (160,000 such
+            # expiries per node in 200 s at 1,500 tx/s offered).
+            gap = gaps.get(entry.sender)
+            if gap is None:
+                gap = self._next_nonce(entry.sender)
+                pending = self._by_sender[entry.sender]
+                while gap in pending:
+                    gap += 1
+                gaps[entry.sender] = gap
+            if entry.tx.nonce > gap:
+                continue
+            out.append(entry)
+            if len(out) >= limit:
+                break
         return out
 
     def has_ready(self) -> bool:

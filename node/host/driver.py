@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -208,8 +209,12 @@ class Driver:
             },
         )
 
+    def _write_log(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        """The round's Persist records, synced (in the consensus-log thread)."""
+        with self.metrics.time_storage_write():
+            self.log.log_write(records)
+
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             events: list[Event] = [await self.inbox.get()]
             while len(events) < ROUND_EVENTS_MAX and not self.inbox.empty():
@@ -226,9 +231,6 @@ class Driver:
                 if was_active and not self.replica.view_active:
                     self._left_view(ev)
             records = [r for a in actions if isinstance(a, Persist) for r in a.records]
-            if records:
-                with self.metrics.time_storage_write():
-                    await loop.run_in_executor(self.log_pool, self.log.log_write, records)
             refused = await guard_round(  # node/host/signguard.py: durable before it leaves
                 self.sign_guard,
                 self.log_pool,
@@ -236,6 +238,7 @@ class Driver:
                 self.payload_bytes_max,
                 self.metrics,
                 actions,
+                before=functools.partial(self._write_log, records) if records else None,
             )
             for a in actions:
                 if refused and id(a) in refused:

@@ -36,6 +36,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -202,20 +203,27 @@ async def guard_round(
     payload_bytes_max: int,
     metrics: Any,
     actions: list[Any],
+    before: Callable[[], None] | None = None,
 ) -> set[int]:
     """Record the round's outgoing messages durably before they leave; ids of refused actions.
 
-    Runs in the node's consensus-log thread (after that round's Persist records), so the loop
-    never waits on the fsync and the order "durable, then sent" holds.
+    Runs in the node's consensus-log thread, right after ``before`` (the round's Persist
+    records), in one hand-off to that thread: the loop never waits on an fsync, the order
+    "log durable, guard durable, then sent" holds, and a round costs one thread wake-up.
     """
-    out = [a for a in actions if isinstance(a, Send | Broadcast)]
+    out = [a for a in actions if isinstance(a, Send | Broadcast)] if guard is not None else []
+    loop = asyncio.get_running_loop()
     if guard is None or not out:
+        if before is not None:
+            await loop.run_in_executor(pool, before)
         return set()
 
     def work() -> list[str | None]:
+        if before is not None:
+            before()
         return guard.admit([describe(a.data, me, payload_bytes_max) for a in out])
 
-    reasons = await asyncio.get_running_loop().run_in_executor(pool, work)
+    reasons = await loop.run_in_executor(pool, work)
     refused = set()
     for a, why in zip(out, reasons, strict=True):
         if why is not None:

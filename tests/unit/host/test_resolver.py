@@ -192,7 +192,7 @@ async def test_stale_txs_go_to_every_peer_again_at_doubling_ages() -> None:
     assert sent(1.9, 2.4) == [2]  # crossed 2 s
     assert sent(2.4, 3.9) == []
     assert sent(3.9, 4.4) == [2]  # crossed 4 s
-    node.mempool.remove(txs[1].hash)
+    node.mempool.remove(txs[2].hash)  # (removing nonce 1 would park nonce 2 behind a gap)
     assert sent(7.9, 8.4) == [1]
     assert sent(8.4, 15.9) == []
     assert sent(15.9, 16.4) == [1]
@@ -248,3 +248,15 @@ async def test_stale_regossip_is_bounded_oldest_first() -> None:
     assert count == STALE_TXS_MAX
     sent = [raw for m in node.p2p.broadcasts if m["t"] == "txs" for raw in m["txs"]]
     assert sent == [tx.encode() for tx in txs[:STALE_TXS_MAX]]
+
+
+async def test_txs_behind_a_nonce_gap_are_not_sent_again() -> None:
+    """A parked tx cannot be proposed before its gap fills; sent again, it bounced between
+    nodes, expiring as nonce_gap and coming back to be verified and parked again."""
+    node = Host(2)
+    later = [_tx(1), _tx(2)]
+    for tx in later:
+        _admit(node, tx)
+    assert node.flow.regossip_stale(0.9, 1.4) == 0  # nonce 0 is missing here
+    _admit(node, _tx(0))  # the gap fills: all three can run, and go at their next doubling
+    assert node.flow.regossip_stale(1.9, 2.4) == 3
