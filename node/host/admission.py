@@ -40,6 +40,11 @@ BACKLOG_S = 1.0
 BACKLOG_TXS_MIN = 500  # allowed whatever the rate (a quiet chain has no recent rate)
 RATE_WINDOW_S = 2.0  # the commit rate is an average over about this long
 AGE_REFRESH_S = 0.2  # a walk past parked txs costs ~2 ms at 10,000 of them
+# Clients are pushed back while the admission queue's oldest item waited longer than this. The
+# queue holds 50,000 items, gossip included: at a node's few thousand admissions a second that
+# is many seconds, and under sustained overload client calls waited out their timeouts there
+# (the client then resends or gives up, and every later nonce of its sender parks behind the gap).
+QUEUE_WAIT_MAX_S = 0.5
 
 
 @dataclass(slots=True)
@@ -47,6 +52,7 @@ class _Item:
     raw: bytes
     origin: int | None  # peer index for gossip, None for a client
     future: asyncio.Future[dict[str, Any]] | None
+    queued_s: float  # loop clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +134,7 @@ class Admission:
         self._age_s = 0.0  # the oldest runnable tx's age at _age_at_s (0: none)
         self._parked = 0  # txs older than it that cannot run, at _age_at_s
         self._age_at_s: float | None = None
+        self.queue_wait_s = 0.0  # how long the oldest item of the latest batch had waited
 
     def on_committed(self, txs: int) -> None:
         """A block with ``txs`` txs was committed: update the commit rate (moving average)."""
@@ -150,6 +157,8 @@ class Admission:
         # The oldest runnable tx is looked for at most every AGE_REFRESH_S (a scan past parked
         # txs), not on every one of thousands of submits a second; meanwhile it ages. Txs that
         # cannot run (parked, or waiting behind a held tx) count neither by age nor by number.
+        if self._queue.qsize() and self.queue_wait_s > QUEUE_WAIT_MAX_S:
+            return True  # admission itself is behind: the chain's backlog is beside the point
         now = self.clock()
         if self._age_at_s is None or now - self._age_at_s >= AGE_REFRESH_S:
             self._age_at_s = now
@@ -174,7 +183,7 @@ class Admission:
             raise VigilError(MEMPOOL_FULL, "mempool full (commit backlog), retry later")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Item(raw, None, fut))
+            self._queue.put_nowait(_Item(raw, None, fut, self.clock()))
         except asyncio.QueueFull:
             raise VigilError(OVERLOADED, "admission queue full, retry later") from None
         return await fut
@@ -202,6 +211,7 @@ class Admission:
     def gossiped(self, raws: list[Any], origin: int) -> None:
         """Txs from a peer; dropped silently when already seen or when the queue is full."""
         seen = self.gossip.seen
+        now = self.clock()
         for raw in raws:
             if not isinstance(raw, bytes) or len(raw) > TX_BYTES_MAX:
                 continue
@@ -209,7 +219,7 @@ class Admission:
             if h in seen:
                 continue
             try:
-                self._queue.put_nowait(_Item(raw, origin, None))
+                self._queue.put_nowait(_Item(raw, origin, None, now))
             except asyncio.QueueFull:
                 self._rejected("admission_full")
                 return
@@ -217,6 +227,7 @@ class Admission:
     async def run(self) -> None:
         while True:
             items = [await self._queue.get()]
+            self.queue_wait_s = self.clock() - items[0].queued_s
             while len(items) < BATCH_MAX and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             try:

@@ -33,7 +33,7 @@ from common.crypto import address_of
 from node.chain.ethtx import WEI_PER_UNIT, eth_address, eth_chain_id, sign_dynamic_fee
 from node.chain.tx import make_transfer, tx_hash_of
 from node.detect.scenarios import bench_plan
-from node.errors import MEMPOOL_FULL, OVERLOADED
+from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE
 from node.tools import devnet
 from node.tools.bench_probe import Probe, Profiler, format_profile, profile_table
 from node.tools.client import AsyncClient, Client, ClientError, RpcError
@@ -87,6 +87,7 @@ class Bench:
         self.quarantined = 0
         self.rejected = 0
         self.errors = 0
+        self.call_failures = 0  # txs whose tx_submit call failed (timeout, refused) and went again
         self.retried = 0
         self.retry_backlog = 0  # refused txs waiting for their retry
         self.down_until: dict[int, float] = {}
@@ -160,6 +161,7 @@ class Bench:
         committed = len(lat)
         self.extra = probe.report(committed)
         self.extra["retried"] = self.retried
+        self.extra["call_failures"] = self.call_failures
         self.extra["uncommitted"] = uncommitted
         # Accepted, not held, not waiting behind a held tx, and yet not committed by the end of
         # the drain: what issue 13 calls stranded (0 expected).
@@ -318,12 +320,15 @@ class Bench:
         give_up = self.deadline + DRAIN_S
         pause_s = RETRY_PAUSE_S
         while batch:
-            batch = await self._send_once(s, node, batch, first)
+            batch, lost = await self._send_once(s, node, batch, first)
             if batch:
                 self.retried += len(batch)
                 if time.monotonic() > give_up:
-                    self.submitted += len(batch)
-                    self.rejected += len(batch)
+                    if lost:  # the last call failed: no node ever answered for these
+                        self.errors += len(batch)
+                    else:
+                        self.submitted += len(batch)
+                        self.rejected += len(batch)
                     return
                 # Exponential back-off: retries above the chain's capacity must not become a
                 # storm of RPC calls that takes the CPU the validators need.
@@ -337,8 +342,13 @@ class Bench:
 
     async def _send_once(
         self, s: aiohttp.ClientSession, node: int, batch: list[tuple[str, str]], first: float
-    ) -> list[tuple[str, str]]:
-        """One JSON-RPC batch; returns the txs to send again (pushed back by admission)."""
+    ) -> tuple[list[tuple[str, str]], bool]:
+        """One JSON-RPC batch; returns the txs to send again (pushed back by admission, or the
+        whole batch when the call itself failed) and whether the call failed.
+
+        A failed call is resent like any wallet would: the same signed txs, so one the node had
+        taken meanwhile answers ``tx_duplicate``, which counts as accepted. Dropping it instead
+        left a nonce gap that parked every later tx of its sender for the rest of the run."""
         calls = [("tx_submit", [raw]) for raw, _ in batch]
         answers: list[Any] | None = None
         target = None
@@ -353,8 +363,8 @@ class Bench:
                 self._mark_down(target)
                 node = target + 1
         if answers is None:  # no node took the batch (or it answered garbage)
-            self.errors += len(batch)
-            return []
+            self.call_failures += len(batch)
+            return batch, True
         again: list[tuple[str, str]] = []
         for item, a in zip(batch, answers, strict=True):
             if isinstance(a, ClientError):
@@ -364,14 +374,14 @@ class Bench:
                 again.append(item)
                 continue
             self.submitted += 1
-            if isinstance(a, RpcError):
+            if isinstance(a, RpcError) and a.code != TX_DUPLICATE:
                 self.rejected += 1
                 continue
             self.sent_at[item[1]] = first
             self.entry[item[1]] = target if target is not None else node
-            if a["status"] == "quarantined":
+            if isinstance(a, dict) and a["status"] == "quarantined":
                 self.quarantined += 1
-        return again
+        return again, False
 
     def _seen(self) -> int:
         """Submitted txs whose block is known and announced by their entry node (or whose entry

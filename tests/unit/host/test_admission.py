@@ -59,7 +59,10 @@ def test_backlog_allowance_follows_the_commit_rate() -> None:
 
 async def _submit(a: Admission, raws: list[bytes], origin: int | None = None) -> list[Any]:
     loop = asyncio.get_running_loop()
-    items = [adm._Item(r, origin, loop.create_future() if origin is None else None) for r in raws]
+    items = [
+        adm._Item(r, origin, loop.create_future() if origin is None else None, a.clock())
+        for r in raws
+    ]
     await a._admit(items)
     out: list[Any] = []
     for it in items:
@@ -147,3 +150,24 @@ async def test_txs_waiting_behind_a_hold_neither_age_nor_fill_the_backlog() -> N
     [refused] = await _submit(a, [late.encode()])
     assert isinstance(refused, VigilError)
     assert refused.code == MEMPOOL_FULL
+
+
+async def test_clients_pushed_back_while_admission_itself_is_behind() -> None:
+    """No commit backlog, but the admission queue's oldest item waited past QUEUE_WAIT_MAX_S:
+    clients are refused (retryable) instead of waiting there for their calls to time out."""
+    a, clock = _admission(0)
+    assert not a._pushed_back()
+    txs = [make_transfer(KEYS[2], CHAIN, b"\x02" * 20, 1, 1, n) for n in range(3)]
+    a.gossiped([tx.encode() for tx in txs], origin=1)  # queued at 100.0
+    clock[0] += adm.QUEUE_WAIT_MAX_S + 0.1
+    runner = asyncio.create_task(a.run())
+    async with asyncio.timeout(10):
+        while len(a.mempool) < 3:
+            await asyncio.sleep(0.01)
+    runner.cancel()
+    assert a.queue_wait_s == pytest.approx(adm.QUEUE_WAIT_MAX_S + 0.1)
+    assert not a._pushed_back()  # the queue is empty now: nothing to wait behind
+    a.gossiped([make_transfer(KEYS[1], CHAIN, b"\x02" * 20, 1, 1, 0).encode()], origin=1)
+    assert a._pushed_back()
+    a.queue_wait_s = adm.QUEUE_WAIT_MAX_S / 2
+    assert not a._pushed_back()
