@@ -344,10 +344,13 @@ class Detector:
 
     def fit(self, X: FloatArray, seed: int) -> TrainedModel:
         """Pure and thread-safe (touches no detector state): run it in an executor."""
+        return self.fit_function()(X, seed)
+
+    def fit_function(self) -> Callable[[FloatArray, int], TrainedModel]:
+        """``fit`` as a picklable function of (X, seed), for an executor in another process."""
         cfg = self.cfg
-        return train_model(
-            X,
-            seed,
+        return functools.partial(
+            train_model,
             n_trees=cfg.n_trees,
             sample_size=cfg.sample_size,
             contamination=cfg.contamination,

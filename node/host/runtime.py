@@ -20,7 +20,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,7 +48,7 @@ from node.host.health import Health
 from node.host.inbound import PeerInbound
 from node.host.metrics import Metrics, serve_metrics, watch_loop_lag
 from node.host.resolver import ResolverConfig, TxResolver
-from node.host.screening import Screening
+from node.host.screening import Screening, training_pool
 from node.host.service_impl import NodeServiceImpl
 from node.host.signals import Head, PendingFlag, ProposalQueue, Subscribers
 from node.host.signguard import GuardError, SignGuard
@@ -161,6 +161,9 @@ class Node:
         self.proposals = ProposalQueue()
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.log_pool = ThreadPoolExecutor(1, thread_name_prefix="clog")
+        self._train_pool: ProcessPoolExecutor | None = (
+            None  # detector fits (node/host/screening.py)
+        )
         # Set once by run(): the store as soon as it is open (closed last, even when a later
         # step of the start fails), and the opened parts before P2P can call back.
         self._store: Store | None = None
@@ -203,7 +206,14 @@ class Node:
             chain.read_account,
         )
         # The detector and its quarantine (node/host/screening.py): an admission policy only.
-        screening = Screening(cfg.detector, store, metrics, persist=self._write_pool.submit)
+        self._train_pool = training_pool()
+        screening = Screening(
+            cfg.detector,
+            store,
+            metrics,
+            persist=self._write_pool.submit,
+            train_pool=self._train_pool,
+        )
         await asyncio.to_thread(
             screening.start, chain, [address for address, _ in self.genesis.balances]
         )
@@ -491,6 +501,8 @@ class Node:
         Never close LevelDB under a thread still using it: cancelled tasks leave their
         ``to_thread`` work running (block reads for a peer, catch-up checks).
         """
+        if self._train_pool is not None:
+            self._train_pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._write_pool.shutdown, True)
         await asyncio.to_thread(self.log_pool.shutdown, True)
         with contextlib.suppress(Exception):

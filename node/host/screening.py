@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
 from typing import Any, Protocol
 
 from common.codec import CodecError
@@ -100,6 +103,29 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+TRAINING_NICE = 10  # the training process yields the CPU to the validator (a niceness increment)
+
+
+def _background_priority() -> None:
+    os.nice(TRAINING_NICE)
+
+
+def training_pool() -> ProcessPoolExecutor:
+    """One worker process for model fits, at a lower CPU priority than the node.
+
+    A fit is ~0.15 s of numpy and Python on an idle core, and every validator trains at the same
+    heights. In a thread it held the node's GIL against its event loop for 1-2 s under load
+    (the loop waits for the GIL after every syscall), long enough to stall commits towards the
+    request timer; in its own process it shares no GIL, and the OS runs it when the validators'
+    loops leave CPU. "spawn": the node has threads and an event loop, which fork would copy.
+    """
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_background_priority,
+    )
+
+
 def split_config(table: Mapping[str, Any]) -> tuple[DetectorConfig, dict[str, int]]:
     """The ``[detector]`` table: the detector's keys, and the quarantine's (checked here)."""
     rest = dict(table)
@@ -150,8 +176,12 @@ class Screening:
         *,
         persist: Persist | None = None,
         clock_ms: Callable[[], int] = wall_ms,
+        train_pool: Executor | None = None,
     ) -> None:
         cfg, qargs = split_config(table)
+        # Where models are fitted: the runtime passes a low-priority process (training_pool);
+        # None is the loop's default thread pool (tests).
+        self._train_pool = train_pool
         self.monitor = Monitor(table)
         self.detector = Detector(cfg)
         self.budget = HoldBudget(self.monitor.budget_per_min)
@@ -365,7 +395,14 @@ class Screening:
     async def _train(self, X: Any, seed: int, height: int) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        model = await loop.run_in_executor(None, self.detector.fit, X, seed)
+        fit = self.detector.fit_function()
+        try:
+            model = await loop.run_in_executor(self._train_pool, fit, X, seed)
+        except BrokenExecutor:
+            # The training process died (killed, out of memory): fit here from now on.
+            log.warning("detector_training_process_lost")
+            self._train_pool = None
+            model = await loop.run_in_executor(None, fit, X, seed)
         self.detector.install_model(model, height)
         self._metric("detector_trainings_total", lambda m: m.inc())
         self._metric("detector_threshold", lambda m: m.set(model.threshold))
