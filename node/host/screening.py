@@ -34,6 +34,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -104,10 +106,23 @@ def wall_ms() -> int:
 
 
 TRAINING_NICE = 10  # the training process yields the CPU to the validator (a niceness increment)
+TRACKER_QUIET = "ignore:resource_tracker:UserWarning"  # see training_pool
+ORPHAN_CHECK_S = 1.0  # how often the fitting process checks that its node is alive
 
 
-def _background_priority() -> None:
+def _fitting_worker(parent: int) -> None:
+    """In the worker process: a low priority, and an exit as soon as the node is gone.
+
+    A node killed with SIGKILL cannot stop its pool, and the worker would wait on its call
+    queue for ever (orphans of ~75 MB each, one more per restart)."""
     os.nice(TRAINING_NICE)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def training_pool() -> ProcessPoolExecutor:
@@ -119,10 +134,18 @@ def training_pool() -> ProcessPoolExecutor:
     request timer; in its own process it shares no GIL, and the OS runs it when the validators'
     loops leave CPU. "spawn": the node has threads and an event loop, which fork would copy.
     """
+    # multiprocessing's resource tracker (a helper process started with the pool, sharing our
+    # stderr, i.e. the JSON log) outlives a node killed with SIGKILL, cleans up the pool's
+    # semaphores as it should, and says so in a plain-text warning: a line that is not JSON
+    # (tests/e2e/test_e2e_observability.py). It takes its warning filters from our -W options,
+    # read when it starts.
+    if TRACKER_QUIET not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_QUIET)
     return ProcessPoolExecutor(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_background_priority,
+        initializer=_fitting_worker,
+        initargs=(os.getpid(),),
     )
 
 
