@@ -92,6 +92,21 @@ class Mempool:
         pending = self._by_sender.get(tx.sender_address)
         return pending is not None and max(pending) > tx.nonce
 
+    def would_park(self, tx: Transaction) -> bool:
+        """Whether ``tx`` would wait behind a missing nonce of its sender (it cannot run
+        until an earlier tx arrives)."""
+        return tx.nonce > self.first_gap(tx.sender_address)
+
+    def first_gap(self, sender: bytes, after: int | None = None) -> int:
+        """The first nonce of ``sender`` neither used by the chain nor pending here: its txs
+        with a higher nonce wait behind it. ``after``: the first such nonce above it."""
+        nonce = self._next_nonce(sender) if after is None else after + 1
+        pending = self._by_sender.get(sender)
+        if pending:
+            while nonce in pending:
+                nonce += 1
+        return nonce
+
     def oldest_age_s(self, now_s: float) -> float:
         """How long the oldest pending tx has waited (0 when empty): entries are in
         arrival order.
@@ -113,11 +128,7 @@ class Mempool:
         for skipped, entry in enumerate(itertools.islice(self._entries.values(), scan_max)):
             gap = first_gap.get(entry.sender)
             if gap is None:
-                pending = self._by_sender[entry.sender]
-                gap = self._next_nonce(entry.sender)
-                while gap in pending:
-                    gap += 1
-                first_gap[entry.sender] = gap
+                gap = first_gap[entry.sender] = self.first_gap(entry.sender)
             if entry.tx.nonce < gap:
                 return now_s - entry.first_seen_s, skipped
         return 0.0, min(len(self._entries), scan_max)
@@ -151,11 +162,7 @@ class Mempool:
             # expiries per node in 200 s at 1,500 tx/s offered).
             gap = gaps.get(entry.sender)
             if gap is None:
-                gap = self._next_nonce(entry.sender)
-                pending = self._by_sender[entry.sender]
-                while gap in pending:
-                    gap += 1
-                gaps[entry.sender] = gap
+                gap = gaps[entry.sender] = self.first_gap(entry.sender)
             if entry.tx.nonce > gap:
                 continue
             out.append(entry)
@@ -313,9 +320,7 @@ class Mempool:
         out: list[Entry] = []
         for sender in senders:
             pending = self._by_sender.get(sender, {})
-            nonce = self._next_nonce(sender)
-            while nonce in pending:
-                nonce += 1
+            nonce = self.first_gap(sender)
             out.extend(
                 e for n, e in pending.items() if n > nonce and now_s - e.first_seen_s >= age_s
             )

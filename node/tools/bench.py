@@ -296,8 +296,11 @@ class Bench:
             if rate is None:
                 await self._send(s, node, batch)
                 continue
-            # Open loop: this client's share of the rate, whatever the answers.
-            due = t0 + sent_txs * self.args.clients / rate
+            # Open loop: this client's share of the rate, whatever the answers. The clients'
+            # schedules are staggered by a fraction of a group's period (independent clients
+            # do not all send at the same instant; in lock-step every group reached the nodes
+            # as one burst, which the primary split over several small blocks).
+            due = t0 + (sent_txs * self.args.clients + n * group) / rate
             sent_txs += len(batch)
             delay = due - time.monotonic()
             if delay > 0:
@@ -320,7 +323,8 @@ class Bench:
         give_up = self.deadline + DRAIN_S
         pause_s = RETRY_PAUSE_S
         while batch:
-            batch, lost = await self._send_once(s, node, batch, first)
+            batch, lost, wait_s = await self._send_once(s, node, batch, first)
+            pause_s = max(pause_s, wait_s)  # the node's retry_after_ms, when it said one
             if batch:
                 self.retried += len(batch)
                 if time.monotonic() > give_up:
@@ -342,9 +346,10 @@ class Bench:
 
     async def _send_once(
         self, s: aiohttp.ClientSession, node: int, batch: list[tuple[str, str]], first: float
-    ) -> tuple[list[tuple[str, str]], bool]:
+    ) -> tuple[list[tuple[str, str]], bool, float]:
         """One JSON-RPC batch; returns the txs to send again (pushed back by admission, or the
-        whole batch when the call itself failed) and whether the call failed.
+        whole batch when the call itself failed), whether the call failed, and the longest
+        pause the node asked for (``retry_after_ms`` of its refusals, docs/rpc.md).
 
         A failed call is resent like any wallet would: the same signed txs, so one the node had
         taken meanwhile answers ``tx_duplicate``, which counts as accepted. Dropping it instead
@@ -364,14 +369,16 @@ class Bench:
                 node = target + 1
         if answers is None:  # no node took the batch (or it answered garbage)
             self.call_failures += len(batch)
-            return batch, True
+            return batch, True, 0.0
         again: list[tuple[str, str]] = []
+        wait_s = 0.0
         for item, a in zip(batch, answers, strict=True):
             if isinstance(a, ClientError):
                 self.errors += 1
                 continue
             if isinstance(a, RpcError) and a.code in RETRYABLE:
                 again.append(item)
+                wait_s = max(wait_s, _retry_after_s(a))
                 continue
             self.submitted += 1
             if isinstance(a, RpcError) and a.code != TX_DUPLICATE:
@@ -381,7 +388,7 @@ class Bench:
             self.entry[item[1]] = target if target is not None else node
             if isinstance(a, dict) and a["status"] == "quarantined":
                 self.quarantined += 1
-        return again, False
+        return again, False, wait_s
 
     def _seen(self) -> int:
         """Submitted txs whose block is known and announced by their entry node (or whose entry
@@ -469,6 +476,13 @@ class Bench:
                         self.feeds_up -= 1
                         self.feed_live[node] = False
             await asyncio.sleep(0.5)
+
+
+def _retry_after_s(error: RpcError) -> float:
+    """The pause a refusal asks for (its data's ``retry_after_ms``), 0 when it names none."""
+    data = error.data
+    ms = data.get("retry_after_ms") if isinstance(data, dict) else None
+    return min(ms, 60_000) / 1000 if isinstance(ms, int) and ms > 0 else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
