@@ -80,7 +80,7 @@ class NodeConfig:
     mempool_backlog_ms: int = 1000  # admission back-pressure (node/host/admission.py); 0: off
     # [block]
     block_txs_max: int = 2000
-    block_interval_ms: int = 0
+    block_interval_ms: int = 25  # least time between two proposals (docs/config.md)
     block_empty_interval_ms: int = 0  # heartbeat of empty blocks on an idle chain; 0: off
     # [catchup]
     catchup_batch_blocks: int = 64

@@ -15,6 +15,7 @@ import pytest
 from common.codec import sha256
 from consensus.api import Event, Propose, RequestProposal
 from node.chain.block import Proposal
+from node.host.config import NodeConfig
 from node.host.driver import Proposer
 from node.host.signals import Head, ProposalQueue
 from node.net.peerwatch import PeerWatch
@@ -29,7 +30,7 @@ class View:
 class Primary:
     """Node 0's proposer, its queue fed the way ``Actions.perform`` feeds it."""
 
-    def __init__(self) -> None:
+    def __init__(self, block_interval_ms: int = 0) -> None:
         self.chain = FakeChain()
         self.mempool = mempool_of(self.chain)
         self.txs = resolver(self.chain, FakeP2P(), self.mempool, 0)
@@ -43,7 +44,7 @@ class Primary:
             head=Head(lambda: self.chain.height),
             txs=self.txs,
             inbox=self.inbox,
-            block_interval_ms=0,
+            block_interval_ms=block_interval_ms,
             block_txs_max=100,
         )
 
@@ -117,3 +118,34 @@ async def test_a_heartbeat_carries_the_txs_that_are_ready(primary: Primary) -> N
     answer = await primary.answer()
     assert answer is not None
     assert Proposal.decode(answer.payload).tx_hashes == (tx.hash,)
+
+
+async def test_back_to_back_proposals_wait_out_the_default_block_interval() -> None:
+    """``[block] interval_ms`` (25 by default): a primary that just proposed waits that long
+    before the next proposal, so txs arriving meanwhile share a block. At 100 tx/s each block
+    cost every validator ~8 ms of CPU whatever its size; one per tx or two kept four
+    validators on two cores busy and doubled the latency (docs/performance.md, stop 13)."""
+    interval_ms = NodeConfig.__dataclass_fields__["block_interval_ms"].default
+    assert interval_ms == 25
+    p = Primary(block_interval_ms=interval_ms)
+    task = asyncio.create_task(p.proposer.run())
+    try:
+        loop = asyncio.get_running_loop()
+        first = _tx(0)
+        p.mempool.add(first, first.hash, 0.0)
+        p.ask(RequestProposal(0, 1))
+        assert await p.answer() is not None
+        proposed_s = loop.time()
+        later = [_tx(1), _tx(2)]
+        p.ask(RequestProposal(0, 2))
+        for tx in later:
+            p.mempool.add(tx, tx.hash, 0.0)
+            p.proposals.wake()
+        answer = await p.answer()
+        assert answer is not None
+        assert loop.time() - proposed_s >= 0.9 * interval_ms / 1000
+        assert Proposal.decode(answer.payload).tx_hashes == tuple(tx.hash for tx in later)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
