@@ -170,7 +170,9 @@ class Bench:
         )
         self.extra["commit_time_fallbacks"] = fallbacks
         if profiler is not None:
-            table = profile_table(profiler.finish(), probe.node_cpu_s(), committed)
+            table = profile_table(
+                profiler.finish(), probe.node_cpu_s(), probe.thread_cpu_s(), committed
+            )
             self.extra["profile"] = table
             print(format_profile(table), file=sys.stderr)
         return {

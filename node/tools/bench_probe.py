@@ -21,7 +21,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.tools import devnet
-from node.tools.bench_stages import stage_samples
+from node.tools.bench_stages import thread_stage_samples
 from node.tools.devnet import Cluster
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -36,6 +36,22 @@ def cpu_s(pid: int) -> float | None:
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def thread_cpu_s(pid: int) -> dict[int, float] | None:
+    """User + system CPU seconds of each thread of a process (OS thread id -> seconds)."""
+    out: dict[int, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return out
 
 
 def rss_mib(pid: int) -> float | None:
@@ -105,6 +121,8 @@ class Probe:
         self.scr1: list[Scrape | None] = []
         self.self_cpu0 = 0.0
         self.self_cpu1 = 0.0
+        self.threads0: list[dict[int, float] | None] = []
+        self.threads1: list[dict[int, float] | None] = []
 
     async def _scrape_all(self, s: aiohttp.ClientSession) -> list[Scrape | None]:
         return list(
@@ -114,10 +132,12 @@ class Probe:
     async def start(self, s: aiohttp.ClientSession) -> None:
         self.scr0 = await self._scrape_all(s)
         self.cpu0 = [cpu_s(p) if p else None for p in self.pids]
+        self.threads0 = [thread_cpu_s(p) if p else None for p in self.pids]
         self.self_cpu0 = _self_cpu_s()
 
     async def stop(self, s: aiohttp.ClientSession) -> None:
         self.cpu1 = [cpu_s(p) if p else None for p in self.pids]
+        self.threads1 = [thread_cpu_s(p) if p else None for p in self.pids]
         self.self_cpu1 = _self_cpu_s()
         self.scr1 = await self._scrape_all(s)
 
@@ -126,6 +146,17 @@ class Probe:
             round(b - a, 2) if a is not None and b is not None else None
             for a, b in zip(self.cpu0, self.cpu1, strict=True)
         ]
+
+    def thread_cpu_s(self) -> list[dict[int, float] | None]:
+        """Each node's CPU seconds per thread over the run (a thread started meanwhile counts
+        from 0; one that ended is missing, its CPU only in ``node_cpu_s``)."""
+        out: list[dict[int, float] | None] = []
+        for a, b in zip(self.threads0, self.threads1, strict=True):
+            if a is None or b is None:
+                out.append(None)
+                continue
+            out.append({tid: max(0.0, t - a.get(tid, 0.0)) for tid, t in b.items()})
+        return out
 
     def report(self, committed: int) -> dict[str, Any]:
         """The extra JSON keys (the contract's keys are the bench's own)."""
@@ -189,6 +220,7 @@ class Profiler:
                 str(max(1, int(duration_s))),
                 "--format",
                 "raw",
+                "--threads",
                 "--nonblocking",
                 "-o",
                 str(path),
@@ -197,9 +229,9 @@ class Profiler:
                 subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
 
-    def finish(self, timeout_s: float = 30.0) -> list[dict[str, int] | None]:
-        """Wait for every recorder; stage -> samples per node (None when it failed)."""
-        out: list[dict[str, int] | None] = []
+    def finish(self, timeout_s: float = 30.0) -> list[dict[int, dict[str, int]] | None]:
+        """Wait for every recorder; thread -> stage -> samples per node (None: it failed)."""
+        out: list[dict[int, dict[str, int]] | None] = []
         for proc, path in zip(self.procs, self.files, strict=True):
             if proc is None:
                 out.append(None)
@@ -210,31 +242,54 @@ class Profiler:
                 proc.terminate()
                 proc.wait()
             try:
-                out.append(stage_samples(path.read_text().splitlines()))
+                out.append(thread_stage_samples(path.read_text().splitlines()))
             except OSError:
                 out.append(None)
         return out
 
 
 def profile_table(
-    samples: list[dict[str, int] | None], cpu_s: list[float | None], committed: int
+    samples: list[dict[int, dict[str, int]] | None],
+    cpu_s: list[float | None],
+    thread_cpu: list[dict[int, float] | None],
+    committed: int,
 ) -> dict[str, Any]:
     """Microseconds of CPU per committed tx, per node and stage.
 
-    py-spy's sample counts give each stage's share of a node's busy samples; the node's CPU
-    time measured by the kernel over the same phase gives the total, so the figures add up
-    to ``node_cpu_us_per_tx`` (sampling under load misses samples, the kernel does not).
+    Each thread's CPU time, measured by the kernel over the same phase, is split by that
+    thread's py-spy samples (busy ones only). A thread blocked in ``fsync`` looks busy to
+    py-spy, so one node-wide share would charge the consensus-log thread's waits as CPU: at
+    100 tx/s "storage" read ~40% of a node's CPU that way, against ~20% by the kernel's count.
+    CPU of threads without busy samples, and of threads that ended during the run, is "loop".
+    The figures add up to ``node_cpu_us_per_tx`` (sampling under load misses samples, the
+    kernel does not).
     """
     from node.tools.bench_stages import STAGES
 
     nodes: list[dict[str, float] | None] = []
-    for counts, cpu in zip(samples, cpu_s, strict=True):
-        busy = sum(v for k, v in (counts or {}).items() if k != "idle")
-        if counts is None or not busy or cpu is None or not committed:
+    for threads, cpu, per_thread in zip(samples, cpu_s, thread_cpu, strict=True):
+        if not threads or cpu is None or not committed:
             nodes.append(None)
             continue
-        per_tx = cpu * 1e6 / committed
-        nodes.append({st: round(per_tx * counts.get(st, 0) / busy, 1) for st in STAGES})
+        seconds = dict.fromkeys(STAGES, 0.0)
+        if per_thread is None:  # no per-thread CPU: one share for the whole process
+            per_thread = {0: cpu}
+            merged: dict[str, int] = {}
+            for counts in threads.values():
+                for st, n in counts.items():
+                    merged[st] = merged.get(st, 0) + n
+            threads = {0: merged}
+        for tid, t_cpu in per_thread.items():
+            counts = threads.get(tid, {})
+            busy = sum(v for k, v in counts.items() if k != "idle")
+            if not busy:
+                seconds["loop"] += t_cpu
+                continue
+            for st, n in counts.items():
+                if st != "idle":
+                    seconds[st] += t_cpu * n / busy
+        seconds["loop"] += max(0.0, cpu - sum(per_thread.values()))
+        nodes.append({st: round(v * 1e6 / committed, 1) for st, v in seconds.items()})
     return {"unit": "us_per_committed_tx", "stages": list(STAGES), "nodes": nodes}
 
 

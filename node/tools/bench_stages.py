@@ -103,6 +103,29 @@ def stage_of(frames: list[str]) -> str:
     return STAGES[best]
 
 
+_THREAD = re.compile(r"^thread \((?P<tid>\d+)\)")
+
+
+def thread_stage_samples(lines: Iterable[str]) -> dict[int, dict[str, int]]:
+    """Samples per stage for each thread (OS thread id), from py-spy's raw output recorded with
+    ``--threads``: each stack's first frame is ``thread (TID): NAME``. Stacks without it go to
+    thread 0."""
+    out: dict[int, dict[str, int]] = {}
+    for line in lines:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        m = _THREAD.match(frames[0])
+        tid = int(m["tid"]) if m else 0
+        if m:
+            frames = frames[1:]
+        stage = stage_of(frames)
+        per = out.setdefault(tid, {})
+        per[stage] = per.get(stage, 0) + int(count)
+    return out
+
+
 def stage_samples(lines: Iterable[str]) -> dict[str, int]:
     """Samples per stage (plus "idle") from py-spy's raw output lines ``a;b;c COUNT``."""
     out: dict[str, int] = {}

@@ -1,0 +1,54 @@
+"""``scripts/bench --profile``: each thread's kernel CPU is split by that thread's samples."""
+
+from __future__ import annotations
+
+from node.tools.bench_probe import profile_table, thread_cpu_s
+from node.tools.bench_stages import thread_stage_samples
+
+VERIFY = "verify_raw (common/crypto.py:80)"
+LOOP = "Handle._run (asyncio/events.py:80)"
+IDLE = "EpollSelector.select (selectors.py:468)"
+WRITE = "Store.log_write (storage/db.py:120)"
+WAIT = "_worker (concurrent/futures/thread.py:83);Queue.get (queue.py:171)"
+
+
+def test_samples_are_kept_per_thread() -> None:
+    lines = [
+        f"thread (11): MainThread;{LOOP};{VERIFY} 1",
+        f"thread (11): MainThread;{LOOP} 2",
+        f"thread (11): MainThread;{IDLE} 5",
+        f"thread (12): clog_0;{WRITE} 9",
+        f"thread (12): clog_0;{WAIT} 1",
+        f"{VERIFY} 4",  # recorded without --threads
+    ]
+    assert thread_stage_samples(lines) == {
+        11: {"verify": 1, "loop": 2, "idle": 5},
+        12: {"storage": 9, "idle": 1},
+        0: {"verify": 4},
+    }
+
+
+def test_a_thread_waiting_in_fsync_is_charged_its_own_cpu_only() -> None:
+    """The log thread is "busy" in every sample (py-spy counts a thread blocked in fsync as
+    active) but used 1 s of CPU: storage is 1 s, not 9/12 of the node's 4.5 s."""
+    samples = {11: {"verify": 1, "loop": 2, "idle": 5}, 12: {"storage": 9, "idle": 1}}
+    threads = {11: 3.0, 12: 1.0, 13: 0.25}  # 13: CPU but never sampled busy
+    table = profile_table([samples], [4.5], [threads], 1000)
+    node = table["nodes"][0]
+    assert node["verify"] == 1000.0
+    assert node["storage"] == 1000.0
+    assert node["loop"] == 2000.0 + 250.0 + 250.0  # its samples, thread 13, an ended thread
+    assert sum(node.values()) == 4500.0  # adds up to node_cpu_us_per_tx
+    # Without per-thread CPU, the old single share: storage takes 9 of 12 busy samples.
+    [whole] = profile_table([samples], [4.5], [None], 1000)["nodes"]
+    assert whole["storage"] == 3375.0
+
+
+def test_thread_cpu_of_this_process() -> None:
+    import os
+    import threading
+
+    mine = thread_cpu_s(os.getpid())
+    assert mine is not None
+    assert threading.get_native_id() in mine
+    assert all(v >= 0.0 for v in mine.values())
