@@ -149,6 +149,7 @@ class Admission:
         self._age_at_s: float | None = None
         self.queue_wait_s = 0.0  # how long the oldest item of the latest batch had waited
         self._pushed_at = -PRESSURE_S  # when back-pressure last refused a client's tx
+        self._rejected_counters: dict[str, Any] = {}
 
     def on_committed(self, txs: int) -> None:
         """A block with ``txs`` txs was committed: update the commit rate (moving average)."""
@@ -165,7 +166,7 @@ class Admission:
         """How many txs may wait (queued + mempool) before clients are pushed back."""
         return max(BACKLOG_TXS_MIN, int(self._rate_txs_s * self.backlog_s))
 
-    def _pushed_back(self) -> bool:
+    def _pushed_back(self, now: float | None = None) -> bool:
         if self.backlog_s <= 0:
             return False  # mempool.backlog_ms = 0: only the mempool's own limits apply
         # The oldest runnable tx is looked for at most every AGE_REFRESH_S (a scan past parked
@@ -173,7 +174,8 @@ class Admission:
         # cannot run (parked, or waiting behind a held tx) count neither by age nor by number.
         if self._queue.qsize() and self.queue_wait_s > QUEUE_WAIT_MAX_S:
             return True  # admission itself is behind: the chain's backlog is beside the point
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         if self._age_at_s is None or now - self._age_at_s >= AGE_REFRESH_S:
             self._age_at_s = now
             self._age_s, self._parked = self.mempool.backlog(now)
@@ -183,8 +185,14 @@ class Admission:
         return self._age_s > 0 and self._age_s + now - self._age_at_s >= self.backlog_s
 
     def _rejected(self, reason: str) -> None:
+        # The labelled child is looked up once per reason: labels() cost more than the rest of
+        # a refusal before the signature check (thousands a second under overload).
         with contextlib.suppress(Exception):
-            self._metrics.txs_rejected_total.labels(reason=reason).inc()
+            counter = self._rejected_counters.get(reason)
+            if counter is None:
+                counter = self._metrics.txs_rejected_total.labels(reason=reason)
+                self._rejected_counters[reason] = counter
+            counter.inc()
 
     async def submit(self, raw: bytes) -> dict[str, Any]:
         """A client's tx: resolves to {"hash", "status"} or raises VigilError."""
@@ -207,30 +215,37 @@ class Admission:
         """Why a client's unverified tx is pushed back now (None: it goes on). Its claims
         (sender, nonce) are checked by the normal path; one that does not decode is answered
         there too."""
-        pushed = self._pushed_back()
-        if not pushed and not self._pressured():
+        now = self.clock()
+        pushed = self._pushed_back(now)
+        if not pushed and not self._pressured(now):
             return None  # the usual case: no decode here
         try:
             tx = Transaction.decode(raw)
         except CodecError:
             return None
-        return self._refusal_of(tx, pushed)
+        return self._refusal_of(tx, pushed, now=now)
 
-    def _pressured(self) -> bool:
-        return self.clock() - self._pushed_at < PRESSURE_S
+    def _pressured(self, now: float) -> bool:
+        return now - self._pushed_at < PRESSURE_S
 
     def _refusal_of(
-        self, tx: Transaction, pushed: bool, gaps: dict[bytes, int] | None = None
+        self,
+        tx: Transaction,
+        pushed: bool,
+        gaps: dict[bytes, int] | None = None,
+        now: float | None = None,
     ) -> str | None:
         """Back-pressure on a client's tx: refuse new work, never a tx that fills a nonce gap
         (the later txs it unblocks already count in the backlog, and would otherwise wait there
         until they expire); and while pressure lasts, nothing that would park behind a gap.
         ``gaps``: each sender's first missing nonce, counting the txs of the batch being
         admitted (a wallet's nonces n, n + 1 in one JSON-RPC batch both go in)."""
+        if now is None:
+            now = self.clock()
         if pushed and not self.mempool.fills_gap(tx):
-            self._pushed_at = self.clock()
+            self._pushed_at = now
             return PUSHED_BACK
-        if not self._pressured():
+        if not self._pressured(now):
             return None
         sender = tx.sender_address
         gap = gaps.get(sender) if gaps is not None else None
