@@ -47,17 +47,18 @@ AGE_REFRESH_S = 0.2  # a walk past parked txs costs ~2 ms at 10,000 of them
 QUEUE_WAIT_MAX_S = 0.5
 # For this long after back-pressure refused a client's tx, a client's tx that would wait behind
 # a missing nonce of its sender is refused too (retryable), until the missing one is pending
-# here. Refused txs come back in any order: under sustained overload a later nonce got in while
-# its predecessor was still being pushed back, parked, and expired (``nonce_gap``, 30 s) just
-# before the predecessor made it; every later tx of that sender then parked and expired in turn,
-# verified, screened and gossiped by every validator (40% of the txs admitted at 1,500 tx/s
-# offered). Longer than a client's pause between retries (node/tools/bench.py: at most 3 s).
+# here. Checked as each tx of a batch enters the mempool, so a wallet's n, n + 1 sent together
+# both go in. Refused txs come back in any order: under sustained overload a later nonce got in
+# while its predecessor was still being pushed back, parked, and expired (``nonce_gap``, 30 s)
+# just before the predecessor made it; every later tx of that sender then parked and expired in
+# turn, verified, screened and gossiped by every validator (40% of the txs admitted at 1,500
+# tx/s offered). Longer than a client's pause between retries (node/tools/bench.py: at most 3 s).
 PRESSURE_S = 5.0
 PUSHED_BACK = "mempool full (commit backlog), retry later"
-# A pushed-back client is told how long to wait before it sends again (the error's data, as
-# HTTP's Retry-After): about how long the backlog that refused it takes to commit. Clients that
-# retried after 50 ms sent 5,000 refused txs a second at 1,500 tx/s offered.
-RETRY_AFTER = {"retry_after_ms": round(BACKLOG_S * 1000)}
+PARKS = (
+    "nonce {nonce} would wait behind a missing nonce of its sender and the node is under "
+    "load: send the earlier transactions first, then retry"
+)
 
 
 @dataclass(slots=True)
@@ -203,7 +204,7 @@ class Admission:
         if refusal is not None:
             # Refused before the signature check: under overload a refusal must cost little.
             self._rejected("mempool_full")
-            raise VigilError(MEMPOOL_FULL, refusal, dict(RETRY_AFTER))
+            raise VigilError(MEMPOOL_FULL, refusal, self._retry_after())
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Item(raw, None, fut, self.clock()))
@@ -216,49 +217,35 @@ class Admission:
         (sender, nonce) are checked by the normal path; one that does not decode is answered
         there too."""
         now = self.clock()
-        pushed = self._pushed_back(now)
-        if not pushed and not self._pressured(now):
+        if not self._pushed_back(now):
             return None  # the usual case: no decode here
         try:
             tx = Transaction.decode(raw)
         except CodecError:
             return None
-        return self._refusal_of(tx, pushed, now=now)
+        return self._push_back(tx, True, now)
 
-    def _pressured(self, now: float) -> bool:
-        return now - self._pushed_at < PRESSURE_S
-
-    def _refusal_of(
-        self,
-        tx: Transaction,
-        pushed: bool,
-        gaps: dict[bytes, int] | None = None,
-        now: float | None = None,
-    ) -> str | None:
+    def _push_back(self, tx: Transaction, pushed: bool, now: float) -> str | None:
         """Back-pressure on a client's tx: refuse new work, never a tx that fills a nonce gap
         (the later txs it unblocks already count in the backlog, and would otherwise wait there
-        until they expire); and while pressure lasts, nothing that would park behind a gap.
-        ``gaps``: each sender's first missing nonce, counting the txs of the batch being
-        admitted (a wallet's nonces n, n + 1 in one JSON-RPC batch both go in)."""
-        if now is None:
-            now = self.clock()
+        until they expire)."""
         if pushed and not self.mempool.fills_gap(tx):
             self._pushed_at = now
             return PUSHED_BACK
-        if not self._pressured(now):
-            return None
-        sender = tx.sender_address
-        gap = gaps.get(sender) if gaps is not None else None
-        if gap is None:
-            gap = self.mempool.first_gap(sender)
-        if tx.nonce == gap and gaps is not None:
-            gaps[sender] = self.mempool.first_gap(sender, after=gap)
-        if tx.nonce > gap:
-            return (
-                f"nonce {tx.nonce} would wait behind a missing nonce of its sender and the node "
-                "is under load: send the earlier transactions first, then retry"
-            )
         return None
+
+    def _parks(self, tx: Transaction, now: float) -> bool:
+        """While pressure lasts (PRESSURE_S), whether a client's tx would wait behind a
+        missing nonce of its sender; asked as it enters the mempool, after the earlier txs of
+        its batch. (A tx that fills one gap but itself waits behind an earlier one is refused
+        too: it cannot run either.)"""
+        return now - self._pushed_at < PRESSURE_S and self.mempool.would_park(tx)
+
+    def _retry_after(self) -> dict[str, int]:
+        """The pause a pushed-back client is told to take (the error's data, as HTTP's
+        Retry-After): about how long the backlog that refused it takes to commit. Clients that
+        retried after 50 ms sent 5,000 refused txs a second at 1,500 tx/s offered."""
+        return {"retry_after_ms": max(1, round(self.backlog_s * 1000))}
 
     def admit_released(self, tx: Transaction) -> dict[str, Any]:
         """A tx an operator released from the quarantine: into the mempool without screening.
@@ -325,8 +312,8 @@ class Admission:
         else:
             checked = await asyncio.to_thread(decode_verified, raws)
         admissible: list[tuple[_Item, bytes, Transaction]] = []
-        pushing = self._pushed_back()
-        gaps: dict[bytes, int] = {}
+        now = self.clock()
+        pushing = self._pushed_back(now)
         for (it, h), tx in zip(fresh, checked, strict=True):
             if isinstance(tx, str):
                 self._fail(it, TX_INVALID, tx, "tx_invalid")
@@ -336,9 +323,9 @@ class Admission:
             except VigilError as exc:
                 self._fail(it, exc.code, exc.message, exc.name)
                 continue
-            refusal = None if it.origin is not None else self._refusal_of(tx, pushing, gaps)
+            refusal = None if it.origin is not None else self._push_back(tx, pushing, now)
             if refusal is not None:
-                self._fail(it, MEMPOOL_FULL, refusal, "mempool_full", dict(RETRY_AFTER))
+                self._fail(it, MEMPOOL_FULL, refusal, "mempool_full", self._retry_after())
                 continue
             admissible.append((it, h, tx))
         verdicts: Sequence[Screened] = ()
@@ -361,6 +348,10 @@ class Admission:
                 self._on_quarantined(tx, verdict)
                 if it.future is not None and not it.future.done():
                     it.future.set_result({"hash": "0x" + h.hex(), "status": "quarantined"})
+                continue
+            if it.origin is None and self._parks(tx, now):
+                reason = PARKS.format(nonce=tx.nonce)
+                self._fail(it, MEMPOOL_FULL, reason, "mempool_full", self._retry_after())
                 continue
             try:
                 self.mempool.add(tx, h, now)  # rechecked: an earlier tx of this batch may clash

@@ -326,7 +326,7 @@ class Bench:
         pause_s = RETRY_PAUSE_S
         while batch:
             batch, lost, wait_s = await self._send_once(s, node, batch, first)
-            pause_s = max(pause_s, wait_s)  # the node's retry_after_ms, when it said one
+            pause_s = max(pause_s, wait_s)
             if batch:
                 self.retried += len(batch)
                 if time.monotonic() > give_up:
@@ -340,7 +340,8 @@ class Bench:
                 # storm of RPC calls that takes the CPU the validators need.
                 self.retry_backlog += len(batch)
                 try:
-                    await asyncio.sleep(pause_s * (0.5 + random.random()))
+                    # Jittered, but never shorter than the node's retry_after_ms.
+                    await asyncio.sleep(max(wait_s, pause_s * (0.5 + random.random())))
                 finally:
                     self.retry_backlog -= len(batch)
                 pause_s = min(pause_s * 2, RETRY_PAUSE_MAX_S)
