@@ -214,6 +214,7 @@ async def test_under_pressure_a_client_tx_behind_a_nonce_gap_is_refused() -> Non
     assert "missing nonce" in gap.message
     assert gap.data == {"retry_after_ms": round(adm.BACKLOG_S * 1000)}
     assert n1.hash not in a.mempool
+    assert "missing nonce" in (a._refusal(n1.encode()) or "")  # before its signature check
     gossiped = make_transfer(KEYS[1], CHAIN, b"\x02" * 20, 1, 1, 5)  # a peer's parked tx
     await _submit(a, [gossiped.encode()], origin=2)
     assert gossiped.hash in a.mempool
