@@ -341,8 +341,8 @@ async def test_metrics_labels_are_bounded() -> None:
 
 
 def test_the_depth_limit_is_exact_for_arrays_and_objects() -> None:
-    """The limit is checked on the parsed document (stop 13: cutting strings out of the raw
-    body first cost three times the parse of a batch of 19 ``tx_submit`` calls)."""
+    """Counted before parsing, strings cut out by a split when the body has no backslash
+    (stop 13: the regular expression cost three times the parse of a batch of 19 calls)."""
     from node.api.params import JSON_DEPTH_MAX, parse_json
 
     d = JSON_DEPTH_MAX
@@ -353,3 +353,25 @@ def test_the_depth_limit_is_exact_for_arrays_and_objects() -> None:
             parse_json(deep)
     mixed = b"[" + b",".join([b'{"p":[1,"[[[["]}'] * 40) + b"]"  # many brackets, depth 3
     assert len(parse_json(mixed)) == 40
+    # Closing brackets inside strings do not hide nesting, with or without escapes.
+    for prefix in (b'[" ]",', b'["\\" ]",'):
+        with pytest.raises(ValueError, match="nesting"):
+            parse_json(prefix * d + b"[1]" + b"]" * d)
+
+
+def test_deep_bodies_are_refused_before_the_parser_recurses() -> None:
+    """py_ecc (imported with web3) raises the recursion limit to 100,000: a parser left to its
+    own recursion then overflowed the C stack on 100,000 nested brackets and killed the process
+    (a fresh-clone CI run, stop 13). The depth is counted before parsing."""
+    import sys
+
+    from node.api.params import parse_json
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 100_000))
+    try:
+        for deep in (b"[" * 100_000 + b"]" * 100_000, b"[" * 100_000, b'{"a":' * 100_000):
+            with pytest.raises(ValueError, match="nesting"):
+                parse_json(deep)
+    finally:
+        sys.setrecursionlimit(limit)
