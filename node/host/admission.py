@@ -151,7 +151,6 @@ class Admission:
         self._age_at_s: float | None = None
         self.queue_wait_s = 0.0  # how long the oldest item of the latest batch had waited
         self._pushed_at = -PRESSURE_S  # when back-pressure last refused a client's tx
-        self._rejected_counters: dict[str, Any] = {}
         # (sender, nonce) of client txs queued under pressure, until admission decodes them
         self._queued_nonces: set[tuple[bytes, int]] = set()
 
@@ -189,14 +188,8 @@ class Admission:
         return self._age_s > 0 and self._age_s + now - self._age_at_s >= self.backlog_s
 
     def _rejected(self, reason: str) -> None:
-        # The labelled child is looked up once per reason: labels() cost more than the rest of
-        # a refusal before the signature check (thousands a second under overload).
         with contextlib.suppress(Exception):
-            counter = self._rejected_counters.get(reason)
-            if counter is None:
-                counter = self._metrics.txs_rejected_total.labels(reason=reason)
-                self._rejected_counters[reason] = counter
-            counter.inc()
+            self._metrics.count_rejected(reason)
 
     async def submit(self, raw: bytes) -> dict[str, Any]:
         """A client's tx: resolves to {"hash", "status"} or raises VigilError."""

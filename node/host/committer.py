@@ -106,10 +106,10 @@ class Committer:
             self.metrics.tx_commit_latency_seconds.observe(max(0.0, now - entry.first_seen_s))
         for entry, reason in dropped:
             self.txs.dropped(entry.hash, reason)
-            self.metrics.txs_rejected_total.labels(reason=reason).inc()
+            self.metrics.count_rejected(reason)
         for r in execution.receipts:
             if not r.ok:
-                self.metrics.txs_rejected_total.labels(reason=r.reason).inc()
+                self.metrics.count_rejected(r.reason)
         try:
             self.detector.on_block_committed(block, execution.receipts)
         except Exception:  # the admission policy must never stop commits

@@ -386,7 +386,7 @@ class Status:
             self.forget(entry.hash)
             self.txs.dropped(entry.hash, "nonce_gap")
         if expired:
-            self.metrics.txs_rejected_total.labels(reason="nonce_gap").inc(len(expired))
+            self.metrics.count_rejected("nonce_gap", len(expired))
             log.warning("txs_expired", extra={"txs": len(expired), "reason": "nonce_gap"})
 
     def report_readiness(self) -> None:

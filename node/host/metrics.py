@@ -16,7 +16,7 @@ import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 from prometheus_client import (
@@ -312,8 +312,10 @@ class Metrics:
             buckets=RPC_BUCKETS_S,
             registry=r,
         )
-        self._rpc_counters: dict[tuple[str, str], Counter] = {}
-        self._rpc_timers: dict[str, Histogram] = {}
+        # Labelled children by (family name, labels): labels() costs a few microseconds, paid
+        # on every call of a JSON-RPC batch and every refused tx (thousands a second under
+        # overload); the children are looked up once (``_child``).
+        self._children: dict[tuple[object, ...], Any] = {}
         self.storage_write_seconds = Histogram(
             "vigil_storage_write_seconds",
             "Duration of one LevelDB write batch (a committed block or a consensus record).",
@@ -343,19 +345,20 @@ class Metrics:
         label = method if method in RPC_METHODS else RPC_UNKNOWN_METHOD
         if outcome not in RPC_OUTCOMES:
             outcome = "error"
-        # The labelled children are looked up once: labels() costs a few microseconds, paid
-        # twice by every call of a JSON-RPC batch (thousands a second of refused submissions).
-        counter = self._rpc_counters.get((label, outcome))
-        if counter is None:
-            counter = self._rpc_counters[(label, outcome)] = self.rpc_requests_total.labels(
-                label, outcome
-            )
-        counter.inc()
+        self._child(self.rpc_requests_total, label, outcome).inc()
         if seconds is not None:
-            timer = self._rpc_timers.get(label)
-            if timer is None:
-                timer = self._rpc_timers[label] = self.rpc_request_seconds.labels(label)
-            timer.observe(seconds)
+            self._child(self.rpc_request_seconds, label).observe(seconds)
+
+    def count_rejected(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` txs refused or dropped for ``reason`` (a stable error or drop name)."""
+        self._child(self.txs_rejected_total, reason).inc(n)
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        key = (id(family), *labels)  # the families live as long as we do
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
     def observe_committed(
         self, *, height: int, view: int, txs: int, block_seconds: float | None = None

@@ -116,7 +116,7 @@ class TxFlow:
         dropped = self.mempool.drop_after(sender, nonce)
         for entry in dropped:
             self.txs.dropped(entry.hash, reason)
-            self.metrics.txs_rejected_total.labels(reason=reason).inc()
+            self.metrics.count_rejected(reason)
             if self.subscribers:
                 self.subscribers.publish(
                     {
