@@ -21,3 +21,40 @@ def test_bench_skips_nodes_marked_down() -> None:
     for i in (0, 3):
         b._mark_down(i)
     assert b._live(0) is None
+
+
+def test_a_wallet_keeps_its_later_txs_back_until_its_earlier_one_is_settled() -> None:
+    from node.tools.bench import Wallets
+
+    w = Wallets()
+    a0, a1, a2 = ("r", "a0", "a"), ("r", "a1", "a"), ("r", "a2", "a")
+    b0, c0 = ("r", "b0", "b"), ("r", "c0", "c")
+    assert w.take([a0, b0], 10) == [a0, b0]
+    # a0 is unsettled (in flight or pushed back): a1 and a2 wait in the wallet, c0 goes.
+    assert w.take([a1, c0, a2], 10) == [c0]
+    assert w.kept_back() == 2
+    w.settle(b0)
+    assert w.take([], 10) == []
+    w.settle(a0)  # taken: a1 and a2 go out together, in nonce order, before fresh txs
+    assert w.take([b0], 10) == [a1, a2, b0]
+    assert w.kept_back() == 0
+    # Until both are settled, a later tx of the wallet waits.
+    w.settle(a1)
+    a3 = ("r", "a3", "a")
+    assert w.take([a3], 10) == []
+    w.settle(a2)
+    assert w.take([], 10) == [a3]
+
+
+def test_wallets_send_at_most_the_limit_and_keep_the_order() -> None:
+    from node.tools.bench import Wallets
+
+    w = Wallets()
+    txs = [("r", f"h{i}", f"acct{i}") for i in range(5)]
+    assert w.take(txs, 3) == txs[:3]
+    # The two over the limit were released to go first next time, ahead of fresh ones.
+    fresh = ("r", "h5", "acct5")
+    later = ("r", "h6", "acct3")  # acct3's next tx waits behind its first, still unsent
+    assert w.take([later, fresh], 10) == [txs[3], txs[4], fresh]
+    w.settle(txs[3])
+    assert w.take([], 10) == [later]
