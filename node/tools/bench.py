@@ -3,7 +3,10 @@
 Transfers are pre-signed before the clock starts (signing is not what we measure), from the
 funded bench accounts of node/tools/devnet.py, round-robin over the nodes in JSON-RPC batches. With
 ``--rate R`` batches leave on an open-loop schedule (R tx/s whatever the answers); with
-``--rate max`` each client sends its next batch as soon as the previous one is answered. Commits
+``--rate max`` each client sends its next batch as soon as the previous one is answered. Each
+account is a wallet (``Wallets``): it sends in nonce order and keeps a tx back while an earlier one
+of its own is unanswered or pushed back, so above capacity the schedule's txs wait in their
+wallets (``kept_back``) instead of reaching a node behind a nonce gap. Commits
 are timed per tx at the node that took it (its entry node): every node's ``/ws`` ``blocks``
 subscription stamps each block as that node announces it (published once the block is durable,
 when ``tx_get`` there says committed), and ``block_get`` tells which txs a height holds. Latency =
