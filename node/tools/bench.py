@@ -60,6 +60,8 @@ RETRY_PAUSE_MAX_S = 2.0
 # new batch leaves (the offered rate then follows what the chain takes, as a real client's
 # would); retries must not grow into a storm that takes the validators' CPU.
 RETRY_BACKLOG_MAX = 2000
+# A wallet released by its settled tx sends at most this many of the txs it kept back at once.
+WALLET_BURST = 16
 
 # A presigned tx: its raw hex, its hash, and its account (the wallet that sends it).
 Tx = tuple[str, str, str]
@@ -78,6 +80,7 @@ class Wallets:
         self._unsettled: dict[str, int] = {}  # account -> its txs sent and not yet settled
         self._held: dict[str, list[Tx]] = {}  # account -> txs kept back, in nonce order
         self._ready: deque[Tx] = deque()  # released by a settled tx, to go out first
+        self._stopped: set[str] = set()  # wallets whose tx the detector holds
 
     def take(self, fresh: Iterable[Tx], limit: int) -> list[Tx]:
         """Up to ``limit`` txs to send now: released ones first, then ``fresh`` ones (all of
@@ -107,11 +110,44 @@ class Wallets:
             self._unsettled[account] = left
             return
         self._unsettled.pop(account, None)
-        self._release(account)
+        if account in self._held and account not in self._stopped:
+            self._release(account)
+
+    def stop(self, tx: Tx) -> None:
+        """The node holds ``tx`` (quarantined, or waiting behind a held tx of its sender): its
+        wallet sends nothing more. Its later txs could only wait behind the hold until an
+        operator releases or rejects it, verified, screened and gossiped by every validator
+        (and, sent to another node, parked behind a nonce that node never saw)."""
+        self._stopped.add(tx[2])
+
+    def stopped(self) -> int:
+        return len(self._stopped)
+
+    def take_back(self, txs: list[Tx]) -> list[Tx]:
+        """Of pushed-back ``txs``, the first of each wallet is sent again; the wallet takes the
+        later ones back (the node would refuse them: they wait behind the first). Returns the
+        txs to send again."""
+        again: list[Tx] = []
+        later: dict[str, list[Tx]] = {}
+        for tx in txs:
+            account = tx[2]
+            if account in later:
+                later[account].append(tx)
+            else:
+                later[account] = []
+                again.append(tx)
+        for account, back in later.items():
+            if back:
+                self._unsettled[account] -= len(back)
+                self._held[account] = back + self._held.get(account, [])
+        return again
 
     def _release(self, account: str) -> None:
         held = self._held.pop(account, None)
         if held:
+            if len(held) > WALLET_BURST:
+                self._held[account] = held[WALLET_BURST:]
+                held = held[:WALLET_BURST]
             self._unsettled[account] = len(held)
             self._ready.extend(held)
 
@@ -229,6 +265,7 @@ class Bench:
         # (refused, then sent again) when the load phase ended. Offered above capacity, the
         # wallets fall behind the schedule instead of sending txs the node would only park.
         self.extra["kept_back"] = self.wallets.kept_back()
+        self.extra["stopped_wallets"] = self.wallets.stopped()
         self.extra["call_failures"] = self.call_failures
         self.extra["uncommitted"] = uncommitted
         # Accepted, not held, not waiting behind a held tx, and yet not committed by the end of
@@ -401,6 +438,8 @@ class Bench:
         pause_s = RETRY_PAUSE_S
         while batch:
             batch, lost, wait_s = await self._send_once(s, node, batch, first)
+            if not lost:  # refused: each wallet sends its first tx again, takes the rest back
+                batch = self.wallets.take_back(batch)
             pause_s = max(pause_s, wait_s)
             if batch:
                 self.retried += len(batch)
@@ -417,8 +456,10 @@ class Bench:
                 # storm of RPC calls that takes the CPU the validators need.
                 self.retry_backlog += len(batch)
                 try:
-                    # Jittered, but never shorter than the node's retry_after_ms.
-                    await asyncio.sleep(max(wait_s, pause_s * (0.5 + random.random())))
+                    # Never shorter than the node's retry_after_ms, and jittered above it:
+                    # wallets refused together and paused exactly as asked came back together,
+                    # and the node's load swung between floods and idle seconds.
+                    await asyncio.sleep(max(wait_s, pause_s) * (1.0 + random.random()))
                 finally:
                     self.retry_backlog -= len(batch)
                 pause_s = min(pause_s * 2, RETRY_PAUSE_MAX_S)
@@ -457,6 +498,8 @@ class Bench:
                 again.append(item)
                 wait_s = max(wait_s, _retry_after_s(a))
                 continue
+            if isinstance(a, dict) and a.get("status") in HELD_STATUSES:
+                self.wallets.stop(item)  # before settling: it releases nothing more
             self.wallets.settle(item)
             if isinstance(a, ClientError):
                 self.errors += 1
@@ -467,7 +510,7 @@ class Bench:
                 continue
             self.sent_at[item[1]] = first
             self.entry[item[1]] = target if target is not None else node
-            if isinstance(a, dict) and a["status"] == "quarantined":
+            if isinstance(a, dict) and a.get("status") == "quarantined":
                 self.quarantined += 1
         return again, False, wait_s
 

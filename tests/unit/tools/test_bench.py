@@ -58,3 +58,36 @@ def test_wallets_send_at_most_the_limit_and_keep_the_order() -> None:
     assert w.take([later, fresh], 10) == [txs[3], txs[4], fresh]
     w.settle(txs[3])
     assert w.take([], 10) == [later]
+
+
+def test_a_refused_wallet_resends_only_its_first_tx_and_takes_the_rest_back() -> None:
+    from node.tools.bench import WALLET_BURST, Wallets
+
+    w = Wallets()
+    a = [("r", f"a{i}", "a") for i in range(WALLET_BURST + 3)]
+    b0 = ("r", "b0", "b")
+    assert w.take([a[0]], 100) == [a[0]]
+    assert w.take(a[1:], 100) == []
+    w.settle(a[0])
+    burst = w.take([b0], 100)
+    assert burst == [*a[1 : 1 + WALLET_BURST], b0]  # at most a burst, the rest stays back
+    # The node pushed the burst back: a[1] goes again, the wallet keeps the others.
+    assert w.take_back(burst[:-1]) == [a[1]]
+    assert w.kept_back() == len(a) - 2
+    w.settle(a[1])  # taken at last: the next burst starts where the refusal left off
+    assert w.take([], 100) == a[2 : 2 + WALLET_BURST]
+
+
+def test_a_wallet_whose_tx_is_held_sends_nothing_more() -> None:
+    from node.tools.bench import Wallets
+
+    w = Wallets()
+    a0, a1, a2 = ("r", "a0", "a"), ("r", "a1", "a"), ("r", "a2", "a")
+    b0 = ("r", "b0", "b")
+    assert w.take([a0], 10) == [a0]
+    assert w.take([a1], 10) == []
+    w.stop(a0)  # the node answered "quarantined" (or "waiting")
+    w.settle(a0)
+    assert w.take([a2, b0], 10) == [b0]
+    assert w.kept_back() == 2
+    assert w.stopped() == 1
