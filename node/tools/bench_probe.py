@@ -262,16 +262,22 @@ def profile_table(
     100 tx/s "storage" read ~40% of a node's CPU that way, against ~20% by the kernel's count.
     CPU of threads without busy samples, and of threads that ended during the run, is "loop".
     The figures add up to ``node_cpu_us_per_tx`` (sampling under load misses samples, the
-    kernel does not).
+    kernel does not). A node whose sampled thread ids match none of its threads in /proc (a
+    py-spy that reports other ids) falls back to one node-wide share, listed in ``node_wide``,
+    instead of charging everything to "loop".
     """
     from node.tools.bench_stages import STAGES
 
     nodes: list[dict[str, float] | None] = []
-    for threads, cpu, per_thread in zip(samples, cpu_s, thread_cpu, strict=True):
+    node_wide: list[int] = []
+    for i, (threads, cpu, per_thread) in enumerate(zip(samples, cpu_s, thread_cpu, strict=True)):
         if not threads or cpu is None or not committed:
             nodes.append(None)
             continue
         seconds = dict.fromkeys(STAGES, 0.0)
+        if per_thread is not None and not set(threads) & set(per_thread):
+            per_thread = None
+            node_wide.append(i)
         if per_thread is None:  # no per-thread CPU: one share for the whole process
             per_thread = {0: cpu}
             merged: dict[str, int] = {}
@@ -290,7 +296,10 @@ def profile_table(
                     seconds[st] += t_cpu * n / busy
         seconds["loop"] += max(0.0, cpu - sum(per_thread.values()))
         nodes.append({st: round(v * 1e6 / committed, 1) for st, v in seconds.items()})
-    return {"unit": "us_per_committed_tx", "stages": list(STAGES), "nodes": nodes}
+    table: dict[str, Any] = {"unit": "us_per_committed_tx", "stages": list(STAGES), "nodes": nodes}
+    if node_wide:
+        table["node_wide"] = node_wide
+    return table
 
 
 def format_profile(table: dict[str, Any]) -> str:
@@ -303,4 +312,7 @@ def format_profile(table: dict[str, Any]) -> str:
         lines.append(st.ljust(12) + "".join(f"{v:9.1f}" for v in vals) + f"{sum(vals):9.1f}")
     totals = [sum(n.values()) if n else 0.0 for n in nodes]
     lines.append("total".ljust(12) + "".join(f"{v:9.1f}" for v in totals) + f"{sum(totals):9.1f}")
+    if table.get("node_wide"):
+        which = ", ".join(f"node{i}" for i in table["node_wide"])
+        lines.append(f"warning: {which}: no sampled thread id in /proc, one node-wide share")
     return "\n".join(lines)

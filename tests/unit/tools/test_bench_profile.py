@@ -52,3 +52,14 @@ def test_thread_cpu_of_this_process() -> None:
     assert mine is not None
     assert threading.get_native_id() in mine
     assert all(v >= 0.0 for v in mine.values())
+
+
+def test_thread_ids_that_match_nothing_fall_back_to_one_node_wide_share() -> None:
+    """py-spy's thread ids not found in /proc: not everything "loop", the node-wide split."""
+    samples = {901: {"verify": 1, "storage": 3}}
+    table = profile_table([samples], [4.0], [{11: 3.0, 12: 1.0}], 1000)
+    assert table["nodes"][0]["verify"] == 1000.0
+    assert table["nodes"][0]["storage"] == 3000.0
+    assert table["node_wide"] == [0]
+    matched = profile_table([{11: {"verify": 1}}], [4.0], [{11: 3.0, 12: 1.0}], 1000)
+    assert "node_wide" not in matched
