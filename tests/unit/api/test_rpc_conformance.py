@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -375,3 +376,38 @@ def test_deep_bodies_are_refused_before_the_parser_recurses() -> None:
                 parse_json(deep)
     finally:
         sys.setrecursionlimit(limit)
+
+
+async def test_a_batch_shares_one_deadline_and_only_the_late_calls_time_out() -> None:
+    """One timer per batch (not per call): the calls done by the deadline answer, a call still
+    running answers TIMEOUT with its id, a late notification stays silent, and each counts."""
+    metrics = _Counter()
+    svc = FakeService()
+    svc.slow_s = 30.0
+    app = make_rpc_app(svc, admin_token=None, request_timeout_s=0.3, metrics=metrics)
+    batch = [
+        {"jsonrpc": "2.0", "id": "fast", "method": "node_status"},
+        {"jsonrpc": "2.0", "id": "slow", "method": "detector_status"},
+        {"jsonrpc": "2.0", "method": "detector_status"},  # a notification, late too
+        {"jsonrpc": "2.0", "id": 3, "method": "nope"},
+    ]
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as s:
+        started = asyncio.get_running_loop().time()
+        async with s.post(server.make_url("/"), json=batch) as r:
+            body = await r.json()
+        took = asyncio.get_running_loop().time() - started
+    assert took < 5.0  # the deadline, not the slow calls' 30 s
+    by_id = {part["id"]: part for part in body}
+    assert set(by_id) == {"fast", "slow", 3}
+    assert by_id["fast"]["result"]["height"] == 7
+    assert by_id["slow"]["error"]["code"] == errors.TIMEOUT
+    assert by_id["slow"]["error"]["message"] == "request took longer than 0.3 s"
+    assert by_id[3]["error"]["code"] == errors.METHOD_NOT_FOUND
+    assert sorted(metrics.seen) == sorted(
+        [
+            ("node_status", "ok"),
+            ("unknown", "invalid"),
+            ("detector_status", "timeout"),
+            ("detector_status", "timeout"),
+        ]
+    )
