@@ -3,8 +3,9 @@
 Strict at the edge, like aiohttp's own request boundary: the body size is checked before it is
 read, parsing rejects deep nesting and non-JSON numbers, each call runs under a timeout (a
 batch's calls under one deadline) in a boundary that re-raises ``CancelledError``, maps
-``VigilError`` to its code, logs anything else and answers -32603 without a stack trace. Admin methods need a bearer token compared in
-constant time; the token is never logged. See docs/rpc.md for the methods and error codes.
+``VigilError`` to its code, logs anything else and answers -32603 without a stack trace. Admin
+methods need a bearer token compared in constant time; the token is never logged. See
+docs/rpc.md for the methods and error codes.
 """
 
 from __future__ import annotations
