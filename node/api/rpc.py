@@ -200,7 +200,7 @@ async def _call_batch(
     state: RpcState, batch: list[Any], authorized: bool, foreign: bool
 ) -> list[str | None]:
     """A batch's calls, concurrently, under one deadline for the whole batch: one timer, not
-    one per call (a timer per call was ~15% of this layer's CPU on batches of 19 ``tx_submit``,
+    one per call (a timer per call was ~19% of this layer's CPU on batches of 19 ``tx_submit``,
     the load generator's size at 1,500 tx/s). A call still running at the deadline is
     cancelled and answered TIMEOUT, as a single call is."""
     started = time.perf_counter()

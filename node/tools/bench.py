@@ -90,7 +90,7 @@ class Wallets:
             out.append(self._ready.popleft())
         for tx in fresh:
             account = tx[2]
-            if self._unsettled.get(account) or account in self._held:
+            if self._unsettled.get(account) or account in self._held or account in self._stopped:
                 self._held.setdefault(account, []).append(tx)
             elif len(out) < limit:
                 self._unsettled[account] = 1

@@ -91,3 +91,15 @@ def test_a_wallet_whose_tx_is_held_sends_nothing_more() -> None:
     assert w.take([a2, b0], 10) == [b0]
     assert w.kept_back() == 2
     assert w.stopped() == 1
+
+
+def test_a_stopped_wallet_keeps_back_txs_that_arrive_after_the_stop() -> None:
+    from node.tools.bench import Wallets
+
+    w = Wallets()
+    a0, a1 = ("r", "a0", "a"), ("r", "a1", "a")
+    assert w.take([a0], 10) == [a0]
+    w.stop(a0)
+    w.settle(a0)  # nothing was kept back when it stopped
+    assert w.take([a1], 10) == []
+    assert w.kept_back() == 1
