@@ -79,15 +79,18 @@ class Wallets:
     def __init__(self) -> None:
         self._unsettled: dict[str, int] = {}  # account -> its txs sent and not yet settled
         self._held: dict[str, list[Tx]] = {}  # account -> txs kept back, in nonce order
-        self._ready: deque[Tx] = deque()  # released by a settled tx, to go out first
+        # Released by a settled tx, to go out first: one burst per wallet, never split over two
+        # calls (split, the later part could reach another node first, and be taken there
+        # while the earlier part was pushed back and never sent again).
+        self._ready: deque[list[Tx]] = deque()
         self._stopped: set[str] = set()  # wallets whose tx the detector holds
 
     def take(self, fresh: Iterable[Tx], limit: int) -> list[Tx]:
-        """Up to ``limit`` txs to send now: released ones first, then ``fresh`` ones (all of
-        ``fresh`` is taken: what cannot go now is kept back by its wallet)."""
+        """Up to ``limit`` txs to send now: released bursts first, each whole, then ``fresh``
+        ones (all of ``fresh`` is taken: what cannot go now is kept back by its wallet)."""
         out: list[Tx] = []
-        while self._ready and len(out) < limit:
-            out.append(self._ready.popleft())
+        while self._ready and (not out or len(out) + len(self._ready[0]) <= limit):
+            out.extend(self._ready.popleft())
         for tx in fresh:
             account = tx[2]
             if self._unsettled.get(account) or account in self._held or account in self._stopped:
@@ -149,11 +152,11 @@ class Wallets:
                 self._held[account] = held[WALLET_BURST:]
                 held = held[:WALLET_BURST]
             self._unsettled[account] = len(held)
-            self._ready.extend(held)
+            self._ready.append(held)
 
     def kept_back(self) -> int:
         """Txs not sent: kept back by their wallet, or released and not yet taken."""
-        return len(self._ready) + sum(len(h) for h in self._held.values())
+        return sum(map(len, self._ready)) + sum(len(h) for h in self._held.values())
 
 
 async def _start_nonces(session: aiohttp.ClientSession, url: str, accounts: int) -> list[int]:

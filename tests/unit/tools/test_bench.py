@@ -103,3 +103,20 @@ def test_a_stopped_wallet_keeps_back_txs_that_arrive_after_the_stop() -> None:
     w.settle(a0)  # nothing was kept back when it stopped
     assert w.take([a1], 10) == []
     assert w.kept_back() == 1
+
+
+def test_a_released_burst_is_never_split_over_two_calls() -> None:
+    """Split, its later txs could reach another node first and be taken there (parked) while
+    the earlier ones were pushed back and never sent again: stranded behind a gap."""
+    from node.tools.bench import Wallets
+
+    w = Wallets()
+    a = [("r", f"a{i}", "a") for i in range(4)]
+    b = [("r", f"b{i}", "b") for i in range(4)]
+    assert w.take([a[0], b[0]], 10) == [a[0], b[0]]
+    assert w.take(a[1:] + b[1:], 10) == []
+    w.settle(a[0])
+    w.settle(b[0])
+    # Two bursts of 3 with room for 5: the second waits whole for the next call.
+    assert w.take([], 5) == a[1:]
+    assert w.take([], 5) == b[1:]
