@@ -312,7 +312,7 @@ class Metrics:
             buckets=RPC_BUCKETS_S,
             registry=r,
         )
-        # Labelled children by (family name, labels): labels() costs a few microseconds, paid
+        # Labelled children by (family, labels): labels() costs a few microseconds, paid
         # on every call of a JSON-RPC batch and every refused tx (thousands a second under
         # overload); the children are looked up once (``_child``).
         self._children: dict[tuple[object, ...], Any] = {}

@@ -98,9 +98,9 @@ class Wallets:
             elif len(out) < limit:
                 self._unsettled[account] = 1
                 out.append(tx)
-            else:
-                self._held[account] = [tx]
-                self._release(account)
+            else:  # no room in this call: it goes first in the next one
+                self._unsettled[account] = 1
+                self._ready.append([tx])
         return out
 
     def settle(self, tx: Tx) -> None:
@@ -443,7 +443,7 @@ class Bench:
             batch, lost, wait_s = await self._send_once(s, node, batch, first)
             if not lost:  # refused: each wallet sends its first tx again, takes the rest back
                 batch = self.wallets.take_back(batch)
-            pause_s = max(pause_s, wait_s)
+            pause_s = max(pause_s, wait_s)  # the node's retry_after_ms, when it said one
             if batch:
                 self.retried += len(batch)
                 if time.monotonic() > give_up:
@@ -462,7 +462,7 @@ class Bench:
                     # Never shorter than the node's retry_after_ms, and jittered above it:
                     # wallets refused together and paused exactly as asked came back together,
                     # and the node's load swung between floods and idle seconds.
-                    await asyncio.sleep(max(wait_s, pause_s) * (1.0 + random.random()))
+                    await asyncio.sleep(pause_s * (1.0 + random.random()))
                 finally:
                     self.retry_backlog -= len(batch)
                 pause_s = min(pause_s * 2, RETRY_PAUSE_MAX_S)
