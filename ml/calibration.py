@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ml.arrays import BoolArray, FloatArray
-from ml.iforest import IsolationForest, average_path_length, check_matrix
+from ml.iforest import IsolationForest, check_matrix
 
 # Features are log2 ratios and small counts: a column whose training range is narrower than one
 # doubling is treated as one doubling wide, so "2 where the window only had 1" is not infinitely
@@ -89,6 +89,8 @@ def extrapolated_path_lengths(h: FloatArray, level_odds: FloatArray) -> FloatArr
     at ``q = 0``.
     """
     q = np.clip(level_odds, 0.0, 1.0)
+    if not q.any():  # no row has an out-of-range column (ordinary traffic): h, as below
+        return h.copy()
     safe = np.where(q > 0.0, q, 1.0)
     shortened = (1.0 - np.power(1.0 - q, h)) / safe
     out: FloatArray = np.where(q > 0.0, np.minimum(shortened, h), h)
@@ -117,10 +119,12 @@ def extrapolated_scores(
         raise ValueError("lengths must have one path length per row of X")
     else:
         h = lengths
-    c = float(average_path_length(forest.psi))
+    c = forest.c_psi
     if c <= 0.0:
         return forest.score(data)
-    scores: FloatArray = np.exp2(-extrapolated_path_lengths(h, odds.mean(axis=1)) / c)
+    # sum / count is what ``mean`` computes, without its per-call set-up (bit for bit the same).
+    level_odds = odds.sum(axis=1) / odds.shape[1]
+    scores: FloatArray = np.exp2(-extrapolated_path_lengths(h, level_odds) / c)
     return scores
 
 

@@ -129,6 +129,11 @@ class IsolationForest:
     def fitted(self) -> bool:
         return self.psi > 0
 
+    @property
+    def c_psi(self) -> float:
+        """c(psi), the score's normaliser (0.0 before ``fit``): computed once, at fit time."""
+        return self._c_psi
+
     # --- training ---------------------------------------------------------------------------
 
     def fit(self, X: npt.ArrayLike) -> IsolationForest:

@@ -37,6 +37,20 @@ def test_extrapolated_path_lengths_are_monotone_and_bounded() -> None:
     assert np.all(out <= h)
 
 
+def test_rows_without_odds_keep_their_path_length_exactly() -> None:
+    # The all-inside batch (ordinary traffic) skips the formula: the same values, in a new array.
+    h = np.array([6.25, 3.0, 11.5])
+    for q in (np.zeros(3), np.array([0.0, 0.2, 0.0])):
+        out = extrapolated_path_lengths(h, q)
+        assert out is not h
+        assert out[0] == 6.25
+        assert out[2] == 11.5
+        assert (out[1] == 3.0) == (q[1] == 0.0)
+    forest = IsolationForest(10, 64, seed=1).fit(np.arange(200.0).reshape(100, 2))
+    assert forest.c_psi == float(average_path_length(64))
+    assert IsolationForest(10, 64, seed=1).c_psi == 0.0
+
+
 def test_extrapolated_scores_match_inside_and_grow_outside() -> None:
     rng = np.random.default_rng(1)
     X = rng.normal(size=(500, 2))
