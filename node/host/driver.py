@@ -5,9 +5,13 @@ replica and is fed by a bounded queue; ``step`` is never
 re-entered. It drains what is queued, steps each event, then performs the collected actions in
 order with one twist that keeps the rule "a Persist is durable before any later send": all
 Persist records of the round are written in one durable batch first, then sends and the rest
-follow in order. ``perform`` matches every ``Action`` type (``assert_never``): the core tells the
-host everything, including the re-proposed entries of a view change (``ViewChanged.reproposed``;
-the host never decodes consensus messages for its own bookkeeping). The feeders: a ticker (time
+follow in order. A round whose actions tell nobody anything (only ``Validate``, ``Dropped``,
+``SetTimer``, ``RequestProposal``: a backup's PRE-PREPARE accepted, say) does not wait for its
+write: the write is queued on the one consensus-log thread, the validation starts meanwhile, and
+the next round waits for it before any of its own actions, so the rule still holds.
+``perform`` matches every ``Action`` type (``assert_never``): the core tells the host
+everything, including the re-proposed entries of a view change (``ViewChanged.reproposed``; the
+host never decodes consensus messages for its own bookkeeping). The feeders: a ticker (time
 and the "pending work" flag), the proposer (our proposals when primary), validation tasks
 (verdicts on the primary's proposals), the committer (``Applied(seq)`` once a block is durable,
 node/host/committer.py) and the status loop and frames (``PeerStatus`` per peer status frame;
@@ -62,6 +66,9 @@ from node.net.peerwatch import PeerWatch
 log = logging.getLogger(__name__)
 
 ROUND_EVENTS_MAX = 256
+# Actions that may be carried out before the round's Persist records are durable: none of them
+# reaches a peer or the chain (the module docstring).
+_BEFORE_DURABLE = (Persist, Validate, Dropped, SetTimer, RequestProposal)
 STATUS_EVERY_S = 1.0
 
 
@@ -194,6 +201,8 @@ class Driver:
         self.durable_height = durable_height
         self._applied_fed = 0
         self._applied_at = time.monotonic()
+        # The last round's write when that round did not wait for it (``_BEFORE_DURABLE``).
+        self._unsynced: asyncio.Future[None] | None = None
 
     def _left_view(self, ev: Event) -> None:
         """We gave up on our view: say what made us (a tick is our request timer expiring; a
@@ -230,16 +239,26 @@ class Driver:
                 actions.extend(self.replica.step(ev))
                 if was_active and not self.replica.view_active:
                     self._left_view(ev)
+            if self._unsynced is not None:
+                unsynced, self._unsynced = self._unsynced, None
+                await unsynced  # durable (or raising) before anything of this round
             records = [r for a in actions if isinstance(a, Persist) for r in a.records]
-            refused = await guard_round(  # node/host/signguard.py: durable before it leaves
-                self.sign_guard,
-                self.log_pool,
-                self.index,
-                self.payload_bytes_max,
-                self.metrics,
-                actions,
-                before=functools.partial(self._write_log, records) if records else None,
-            )
+            refused: set[int] = set()
+            if records and all(isinstance(a, _BEFORE_DURABLE) for a in actions):
+                # In order behind earlier writes: the log thread is one thread.
+                self._unsynced = asyncio.get_running_loop().run_in_executor(
+                    self.log_pool, self._write_log, records
+                )
+            else:
+                refused = await guard_round(  # node/host/signguard.py: durable before it leaves
+                    self.sign_guard,
+                    self.log_pool,
+                    self.index,
+                    self.payload_bytes_max,
+                    self.metrics,
+                    actions,
+                    before=functools.partial(self._write_log, records) if records else None,
+                )
             for a in actions:
                 if refused and id(a) in refused:
                     continue  # the double-sign guard holds it back

@@ -1,0 +1,121 @@
+"""The driver's round: Persist records durable before any send; the rounds that need not wait."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from consensus.api import Action, Broadcast, Event, Persist, Tick, Validate
+from node.host.driver import Driver
+
+
+class Replica:
+    """Answers each event with the next scripted round of actions."""
+
+    view = 0
+    view_active = True
+
+    def __init__(self, rounds: list[list[Action]]) -> None:
+        self.rounds = rounds
+
+    def step(self, event: Event) -> list[Action]:
+        return self.rounds.pop(0) if self.rounds else []
+
+
+class Log:
+    """A consensus log whose writes finish only when the test says so."""
+
+    def __init__(self, trace: list[str]) -> None:
+        self.trace = trace
+        self.release = threading.Event()
+
+    def log_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
+        self.trace.append(f"write {records[0][0].decode()} started")
+        assert self.release.wait(5.0)
+        self.trace.append(f"write {records[0][0].decode()} durable")
+
+
+class Performer:
+    def __init__(self, trace: list[str]) -> None:
+        self.trace = trace
+
+    async def perform(self, a: Action) -> None:
+        if not isinstance(a, Persist):
+            self.trace.append(type(a).__name__)
+
+
+class Metrics:
+    @contextlib.contextmanager
+    def time_storage_write(self) -> Iterator[None]:
+        yield
+
+
+class Health:
+    def on_round(self, view: int, active: bool, now: float) -> None:
+        pass
+
+
+async def _until(cond: Any) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in 5 s")
+
+
+async def test_a_round_that_only_validates_does_not_wait_for_its_write_and_the_next_does() -> None:
+    trace: list[str] = []
+    log = Log(trace)
+    inbox: asyncio.Queue[Event] = asyncio.Queue()
+    pool = ThreadPoolExecutor(1)
+    driver = Driver(
+        replica=cast(
+            Any,
+            Replica(
+                [
+                    [Persist(((b"pp", b"1"),)), Validate(0, 1, b"d", b"p")],
+                    [Persist(((b"prepare", b"2"),)), Broadcast(b"vote")],
+                ]
+            ),
+        ),
+        inbox=cast(Any, inbox),
+        log=log,
+        log_pool=pool,
+        sign_guard=None,
+        index=1,
+        payload_bytes_max=1 << 20,
+        actions=cast(Any, Performer(trace)),
+        health=cast(Any, Health()),
+        metrics=cast(Any, Metrics()),
+        durable_height=lambda: 0,
+    )
+    task = asyncio.create_task(driver.run())
+    try:
+        inbox.put_nowait(Tick(0))
+        # The PRE-PREPARE's validation starts while its record is still being written.
+        await _until(lambda: "Validate" in trace)
+        assert trace == ["write pp started", "Validate"]
+        # The next round sends: nothing leaves before both writes are durable, in order.
+        inbox.put_nowait(Tick(1))
+        await asyncio.sleep(0.1)
+        assert "Broadcast" not in trace
+        log.release.set()
+        await _until(lambda: "Broadcast" in trace)
+        assert trace == [
+            "write pp started",
+            "Validate",
+            "write pp durable",
+            "write prepare started",
+            "write prepare durable",
+            "Broadcast",
+        ]
+    finally:
+        log.release.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        pool.shutdown(wait=True)
