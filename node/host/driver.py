@@ -6,9 +6,11 @@ re-entered. It drains what is queued, steps each event, then performs the collec
 order with one twist that keeps the rule "a Persist is durable before any later send": all
 Persist records of the round are written in one durable batch first, then sends and the rest
 follow in order. A round whose actions tell nobody anything (only ``Validate``, ``Dropped``,
-``SetTimer``, ``RequestProposal``: a backup's PRE-PREPARE accepted, say) does not wait for its
-write: the write is queued on the one consensus-log thread, the validation starts meanwhile, and
-the next round waits for it before any of its own actions, so the rule still holds.
+``SetTimer``, ``RequestProposal``: a backup's PRE-PREPARE accepted, say) writes nothing: its
+records are written with the next round that sends or commits, in the same batch and before any
+of its actions, so the rule still holds. Lost in a crash, such records promised nothing to
+anybody (a backup that has not voted may forget a PRE-PREPARE), and a backup's block costs one
+fsync and one thread hand-off fewer.
 ``perform`` matches every ``Action`` type (``assert_never``): the core tells the host
 everything, including the re-proposed entries of a view change (``ViewChanged.reproposed``; the
 host never decodes consensus messages for its own bookkeeping). The feeders: a ticker (time
@@ -66,6 +68,7 @@ from node.net.peerwatch import PeerWatch
 log = logging.getLogger(__name__)
 
 ROUND_EVENTS_MAX = 256
+DEFERRED_RECORDS_MAX = 256  # records held back for the next write (``_BEFORE_DURABLE``) at most
 # Actions that may be carried out before the round's Persist records are durable: none of them
 # reaches a peer or the chain (the module docstring).
 _BEFORE_DURABLE = (Persist, Validate, Dropped, SetTimer, RequestProposal)
@@ -201,8 +204,9 @@ class Driver:
         self.durable_height = durable_height
         self._applied_fed = 0
         self._applied_at = time.monotonic()
-        # The last round's write when that round did not wait for it (``_BEFORE_DURABLE``).
-        self._unsynced: asyncio.Future[None] | None = None
+        # Records of rounds that needed none of them durable yet (``_BEFORE_DURABLE``), oldest
+        # first: written with the next round's.
+        self._deferred: list[tuple[bytes, bytes | None]] = []
 
     def _left_view(self, ev: Event) -> None:
         """We gave up on our view: say what made us (a tick is our request timer expiring; a
@@ -239,16 +243,16 @@ class Driver:
                 actions.extend(self.replica.step(ev))
                 if was_active and not self.replica.view_active:
                     self._left_view(ev)
-            if self._unsynced is not None:
-                unsynced, self._unsynced = self._unsynced, None
-                await unsynced  # durable (or raising) before anything of this round
-            records = [r for a in actions if isinstance(a, Persist) for r in a.records]
+            records = self._deferred
+            records += [r for a in actions if isinstance(a, Persist) for r in a.records]
+            self._deferred = []
             refused: set[int] = set()
-            if records and all(isinstance(a, _BEFORE_DURABLE) for a in actions):
-                # In order behind earlier writes: the log thread is one thread.
-                self._unsynced = asyncio.get_running_loop().run_in_executor(
-                    self.log_pool, self._write_log, records
-                )
+            if (
+                records
+                and len(records) <= DEFERRED_RECORDS_MAX
+                and all(isinstance(a, _BEFORE_DURABLE) for a in actions)
+            ):
+                self._deferred = records
             else:
                 refused = await guard_round(  # node/host/signguard.py: durable before it leaves
                     self.sign_guard,

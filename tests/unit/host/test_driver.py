@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from consensus.api import Action, Broadcast, Event, Persist, Tick, Validate
+from consensus.api import Action, Broadcast, Dropped, Event, Persist, Tick, Validate
 from node.host.driver import Driver
 
 
@@ -32,11 +32,13 @@ class Log:
     def __init__(self, trace: list[str]) -> None:
         self.trace = trace
         self.release = threading.Event()
+        self.batches: list[list[tuple[bytes, bytes | None]]] = []
 
     def log_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
-        self.trace.append(f"write {records[0][0].decode()} started")
+        self.batches.append(list(records))
+        self.trace.append("write started")
         assert self.release.wait(5.0)
-        self.trace.append(f"write {records[0][0].decode()} durable")
+        self.trace.append("write durable")
 
 
 class Performer:
@@ -67,7 +69,7 @@ async def _until(cond: Any) -> None:
     raise AssertionError("condition not reached in 5 s")
 
 
-async def test_a_round_that_only_validates_does_not_wait_for_its_write_and_the_next_does() -> None:
+async def test_a_round_that_only_validates_writes_nothing_and_the_next_writes_both() -> None:
     trace: list[str] = []
     log = Log(trace)
     inbox: asyncio.Queue[Event] = asyncio.Queue()
@@ -78,6 +80,7 @@ async def test_a_round_that_only_validates_does_not_wait_for_its_write_and_the_n
             Replica(
                 [
                     [Persist(((b"pp", b"1"),)), Validate(0, 1, b"d", b"p")],
+                    [Dropped("late", 2)],
                     [Persist(((b"prepare", b"2"),)), Broadcast(b"vote")],
                 ]
             ),
@@ -95,24 +98,22 @@ async def test_a_round_that_only_validates_does_not_wait_for_its_write_and_the_n
     )
     task = asyncio.create_task(driver.run())
     try:
+        # A backup's accepted PRE-PREPARE: validation starts, nothing is written (no fsync).
         inbox.put_nowait(Tick(0))
-        # The PRE-PREPARE's validation starts while its record is still being written.
         await _until(lambda: "Validate" in trace)
-        assert trace == ["write pp started", "Validate"]
-        # The next round sends: nothing leaves before both writes are durable, in order.
         inbox.put_nowait(Tick(1))
+        await _until(lambda: "Dropped" in trace)
+        assert trace == ["Validate", "Dropped"]
+        # The round that sends writes the held-back record with its own, in order, in one
+        # batch, and nothing leaves before that batch is durable.
+        inbox.put_nowait(Tick(2))
+        await _until(lambda: len(log.batches) == 1)
         await asyncio.sleep(0.1)
         assert "Broadcast" not in trace
         log.release.set()
         await _until(lambda: "Broadcast" in trace)
-        assert trace == [
-            "write pp started",
-            "Validate",
-            "write pp durable",
-            "write prepare started",
-            "write prepare durable",
-            "Broadcast",
-        ]
+        assert log.batches == [[(b"pp", b"1"), (b"prepare", b"2")]]
+        assert trace == ["Validate", "Dropped", "write started", "write durable", "Broadcast"]
     finally:
         log.release.set()
         task.cancel()
