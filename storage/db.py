@@ -241,8 +241,13 @@ class Store:
 
     # --- consensus log, metadata, quarantine ---------------------------------------------------
 
-    def log_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
-        """Apply consensus-log records atomically and durably (None deletes)."""
+    def log_write(
+        self,
+        records: Sequence[tuple[bytes, bytes | None]],
+        meta: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Apply consensus-log records (None deletes) and ``meta`` puts atomically and durably,
+        in one synced batch."""
         try:
             with self._db.write_batch(transaction=True, sync=True) as wb:
                 for key, value in records:
@@ -250,6 +255,8 @@ class Store:
                         wb.delete(_LOG + key)
                     else:
                         wb.put(_LOG + key, value)
+                for key, data in meta:
+                    wb.put(_META + key, data)
         except plyvel.Error as exc:
             raise StorageError(f"{self.path}: write failed: {_why(exc)}") from None
 

@@ -5,12 +5,14 @@ replica and is fed by a bounded queue; ``step`` is never
 re-entered. It drains what is queued, steps each event, then performs the collected actions in
 order with one twist that keeps the rule "a Persist is durable before any later send": all
 Persist records of the round are written in one durable batch first, then sends and the rest
-follow in order. A round whose actions tell nobody anything (only ``Validate``, ``Dropped``,
-``SetTimer``, ``RequestProposal``: a backup's PRE-PREPARE accepted, say) writes nothing: its
-records are written with the next round that sends or commits, in the same batch and before any
-of its actions, so the rule still holds. Lost in a crash, such records promised nothing to
-anybody (a backup that has not voted may forget a PRE-PREPARE), and a backup's block costs one
-fsync and one thread hand-off fewer.
+follow in order. The same batch carries the txs of the payloads we propose or are about to
+vote for (``ProposalBodies``: the resolver adds them before the event that leads to the vote),
+so they are durable before the PRE-PREPARE or PREPARE for them leaves. A round whose actions
+tell nobody anything (only ``Validate``, ``Dropped``, ``SetTimer``, ``RequestProposal``: a
+backup's PRE-PREPARE accepted, say) writes nothing: its records are written with the next round
+that sends or commits, in the same batch and before any of its actions, so the rule still holds.
+Lost in a crash, such records promised nothing to anybody (a backup that has not voted may
+forget a PRE-PREPARE). A backup's block costs two fsyncs and two thread hand-offs fewer.
 ``perform`` matches every ``Action`` type (``assert_never``): the core tells the host
 everything, including the re-proposed entries of a view change (``ViewChanged.reproposed``; the
 host never decodes consensus messages for its own bookkeeping). The feeders: a ticker (time
@@ -60,7 +62,7 @@ from node.host.health import Health
 from node.host.metrics import Metrics
 from node.host.ports import PeerSender
 from node.host.resolver import TxResolver
-from node.host.signals import Head, Inbox, PendingFlag, ProposalQueue
+from node.host.signals import Head, Inbox, PendingFlag, ProposalBodies, ProposalQueue
 from node.host.signguard import SignGuard, guard_round
 from node.host.txflow import TxFlow
 from node.net.peerwatch import PeerWatch
@@ -85,7 +87,11 @@ class ViewSource(Protocol):
 class LogWriter(Protocol):
     """The consensus log of storage/db.py ``Store``."""
 
-    def log_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None: ...
+    def log_write(
+        self,
+        records: Sequence[tuple[bytes, bytes | None]],
+        meta: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None: ...
 
 
 class FetchPlanner(Protocol):
@@ -190,6 +196,7 @@ class Driver:
         health: Health,
         metrics: Metrics,
         durable_height: Callable[[], int],
+        bodies: ProposalBodies,
     ) -> None:
         self.replica = replica
         self.inbox = inbox
@@ -202,6 +209,7 @@ class Driver:
         self.health = health
         self.metrics = metrics
         self.durable_height = durable_height
+        self.bodies = bodies
         self._applied_fed = 0
         self._applied_at = time.monotonic()
         # Records of rounds that needed none of them durable yet (``_BEFORE_DURABLE``), oldest
@@ -222,10 +230,13 @@ class Driver:
             },
         )
 
-    def _write_log(self, records: list[tuple[bytes, bytes | None]]) -> None:
-        """The round's Persist records, synced (in the consensus-log thread)."""
+    def _write_log(
+        self, records: list[tuple[bytes, bytes | None]], meta: list[tuple[bytes, bytes]]
+    ) -> None:
+        """The round's Persist records and the proposal txs waiting for them, synced in one batch
+        (in the consensus-log thread)."""
         with self.metrics.time_storage_write():
-            self.log.log_write(records)
+            self.log.log_write(records, meta)
 
     async def run(self) -> None:
         while True:
@@ -254,6 +265,10 @@ class Driver:
             ):
                 self._deferred = records
             else:
+                # The proposal txs of our PRE-PREPARE or PREPARE of this round were added before
+                # the event that led to it (node/host/signals.py ``ProposalBodies``).
+                meta = self.bodies.take(self.durable_height()) if self.bodies else []
+                write = functools.partial(self._write_log, records, meta)
                 refused = await guard_round(  # node/host/signguard.py: durable before it leaves
                     self.sign_guard,
                     self.log_pool,
@@ -261,7 +276,7 @@ class Driver:
                     self.payload_bytes_max,
                     self.metrics,
                     actions,
-                    before=functools.partial(self._write_log, records) if records else None,
+                    before=write if records or meta else None,
                 )
             for a in actions:
                 if refused and id(a) in refused:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from node.chain.ledger import BlockInvalid, check_block_stateless, check_proposa
 from node.chain.mempool import Mempool
 from node.chain.tx import Transaction, decode_verified, tx_hash_of
 from node.host.ports import ChainReader, PeerRequester
+from node.host.signals import ProposalBodies
 from node.net.p2p import PeerError
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,13 @@ class TxResolver:
         mempool: Mempool,
         chain: ChainReader,
         p2p: PeerRequester,
-        executor: Executor | None,
+        bodies: ProposalBodies,
     ) -> None:
         self._cfg = cfg
         self._mempool = mempool
         self._chain = chain
         self._p2p = p2p
-        self._executor = executor  # the consensus-log thread: proposal txs before the vote
+        self._bodies = bodies  # proposal txs, durable with the driver's write before the vote
         self._timeout_s = cfg.timeout_s
         # seq -> (digest, tx hashes, view) of proposals we made or validated, not yet committed.
         # The view matters: a proposal of an older view may never commit (a NEW-VIEW can put
@@ -155,12 +155,10 @@ class TxResolver:
                     abandoned[h] = tx
         return list(abandoned.values())
 
-    async def _persist(self, digest: bytes, txs: tuple[Transaction, ...]) -> None:
-        chain = self._chain
+    def _persist(self, seq: int, digest: bytes, txs: tuple[Transaction, ...]) -> None:
+        """Hand the txs to the driver's next log write, which precedes our message for them."""
         data = codec.encode([tx.encode() for tx in txs])
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, chain.store.meta_put, proposal_txs_key(digest), data
-        )
+        self._bodies.add(seq, proposal_txs_key(digest), data)
 
     def _stored(self, digest: bytes) -> tuple[Transaction, ...] | None:
         chain = self._chain
@@ -175,11 +173,12 @@ class TxResolver:
     async def proposal(
         self, view: int, seq: int, txs: list[Transaction], timestamp_ms: int
     ) -> bytes:
-        """The payload the primary proposes for ``seq`` (txs durable first, then in flight)."""
+        """The payload the primary proposes for ``seq`` (its txs go with the driver's write that
+        precedes the PRE-PREPARE)."""
         p = Proposal(seq, self._cfg.index, timestamp_ms, tuple(tx.hash for tx in txs))
         payload = p.encode()
         self._record(seq, sha256(payload), tuple(txs), view)  # stale: the core drops it too
-        await self._persist(sha256(payload), tuple(txs))
+        self._persist(seq, sha256(payload), tuple(txs))
         return payload
 
     def _add(self, digest: bytes, txs: tuple[Transaction, ...], seq: int) -> None:
@@ -316,7 +315,7 @@ class TxResolver:
             return False
         resolved = tuple(tx for tx in txs if tx is not None)
         self._record(seq, digest, resolved, view)
-        await self._persist(digest, resolved)
+        self._persist(seq, digest, resolved)
         return True
 
     async def _moot_verdict(self, seq: int, digest: bytes) -> bool:

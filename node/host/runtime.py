@@ -50,7 +50,7 @@ from node.host.metrics import Metrics, serve_metrics, watch_loop_lag
 from node.host.resolver import ResolverConfig, TxResolver
 from node.host.screening import Screening, training_pool
 from node.host.service_impl import NodeServiceImpl
-from node.host.signals import Head, PendingFlag, ProposalQueue, Subscribers
+from node.host.signals import Head, PendingFlag, ProposalBodies, ProposalQueue, Subscribers
 from node.host.signguard import GuardError, SignGuard
 from node.host.txflow import TxFlow
 from node.net.address import PeerAddress
@@ -219,6 +219,7 @@ class Node:
         )
         head = Head(lambda: chain.height)
         pending = PendingFlag(mempool.has_runnable, inbox)
+        bodies = ProposalBodies()  # the resolver adds, the driver writes
         txs = TxResolver(
             ResolverConfig(
                 index=self.index,
@@ -232,7 +233,7 @@ class Node:
             mempool,
             chain,
             p2p,
-            self.log_pool,
+            bodies,
         )
         flow = TxFlow(
             mempool=mempool,
@@ -352,6 +353,7 @@ class Node:
                 health=self.health,
                 metrics=metrics,
                 durable_height=lambda: chain.height,
+                bodies=bodies,
             ),
             committer=Committer(
                 commits=self.commits,

@@ -2,8 +2,9 @@
 
 The driver, the committer, admission and the proposer meet here instead of in one big ``Node``:
 the core's proposal requests and the proposer's wake-up (``ProposalQueue``), the chain head that
-catch-up waits on (``Head``), the core's "pending work" flag (``PendingFlag``) and the /ws
-subscribers (``Subscribers``).
+catch-up waits on (``Head``), the core's "pending work" flag (``PendingFlag``), the /ws
+subscribers (``Subscribers``) and the txs of proposals waiting for the driver's next log write
+(``ProposalBodies``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,30 @@ class ProposalQueue:
     async def woken(self) -> None:
         await self._wake.wait()
         self._wake.clear()
+
+
+class ProposalBodies:
+    """The txs of payloads we propose or are about to vote for, until the driver's next write.
+
+    They must be durable before our PRE-PREPARE or PREPARE for the payload leaves (a quorum that
+    voted can always serve the block's txs). The resolver adds them before it answers (the
+    proposal, the verdict); the round that sends that message takes them into its consensus-log
+    batch (node/host/driver.py), so they cost no fsync and no thread hand-off of their own.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[int, bytes, bytes]] = []  # (seq, key, data), in order
+
+    def add(self, seq: int, key: bytes, data: bytes) -> None:
+        self._items.append((seq, key, data))
+
+    def take(self, committed: int) -> list[tuple[bytes, bytes]]:
+        """Everything added so far, but for seqs already committed here (nothing to back)."""
+        items, self._items = self._items, []
+        return [(key, data) for seq, key, data in items if seq > committed]
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class Head:

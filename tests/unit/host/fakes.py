@@ -11,6 +11,7 @@ from node.chain.ledger import Account
 from node.chain.mempool import Mempool
 from node.chain.tx import Transaction
 from node.host.resolver import ResolverConfig, TxResolver
+from node.host.signals import ProposalBodies
 
 CHAIN = "vigil"
 
@@ -132,7 +133,9 @@ def resolver(
 ) -> TxResolver:
     """A resolver over a real mempool (of ``chain``'s accounts) and the fakes."""
     pool = mempool if mempool is not None else mempool_of(chain)
-    return TxResolver(resolver_config(index, **changes), pool, chain, p2p or FakeP2P(), None)
+    return TxResolver(
+        resolver_config(index, **changes), pool, chain, p2p or FakeP2P(), ProposalBodies()
+    )
 
 
 class FakeCatchUp:

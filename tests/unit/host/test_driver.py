@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from consensus.api import Action, Broadcast, Dropped, Event, Persist, Tick, Validate
 from node.host.driver import Driver
+from node.host.signals import ProposalBodies
 
 
 class Replica:
@@ -32,10 +33,14 @@ class Log:
     def __init__(self, trace: list[str]) -> None:
         self.trace = trace
         self.release = threading.Event()
-        self.batches: list[list[tuple[bytes, bytes | None]]] = []
+        self.batches: list[tuple[list[tuple[bytes, bytes | None]], list[tuple[bytes, bytes]]]] = []
 
-    def log_write(self, records: Sequence[tuple[bytes, bytes | None]]) -> None:
-        self.batches.append(list(records))
+    def log_write(
+        self,
+        records: Sequence[tuple[bytes, bytes | None]],
+        meta: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        self.batches.append((list(records), list(meta)))
         self.trace.append("write started")
         assert self.release.wait(5.0)
         self.trace.append("write durable")
@@ -74,6 +79,7 @@ async def test_a_round_that_only_validates_writes_nothing_and_the_next_writes_bo
     log = Log(trace)
     inbox: asyncio.Queue[Event] = asyncio.Queue()
     pool = ThreadPoolExecutor(1)
+    bodies = ProposalBodies()
     driver = Driver(
         replica=cast(
             Any,
@@ -95,6 +101,7 @@ async def test_a_round_that_only_validates_writes_nothing_and_the_next_writes_bo
         health=cast(Any, Health()),
         metrics=cast(Any, Metrics()),
         durable_height=lambda: 0,
+        bodies=bodies,
     )
     task = asyncio.create_task(driver.run())
     try:
@@ -104,15 +111,20 @@ async def test_a_round_that_only_validates_writes_nothing_and_the_next_writes_bo
         inbox.put_nowait(Tick(1))
         await _until(lambda: "Dropped" in trace)
         assert trace == ["Validate", "Dropped"]
-        # The round that sends writes the held-back record with its own, in order, in one
-        # batch, and nothing leaves before that batch is durable.
+        # The round that sends writes the held-back record with its own, in order, and the
+        # proposal txs the resolver handed over, in one batch; nothing leaves before it is
+        # durable. Txs of a seq already committed here are not written.
+        assert log.batches == []
+        bodies.add(1, b"ptx1", b"txs of seq 1")
+        bodies.add(0, b"ptx0", b"txs of a committed seq")
         inbox.put_nowait(Tick(2))
         await _until(lambda: len(log.batches) == 1)
         await asyncio.sleep(0.1)
         assert "Broadcast" not in trace
         log.release.set()
         await _until(lambda: "Broadcast" in trace)
-        assert log.batches == [[(b"pp", b"1"), (b"prepare", b"2")]]
+        assert log.batches == [([(b"pp", b"1"), (b"prepare", b"2")], [(b"ptx1", b"txs of seq 1")])]
+        assert len(bodies) == 0
         assert trace == ["Validate", "Dropped", "write started", "write durable", "Broadcast"]
     finally:
         log.release.set()
