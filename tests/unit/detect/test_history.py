@@ -5,35 +5,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import random
-from dataclasses import dataclass
 
 import pytest
 
 from ml.features import FANOUT_WINDOW_MS, NEW_PAYEE_WINDOW_MS, RATE_WINDOW_MS
 from node.detect.history import SENDER_EVENTS_MAX, TxHistory
-
-
-@dataclass(frozen=True, slots=True)
-class Tx:
-    kind: str
-    sender_address: bytes
-    to: bytes
-    amount: int
-    fee: int
-    nonce: int
-    hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    height: int
-    timestamp_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    header: Header
-    txs: tuple[Tx, ...]
+from tests.unit.detect.test_detector import FakeBlock, FakeHeader, FakeTx
 
 
 def _addr(i: int) -> bytes:
@@ -62,21 +39,21 @@ def test_the_ordered_fast_path_matches_the_full_scan(seed: int) -> None:
     history = TxHistory(1000, 1000, 10**9)
     count = 0
 
-    def tx(sender: bytes) -> Tx:
+    def tx(sender: bytes) -> FakeTx:
         nonlocal count
         count += 1
         nonce = nonces[sender]
         nonces[sender] = nonce + 1 + (rng.random() < 0.1)  # now and then a gap
         if rng.random() < 0.15:
-            return Tx("anchor", sender, b"", 0, 10, nonce, b"h%d" % count)
+            return FakeTx("anchor", sender, b"", 0, 10, nonce, b"h%d" % count)
         to = rng.choice(receivers)
-        return Tx("transfer", sender, to, rng.randrange(1, 10**6), 10, nonce, b"h%d" % count)
+        return FakeTx("transfer", sender, to, rng.randrange(1, 10**6), 10, nonce, b"h%d" % count)
 
     for height, t in enumerate(times, start=1):
         block = tuple(
             tx(rng.choice(senders)) for _ in range(rng.randrange(0, 2 * SENDER_EVENTS_MAX))
         )
-        history.observe_block(Block(Header(height, t), block))
+        history.observe_block(FakeBlock(FakeHeader(height, t), block))
     # Some admitted, not yet committed txs (the pending overlay), at times around the edges too.
     for t in (now - RATE_WINDOW_MS, now - NEW_PAYEE_WINDOW_MS - 1, now - 3, now + 1):
         history.admit([tx(s) for s in senders], t, rows=False)
