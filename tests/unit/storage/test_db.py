@@ -173,3 +173,29 @@ def test_initialize_once(tmp_path: Path) -> None:
     with Store(path) as s:
         assert s.initialized
         assert s.meta_get(b"genesis") == b"g" * 32
+
+
+def test_tables_with_and_without_bloom_filters_read_alike(tmp_path: Path) -> None:
+    # A data directory written before the filter policy (no filter blocks) opens and answers the
+    # same, and tables written with filters still open without them (a downgrade).
+    import plyvel
+
+    from storage.db import BLOOM_BITS_PER_KEY
+
+    path = str(tmp_path / "db")
+    with Store(path) as s:
+        for height in range(1, 41):
+            _commit(s, height)
+    for bits in (0, BLOOM_BITS_PER_KEY, 0):  # every table rewritten without, with, without
+        db = plyvel.DB(path, bloom_filter_bits=bits)
+        db.compact_range()
+        db.close()
+        with Store(path) as s:
+            top = s.head()
+            assert top is not None
+            for height in (1, 17, 40, top[0]):
+                assert s.get_tx_location(_h(height * 10 + 1, b"T")) == (height, 1)
+            assert s.get_tx_location(_h(999, b"T")) is None
+            _commit(s, top[0] + 1)
+    with Store(path) as s:
+        assert s.head() == (43, _h(43, b"B"))
