@@ -677,7 +677,6 @@ class Screening:
 
     def monitoring(self, now_ms: int | None = None) -> dict[str, Any]:
         now = self.clock_ms() if now_ms is None else now_ms
-        st = self.detector.status()
         return {
             "drift_psi": self.detector.drift(),
             "drift_warn_psi": self.monitor.drift_warn_psi,
@@ -686,7 +685,7 @@ class Screening:
             "hold_rate_warn_per_min": self.monitor.hold_rate_warn_per_min,
             "hold_budget_per_min": self.budget.per_min,
             "budget_overflows": self.budget.overflows,
-            "model_age_blocks": st["model_age_blocks"],
+            "model_age_blocks": self.detector.model_age_blocks,
         }
 
     async def run(self) -> None:
