@@ -515,13 +515,18 @@ class Detector:
         """Blocks observed since the model in use was trained; None without a model."""
         return self._height - self._trained_at if self._model is not None else None
 
+    def score_quantiles(self) -> dict[str, float | None]:
+        """p50, p90 and p99 of the recent scores (None before any): one pass, not one each."""
+        quantiles: dict[str, float | None] = {"p50": None, "p90": None, "p99": None}
+        if self._scores:
+            values = np.quantile(np.fromiter(self._scores, float), _QUANTILES).tolist()
+            quantiles = dict(zip(quantiles, values, strict=True))
+        return quantiles
+
     def status(self) -> dict[str, Any]:
         """For ``detector_status`` and the metrics."""
         model = self._model
-        quantiles: dict[str, float | None] = {"p50": None, "p90": None, "p99": None}
-        if self._scores:  # the three in one pass (a separate call each sorted the scores thrice)
-            values = np.quantile(np.fromiter(self._scores, float), _QUANTILES).tolist()
-            quantiles = dict(zip(quantiles, values, strict=True))
+        quantiles = self.score_quantiles()
         flags = self._quarantined
         return {
             "enabled": self.cfg.enabled,

@@ -15,7 +15,7 @@ import numpy as np
 from ml.arrays import FloatArray, IntArray
 from ml.calibration import Ranges, extrapolated_scores, tail_threshold
 from ml.features import INDEX
-from ml.iforest import IsolationForest, average_path_length
+from ml.iforest import IsolationForest
 
 BASELINE_ROWS = 256
 # Subspaces with a forest of their own: sizes, and the shape of a burst to fresh addresses.
@@ -235,7 +235,6 @@ def calibrate(
     # The threshold is the combined score's tail quantile, extrapolated where the window is
     # too small for it (ml/calibration.py); contamination 0 holds nothing.
     if alpha > 0.0:
-        c_psi = float(average_path_length(forest.psi))
-        cut = tail_threshold(model.score(X), alpha, c_psi)
+        cut = tail_threshold(model.score(X), alpha, forest.c_psi)
         model = replace(model, threshold=max(cut, score_floor))
     return model

@@ -670,7 +670,7 @@ class Screening:
         age = mon["model_age_blocks"]
         if age is not None:
             self._metric("detector_model_age_blocks", lambda m: m.set(age))
-        quantiles = self.detector.status()["score_quantiles"]
+        quantiles = self.detector.score_quantiles()
         for q, value in quantiles.items():
             if value is not None:
                 self._set_labelled("detector_score_quantile", q, value)
