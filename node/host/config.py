@@ -25,6 +25,8 @@ PASSPHRASE_ENV = "VIGIL_KEY_PASSPHRASE"
 # above the log redaction's minimum (node/host/logs.py SECRET_LEN_MIN = 8), so a short one is
 # refused here, naming the passphrase, rather than by the redaction.
 PASSPHRASE_LEN_MIN = 12
+# The node's asyncio event loop: uvloop (libuv) by default, the standard library's on request.
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,7 @@ class NodeConfig:
     index: int | None = None  # None: found in genesis by the key
     passphrase_file: Path | None = None
     guard_file: Path | None = None  # None: data_dir / "sign_guard.json"
+    event_loop: str = "uvloop"  # "asyncio": the standard library's loop (node/tools/cli.py)
     # [p2p]
     p2p_host: str = "127.0.0.1"
     p2p_port: int = 26600
@@ -192,6 +195,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Path], _Parser]]]] = {
         "key_file": ("key_file", _path),
         "passphrase_file": ("passphrase_file", _path),
         "guard_file": ("guard_file", _path),
+        "event_loop": ("event_loop", lambda b: _str(EVENT_LOOPS)),
     },
     "p2p": {
         "host": ("p2p_host", lambda b: _str()),

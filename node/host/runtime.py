@@ -407,7 +407,13 @@ class Node:
         metrics.set_mempool(txs=0, size_bytes=0)
         log.info(
             "node_started",
-            extra={"index": self.index, "height": chain.height, "view": replica.view},
+            extra={
+                "index": self.index,
+                "height": chain.height,
+                "view": replica.view,
+                # The loop really running (node.event_loop): "uvloop" or "asyncio".
+                "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0],
+            },
         )
         return opened
 

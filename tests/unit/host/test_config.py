@@ -9,8 +9,9 @@ import pytest
 
 from node.host.config import ConfigError, parse_config
 
-BASE = {
-    "node": {"index": 0, "data_dir": ".", "genesis": "g.json", "key_file": "k.json"},
+NODE: dict[str, Any] = {"index": 0, "data_dir": ".", "genesis": "g.json", "key_file": "k.json"}
+BASE: dict[str, Any] = {
+    "node": NODE,
     "p2p": {"insecure": True},
 }
 
@@ -20,6 +21,9 @@ def test_config_defaults_and_relative_paths() -> None:
     assert cfg.genesis_file == Path("/srv/n0/g.json")
     assert cfg.block_txs_max == 2000
     assert cfg.block_empty_interval_ms == 0  # no heartbeat unless asked: an idle chain is still
+    assert cfg.event_loop == "uvloop"
+    chosen = parse_config({**BASE, "node": {**NODE, "event_loop": "asyncio"}}, Path("/"))
+    assert chosen.event_loop == "asyncio"
 
 
 @pytest.mark.parametrize("value", [0, 100, 2000, 3_600_000])
@@ -42,6 +46,7 @@ def test_config_block_empty_interval_ms_refuses_other_values(value: object) -> N
         ({**BASE, "bogus": {}}, "bogus"),
         ({"node": {"index": 0, "data_dir": "."}}, "node.genesis"),
         ({**BASE, "consensus": {"log_window": 4}}, "consensus.log_window"),
+        ({**BASE, "node": {**NODE, "event_loop": "tokio"}}, "node.event_loop"),
     ],
 )
 def test_config_errors_name_the_key(data: dict[str, Any], key: str) -> None:
