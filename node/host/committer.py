@@ -76,6 +76,7 @@ class Committer:
                 continue  # already applied (replayed from the log or by catch-up)
             started = time.monotonic()
             txs = await self.txs.for_commit(c.seq, c.digest, c.payload)
+            resolved_s = time.monotonic() - started
             applied = await loop.run_in_executor(
                 self.write_pool,
                 self.chain.apply_commit,
@@ -88,9 +89,11 @@ class Committer:
             # the driver also feeds Applied from the durable head at every round.
             with contextlib.suppress(asyncio.QueueFull):
                 self.inbox.put_nowait(Applied(c.seq))
-            self.after_commit(applied, c, time.monotonic() - started)
+            self.after_commit(applied, c, time.monotonic() - started, resolved_s)
 
-    def after_commit(self, applied: AppliedBlock, c: Commit, took_s: float) -> None:
+    def after_commit(
+        self, applied: AppliedBlock, c: Commit, took_s: float, resolved_s: float = 0.0
+    ) -> None:
         block, execution = applied.block, applied.execution
         hashes = [tx.hash for tx in block.txs]
         if self.txs.committed(c.seq, c.digest):
@@ -124,6 +127,10 @@ class Committer:
                 "txs": len(block.txs),
                 "view": c.view,
                 "ms": round(took_s * 1000, 1),
+                # Where a slow commit's time went: finding its txs (fetched from peers when
+                # missing) and the LevelDB write with its fsync.
+                "resolve_ms": round(resolved_s * 1000, 1),
+                "write_ms": round(applied.write_s * 1000, 1),
             },
         )
         self.head.advanced()

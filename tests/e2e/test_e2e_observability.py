@@ -214,5 +214,7 @@ def test_5_logs_are_structured_and_hold_no_admin_token(cluster: LocalCluster) ->
                 events.append(record)
         committed = [r for r in events if r["event"] == "block_committed"]
         assert committed, f"node {i} logged no block_committed"
-        assert {"height", "txs", "view", "ms"} <= set(committed[-1])
+        assert {"height", "txs", "view", "ms", "resolve_ms", "write_ms"} <= set(committed[-1])
+        for r in committed:  # the parts fit in the whole
+            assert 0 <= r["resolve_ms"] + r["write_ms"] <= r["ms"] + 0.2, r
         assert not [r for r in events if r["level"] == "info" and r["event"] == "tx_admitted"]
