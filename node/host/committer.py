@@ -92,7 +92,7 @@ class Committer:
             self.after_commit(applied, c, time.monotonic() - started, resolved_s)
 
     def after_commit(
-        self, applied: AppliedBlock, c: Commit, took_s: float, resolved_s: float = 0.0
+        self, applied: AppliedBlock, c: Commit, took_s: float, resolved_s: float
     ) -> None:
         block, execution = applied.block, applied.execution
         hashes = [tx.hash for tx in block.txs]
