@@ -76,7 +76,9 @@ const ws = new ethers.WebSocketProvider(env.WS_URL, undefined, { staticNetwork: 
 const seen = new Promise((resolve) => ws.on("block", (n) => resolve(n)));
 const gotLog = new Promise((resolve) => ws.on({ address: env.ANCHOR }, (log) => resolve(log)));
 const data2 = ethers.concat([ethers.sha256(ethers.toUtf8Bytes("ws")), ethers.toUtf8Bytes("ws")]);
-const tx5 = await alice.sendTransaction({ to: env.ANCHOR, data: data2 });
+// The next nonce from the wallet's own count: ethers answers an identical getTransactionCount
+// within 250 ms from its cache, and a fast chain commits tx4 within that, so the cached count is stale.
+const tx5 = await alice.sendTransaction({ to: env.ANCHOR, data: data2, nonce: tx4.nonce + 1 });
 const head = await seen;
 const wsLog = await gotLog;
 expect(wsLog.transactionHash === tx5.hash, "logs subscription");
