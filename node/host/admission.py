@@ -65,6 +65,7 @@ PARKS = (
 @dataclass(slots=True)
 class _Item:
     raw: bytes
+    tx_hash: bytes  # of ``raw`` (node/chain/tx.py ``tx_hash_of``), taken once as it is queued
     origin: int | None  # peer index for gossip, None for a client
     future: asyncio.Future[dict[str, Any]] | None
     queued_s: float  # loop clock
@@ -153,6 +154,10 @@ class Admission:
         self._pushed_at = -PRESSURE_S  # when back-pressure last refused a client's tx
         # (sender, nonce) of client txs queued under pressure, until admission decodes them
         self._queued_nonces: set[tuple[bytes, int]] = set()
+        # Hashes queued here or in the batch being admitted (a count: one tx may come twice),
+        # and a future resolved as each batch is done: ``settled``.
+        self._arriving: dict[bytes, int] = {}
+        self._batch_done: asyncio.Future[None] | None = None
 
     def on_committed(self, txs: int) -> None:
         """A block with ``txs`` txs was committed: update the commit rate (moving average)."""
@@ -202,11 +207,53 @@ class Admission:
             self._rejected("mempool_full")
             raise VigilError(MEMPOOL_FULL, refusal, self._retry_after())
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Item(raw, None, fut, self.clock()))
-        except asyncio.QueueFull:
-            raise VigilError(OVERLOADED, "admission queue full, retry later") from None
+        if not self._enqueue(_Item(raw, tx_hash_of(raw), None, fut, self.clock())):
+            raise VigilError(OVERLOADED, "admission queue full, retry later")
         return await fut
+
+    def _enqueue(self, item: _Item) -> bool:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        arriving = self._arriving
+        arriving[item.tx_hash] = arriving.get(item.tx_hash, 0) + 1
+        return True
+
+    def _arrived(self, items: Sequence[_Item]) -> None:
+        arriving = self._arriving
+        for it in items:
+            left = arriving.pop(it.tx_hash, 1) - 1
+            if left > 0:
+                arriving[it.tx_hash] = left
+        done, self._batch_done = self._batch_done, None
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def arriving(self, tx_hash: bytes) -> bool:
+        """Whether the tx is queued here or being admitted (its signature check under way)."""
+        return tx_hash in self._arriving
+
+    async def settled(self, hashes: Sequence[bytes], timeout_s: float) -> None:
+        """Wait until none of ``hashes`` is queued or being admitted here, at most
+        ``timeout_s``. A backup validating a proposal asks this before it fetches the txs it
+        lacks: a tx whose gossip came just ahead of the PRE-PREPARE is usually still in its
+        signature check here, and fetching it meanwhile cost a round trip to the primary and a
+        second signature check (a third of the txs at max rate, before this)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        arriving = self._arriving
+        while any(h in arriving for h in hashes):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            if self._batch_done is None:
+                self._batch_done = loop.create_future()
+            try:
+                async with asyncio.timeout(left):
+                    await asyncio.shield(self._batch_done)
+            except TimeoutError:
+                return
 
     def _refusal(self, raw: bytes) -> str | None:
         """Why a client's unverified tx is pushed back now (None: it goes on). Its claims
@@ -280,9 +327,7 @@ class Admission:
             h = tx_hash_of(raw)
             if h in seen:
                 continue
-            try:
-                self._queue.put_nowait(_Item(raw, origin, None, now))
-            except asyncio.QueueFull:
+            if not self._enqueue(_Item(raw, h, origin, None, now)):
                 self._rejected("admission_full")
                 return
 
@@ -301,6 +346,8 @@ class Admission:
                 for it in items:
                     if it.future is not None and not it.future.done():
                         it.future.set_exception(VigilError(-32000, "admission failed"))
+            finally:
+                self._arrived(items)
 
     def _fail(self, item: _Item, code: int, message: str, reason: str, data: Any = None) -> None:
         self._rejected(reason)
@@ -311,7 +358,7 @@ class Admission:
         # Cheap dedup first so replayed gossip and resubmissions skip signature checks.
         fresh: list[tuple[_Item, bytes]] = []
         for it in items:
-            h = tx_hash_of(it.raw)
+            h = it.tx_hash
             if h in self.mempool or self._is_committed(h):
                 self._fail(it, TX_DUPLICATE, "transaction already known", "tx_duplicate")
                 continue

@@ -320,9 +320,14 @@ class Proposer:
         inbox: Inbox,
         block_interval_ms: int,
         block_txs_max: int,
+        flush_gossip: Callable[[], None],
     ) -> None:
         self.replica = replica
         self.proposals = proposals
+        # Sends the txs that wait in node/net/gossip.py for a fuller frame now, ahead of the
+        # PRE-PREPARE on each peer's ordered link: a backup then has them (or has them in its
+        # admission) when the proposal names them, instead of fetching them from us.
+        self.flush_gossip = flush_gossip
         self.mempool = mempool
         self.watch = watch
         self.head = head
@@ -359,6 +364,7 @@ class Proposer:
                 if not txs and not heartbeat:
                     break
                 queue.pop()
+                self.flush_gossip()
                 payload = await self.txs.proposal(view, seq, txs, int(time.time() * 1000))
                 last_s = time.monotonic()
                 answered = (view, seq)

@@ -7,7 +7,7 @@ satisfy these structurally.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from node.chain.block import Block, BlockHeader
@@ -29,6 +29,15 @@ class PeerRequester(Protocol):
     async def request(
         self, to: int, kind: str, body: dict[str, Any], timeout_s: float
     ) -> dict[str, Any]: ...
+
+
+class Arrivals(Protocol):
+    """Txs on their way into the mempool: queued for admission or in its signature check
+    (node/host/admission.py ``Admission``)."""
+
+    def arriving(self, tx_hash: bytes) -> bool: ...
+
+    async def settled(self, hashes: Sequence[bytes], timeout_s: float) -> None: ...
 
 
 class TxStore(Protocol):

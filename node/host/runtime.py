@@ -261,6 +261,7 @@ class Node:
             metrics,
         )
         admission.backlog_s = cfg.mempool_backlog_ms / 1000
+        txs.arrivals = admission
         admission.screen = screening.screen
         screening.bind(admission, p2p.broadcast)
         screening.drop_waiting = flow.drop_waiting
@@ -380,6 +381,7 @@ class Node:
                 inbox=inbox,
                 block_interval_ms=cfg.block_interval_ms,
                 block_txs_max=cfg.block_txs_max,
+                flush_gossip=self.gossip.flush,
             ),
             status=status,
             pending=pending,

@@ -91,6 +91,13 @@ class Gossip:
         self._out.extend(raws)
         self._wake.set()
 
+    def flush(self) -> None:
+        """Send what waits for a fuller frame now (a primary, before its PRE-PREPARE)."""
+        if self._out:
+            out, self._out = self._out, []
+            self._sent_s = time.monotonic()
+            self._send(out)
+
     def _send(self, out: list[bytes]) -> None:
         for i in range(0, len(out), self._batch_max):
             msg = {"t": "txs", "txs": out[i : i + self._batch_max]}
@@ -105,6 +112,4 @@ class Gossip:
             self._wake.clear()
             # A short wait collects more txs into the same frame under load.
             await asyncio.sleep(self._flush_s)
-            out, self._out = self._out, []
-            self._sent_s = time.monotonic()
-            self._send(out)
+            self.flush()

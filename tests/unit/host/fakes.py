@@ -76,6 +76,7 @@ class FakeP2P:
         self.on_request: Callable[[], Awaitable[None] | None] = lambda: None
         self.sent: list[tuple[int, dict[str, Any]]] = []
         self.broadcasts: list[dict[str, Any]] = []
+        self.requested: list[bytes] = []  # every hash asked for by get_txs
 
     def peers(self) -> list[int]:
         return [0, 1, 2, 3]
@@ -83,6 +84,7 @@ class FakeP2P:
     async def request(
         self, to: int, kind: str, body: dict[str, Any], timeout_s: float
     ) -> dict[str, Any]:
+        self.requested.extend(body["hashes"])
         pending = self.on_request()
         if pending is not None:
             await pending

@@ -10,7 +10,7 @@ import pytest
 from common.crypto import SigningKey
 from node.chain.ledger import Account
 from node.chain.mempool import Mempool
-from node.chain.tx import make_transfer
+from node.chain.tx import make_transfer, tx_hash_of
 from node.errors import MEMPOOL_FULL, VigilError
 from node.host import admission as adm
 from node.host.admission import Admission
@@ -60,7 +60,9 @@ def test_backlog_allowance_follows_the_commit_rate() -> None:
 async def _submit(a: Admission, raws: list[bytes], origin: int | None = None) -> list[Any]:
     loop = asyncio.get_running_loop()
     items = [
-        adm._Item(r, origin, loop.create_future() if origin is None else None, a.clock())
+        adm._Item(
+            r, tx_hash_of(r), origin, loop.create_future() if origin is None else None, a.clock()
+        )
         for r in raws
     ]
     await a._admit(items)

@@ -36,6 +36,8 @@ class Primary:
         self.txs = resolver(self.chain, FakeP2P(), self.mempool, 0)
         self.inbox: asyncio.Queue[Event] = asyncio.Queue()
         self.proposals = ProposalQueue()
+        # Each gossip flush, as the number of Proposes already on their way to the core.
+        self.flushed_ahead_of: list[int] = []
         self.proposer = Proposer(
             replica=View(),
             proposals=self.proposals,
@@ -46,6 +48,7 @@ class Primary:
             inbox=self.inbox,
             block_interval_ms=block_interval_ms,
             block_txs_max=100,
+            flush_gossip=lambda: self.flushed_ahead_of.append(self.inbox.qsize()),
         )
 
     def ask(self, r: RequestProposal) -> None:
@@ -109,6 +112,21 @@ async def test_a_heartbeat_repeating_a_request_just_filled_is_not_answered_twice
     answer = await primary.answer()
     assert answer is not None
     assert answer.seq == 2
+
+
+async def test_gossip_waiting_for_a_fuller_frame_leaves_ahead_of_the_proposal(
+    primary: Primary,
+) -> None:
+    """The txs a proposal names leave for the peers before its PRE-PREPARE (one ordered link
+    a peer), so backups need not fetch them from the primary."""
+    tx = _tx(0)
+    primary.mempool.add(tx, tx.hash, 0.0)
+    primary.ask(RequestProposal(0, 1))
+    assert await primary.answer() is not None
+    assert primary.flushed_ahead_of == [0]  # once, before the Propose was queued
+    primary.ask(RequestProposal(0, 2))
+    assert await primary.answer(0.2) is None  # nothing to propose: nothing flushed
+    assert primary.flushed_ahead_of == [0]
 
 
 async def test_a_heartbeat_carries_the_txs_that_are_ready(primary: Primary) -> None:

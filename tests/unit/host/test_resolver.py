@@ -17,8 +17,10 @@ from common.crypto import SigningKey
 from consensus.api import NULL_DIGEST, Commit, Event, Reproposed, ViewChanged
 from node.chain.block import Proposal
 from node.chain.tx import Transaction, make_transfer
+from node.host.admission import Admission
 from node.host.driver import Actions
 from node.host.metrics import Metrics
+from node.host.resolver import ARRIVAL_WAIT_S
 from node.host.signals import PendingFlag, ProposalQueue, Subscribers
 from node.host.txflow import STALE_TXS_MAX, TxFlow
 from node.net.gossip import SeenCache
@@ -99,6 +101,57 @@ async def test_a_seq_committed_while_its_txs_were_fetched_is_not_a_replay(
     assert valid  # the very payload this node executed at seq 10
     assert "proposal_invalid" not in caplog.text
     assert node.txs.uncommitted_hashes() == set()  # nothing left in flight for a done seq
+
+
+class _NoGossip:
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+
+    def forward(self, raws: list[bytes]) -> None:
+        pass
+
+
+async def test_a_tx_still_in_admission_is_waited_for_not_fetched() -> None:
+    """Its gossip came just ahead of the PRE-PREPARE and is in this backup's signature check:
+    the backup waits for its own admission instead of asking the primary for the tx (a round
+    trip, and the same signature checked twice). A tx that is nowhere here is still fetched."""
+    here, elsewhere = _tx(0), _tx(1)
+    node = Host(2, {here.hash: here, elsewhere.hash: elsewhere})
+    admission = Admission(node.mempool, _NoGossip(), lambda h: False, _nothing, _nothing, None)
+    node.txs.arrivals = admission
+    admission.gossiped([here.encode()], origin=0)
+    assert admission.arriving(here.hash)
+    assert not admission.arriving(elsewhere.hash)
+    admitting = asyncio.create_task(admission.run())
+    try:
+        payload = Proposal(1, 0, 1000, (here.hash, elsewhere.hash)).encode()
+        assert await node.txs.validate(0, 1, sha256(payload), payload)
+    finally:
+        admitting.cancel()
+    assert node.p2p.requested == [elsewhere.hash]  # only the one no admission here knew of
+    assert here.hash in node.mempool
+    assert not admission.arriving(here.hash)
+
+
+async def test_a_wait_for_admission_is_bounded() -> None:
+    """An admission that never gets to the tx (stalled, or far behind) costs a proposal at
+    most ``ARRIVAL_WAIT_S``; then the tx is fetched as before."""
+    tx = _tx(0)
+    node = Host(2, {tx.hash: tx})
+    admission = Admission(node.mempool, _NoGossip(), lambda h: False, _nothing, _nothing, None)
+    node.txs.arrivals = admission
+    admission.gossiped([tx.encode()], origin=0)  # queued; admission.run never started
+    assert admission.arriving(tx.hash)
+    payload = Proposal(1, 0, 1000, (tx.hash,)).encode()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await node.txs.validate(0, 1, sha256(payload), payload)
+    assert ARRIVAL_WAIT_S <= loop.time() - started < ARRIVAL_WAIT_S + 1.0
+    assert node.p2p.requested == [tx.hash]
+
+
+def _nothing(*args: object) -> None:
+    pass
 
 
 async def test_a_real_replay_is_still_refused(caplog: pytest.LogCaptureFixture) -> None:
