@@ -353,6 +353,17 @@ class Metrics:
         """Count ``n`` txs refused or dropped for ``reason`` (a stable error or drop name)."""
         self._child(self.txs_rejected_total, reason).inc(n)
 
+    def count_frame(self, direction: str, kind: str, size: int) -> None:
+        """One peer frame of ``size`` bytes in or out (``kind``: node/net/wire.py
+        ``frame_label``). Several a block per peer: the labelled children are cached, since
+        prometheus_client's ``labels()`` costs more than the count itself."""
+        self._child(self.p2p_messages_total, direction, kind).inc()
+        self._child(self.p2p_bytes_total, direction).inc(size)
+
+    def count_dropped_frame(self, kind: str) -> None:
+        """An outgoing frame dropped: the peer's send queue was full."""
+        self._child(self.p2p_dropped_total, kind).inc()
+
     def _child(self, family: Any, *labels: str) -> Any:
         key = (id(family), *labels)  # the families live as long as we do
         child = self._children.get(key)

@@ -214,15 +214,14 @@ class P2P:
 
     def _count(self, direction: str, kind: str, size: int) -> None:
         with contextlib.suppress(Exception):
-            self._metrics.p2p_messages_total.labels(direction=direction, type=kind).inc()
-            self._metrics.p2p_bytes_total.labels(direction=direction).inc(size)
+            self._metrics.count_frame(direction, kind, size)
 
     def _sent(self, ok: bool, kind: str, size: int) -> None:
         if ok:
             self._count("out", kind, size)
         else:
             with contextlib.suppress(Exception):
-                self._metrics.p2p_dropped_total.labels(type=kind).inc()
+                self._metrics.count_dropped_frame(kind)
 
     def _count_reject(self, reason: str) -> None:
         with contextlib.suppress(Exception):

@@ -99,6 +99,10 @@ def test_2_height_and_txs_move_with_commits_and_agree(cluster: LocalCluster) -> 
     c = cluster
     before = [quiet_height(c, i) for i in range(N)]
     txs_before = [metric(c, i, "vigil_txs_committed_total") for i in range(N)]
+    try:  # the series appears with the first frame of its type
+        gossip_in = metric(c, 3, "vigil_p2p_messages_total", direction="in", type="txs")
+    except KeyError:
+        gossip_in = 0.0
     hashes = submit(c, 1, range(0, 30)) + submit(c, 2, range(30, 40))
     wait_for("40 txs committed on node 0", lambda: all_committed(c, 0, hashes))
     for i in range(N):
@@ -116,6 +120,11 @@ def test_2_height_and_txs_move_with_commits_and_agree(cluster: LocalCluster) -> 
     blocks = c.rpc_batch(0, [("block_get", [h]) for h in range(1, height + 1)])
     in_chain = sum(len(b["result"]["tx_hashes"]) for b in blocks)
     assert metric(c, 0, "vigil_txs_committed_total") == in_chain
+    # Node 3 had the 40 txs from the gossip of nodes 1 and 2: at least a frame from each.
+    assert metric(c, 3, "vigil_p2p_messages_total", direction="in", type="txs") >= gossip_in + 2
+    text = scrape(c, 3)
+    assert sample(text, "vigil_p2p_bytes_total", direction="in") > 0
+    assert sample(text, "vigil_p2p_messages_total", direction="out", type="commit") >= 1
     # Node 1 admitted 30 from RPC: their first-seen -> commit latencies are recorded.
     assert metric(c, 1, "vigil_tx_commit_latency_seconds_count") >= 30
     assert metric(c, 0, "vigil_block_commit_seconds_count") >= 1

@@ -144,6 +144,21 @@ def test_observe_rpc_bounds_method_label() -> None:
     assert 'vigil_rpc_requests_total{method="tx_get",outcome="error"} 1.0' in text_of(m)
 
 
+def test_frame_counts_add_up_per_direction_and_type() -> None:
+    m = Metrics()
+    for _ in range(3):
+        m.count_frame("in", "prepare", 100)
+    m.count_frame("out", "txs", 5000)
+    m.count_dropped_frame("txs")
+    m.count_dropped_frame("txs")
+    text = text_of(m)
+    assert 'vigil_p2p_messages_total{direction="in",type="prepare"} 3.0' in text
+    assert 'vigil_p2p_messages_total{direction="out",type="txs"} 1.0' in text
+    assert 'vigil_p2p_bytes_total{direction="in"} 300.0' in text
+    assert 'vigil_p2p_bytes_total{direction="out"} 5000.0' in text
+    assert 'vigil_p2p_dropped_total{type="txs"} 2.0' in text
+
+
 def test_observe_committed_updates_chain_families() -> None:
     m = Metrics()
     m.observe_committed(height=5, view=2, txs=40, block_seconds=0.2)
