@@ -32,6 +32,14 @@ import plyvel
 
 FORMAT_VERSION = b"1"
 BLOOM_BITS_PER_KEY = 10  # LevelDB filter policy of every table written (see Store.__init__)
+# LevelDB's memtable (default 4 MiB): how much is written before a table file is made and later
+# merged down the levels. The keys of the tx index and receipts are hashes, so every new table
+# overlaps the whole next level, and each merge rewrites (and snappy-compresses) all of it again.
+# Replaying 611,000 committed txs of a bench: 8.8-9.7 s of CPU at 4 MiB, 4.5 s at 16 MiB, the
+# database the same size (snappy took ~6% of a validator's CPU at max rate, by `perf`). Costs up
+# to twice this in memory (the memtable and the one being flushed) and a longer log to replay
+# after a crash.
+WRITE_BUFFER_BYTES = 16 << 20
 _VERSION = b"V"
 _HEAD = b"h"
 _INIT = b"i"
@@ -85,6 +93,7 @@ class Store:
                 create_if_missing=True,
                 paranoid_checks=True,
                 bloom_filter_bits=BLOOM_BITS_PER_KEY,
+                write_buffer_size=WRITE_BUFFER_BYTES,
             )
         except plyvel.CorruptionError as exc:
             raise StorageError(f"{self.path}: database is corrupt: {_why(exc)}") from None

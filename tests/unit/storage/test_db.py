@@ -199,3 +199,20 @@ def test_tables_with_and_without_bloom_filters_read_alike(tmp_path: Path) -> Non
             _commit(s, top[0] + 1)
     with Store(path) as s:
         assert s.head() == (43, _h(43, b"B"))
+
+
+def test_writes_up_to_the_write_buffer_make_no_table_file(tmp_path: Path) -> None:
+    # 12 MiB of writes stay in LevelDB's memtable and its log (WRITE_BUFFER_BYTES, 16 MiB): no
+    # table file is made (and later merged and compressed again) for them. At LevelDB's default
+    # (4 MiB) the same writes made tables. After a reopen everything reads back.
+    import os
+
+    path = tmp_path / "db"
+    value = os.urandom(64 * 1024)  # incompressible, as hashes and signatures are
+    count = (12 << 20) // len(value)
+    with Store(str(path), sync=False) as s:
+        for i in range(count):
+            s.meta_put(i.to_bytes(4, "big"), value)
+        assert not list(path.glob("*.ldb"))
+    with Store(str(path)) as s:
+        assert s.meta_get((count - 1).to_bytes(4, "big")) == value
