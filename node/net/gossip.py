@@ -81,7 +81,8 @@ class Gossip:
         On a quiet link (nothing sent for a flush interval) they leave at once, in the same
         loop step that admitted them: ahead of a PRE-PREPARE naming them, which would otherwise
         overtake them and make every backup fetch them from the primary. Under load they are
-        collected for a flush interval into bigger frames.
+        collected for a flush interval into bigger frames, unless a proposal names them first:
+        the proposer then calls ``flush`` before its PRE-PREPARE leaves.
         """
         now = time.monotonic()
         if not self._out and now - self._sent_s >= self._flush_s:
