@@ -113,6 +113,12 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     return value
 
 
+def peek(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode without the canonical checks, for a hint read from bytes that a full
+    :func:`decode` checks later (a value tree of any msgpack types); CodecError on garbage."""
+    return _decode_raw(data, max_bytes)[0]
+
+
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from node.chain.ledger import Account
-from node.chain.tx import TX_BYTES_MAX, Transaction
+from node.chain.tx import TX_BYTES_MAX, Claim, Transaction
 from node.errors import (
     MEMPOOL_FULL,
     TX_BALANCE,
@@ -87,12 +87,12 @@ class Mempool:
         """Nonces of ``sender``'s pending txs, ascending (eth_getTransactionCount "pending")."""
         return sorted(self._by_sender.get(sender, {}))
 
-    def fills_gap(self, tx: Transaction) -> bool:
+    def fills_gap(self, tx: Transaction | Claim) -> bool:
         """Whether ``tx``'s sender has a later nonce pending (parked behind this one)."""
         pending = self._by_sender.get(tx.sender_address)
         return pending is not None and max(pending) > tx.nonce
 
-    def would_park(self, tx: Transaction) -> bool:
+    def would_park(self, tx: Transaction | Claim) -> bool:
         """Whether ``tx`` would wait behind a missing nonce of its sender (it cannot run
         until an earlier tx arrives)."""
         return tx.nonce > self.first_gap(tx.sender_address)

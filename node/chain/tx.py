@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from common import codec
 from common.codec import CodecError
@@ -263,6 +263,42 @@ class Transaction:
             out["memo"] = to_hex(self.memo)
         out["signature"] = to_hex(self.signature)
         return out
+
+
+class Claim(NamedTuple):
+    """The sender and nonce a tx's bytes claim, before any check (``claim_of``)."""
+
+    sender_address: bytes
+    nonce: int
+
+
+def claim_of(raw: bytes) -> Claim | None:
+    """The sender address and nonce ``raw`` claims, cheaply: admission's back-pressure reads
+    them from every client tx while it pushes back, before the full decode and signature
+    check (which decide). A native tx is read without its schema check (~3 us against ~12 for
+    ``Transaction.decode``); another format's sender comes from its signature, so it is decoded
+    in full. None when the bytes do not say.
+    """
+    if not raw:
+        return None
+    if raw[0] in _FORMATS:
+        try:
+            tx = Transaction.decode(raw)
+        except CodecError:
+            return None
+        return Claim(tx.sender_address, tx.nonce)
+    try:
+        value = codec.peek(raw, TX_BYTES_MAX)
+    except CodecError:
+        return None
+    if not isinstance(value, dict) or value.get("kind") not in KINDS:
+        return None
+    sender, nonce = value.get("sender"), value.get("nonce")
+    if not isinstance(sender, bytes) or len(sender) != PUBLIC_KEY_BYTES:
+        return None
+    if type(nonce) is not int or nonce < 0:
+        return None
+    return Claim(address_of(sender), nonce)
 
 
 def decode_verified(raws: Iterable[bytes]) -> list[Transaction | str]:

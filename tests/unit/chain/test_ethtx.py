@@ -31,7 +31,7 @@ from node.chain.ethtx import (
 from node.chain.ledger import Account as LedgerAccount
 from node.chain.ledger import BlockInvalid, check_block_stateless, execute_block
 from node.chain.mempool import Mempool
-from node.chain.tx import Transaction, make_transfer, tx_hash_of
+from node.chain.tx import Claim, Transaction, claim_of, make_transfer, tx_hash_of
 from node.errors import VigilError
 from tests.vectors_gen import ETH_KEY, build_eth
 
@@ -200,3 +200,12 @@ def test_mempool_checks_the_integer_chain_id() -> None:
     wrong = Transaction.decode(signed(nonce=1, chainId=1))
     with pytest.raises(VigilError, match="wrong chain id"):
         pool.check(wrong, wrong.hash)
+
+
+def test_claim_of_an_ethereum_tx_is_its_recovered_sender() -> None:
+    """An Ethereum tx's sender is in its signature: back-pressure's read decodes it in full."""
+    raw = signed(nonce=5)
+    tx = Transaction.decode(raw)
+    assert claim_of(raw) == Claim(tx.sender_address, 5)
+    assert tx.sender_address == bytes.fromhex(ALICE.address[2:])
+    assert claim_of(raw[:-3]) is None

@@ -15,8 +15,10 @@ from common.crypto import SigningKey, address_of
 from node.chain.tx import (
     MEMO_BYTES_MAX,
     TX_BYTES_MAX,
+    Claim,
     Transaction,
     TxError,
+    claim_of,
     make_anchor,
     make_transfer,
 )
@@ -224,3 +226,26 @@ def test_to_json_shapes() -> None:
     assert a["digest"] == "0x" + "09" * 32
     assert a["memo"] == "0x6869"
     assert "amount" not in a
+
+
+def test_claim_of_reads_what_the_full_decode_reads() -> None:
+    """Back-pressure's cheap read (no schema check, no signature) names the same sender and
+    nonce as Transaction.decode for a native tx, and nothing for bytes that do not say."""
+    for tx in (
+        make_transfer(KEY, "vigil-test", b"\x02" * 20, 5, 1, 7),
+        make_anchor(KEY, "vigil-test", b"\x03" * 32, b"memo", 1, 2**40),
+    ):
+        raw = tx.encode()
+        full = Transaction.decode(raw)
+        assert claim_of(raw) == Claim(full.sender_address, full.nonce)
+    good = msgpack.unpackb(make_transfer(KEY, "vigil-test", b"\x02" * 20, 5, 1, 7).encode())
+    for bad in (
+        b"",
+        b"\xc1",  # never valid msgpack
+        msgpack.packb([1, 2]),
+        msgpack.packb({**good, "kind": "mint"}),
+        msgpack.packb({**good, "sender": b"\x01" * 31}),
+        msgpack.packb({**good, "nonce": -1}),
+        msgpack.packb({**good, "nonce": True}),
+    ):
+        assert claim_of(bad) is None

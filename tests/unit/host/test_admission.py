@@ -11,7 +11,7 @@ from common.crypto import SigningKey
 from node.chain.ledger import Account
 from node.chain.mempool import Mempool
 from node.chain.tx import make_transfer, tx_hash_of
-from node.errors import MEMPOOL_FULL, VigilError
+from node.errors import MEMPOOL_FULL, TX_INVALID, VigilError
 from node.host import admission as adm
 from node.host.admission import Admission
 
@@ -217,6 +217,9 @@ async def test_under_pressure_a_client_tx_behind_a_nonce_gap_is_refused() -> Non
     assert gap.data == {"retry_after_ms": round(adm.BACKLOG_S * 1000)}
     assert n1.hash not in a.mempool
     assert "missing nonce" in (a._refusal(n1.encode()) or "")  # before its signature check
+    [garbage] = await _submit_all(a, [b"\xc1"])  # says no sender: the normal path answers
+    assert isinstance(garbage, VigilError)
+    assert garbage.code == TX_INVALID
     gossiped = make_transfer(KEYS[1], CHAIN, b"\x02" * 20, 1, 1, 5)  # a peer's parked tx
     await _submit(a, [gossiped.encode()], origin=2)
     assert gossiped.hash in a.mempool
