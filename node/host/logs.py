@@ -166,4 +166,20 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(_level(level))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    sys.unraisablehook = _log_unraisable
     return handler
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """An exception Python cannot raise (a coroutine closed by the garbage collector while a
+    node shuts down, say) as one log record: Python's own hook printed "Exception ignored in"
+    and a traceback as raw lines into a log that is otherwise one record a line."""
+    exc = unraisable.exc_value
+    logging.getLogger("node.unraisable").warning(
+        "exception_ignored",
+        extra={
+            "where": unraisable.err_msg or "Exception ignored in",
+            "target": repr(unraisable.object)[:200],
+            "error": None if exc is None else f"{type(exc).__name__}: {exc}"[:500],
+        },
+    )

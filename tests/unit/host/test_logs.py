@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
 import shlex
-from collections.abc import Iterator
+import sys
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -136,3 +138,40 @@ def test_setup_twice_keeps_one_handler() -> None:
     setup_logging("json", "info", out)
     logging.getLogger("y").info("once")
     assert len(lines(out)) == 1
+
+
+class _Pause:
+    """An awaitable that suspends its coroutine once (no event loop needed)."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+def test_an_exception_python_cannot_raise_is_one_json_record() -> None:
+    """Seen in CI: a coroutine closed by the garbage collector as a node stopped made Python
+    print "Exception ignored in: <coroutine ...>" and a traceback as raw lines into node.log."""
+    out = io.StringIO()
+    before = sys.unraisablehook
+    try:
+        setup_logging("json", "info", out)
+
+        async def handler() -> None:
+            try:
+                await _Pause()
+            finally:
+                raise RuntimeError(f"closing with {TOKEN}")
+
+        add_secret(TOKEN)
+        coro = handler()
+        coro.send(None)  # suspended in its sleep
+        del coro  # closed by the collector: its finally raises where nothing can catch it
+        gc.collect()
+    finally:
+        sys.unraisablehook = before
+    [line] = lines(out)
+    record = json.loads(line)
+    assert record["event"] == "exception_ignored"
+    assert record["level"] == "warning"
+    assert "handler" in record["target"]
+    assert record["error"].startswith("RuntimeError: closing with")
+    assert TOKEN not in line
