@@ -26,7 +26,7 @@ import hashlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -99,6 +99,12 @@ RECENT_SCORES_MAX = 2048
 LATER_MAX = 8192
 RETRAIN_SLOW_FACTOR = 8  # see DetectorConfig.retrain_min_rows
 RECENT_ROWS_MAX = 2048  # scored feature rows kept for the drift check
+# Models whose txs' deferred reasons can still be phrased (tx_get): an older model is let go, and
+# its txs answer REASONS_GONE. Without this a cache of verdicts (node/host/screening.py keeps
+# ANOMALY_MAX of them) kept alive every model that scored one: ~4.6 MB each, a dozen or more.
+MODELS_KEPT = 3
+REASONS_GONE = ("reasons no longer kept: a newer model has replaced the one that scored this tx",)
+RATE_AT = TxContext._fields.index("rate_timestamps_ms")
 _QUANTILES = (0.5, 0.9, 0.99)  # of the recent scores, as p50, p90, p99 (status)
 
 
@@ -256,6 +262,7 @@ class Detector:
         self.model_id = b""
         self._height = 0
         self._model: TrainedModel | None = None
+        self._kept: deque[_ModelRef] = deque()  # the last MODELS_KEPT models, newest last
         self._model_version = 0
         self._trained_at = -1
         self._requested_at = -1
@@ -373,6 +380,9 @@ class Detector:
         if model.forest.n_features != N_FEATURES:
             raise ValueError(f"model has {model.forest.n_features} features, need {N_FEATURES}")
         self._model = model
+        if len(self._kept) == MODELS_KEPT:
+            self._kept.popleft().model = None
+        self._kept.append(_ModelRef(model))
         self._model_version += 1
         self._trained_at = height
         snap = self._snapshot
@@ -471,7 +481,9 @@ class Detector:
         # Strict: a tx that merely ties the tail of ordinary traffic (few distinct values, so
         # many rows share one score) is not held.
         held = (scores > model.threshold) & self.warm
-        batch = _Scored(model, X, odds, contexts, held, self.cfg.reasons_max)
+        ref = self._kept[-1]
+        assert ref.model is model
+        batch = _Scored(ref, X, odds, contexts, held, self.cfg.reasons_max)
         version = self._model_version
         threshold = model.threshold
         out: list[Verdict] = []
@@ -486,6 +498,7 @@ class Detector:
                     setter(v, value)
                 out.append(v)
             else:
+                contexts[i] = _pack_context(contexts[i])
                 out.append(
                     _verdict(score, threshold, False, (), version, functools.partial(why, i))
                 )
@@ -549,6 +562,43 @@ class Detector:
         }
 
 
+class _ModelRef:
+    """The detector's hold on a model for the txs it scored: ``model`` is None once MODELS_KEPT
+    newer models came (the detector lets it go; ``_Scored.reasons`` then says so)."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: TrainedModel) -> None:
+        self.model: TrainedModel | None = model
+
+
+class _Rate(NamedTuple):
+    """TxContext.rate_timestamps_ms as the deferred reasons keep it: how many, the earliest."""
+
+    events: int
+    earliest_ms: int
+
+
+def _pack_context(context: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A TxContext kept for reasons phrased later, with its rate timestamps (up to
+    SENDER_EVENTS_MAX of them: ~0.5 KB a tx, over ANOMALY_MAX verdicts) cut to what the phrase
+    reads, how many fall in the rate window and the earliest (TxHistory keeps only those)."""
+    stamps = context[RATE_AT]
+    if len(stamps) < 2:
+        return context
+    return (*context[:RATE_AT], _Rate(len(stamps), stamps[0]), *context[RATE_AT + 1 :])
+
+
+def _unpack_context(context: tuple[Any, ...]) -> TxContext:
+    """The TxContext again: a packed rate as that many copies of the earliest timestamp (the
+    phrase's count and earliest are the same)."""
+    stamps = context[RATE_AT]
+    if isinstance(stamps, _Rate):
+        rebuilt = (stamps.earliest_ms,) * stamps.events
+        context = (*context[:RATE_AT], rebuilt, *context[RATE_AT + 1 :])
+    return TxContext._make(context)
+
+
 class _Scored:
     """One scored micro-batch: reasons of its txs, the held ones' computed together."""
 
@@ -556,7 +606,7 @@ class _Scored:
 
     def __init__(
         self,
-        model: TrainedModel,
+        model: _ModelRef,
         X: FloatArray,
         odds: FloatArray,
         contexts: list[tuple[Any, ...]],
@@ -564,18 +614,22 @@ class _Scored:
         limit: int,
     ) -> None:
         self.model, self.X, self.odds, self.contexts, self.limit = model, X, odds, contexts, limit
-        self.high = model.ranges.high if model.ranges is not None else None
+        scorer = model.model
+        assert scorer is not None
+        self.high = scorer.ranges.high if scorer.ranges is not None else None
         self.held_rows = np.flatnonzero(held)
-        self.excess_held = model.contributions(X[self.held_rows]) if self.held_rows.size else None
+        self.excess_held = scorer.contributions(X[self.held_rows]) if self.held_rows.size else None
 
     def reasons(self, i: int) -> tuple[str, ...]:
-        model = self.model
+        model = self.model.model
+        if model is None:
+            return REASONS_GONE
         at = int(np.searchsorted(self.held_rows, i))
         if self.excess_held is not None and at < self.held_rows.size and self.held_rows[at] == i:
             excess = self.excess_held[at]
         else:
             excess = model.contributions(self.X[i : i + 1])[0]
-        context = TxContext._make(self.contexts[i])
+        context = _unpack_context(self.contexts[i])
         found = reasons(
             self.X[i],
             excess,

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from ml.features import FANOUT_WINDOW_MS
+from ml.features import FANOUT_WINDOW_MS, INDEX, _phrase
+from node.detect import detector as detector_module
 from node.detect.detector import Detector, DetectorConfig, Verdict, training_seed
+from node.detect.history import TxContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,3 +473,52 @@ def test_verdicts_do_not_depend_on_batching_or_on_the_ordered_fast_path() -> Non
         assert a.score == pytest.approx(b.score, abs=1e-12) == c.score
         assert a.quarantine == b.quarantine == c.quarantine
         assert a.all_reasons() == b.all_reasons() == c.all_reasons()
+
+
+def test_a_deferred_reason_keeps_only_the_count_and_earliest_of_the_rate_timestamps() -> None:
+    """A verdict cache of 100,000 txs kept each one's rate timestamps (up to 64: ~0.5 KB a
+    tx); the rate phrase reads only how many and the earliest, and says the same packed."""
+    now = 1_700_000_000_000
+    stamps = tuple(now - 9_000 + 150 * k for k in range(60))
+    context = TxContext(5, 1, False, now, 70, 69, 5.0, stamps[-1], stamps, 1, 70, 0)
+    packed = detector_module._pack_context(context)
+    assert len(packed) == len(context)
+    assert len(packed[detector_module.RATE_AT]) == 2
+    again = detector_module._unpack_context(packed)
+    x = np.zeros(len(INDEX))
+    x[INDEX["rate_vs_network"]] = 4.0
+    said = _phrase("rate_vs_network", x, context.facts(), context.sender())
+    assert said is not None
+    assert said.startswith("61 transactions in 9 s")
+    assert _phrase("rate_vs_network", x, again.facts(), again.sender()) == said
+    assert again._replace(rate_timestamps_ms=stamps) == context
+    few = context._replace(rate_timestamps_ms=(now - 5,))
+    assert detector_module._pack_context(few) == few
+
+
+def test_only_the_last_models_are_kept_for_deferred_reasons() -> None:
+    """Each deferred reason held its scoring model (~4.6 MB): a cache of verdicts kept every
+    model that scored one alive. The detector keeps MODELS_KEPT; older txs say so instead."""
+    traffic = Traffic(11)
+    cfg = DetectorConfig(
+        retrain_every_blocks=10, retrain_min_rows=10, min_train_txs=50, warmup_txs=10**9
+    )
+    det = Detector(cfg)
+    det.note_addresses([a.addr for a in traffic.accounts])
+    for block in traffic.ordinary_blocks(60):
+        det.observe_block(block)
+        train_if_due(det, block.header.height)
+    [v] = det.score_batch(traffic.abnormal("drain"), traffic.now_ms)
+    assert not v.reasons
+    assert v.later is not None
+    first = v.all_reasons()
+    assert first
+    assert first != detector_module.REASONS_GONE
+    versions = det.status()["model_version"]
+    for k in range(detector_module.MODELS_KEPT):
+        assert v.all_reasons() == first  # its model is still kept
+        for block in traffic.ordinary_blocks(10):
+            det.observe_block(block)
+            train_if_due(det, block.header.height)
+        assert det.status()["model_version"] == versions + k + 1
+    assert v.all_reasons() == detector_module.REASONS_GONE

@@ -231,3 +231,26 @@ async def test_under_pressure_a_client_tx_behind_a_nonce_gap_is_refused() -> Non
     late = make_transfer(key, CHAIN, b"\x02" * 20, 1, 1, 4)
     [ok] = await _submit_all(a, [late.encode()])
     assert ok["status"] == "pending"
+
+
+async def test_a_refusal_through_the_queue_is_not_a_reference_cycle() -> None:
+    """The refusal's traceback holds ``submit``'s frame: the future in it (which holds the
+    refusal) made each refusal a cycle that only the collector's full pass freed; under load
+    a node kept thousands of them (tracebacks, frames, futures) between those passes."""
+    a, _ = _admission(0)
+    [refused] = await _submit_all(a, [b"\xc1"])
+    assert isinstance(refused, VigilError)
+    assert refused.code == TX_INVALID
+    frames = []
+    tb = refused.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    assert any(f.f_code.co_name == "submit" for f in frames)
+    held = [
+        name
+        for f in frames
+        for name, value in f.f_locals.items()
+        if isinstance(value, asyncio.Future)
+    ]
+    assert held == []
