@@ -14,6 +14,8 @@ from node.tools.client import Client, ClientError, RpcError
 from node.tools.devnet import Cluster
 from node.tools.promconfig import write_prometheus_config
 
+BENCH_ACCOUNTS_MAX = 100_000  # genesis funds each one; the bench presigns over all of them
+
 
 def _health(c: Cluster, i: int) -> dict[str, Any] | None:
     try:
@@ -29,6 +31,16 @@ def _load(args: argparse.Namespace) -> Cluster:
     return Cluster.load(root)
 
 
+def _bench_accounts(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 2 <= n <= BENCH_ACCOUNTS_MAX:
+        raise argparse.ArgumentTypeError(f"between 2 and {BENCH_ACCOUNTS_MAX}, not {n}")
+    return n
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if (root / "cluster.json").exists():
@@ -37,7 +49,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         overrides = {"block": {"empty_interval_ms": args.empty_interval_ms}}
         c = devnet.init_cluster(
-            root, devnet.base_ports(args.base_port, args.n), overrides=overrides
+            root,
+            devnet.base_ports(args.base_port, args.n),
+            overrides=overrides,
+            bench_accounts=args.bench_accounts,
         )
         try:
             write_prometheus_config(
@@ -192,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         default=devnet.DEVNET_EMPTY_INTERVAL_MS,
         help="a new cluster's [block] empty_interval_ms: an empty block this often when idle"
         f" (default {devnet.DEVNET_EMPTY_INTERVAL_MS}; 0: off)",
+    )
+    up.add_argument(
+        "--bench-accounts",
+        type=_bench_accounts,
+        default=devnet.BENCH_ACCOUNTS,
+        help="a new cluster's funded accounts for scripts/bench, one wallet each (default"
+        f" {devnet.BENCH_ACCOUNTS}); more for long runs, where the detector's holds stop wallets",
     )
     up.set_defaults(func=cmd_up)
     st = sub.add_parser("status", parents=[dir_opt], help="one row per node")
