@@ -261,7 +261,6 @@ class Detector:
         self.spec: WindowSpec | None = None  # of the model in use
         self.model_id = b""
         self._height = 0
-        self._model: TrainedModel | None = None
         self._kept: deque[_ModelRef] = deque()  # the last MODELS_KEPT models, newest last
         self._model_version = 0
         self._trained_at = -1
@@ -291,6 +290,11 @@ class Detector:
         if rows is not None:
             self._window.extend(rows)
             self._window_heights.extend([height] * len(rows))
+
+    @property
+    def _model(self) -> TrainedModel | None:
+        """The model in use: the newest one kept."""
+        return self._kept[-1].model if self._kept else None
 
     # --- training ---------------------------------------------------------------------------
 
@@ -379,7 +383,6 @@ class Detector:
             )
         if model.forest.n_features != N_FEATURES:
             raise ValueError(f"model has {model.forest.n_features} features, need {N_FEATURES}")
-        self._model = model
         if len(self._kept) == MODELS_KEPT:
             self._kept.popleft().model = None
         self._kept.append(_ModelRef(model))
@@ -481,9 +484,7 @@ class Detector:
         # Strict: a tx that merely ties the tail of ordinary traffic (few distinct values, so
         # many rows share one score) is not held.
         held = (scores > model.threshold) & self.warm
-        ref = self._kept[-1]
-        assert ref.model is model
-        batch = _Scored(ref, X, odds, contexts, held, self.cfg.reasons_max)
+        batch = _Scored(self._kept[-1], X, odds, contexts, held, self.cfg.reasons_max)
         version = self._model_version
         threshold = model.threshold
         out: list[Verdict] = []
