@@ -15,7 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,10 +37,15 @@ from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE, TX_INVALID, Vigi
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 2048
+# At most this many txs a batch. Under overload a batch of 2,048 took ~1 s of wall time (its
+# signature checks in a thread, its screening on the loop), and none of its txs reached the
+# mempool before the whole batch was done: the primary sat with nothing to propose, then
+# proposed 2,000 txs at once that every backup had to check before voting.
+BATCH_MAX = 512
 # Up to this many txs are verified on the loop (~60-120 us each): a worker thread's hand-off and
 # wake-up cost more than that on a lightly loaded chain, where batches are one or two txs.
 INLINE_VERIFY_MAX = 2
+VERIFY_NICE = 5  # niceness increment of admission's signature-check threads (lower_thread_priority)
 # Back-pressure: a client's tx is refused (``mempool_full``, retry later) while the txs waiting
 # here and in the mempool would take longer than BACKLOG_S to commit at the recent commit rate
 # AND the oldest of them has waited BACKLOG_S already, so saturation shows as a retryable
@@ -60,6 +70,14 @@ QUEUE_WAIT_MAX_S = 0.5
 # turn, verified, screened and gossiped by every validator (40% of the txs admitted at 1,500
 # tx/s offered). Longer than a client's pause between retries (node/tools/bench.py: at most 3 s).
 PRESSURE_S = 5.0
+# Clients are also pushed back for LAG_HOLD_S after the event loop ran LAG_MAX_S late (node/host/
+# metrics.py samples it every 0.25 s): the node, or the machine it shares, is out of CPU, and
+# every hop of a PBFT round waits for it. Under overload (5,000 wallets retrying in waves at
+# 1,500 tx/s offered, 2 cores) the loop ran 0.3-1.5 s late a hundred times in four minutes
+# while neither queue nor backlog looked long yet, and a PRE-PREPARE left 1.4 s after its
+# proposal: the backups' request timers ran out on a primary that was only starved.
+LAG_MAX_S = 0.2
+LAG_HOLD_S = 1.0
 PUSHED_BACK = "mempool full (commit backlog), retry later"
 QUEUED_NONCES_MAX = 50_000  # as many as the queue holds
 PARKS = (
@@ -119,6 +137,31 @@ class TxGossip(Protocol):
     def forward(self, raws: list[bytes]) -> None: ...
 
 
+async def checked_txs(raws: list[bytes], pool: Executor | None = None) -> list[Transaction | str]:
+    """``decode_verified`` in a worker thread of ``pool`` (None: the loop's default), or on
+    the loop for a few txs."""
+    if len(raws) <= INLINE_VERIFY_MAX:
+        return decode_verified(raws)
+    return await asyncio.get_running_loop().run_in_executor(pool, decode_verified, raws)
+
+
+def lower_thread_priority() -> None:
+    """A thread pool's initializer: this thread yields the CPU to the rest of the process.
+
+    Admission's signature checks run in such threads (``Admission.verify_pool``): under
+    overload the machine's cores go first to the event loops that run PBFT's rounds (and to a
+    backup's checks of the txs a proposal names, in the default pool), so a wave of clients'
+    txs slows admission (which then pushes clients back) instead of every round. Linux keeps a
+    niceness per thread; elsewhere this changes nothing. The checks release the GIL (libsodium
+    through cffi), so a low-priority thread does not hold the loop back.
+    """
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + VERIFY_NICE)
+
+
 def submitted(tx_hash: bytes, verdict: Screened | None) -> dict[str, Any]:
     """``tx_submit``'s answer for an admitted tx: pending, or waiting behind a held tx."""
     out: dict[str, Any] = {"hash": "0x" + tx_hash.hex(), "status": "pending"}
@@ -147,7 +190,11 @@ class Admission:
         self._on_admitted = on_admitted
         self._on_quarantined = on_quarantined
         self._metrics = metrics
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max)
+        # The admission queue, bounded (``queue_max``): a deque, so that its oldest item's age
+        # is known at every submit, not only when a batch starts.
+        self._queue: deque[_Item] = deque()
+        self._queue_max = queue_max
+        self._queue_ready = asyncio.Event()
         self.screen: Screen | None = None  # set by the detector wiring
         self.clock: Callable[[], float] = lambda: asyncio.get_running_loop().time()
         self.backlog_s = BACKLOG_S
@@ -156,14 +203,19 @@ class Admission:
         self._age_s = 0.0  # the oldest runnable tx's age at _age_at_s (0: none)
         self._parked = 0  # txs older than it that cannot run, at _age_at_s
         self._age_at_s: float | None = None
-        self.queue_wait_s = 0.0  # how long the oldest item of the latest batch had waited
         self._pushed_at = -PRESSURE_S  # when back-pressure last refused a client's tx
+        self._lagged_at = -LAG_HOLD_S  # when the event loop last ran LAG_MAX_S late
         # (sender, nonce) of client txs queued under pressure, until admission decodes them
         self._queued_nonces: set[tuple[bytes, int]] = set()
-        # Hashes queued here or in the batch being admitted (a count: one tx may come twice),
-        # and a future resolved as each batch is done: ``settled``.
-        self._arriving: dict[bytes, int] = {}
-        self._batch_done: asyncio.Future[None] | None = None
+        # Hash -> (count, raw) of txs queued here or in the batch being admitted (a count: one
+        # tx may come twice): a backup validating a proposal takes what it lacks from here.
+        self._arriving: dict[bytes, tuple[int, bytes]] = {}
+        # The verified tx for a hash, if one is already known outside the mempool (the tx
+        # resolver's proposal bodies): its signature is not checked a second time here.
+        self.verified: Callable[[bytes], Transaction | None] = lambda tx_hash: None
+        # Where signature checks run (node/host/runtime.py: threads of lower priority); None:
+        # the loop's default executor.
+        self.verify_pool: Executor | None = None
 
     def on_committed(self, txs: int) -> None:
         """A block with ``txs`` txs was committed: update the commit rate (moving average)."""
@@ -186,14 +238,16 @@ class Admission:
         # The oldest runnable tx is looked for at most every AGE_REFRESH_S (a scan past parked
         # txs), not on every one of thousands of submits a second; meanwhile it ages. Txs that
         # cannot run (parked, or waiting behind a held tx) count neither by age nor by number.
-        if self._queue.qsize() and self.queue_wait_s > QUEUE_WAIT_MAX_S:
-            return True  # admission itself is behind: the chain's backlog is beside the point
         if now is None:
             now = self.clock()
+        if self.queue_wait_s(now) > QUEUE_WAIT_MAX_S:
+            return True  # admission itself is behind: the chain's backlog is beside the point
+        if now - self._lagged_at < LAG_HOLD_S:
+            return True  # the loop itself is late: out of CPU
         if self._age_at_s is None or now - self._age_at_s >= AGE_REFRESH_S:
             self._age_at_s = now
             self._age_s, self._parked = self.mempool.backlog(now)
-        waiting = len(self.mempool) - self._parked + self._queue.qsize()
+        waiting = len(self.mempool) - self._parked + len(self._queue)
         if waiting < self.backlog_max():
             return False
         return self._age_s > 0 and self._age_s + now - self._age_at_s >= self.backlog_s
@@ -223,49 +277,58 @@ class Admission:
             # rare full pass frees (thousands of them at a time under load).
             del fut
 
+    def on_loop_lag(self, lag_s: float) -> None:
+        """One sample of the event loop's lag (node/host/metrics.py ``watch_loop_lag``)."""
+        if lag_s > LAG_MAX_S:
+            self._lagged_at = self.clock()
+
+    def queue_wait_s(self, now: float) -> float:
+        """How long the oldest item still queued has waited (0 with none).
+
+        Read live: a burst that lands while a batch of thousands is being admitted (a second
+        or more under overload) is pushed back as soon as its head has waited too long, not
+        only once the next batch starts.
+        """
+        queue = self._queue
+        return now - queue[0].queued_s if queue else 0.0
+
     def _enqueue(self, item: _Item) -> bool:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._queue) >= self._queue_max:
             return False
+        self._queue.append(item)
+        self._queue_ready.set()
         arriving = self._arriving
-        arriving[item.tx_hash] = arriving.get(item.tx_hash, 0) + 1
+        count, _ = arriving.get(item.tx_hash, (0, b""))
+        arriving[item.tx_hash] = (count + 1, item.raw)
         return True
 
     def _arrived(self, items: Sequence[_Item]) -> None:
         arriving = self._arriving
         for it in items:
-            left = arriving.pop(it.tx_hash, 1) - 1
-            if left > 0:
-                arriving[it.tx_hash] = left
-        done, self._batch_done = self._batch_done, None
-        if done is not None and not done.done():
-            done.set_result(None)
+            count, raw = arriving.pop(it.tx_hash, (1, b""))
+            if count > 1:
+                arriving[it.tx_hash] = (count - 1, raw)
 
     def arriving(self, tx_hash: bytes) -> bool:
         """Whether the tx is queued here or being admitted (its signature check under way)."""
         return tx_hash in self._arriving
 
-    async def settled(self, hashes: Sequence[bytes], timeout_s: float) -> None:
-        """Wait until none of ``hashes`` is queued or being admitted here, at most
-        ``timeout_s``. A backup validating a proposal asks this before it fetches the txs it
-        lacks: a tx whose gossip came just ahead of the PRE-PREPARE is usually still in its
-        signature check here, and fetching it meanwhile cost a round trip to the primary and a
-        second signature check (a third of the txs at max rate, before this)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+    def queued(self, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The raw bytes of those of ``hashes`` queued here or being admitted, unchecked.
+
+        A backup validating a PRE-PREPARE takes the txs it lacks from here (and checks them
+        itself) rather than wait for its admission or fetch them from the primary: under
+        overload the queue holds thousands of txs, seconds of work, and a proposal that waited
+        behind it reached the PBFT request timer (view changes from load alone). Admission
+        later finds them verified (``verified``) and does not check their signatures again.
+        """
         arriving = self._arriving
-        while any(h in arriving for h in hashes):
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            if self._batch_done is None:
-                self._batch_done = loop.create_future()
-            try:
-                async with asyncio.timeout(left):
-                    await asyncio.shield(self._batch_done)
-            except TimeoutError:
-                return
+        out: dict[bytes, bytes] = {}
+        for h in hashes:
+            entry = arriving.get(h)
+            if entry is not None:
+                out[h] = entry[1]
+        return out
 
     def _refusal(self, raw: bytes) -> str | None:
         """Why a client's unverified tx is pushed back now (None: it goes on). Its claims
@@ -345,10 +408,11 @@ class Admission:
 
     async def run(self) -> None:
         while True:
-            items = [await self._queue.get()]
-            self.queue_wait_s = self.clock() - items[0].queued_s
-            while len(items) < BATCH_MAX and not self._queue.empty():
-                items.append(self._queue.get_nowait())
+            queue = self._queue
+            while not queue:
+                self._queue_ready.clear()
+                await self._queue_ready.wait()
+            items = [queue.popleft() for _ in range(min(len(queue), BATCH_MAX))]
             try:
                 await self._admit(items)
             except asyncio.CancelledError:
@@ -360,6 +424,17 @@ class Admission:
                         it.future.set_exception(VigilError(-32000, "admission failed"))
             finally:
                 self._arrived(items)
+
+    async def _checked(self, raws: list[bytes], hashes: list[bytes]) -> list[Transaction | str]:
+        """Each raw tx decoded with its signature checked (or why not), in a worker thread but
+        for a few; a tx already verified elsewhere (``verified``) is not checked again."""
+        out: list[Transaction | str | None] = [self.verified(h) for h in hashes]
+        todo = [raw for raw, tx in zip(raws, out, strict=True) if tx is None]
+        checked = await checked_txs(todo, self.verify_pool)
+        if len(checked) == len(out):
+            return checked
+        done = iter(checked)
+        return [tx if tx is not None else next(done) for tx in out]
 
     def _fail(self, item: _Item, code: int, message: str, reason: str, data: Any = None) -> None:
         self._rejected(reason)
@@ -377,14 +452,9 @@ class Admission:
             fresh.append((it, h))
         if not fresh:
             return
-        raws = [it.raw for it, _ in fresh]
-        if len(raws) <= INLINE_VERIFY_MAX:
-            checked = decode_verified(raws)
-        else:
-            checked = await asyncio.to_thread(decode_verified, raws)
+        checked = await self._checked([it.raw for it, _ in fresh], [h for _, h in fresh])
         admissible: list[tuple[_Item, bytes, Transaction]] = []
         now = self.clock()
-        pushing = self._pushed_back(now)
         queued = self._queued_nonces
         for (it, h), tx in zip(fresh, checked, strict=True):
             if isinstance(tx, str):
@@ -397,10 +467,11 @@ class Admission:
             except VigilError as exc:
                 self._fail(it, exc.code, exc.message, exc.name)
                 continue
-            refusal = None if it.origin is not None else self._push_back(tx, pushing, now)
-            if refusal is not None:
-                self._fail(it, MEMPOOL_FULL, refusal, "mempool_full", self._retry_after())
-                continue
+            # No push-back here: a client's tx that got past ``_refusal`` into the queue is
+            # admitted. Refused now, after its wait and its signature check, it cost all of
+            # that for nothing and came back as a retry; under overload every node refused
+            # the whole of its clients' batches this way, and no tx reached any mempool for
+            # seconds (the primary proposed nothing, and the backups' timers ran out).
             admissible.append((it, h, tx))
         verdicts: Sequence[Screened] = ()
         if self.screen is not None and admissible:

@@ -423,13 +423,20 @@ def parse_families(text: str) -> dict[str, str]:
     return out
 
 
-async def watch_loop_lag(metrics: Metrics, interval_s: float = 0.5) -> None:
-    """Measure event-loop lag forever (run it as a task; cancel it on shutdown)."""
+async def watch_loop_lag(
+    metrics: Metrics,
+    interval_s: float = 0.25,
+    on_lag: Callable[[float], None] = lambda lag_s: None,
+) -> None:
+    """Measure event-loop lag forever (run it as a task; cancel it on shutdown); each sample
+    also goes to ``on_lag`` (admission's back-pressure, node/host/admission.py)."""
     loop = asyncio.get_running_loop()
     while True:
         start = loop.time()
         await asyncio.sleep(interval_s)
-        metrics.event_loop_lag_seconds.observe(max(0.0, loop.time() - start - interval_s))
+        lag_s = max(0.0, loop.time() - start - interval_s)
+        metrics.event_loop_lag_seconds.observe(lag_s)
+        on_lag(lag_s)
 
 
 def make_metrics_app(metrics: Metrics) -> web.Application:

@@ -23,7 +23,8 @@ from node.chain.block import BLOCK_TXS_MAX, Proposal
 from node.chain.chain import PROPOSAL_TXS_KEY
 from node.chain.ledger import BlockInvalid, check_block_stateless, check_proposal
 from node.chain.mempool import Mempool
-from node.chain.tx import Transaction, decode_verified, tx_hash_of
+from node.chain.tx import Transaction, tx_hash_of
+from node.host.admission import checked_txs
 from node.host.ports import Arrivals, ChainReader, PeerRequester
 from node.host.signals import ProposalBodies
 from node.net.p2p import PeerError
@@ -41,10 +42,6 @@ def proposal_txs_key(digest: bytes) -> bytes:
 
 
 FETCH_RETRY_S = 0.2
-# How long a backup waits for txs of a proposal that are still in its own admission (their
-# gossip came just ahead of the PRE-PREPARE) before it fetches them from a peer instead. A full
-# admission batch (2,048 txs) takes ~150 ms of signature checks here.
-ARRIVAL_WAIT_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +211,11 @@ class TxResolver:
     def known(self, tx_hash: bytes) -> bool:
         return tx_hash in self._by_hash
 
+    def verified(self, tx_hash: bytes) -> Transaction | None:
+        """A tx of a proposal body we hold (every one was verified, or is in a certified
+        block): admission need not check its signature again."""
+        return self._by_hash.get(tx_hash)
+
     def add_fetched(
         self, txs: dict[bytes, tuple[Transaction, ...]], seqs: dict[bytes, int]
     ) -> None:
@@ -252,24 +254,30 @@ class TxResolver:
             if not isinstance(raws, list):
                 continue
             wanted = set(missing)
-            raws = [r for r in raws if isinstance(r, bytes) and tx_hash_of(r) in wanted]
-            for tx in await asyncio.to_thread(decode_verified, raws):
-                if isinstance(tx, Transaction):
-                    found[tx.hash] = tx
+            found.update(
+                await _verified(
+                    [r for r in raws if isinstance(r, bytes) and tx_hash_of(r) in wanted]
+                )
+            )
         return found
 
     async def _resolve(
         self, hashes: tuple[bytes, ...], first_peer: int | None
     ) -> list[Transaction | None]:
+        """The txs of a proposal: from the mempool or our proposal bodies, then from our own
+        admission queue (node/host/admission.py ``queued``: checked here, not waited for),
+        then from peers (the proposer first)."""
         txs = [self.lookup(h) for h in hashes]
         missing = [h for h, tx in zip(hashes, txs, strict=True) if tx is None]
         arrivals = self.arrivals
         if missing and arrivals is not None:
-            coming = [h for h in missing if arrivals.arriving(h)]
-            if coming:  # in our own admission: wait for it rather than fetch and check it twice
-                await arrivals.settled(coming, ARRIVAL_WAIT_S)
-                pairs = zip(hashes, txs, strict=True)
-                txs = [self.lookup(h) if tx is None else tx for h, tx in pairs]
+            queued = arrivals.queued(missing)
+            if queued:
+                found = await _verified(list(queued.values()))
+                txs = [
+                    tx if tx is not None else found.get(h)
+                    for h, tx in zip(hashes, txs, strict=True)
+                ]
                 missing = [h for h, tx in zip(hashes, txs, strict=True) if tx is None]
         if missing:
             peers = self._p2p.peers()
@@ -415,3 +423,8 @@ class TxResolver:
             return out
 
         return {"entries": await asyncio.to_thread(read)}
+
+
+async def _verified(raws: list[bytes]) -> dict[bytes, Transaction]:
+    """The raw txs that decode and carry a valid signature, by hash."""
+    return {tx.hash: tx for tx in await checked_txs(raws) if isinstance(tx, Transaction)}

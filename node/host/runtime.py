@@ -40,7 +40,7 @@ from node.chain.chain import Chain
 from node.chain.genesis import Genesis
 from node.chain.mempool import Mempool
 from node.chain.tx import Transaction
-from node.host.admission import Admission
+from node.host.admission import Admission, lower_thread_priority
 from node.host.committer import Committer
 from node.host.config import NodeConfig, load_validator_key, read_passphrase
 from node.host.driver import Actions, Driver, Proposer, Status, run_ticker
@@ -161,6 +161,10 @@ class Node:
         self.proposals = ProposalQueue()
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.log_pool = ThreadPoolExecutor(1, thread_name_prefix="clog")
+        # Admission's signature checks, at a lower priority than the loop (node/host/admission.py)
+        self._verify_pool = ThreadPoolExecutor(
+            2, thread_name_prefix="admit-verify", initializer=lower_thread_priority
+        )
         self._train_pool: ProcessPoolExecutor | None = (
             None  # detector fits (node/host/screening.py)
         )
@@ -262,6 +266,8 @@ class Node:
         )
         admission.backlog_s = cfg.mempool_backlog_ms / 1000
         txs.arrivals = admission
+        admission.verified = txs.verified
+        admission.verify_pool = self._verify_pool
         admission.screen = screening.screen
         screening.bind(admission, p2p.broadcast)
         screening.drop_waiting = flow.drop_waiting
@@ -483,7 +489,7 @@ class Node:
                 (parts.admission.run(), "admission"),
                 (self.gossip.run(), "gossip"),
                 (parts.catchup.run(), "catchup"),
-                (watch_loop_lag(self.metrics), "looplag"),
+                (watch_loop_lag(self.metrics, on_lag=parts.admission.on_loop_lag), "looplag"),
                 (parts.screening.run(), "screening"),
             ):
                 task = asyncio.create_task(coro, name=name)
@@ -515,6 +521,7 @@ class Node:
             self._train_pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._write_pool.shutdown, True)
         await asyncio.to_thread(self.log_pool.shutdown, True)
+        await asyncio.to_thread(self._verify_pool.shutdown, True)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await asyncio.get_running_loop().shutdown_default_executor()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -58,16 +62,26 @@ def test_backlog_allowance_follows_the_commit_rate() -> None:
 
 
 async def _submit(a: Admission, raws: list[bytes], origin: int | None = None) -> list[Any]:
+    """One batch through admission, as ``submit`` and ``run`` take it (without their queue):
+    a client's tx first meets the back-pressure at the door (``_refusal``)."""
     loop = asyncio.get_running_loop()
-    items = [
-        adm._Item(
-            r, tx_hash_of(r), origin, loop.create_future() if origin is None else None, a.clock()
-        )
-        for r in raws
-    ]
+    refused: dict[int, VigilError] = {}
+    items: list[adm._Item] = []
+    for n, r in enumerate(raws):
+        refusal = a._refusal(r) if origin is None else None
+        if refusal is not None:
+            refused[n] = VigilError(MEMPOOL_FULL, refusal)
+            continue
+        future = loop.create_future() if origin is None else None
+        items.append(adm._Item(r, tx_hash_of(r), origin, future, a.clock()))
     await a._admit(items)
+    answers = iter(items)
     out: list[Any] = []
-    for it in items:
+    for n in range(len(raws)):
+        if n in refused:
+            out.append(refused[n])
+            continue
+        it = next(answers)
         if it.future is not None:
             exc = it.future.exception()
             out.append(exc if exc is not None else it.future.result())
@@ -161,18 +175,71 @@ async def test_clients_pushed_back_while_admission_itself_is_behind() -> None:
     assert not a._pushed_back()
     txs = [make_transfer(KEYS[2], CHAIN, b"\x02" * 20, 1, 1, n) for n in range(3)]
     a.gossiped([tx.encode() for tx in txs], origin=1)  # queued at 100.0
-    clock[0] += adm.QUEUE_WAIT_MAX_S + 0.1
+    clock[0] += adm.QUEUE_WAIT_MAX_S / 2
+    assert not a._pushed_back()  # young yet
+    clock[0] += adm.QUEUE_WAIT_MAX_S / 2 + 0.1
+    # Read live, before any batch starts: a burst that lands while a long batch is being
+    # admitted is pushed back while that batch still runs.
+    assert a.queue_wait_s(clock[0]) == pytest.approx(adm.QUEUE_WAIT_MAX_S + 0.1)
+    assert a._pushed_back()
     runner = asyncio.create_task(a.run())
     async with asyncio.timeout(10):
         while len(a.mempool) < 3:
             await asyncio.sleep(0.01)
     runner.cancel()
-    assert a.queue_wait_s == pytest.approx(adm.QUEUE_WAIT_MAX_S + 0.1)
     assert not a._pushed_back()  # the queue is empty now: nothing to wait behind
     a.gossiped([make_transfer(KEYS[1], CHAIN, b"\x02" * 20, 1, 1, 0).encode()], origin=1)
+    assert not a._pushed_back()  # queued just now
+    clock[0] += adm.QUEUE_WAIT_MAX_S + 0.1
     assert a._pushed_back()
-    a.queue_wait_s = adm.QUEUE_WAIT_MAX_S / 2
+
+
+async def test_a_client_tx_let_in_is_admitted_even_if_pressure_starts_while_it_waits() -> None:
+    """Back-pressure is decided at the door. A client's tx already queued when the backlog
+    grows is admitted: refused after its wait and its signature check, it cost all of that for
+    nothing and came back as a retry. Under overload (5,000 wallets) every node refused its
+    clients' whole batches that way, no tx reached any mempool for seconds, and the backups'
+    request timers ran out on a primary with nothing to propose."""
+    a, clock = _admission(2 * adm.BACKLOG_TXS_MIN)  # old enough (admitted at 95.0) to refuse
+    clock[0] = 95.5  # ... but young at the door
+    tx = make_transfer(KEYS[0], CHAIN, b"\x02" * 20, 1, 1, 0)
+    submitting = asyncio.create_task(a.submit(tx.encode()))
+    await asyncio.sleep(0)  # let in: queued
+    assert a.arriving(tx.hash)
+    clock[0] = 100.0  # the backlog is now old: the door is shut
+    late = make_transfer(KEYS[1], CHAIN, b"\x02" * 20, 1, 1, 0)
+    with pytest.raises(VigilError) as refused:
+        await a.submit(late.encode())
+    assert refused.value.code == MEMPOOL_FULL
+    runner = asyncio.create_task(a.run())
+    try:
+        async with asyncio.timeout(10):
+            answer = await submitting
+    finally:
+        runner.cancel()
+    assert answer["status"] == "pending"
+    assert tx.hash in a.mempool
+
+
+async def test_clients_pushed_back_for_a_while_after_the_event_loop_ran_late() -> None:
+    """No backlog and no queue, but the loop ran LAG_MAX_S late (out of CPU): clients are
+    refused (retryable) for LAG_HOLD_S; a small lag changes nothing; gossip is never refused."""
+    a, clock = _admission(0)
+    a.on_loop_lag(adm.LAG_MAX_S / 2)
     assert not a._pushed_back()
+    a.on_loop_lag(adm.LAG_MAX_S + 0.05)
+    assert a._pushed_back()
+    tx = make_transfer(KEYS[0], CHAIN, b"\x02" * 20, 1, 1, 0)
+    [refused] = await _submit(a, [tx.encode()])
+    assert isinstance(refused, VigilError)
+    assert refused.code == MEMPOOL_FULL
+    [gossiped] = [make_transfer(KEYS[1], CHAIN, b"\x02" * 20, 1, 1, 0)]
+    await _submit(a, [gossiped.encode()], origin=1)
+    assert gossiped.hash in a.mempool
+    clock[0] += adm.LAG_HOLD_S
+    assert not a._pushed_back()
+    [answer] = await _submit(a, [tx.encode()])
+    assert answer["status"] == "pending"
 
 
 async def _submit_all(a: Admission, raws: list[bytes]) -> list[Any]:
@@ -254,3 +321,16 @@ async def test_a_refusal_through_the_queue_is_not_a_reference_cycle() -> None:
         if isinstance(value, asyncio.Future)
     ]
     assert held == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a niceness per thread is Linux's")
+def test_signature_check_threads_run_at_a_lower_priority_than_the_loop() -> None:
+    """Under overload the cores go first to the loops that run PBFT's rounds: admission's
+    signature-check threads are niced (node/host/runtime.py's pool), the caller is not."""
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with ThreadPoolExecutor(1, initializer=adm.lower_thread_priority) as pool:
+        niceness = pool.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result()
+    assert niceness == min(19, before + adm.VERIFY_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

@@ -16,11 +16,10 @@ from common.codec import sha256
 from common.crypto import SigningKey
 from consensus.api import NULL_DIGEST, Commit, Event, Reproposed, ViewChanged
 from node.chain.block import Proposal
-from node.chain.tx import Transaction, make_transfer
+from node.chain.tx import Transaction, decode_verified, make_transfer, tx_hash_of
 from node.host.admission import Admission
 from node.host.driver import Actions
 from node.host.metrics import Metrics
-from node.host.resolver import ARRIVAL_WAIT_S
 from node.host.signals import PendingFlag, ProposalQueue, Subscribers
 from node.host.txflow import STALE_TXS_MAX, TxFlow
 from node.net.gossip import SeenCache
@@ -111,43 +110,63 @@ class _NoGossip:
         pass
 
 
-async def test_a_tx_still_in_admission_is_waited_for_not_fetched() -> None:
-    """Its gossip came just ahead of the PRE-PREPARE and is in this backup's signature check:
-    the backup waits for its own admission instead of asking the primary for the tx (a round
-    trip, and the same signature checked twice). A tx that is nowhere here is still fetched."""
+async def test_a_tx_still_queued_for_admission_is_taken_from_the_queue_not_fetched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its gossip came ahead of the PRE-PREPARE but waits in this backup's admission queue
+    (thousands of txs deep under overload): the backup checks it from the queue at once,
+    instead of waiting for its admission (seconds, up to the PBFT request timer) or asking the
+    primary for it. A tx that is nowhere here is still fetched. Admission later admits the
+    queued tx without checking its signature a second time."""
     here, elsewhere = _tx(0), _tx(1)
     node = Host(2, {here.hash: here, elsewhere.hash: elsewhere})
     admission = Admission(node.mempool, _NoGossip(), lambda h: False, _nothing, _nothing, None)
     node.txs.arrivals = admission
-    admission.gossiped([here.encode()], origin=0)
+    admission.verified = node.txs.verified
+    admission.gossiped([here.encode()], origin=0)  # queued; admission.run not started yet
     assert admission.arriving(here.hash)
     assert not admission.arriving(elsewhere.hash)
+    payload = Proposal(1, 0, 1000, (here.hash, elsewhere.hash)).encode()
+    assert await asyncio.wait_for(node.txs.validate(0, 1, sha256(payload), payload), 1.0)
+    assert node.p2p.requested == [elsewhere.hash]  # only the one no admission here knew of
+    assert node.txs.verified(here.hash) == here
+
+    checked: list[bytes] = []
+    real = decode_verified
+
+    def counting(raws: list[bytes]) -> list[Transaction | str]:
+        checked.extend(raws)
+        return real(raws)
+
+    monkeypatch.setattr("node.host.admission.decode_verified", counting)
     admitting = asyncio.create_task(admission.run())
     try:
-        payload = Proposal(1, 0, 1000, (here.hash, elsewhere.hash)).encode()
-        assert await node.txs.validate(0, 1, sha256(payload), payload)
+        for _ in range(100):
+            if here.hash in node.mempool:
+                break
+            await asyncio.sleep(0.01)
     finally:
         admitting.cancel()
-    assert node.p2p.requested == [elsewhere.hash]  # only the one no admission here knew of
-    assert here.hash in node.mempool
+    assert here.hash in node.mempool  # it still enters the mempool (view changes, issue 11)
+    assert checked == []  # its signature was checked once, by the validation
     assert not admission.arriving(here.hash)
 
 
-async def test_a_wait_for_admission_is_bounded() -> None:
-    """An admission that never gets to the tx (stalled, or far behind) costs a proposal at
-    most ``ARRIVAL_WAIT_S``; then the tx is fetched as before."""
-    tx = _tx(0)
-    node = Host(2, {tx.hash: tx})
+async def test_a_queued_tx_that_fails_its_check_is_not_used() -> None:
+    """The queue holds unchecked bytes: one whose signature does not verify is not taken
+    from there; the proposal then lacks it (the primary has no valid copy either)."""
+    good = _tx(0)
+    bad = good.encode()[:-1] + bytes([good.encode()[-1] ^ 1])  # the signature's last byte
+    node = Host(2)
     admission = Admission(node.mempool, _NoGossip(), lambda h: False, _nothing, _nothing, None)
     node.txs.arrivals = admission
-    admission.gossiped([tx.encode()], origin=0)  # queued; admission.run never started
-    assert admission.arriving(tx.hash)
-    payload = Proposal(1, 0, 1000, (tx.hash,)).encode()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await node.txs.validate(0, 1, sha256(payload), payload)
-    assert ARRIVAL_WAIT_S <= loop.time() - started < ARRIVAL_WAIT_S + 1.0
-    assert node.p2p.requested == [tx.hash]
+    admission.gossiped([bad], origin=0)
+    bad_hash = tx_hash_of(bad)
+    assert admission.queued([bad_hash]) == {bad_hash: bad}
+    payload = Proposal(1, 0, 1000, (bad_hash,)).encode()
+    assert not await node.txs.validate(0, 1, sha256(payload), payload)
+    assert set(node.p2p.requested) == {bad_hash}  # asked the peers, who had no valid copy
+    assert node.txs.verified(bad_hash) is None
 
 
 def _nothing(*args: object) -> None:
