@@ -63,6 +63,21 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class Clock:
+    """The time when the host starts a round of other events: the clock moves on, no timer is
+    checked (the next ``Tick`` checks them).
+
+    Without it the core's clock is that of its last ``Tick``, and under load a tick can be a
+    second old when a round is stepped: a request timer armed then (``Applied`` restarts it)
+    ran out that much early in real time. Checking timers here instead would be wrong the
+    other way: a deadline that passed while the host was busy would fire before the round's
+    own events (a commit certificate, an ``Applied``) showed the progress that resets it.
+    """
+
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Received:
     """Raw bytes of a consensus message from authenticated validator ``sender``."""
 
@@ -139,7 +154,7 @@ class PeerStatus:
     view: int
 
 
-Event = Tick | Received | Pending | Propose | Verdict | Fetched | Applied | PeerStatus
+Event = Tick | Clock | Received | Pending | Propose | Verdict | Fetched | Applied | PeerStatus
 
 
 # --- actions -----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from consensus.api import (
     Action,
     Applied,
     Broadcast,
+    Clock,
     ConsensusConfig,
     Event,
     Fetched,
@@ -236,6 +237,8 @@ class Replica:
             case Tick(now_ms):
                 self._ctx.advance(now_ms)
                 self._on_tick(out)
+            case Clock(now_ms):
+                self._ctx.advance(now_ms)
             case Received(sender, data):
                 self._on_received(sender, data, out)
             case Pending(pending):

@@ -32,6 +32,7 @@ from consensus.api import (
     Action,
     Applied,
     Broadcast,
+    Clock,
     Commit,
     ConsensusConfig,
     Event,
@@ -382,6 +383,12 @@ class Simulation:
 
     def _step(self, node: Node, event: Event) -> None:
         assert node.replica is not None
+        if not isinstance(event, Tick | Clock):
+            # The host's clock at the start of a round (here each event is a round of its own),
+            # as node/host/driver.py feeds it: between ticks the core's time is not stale.
+            self._step(node, Clock(self.net.now_ms))
+            if node.replica is None:
+                return  # crashed in that step
         actions = node.replica.step(event)
         stop = len(actions)
         if (

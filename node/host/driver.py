@@ -42,6 +42,7 @@ from consensus.api import (
     Action,
     Applied,
     Broadcast,
+    Clock,
     Commit,
     Dropped,
     Event,
@@ -197,8 +198,10 @@ class Driver:
         metrics: Metrics,
         durable_height: Callable[[], int],
         bodies: ProposalBodies,
+        now_ms: Callable[[], int],
     ) -> None:
         self.replica = replica
+        self.now_ms = now_ms  # the ticker's clock (monotonic milliseconds)
         self.inbox = inbox
         self.log = log
         self.log_pool = log_pool
@@ -238,16 +241,36 @@ class Driver:
         with self.metrics.time_storage_write():
             self.log.log_write(records, meta)
 
+    def _round(self, queued: list[Event]) -> list[Event]:
+        """The events of one round, in the order the core steps them.
+
+        First a ``Clock`` with the time now: the core's clock is otherwise that of its last
+        Tick, which can be a second old under load, and a request timer re-armed in the round
+        would run out that much early. Then our durable head (``Applied``, when it moved), then
+        the queued events but Ticks, and last one Tick if any was queued: timers are checked
+        after the round's progress is in. A Tick queued ahead of a commit certificate or an
+        ``Applied`` fired the request timer a moment before that progress was stepped
+        (since_commit_ms of 1 at a view change under overload).
+        """
+        now = self.now_ms()
+        events: list[Event] = [Clock(now)]
+        durable = self.durable_height()
+        if durable > self._applied_fed:  # also when the committer found the inbox full
+            self._applied_fed = durable
+            self._applied_at = time.monotonic()
+            events.append(Applied(durable))
+        rest = [ev for ev in queued if not isinstance(ev, Tick)]
+        events += rest
+        if len(rest) < len(queued):
+            events.append(Tick(now))
+        return events
+
     async def run(self) -> None:
         while True:
-            events: list[Event] = [await self.inbox.get()]
-            while len(events) < ROUND_EVENTS_MAX and not self.inbox.empty():
-                events.append(self.inbox.get_nowait())
-            durable = self.durable_height()
-            if durable > self._applied_fed:  # also when the committer found the inbox full
-                self._applied_fed = durable
-                self._applied_at = time.monotonic()
-                events.append(Applied(durable))
+            queued = [await self.inbox.get()]
+            while len(queued) < ROUND_EVENTS_MAX and not self.inbox.empty():
+                queued.append(self.inbox.get_nowait())
+            events = self._round(queued)
             actions: list[Action] = []
             for ev in events:
                 was_active = self.replica.view_active

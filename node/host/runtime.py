@@ -361,6 +361,7 @@ class Node:
                 metrics=metrics,
                 durable_height=lambda: chain.height,
                 bodies=bodies,
+                now_ms=self.now_ms,
             ),
             committer=Committer(
                 commits=self.commits,

@@ -13,6 +13,7 @@ from consensus.api import (
     Action,
     Applied,
     Broadcast,
+    Clock,
     Commit,
     ConsensusConfig,
     Dropped,
@@ -602,3 +603,21 @@ def test_request_timer_waits_while_the_host_applies_committed_blocks() -> None:
     r.step(Tick(190))  # 110 ms with neither a certificate nor an applied block
     assert not r.view_active
     assert r.view == 1
+
+
+def test_the_request_timer_counts_from_the_hosts_clock_and_only_a_tick_checks_it() -> None:
+    """A ``Clock`` moves the core's time on without checking timers: work that arrives in a
+    round is timed from the round's clock (not from the last Tick, a second old under load),
+    and a deadline passed meanwhile fires only at a Tick, after the round's own events."""
+    r = Replica(config(2), random.Random(2))  # a backup; request_timeout_ms = 100
+    r.step(Tick(0))
+    r.step(Clock(80))
+    r.step(Pending(True))  # work: the request timer runs from 80, not from the Tick at 0
+    r.step(Tick(150))
+    assert r.view_active  # 150 < 80 + 100: a timer armed at the Tick's time would have fired
+    r.step(Clock(500))
+    assert r.view_active  # long past the deadline, but a Clock checks no timer
+    out = r.step(Tick(500))
+    assert not r.view_active
+    sent = [m.decode(a.data, 1024, 64 * 1024) for a in out if isinstance(a, Broadcast)]
+    assert [type(x).__name__ for x in sent] == ["ViewChange"]

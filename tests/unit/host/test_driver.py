@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from consensus.api import Action, Broadcast, Dropped, Event, Persist, Tick, Validate
+from consensus.api import Action, Applied, Broadcast, Clock, Dropped, Event, Persist, Tick, Validate
 from node.host.driver import Driver
 from node.host.signals import ProposalBodies
 
@@ -22,8 +22,12 @@ class Replica:
 
     def __init__(self, rounds: list[list[Action]]) -> None:
         self.rounds = rounds
+        self.events: list[Event] = []
 
     def step(self, event: Event) -> list[Action]:
+        self.events.append(event)
+        if isinstance(event, Clock):
+            return []  # the clock moves on; nothing else happens
         return self.rounds.pop(0) if self.rounds else []
 
 
@@ -102,6 +106,7 @@ async def test_a_round_that_only_validates_writes_nothing_and_the_next_writes_bo
         metrics=cast(Any, Metrics()),
         durable_height=lambda: 0,
         bodies=bodies,
+        now_ms=lambda: 0,
     )
     task = asyncio.create_task(driver.run())
     try:
@@ -132,3 +137,44 @@ async def test_a_round_that_only_validates_writes_nothing_and_the_next_writes_bo
         with contextlib.suppress(asyncio.CancelledError):
             await task
         pool.shutdown(wait=True)
+
+
+async def test_each_round_starts_with_the_hosts_clock_not_the_last_ticks() -> None:
+    """Under load the last Tick can be a second old when a round is stepped; a request timer
+    re-armed in that round (an ``Applied``) then ran out that much early, and the backups
+    left a primary that was keeping up (since_commit_ms 1.1-1.4 s against a 2 s timer). The
+    round's events follow a ``Clock`` with the time the round started, and the timers are
+    checked (one Tick) after them: a Tick queued ahead of an ``Applied`` fired the timer a
+    moment before that progress was stepped."""
+    clock = [5_000]
+    replica = Replica([])
+    inbox: asyncio.Queue[Event] = asyncio.Queue()
+    driver = Driver(
+        replica=cast(Any, replica),
+        inbox=cast(Any, inbox),
+        log=Log([]),
+        log_pool=ThreadPoolExecutor(1),
+        sign_guard=None,
+        index=1,
+        payload_bytes_max=1 << 20,
+        actions=cast(Any, Performer([])),
+        health=cast(Any, Health()),
+        metrics=cast(Any, Metrics()),
+        durable_height=lambda: 0,
+        bodies=ProposalBodies(),
+        now_ms=lambda: clock[0],
+    )
+    inbox.put_nowait(Tick(4_000))  # queued a second ago
+    inbox.put_nowait(Applied(7))
+    task = asyncio.create_task(driver.run())
+    try:
+        await _until(lambda: len(replica.events) >= 3)
+        assert replica.events == [Clock(5_000), Applied(7), Tick(5_000)]
+        clock[0] = 6_000
+        inbox.put_nowait(Applied(8))
+        await _until(lambda: len(replica.events) >= 5)
+        assert replica.events[3:] == [Clock(6_000), Applied(8)]  # no Tick queued: none stepped
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
