@@ -152,8 +152,9 @@ def lower_thread_priority() -> None:
     overload the machine's cores go first to the event loops that run PBFT's rounds (and to a
     backup's checks of the txs a proposal names, in the default pool), so a wave of clients'
     txs slows admission (which then pushes clients back) instead of every round. Linux keeps a
-    niceness per thread; elsewhere this changes nothing. The checks release the GIL (libsodium
-    through cffi), so a low-priority thread does not hold the loop back.
+    niceness per thread; elsewhere this changes nothing. The signature check itself releases
+    the GIL (libsodium through cffi); the decode around it holds it for microseconds at a
+    time, and a thread waiting for the GIL asks for it back after the switch interval.
     """
     if sys.platform != "linux":
         return
@@ -210,6 +211,9 @@ class Admission:
         # Hash -> (count, raw) of txs queued here or in the batch being admitted (a count: one
         # tx may come twice): a backup validating a proposal takes what it lacks from here.
         self._arriving: dict[bytes, tuple[int, bytes]] = {}
+        # Hashes of the batch being admitted, and a future resolved when it is done: ``settled``.
+        self._admitting: frozenset[bytes] = frozenset()
+        self._batch_done: asyncio.Future[None] | None = None
         # The verified tx for a hash, if one is already known outside the mempool (the tx
         # resolver's proposal bodies): its signature is not checked a second time here.
         self.verified: Callable[[bytes], Transaction | None] = lambda tx_hash: None
@@ -308,19 +312,46 @@ class Admission:
             count, raw = arriving.pop(it.tx_hash, (1, b""))
             if count > 1:
                 arriving[it.tx_hash] = (count - 1, raw)
+        self._admitting = frozenset()
+        done, self._batch_done = self._batch_done, None
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def arriving(self, tx_hash: bytes) -> bool:
         """Whether the tx is queued here or being admitted (its signature check under way)."""
         return tx_hash in self._arriving
 
+    async def settled(self, hashes: Sequence[bytes], timeout_s: float) -> None:
+        """Wait until none of ``hashes`` is in the batch being admitted (its signature checks
+        under way), at most ``timeout_s``; txs still waiting in the queue are not waited for.
+
+        A backup validating a PRE-PREPARE asks this first: at max rate a third of a proposal's
+        txs are in that batch (their gossip came just ahead), and checking them again meanwhile
+        cost a second signature check each (~50 us of CPU per tx on every backup).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while any(h in self._admitting for h in hashes):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            if self._batch_done is None:
+                self._batch_done = loop.create_future()
+            try:
+                async with asyncio.timeout(left):
+                    await asyncio.shield(self._batch_done)
+            except TimeoutError:
+                return
+
     def queued(self, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
         """The raw bytes of those of ``hashes`` queued here or being admitted, unchecked.
 
         A backup validating a PRE-PREPARE takes the txs it lacks from here (and checks them
-        itself) rather than wait for its admission or fetch them from the primary: under
-        overload the queue holds thousands of txs, seconds of work, and a proposal that waited
-        behind it reached the PBFT request timer (view changes from load alone). Admission
-        later finds them verified (``verified``) and does not check their signatures again.
+        itself) rather than wait for its admission to reach them or fetch them from the
+        primary: under overload the queue holds thousands of txs, seconds of work, and a
+        proposal that waited behind it reached the PBFT request timer (view changes from load
+        alone). Admission later finds them verified (``verified``) and does not check their
+        signatures again.
         """
         arriving = self._arriving
         out: dict[bytes, bytes] = {}
@@ -413,6 +444,7 @@ class Admission:
                 self._queue_ready.clear()
                 await self._queue_ready.wait()
             items = [queue.popleft() for _ in range(min(len(queue), BATCH_MAX))]
+            self._admitting = frozenset(it.tx_hash for it in items)
             try:
                 await self._admit(items)
             except asyncio.CancelledError:

@@ -47,6 +47,7 @@ from consensus.api import (
     Dropped,
     Event,
     FetchBlocks,
+    PeerStatus,
     Persist,
     Propose,
     RequestProposal,
@@ -227,7 +228,7 @@ class Driver:
             "view_change_started",
             extra={
                 "view": self.replica.view,
-                "cause": "timer" if isinstance(ev, Tick) else type(ev).__name__.lower(),
+                "cause": _cause(ev),
                 "since_commit_ms": round((time.monotonic() - self._applied_at) * 1000),
                 "inbox": self.inbox.qsize(),
             },
@@ -478,6 +479,17 @@ class Status:
 
 
 # --- pure helpers ---------------------------------------------------------------------------
+
+
+def _cause(ev: Event) -> str:
+    """What made us leave our view, for ``view_change_started``: our request timer (a Tick),
+    f+1 peers already in a later view (seen as a round's Clock or status steps the core), or
+    the event's kind."""
+    if isinstance(ev, Tick):
+        return "timer"
+    if isinstance(ev, Clock | PeerStatus):
+        return "peers"
+    return type(ev).__name__.lower()
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

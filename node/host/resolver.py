@@ -42,6 +42,9 @@ def proposal_txs_key(digest: bytes) -> bytes:
 
 
 FETCH_RETRY_S = 0.2
+# How long a backup waits for txs of a proposal that are in the batch its admission is checking
+# (node/host/admission.py ``settled``) before it checks them itself; a batch is at most 512 txs.
+ARRIVAL_WAIT_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,13 @@ class TxResolver:
         # digest -> seq it was proposed or fetched for: every seq at or below a commit is done
         # with, so _resolved stays bounded (superseded and forged entries never commit).
         self._seq_of: dict[bytes, int] = {}
-        self._by_hash: dict[bytes, Transaction] = {}  # every tx in _resolved
+        # Every tx of a body in _resolved whose signature was checked here: our proposals and
+        # the proposals we validated (from the mempool, our admission queue or a peer, each
+        # verified). Bodies of blocks fetched by catch-up are not: their certificates are
+        # checked by the core only after they are added, so a faulty peer could slip a tx
+        # with a bad signature in under a made-up certificate (``_unchecked``).
+        self._by_hash: dict[bytes, Transaction] = {}
+        self._unchecked: set[bytes] = set()  # digests in _resolved whose txs are not in _by_hash
         self.status: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # hash -> status, reason
         # The highest view we entered: a record of an older view arriving late (a validation
         # that finished after the view change) would hold its txs in flight for nothing.
@@ -183,9 +192,18 @@ class TxResolver:
         self._persist(seq, sha256(payload), tuple(txs))
         return payload
 
-    def _add(self, digest: bytes, txs: tuple[Transaction, ...], seq: int) -> None:
+    def _add(
+        self, digest: bytes, txs: tuple[Transaction, ...], seq: int, checked: bool = True
+    ) -> None:
+        """Keep a body for ``digest``; ``checked``: its txs' signatures were verified here."""
+        if not checked and digest in self._resolved and digest not in self._unchecked:
+            return  # already held, checked
         self._resolved[digest] = txs
         self._seq_of[digest] = max(seq, self._seq_of.get(digest, 0))
+        if not checked:
+            self._unchecked.add(digest)
+            return
+        self._unchecked.discard(digest)
         for tx in txs:
             self._by_hash[tx.hash] = tx
 
@@ -198,11 +216,14 @@ class TxResolver:
         gone: set[bytes] = set()
         for d in done:
             self._seq_of.pop(d, None)
+            self._unchecked.discard(d)
             for tx in self._resolved.pop(d, ()):
                 self._by_hash.pop(tx.hash, None)
                 gone.add(tx.hash)
         if gone:  # a tx may also sit in a live proposal (re-proposed in a later view)
-            for txs in self._resolved.values():
+            for d, txs in self._resolved.items():
+                if d in self._unchecked:
+                    continue
                 for tx in txs:
                     if tx.hash in gone:
                         self._by_hash[tx.hash] = tx
@@ -212,16 +233,18 @@ class TxResolver:
         return tx_hash in self._by_hash
 
     def verified(self, tx_hash: bytes) -> Transaction | None:
-        """A tx of a proposal body we hold (every one was verified, or is in a certified
-        block): admission need not check its signature again."""
+        """A tx of a proposal body we hold whose signature was checked here: admission need
+        not check it again."""
         return self._by_hash.get(tx_hash)
 
     def add_fetched(
         self, txs: dict[bytes, tuple[Transaction, ...]], seqs: dict[bytes, int]
     ) -> None:
-        """Txs of fetched blocks by payload digest; ``seqs`` gives each digest's seq."""
+        """Txs of fetched blocks by payload digest; ``seqs`` gives each digest's seq. Kept for
+        their commit only (``for_commit`` by digest, once the core has checked the certificate):
+        their signatures are not checked, so they serve no lookup by hash."""
         for digest, block_txs in txs.items():
-            self._add(digest, block_txs, seqs.get(digest, self._chain.height + 1))
+            self._add(digest, block_txs, seqs.get(digest, self._chain.height + 1), checked=False)
 
     def dropped(self, tx_hash: bytes, reason: str) -> None:
         self._set_status(tx_hash, "rejected", reason)
@@ -264,13 +287,18 @@ class TxResolver:
     async def _resolve(
         self, hashes: tuple[bytes, ...], first_peer: int | None
     ) -> list[Transaction | None]:
-        """The txs of a proposal: from the mempool or our proposal bodies, then from our own
-        admission queue (node/host/admission.py ``queued``: checked here, not waited for),
-        then from peers (the proposer first)."""
+        """The txs of a proposal: from the mempool or our proposal bodies; those in the batch
+        our admission is checking, once it is done (``settled``, bounded); those still queued
+        there, checked here rather than waited for (``queued``); the rest from peers (the
+        proposer first)."""
         txs = [self.lookup(h) for h in hashes]
         missing = [h for h, tx in zip(hashes, txs, strict=True) if tx is None]
         arrivals = self.arrivals
         if missing and arrivals is not None:
+            await arrivals.settled(missing, ARRIVAL_WAIT_S)  # the batch being admitted only
+            pairs = zip(hashes, txs, strict=True)
+            txs = [self.lookup(h) if tx is None else tx for h, tx in pairs]
+            missing = [h for h, tx in zip(hashes, txs, strict=True) if tx is None]
             queued = arrivals.queued(missing)
             if queued:
                 found = await _verified(list(queued.values()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -152,6 +153,37 @@ async def test_a_tx_still_queued_for_admission_is_taken_from_the_queue_not_fetch
     assert not admission.arriving(here.hash)
 
 
+async def test_a_tx_in_the_batch_being_admitted_is_waited_for_not_checked_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At max rate a third of a proposal's txs are in the batch the backup's admission is
+    checking (their gossip came just ahead): the backup waits for that batch (``settled``)
+    instead of checking their signatures a second time."""
+    txs = [_tx(n) for n in range(3)]  # more than INLINE_VERIFY_MAX: checked in a thread
+    node = Host(2)
+    admission = Admission(node.mempool, _NoGossip(), lambda h: False, _nothing, _nothing, None)
+    node.txs.arrivals = admission
+    admission.verified = node.txs.verified
+    checked: list[int] = []
+
+    def slow(raws: list[bytes]) -> list[Transaction | str]:
+        checked.append(len(raws))
+        time.sleep(0.2)  # in the worker thread: the batch stays in progress a while
+        return decode_verified(raws)
+
+    monkeypatch.setattr("node.host.admission.decode_verified", slow)
+    admission.gossiped([tx.encode() for tx in txs], origin=0)
+    admitting = asyncio.create_task(admission.run())
+    try:
+        await asyncio.sleep(0.05)  # the batch of three is being checked
+        payload = Proposal(1, 0, 1000, (txs[0].hash,)).encode()
+        assert await asyncio.wait_for(node.txs.validate(0, 1, sha256(payload), payload), 2.0)
+    finally:
+        admitting.cancel()
+    assert checked == [3]  # admission's check only
+    assert node.p2p.requested == []
+
+
 async def test_a_queued_tx_that_fails_its_check_is_not_used() -> None:
     """The queue holds unchecked bytes: one whose signature does not verify is not taken
     from there; the proposal then lacks it (the primary has no valid copy either)."""
@@ -167,6 +199,35 @@ async def test_a_queued_tx_that_fails_its_check_is_not_used() -> None:
     assert not await node.txs.validate(0, 1, sha256(payload), payload)
     assert set(node.p2p.requested) == {bad_hash}  # asked the peers, who had no valid copy
     assert node.txs.verified(bad_hash) is None
+
+
+async def test_txs_of_a_fetched_block_serve_its_commit_but_no_lookup_by_hash() -> None:
+    """Catch-up hands over a block's txs before the core has checked its certificate, and
+    nobody checked their signatures: a faulty peer could answer with a made-up certificate
+    over a tx with a bad signature. Such a body serves the commit of its digest (the core
+    emits that Commit only for a certificate it checked), never a lookup by hash: admission
+    would otherwise skip the tx's signature check (``verified``), and a backup would take it
+    for a proposal."""
+    good = _tx(0)
+    raw = good.encode()
+    forged = Transaction.decode(raw[:-1] + bytes([raw[-1] ^ 1]))  # decodes; does not verify
+    assert not forged.verify_signature()
+    node = Host(2)
+    payload = Proposal(5, 0, 1000, (forged.hash,)).encode()
+    digest = sha256(payload)
+    node.chain.height = 4
+    node.txs.add_fetched({digest: (forged,)}, {digest: 5})
+    assert node.txs.verified(forged.hash) is None
+    assert node.txs.lookup(forged.hash) is None
+    assert await node.txs.for_commit(5, digest, payload) == (forged,)
+    # A body checked here (a validated proposal) serves lookups; a later fetched copy of the
+    # same digest does not undo that.
+    node2 = Host(2, {good.hash: good})
+    payload2 = Proposal(6, 0, 1000, (good.hash,)).encode()
+    node2.chain.height = 5
+    assert await node2.txs.validate(0, 6, sha256(payload2), payload2)
+    node2.txs.add_fetched({sha256(payload2): (good,)}, {sha256(payload2): 6})
+    assert node2.txs.verified(good.hash) == good
 
 
 def _nothing(*args: object) -> None:
