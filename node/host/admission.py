@@ -494,6 +494,11 @@ class Admission:
                 continue
             if queued and it.origin is None:
                 queued.discard((tx.sender_address, tx.nonce))
+            if self._is_committed(h):
+                # Committed while its signature was being checked (a backup's validation may
+                # take it from this queue): a duplicate, not a nonce the account has passed.
+                self._fail(it, TX_DUPLICATE, "transaction already known", "tx_duplicate")
+                continue
             try:
                 self.mempool.check(tx, h)
             except VigilError as exc:

@@ -14,8 +14,8 @@ import pytest
 from common.crypto import SigningKey
 from node.chain.ledger import Account
 from node.chain.mempool import Mempool
-from node.chain.tx import make_transfer, tx_hash_of
-from node.errors import MEMPOOL_FULL, TX_INVALID, VigilError
+from node.chain.tx import decode_verified, make_transfer, tx_hash_of
+from node.errors import MEMPOOL_FULL, TX_DUPLICATE, TX_INVALID, VigilError
 from node.host import admission as adm
 from node.host.admission import Admission
 
@@ -240,6 +240,31 @@ async def test_clients_pushed_back_for_a_while_after_the_event_loop_ran_late() -
     assert not a._pushed_back()
     [answer] = await _submit(a, [tx.encode()])
     assert answer["status"] == "pending"
+
+
+async def test_a_tx_committed_while_its_signature_is_checked_is_a_duplicate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backup's validation can take a tx from this queue, and its block can commit while
+    admission checks the tx's signature: the client must hear ``tx_duplicate`` (its tx is in),
+    not ``tx_nonce`` (the account's nonce has moved past it), which wallets took for a
+    rejection."""
+    committed: set[bytes] = set()
+    nonces = {"n": 0}
+    mempool = Mempool(CHAIN, 100, 1 << 30, lambda a: Account(10**12, nonces["n"]))
+    a = Admission(mempool, _Gossip(), committed.__contains__, lambda txs: None, print, None)
+    tx = make_transfer(KEYS[0], CHAIN, b"\x02" * 20, 1, 1, 0)
+
+    def checked_meanwhile(raws: list[bytes]) -> list[Any]:
+        committed.add(tx.hash)  # its block is applied while the check runs
+        nonces["n"] = 1
+        return decode_verified(raws)
+
+    monkeypatch.setattr("node.host.admission.decode_verified", checked_meanwhile)
+    [answer] = await _submit(a, [tx.encode()])
+    assert isinstance(answer, VigilError)
+    assert answer.code == TX_DUPLICATE
+    assert tx.hash not in mempool
 
 
 async def _submit_all(a: Admission, raws: list[bytes]) -> list[Any]:
