@@ -33,7 +33,7 @@ from node.chain.tx import (
     decode_verified,
     tx_hash_of,
 )
-from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE, TX_INVALID, VigilError
+from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE, TX_INVALID, TX_NONCE, VigilError
 
 log = logging.getLogger(__name__)
 
@@ -494,14 +494,14 @@ class Admission:
                 continue
             if queued and it.origin is None:
                 queued.discard((tx.sender_address, tx.nonce))
-            if self._is_committed(h):
-                # Committed while its signature was being checked (a backup's validation may
-                # take it from this queue): a duplicate, not a nonce the account has passed.
-                self._fail(it, TX_DUPLICATE, "transaction already known", "tx_duplicate")
-                continue
             try:
                 self.mempool.check(tx, h)
             except VigilError as exc:
+                if exc.code == TX_NONCE and self._is_committed(h):
+                    # Committed while its signature was being checked (a backup's validation
+                    # may take it from this queue): a duplicate, not a nonce the account has
+                    # passed. Asked only here: the check before costs a LevelDB read per tx.
+                    exc = VigilError(TX_DUPLICATE, "transaction already known")
                 self._fail(it, exc.code, exc.message, exc.name)
                 continue
             # No push-back here: a client's tx that got past ``_refusal`` into the queue is
