@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import replace
@@ -240,8 +240,37 @@ class Pace:
         return max(self._short_new / len(self._short_counts), scaled)
 
 
-def _median(values: deque[int]) -> float | None:
-    return float(statistics.median(values)) if values else None
+class MedianWindow:
+    """The last ``size`` values and their median, kept sorted as they come and go.
+
+    ``statistics.median`` of a 2,048-value window sorted it again for every block: ~0.25 ms a
+    window, twice per block, a few per cent of a validator's CPU at light load (many small
+    blocks). Here a value costs two bisections and a C-level list shift; the median is exactly
+    ``statistics.median``'s (the middle value, or the mean of the two middle ones).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[int] = deque(maxlen=size)  # arrival order, oldest first
+        self._sorted: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def append(self, value: int) -> None:
+        order = self._order
+        if len(order) == order.maxlen:
+            del self._sorted[bisect_left(self._sorted, order[0])]
+        order.append(value)
+        insort(self._sorted, value)
+
+    def median(self) -> float | None:
+        ranked = self._sorted
+        n = len(ranked)
+        if n == 0:
+            return None
+        if n % 2:
+            return float(ranked[n // 2])
+        return float((ranked[n // 2 - 1] + ranked[n // 2]) / 2)
 
 
 def _lru_touch(table: OrderedDict[bytes, Any], key: bytes, value: Any, cap: int) -> None:
@@ -263,12 +292,12 @@ class TxHistory:
         self._accounts: OrderedDict[bytes, _Account] = OrderedDict()
         self._addresses: OrderedDict[bytes, None] = OrderedDict()
         self._pending: OrderedDict[bytes, deque[_Pending]] = OrderedDict()
-        self._chain_amounts: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
-        self._chain_fees: deque[int] = deque(maxlen=CHAIN_RECENT_MAX)
+        self._chain_amounts = MedianWindow(CHAIN_RECENT_MAX)
+        self._chain_fees = MedianWindow(CHAIN_RECENT_MAX)
         self._committed_pace = Pace()  # block times of committed txs
         self._admitted_pace = Pace()  # admission times of txs scored here
         self._last_block_ms: int | None = None
-        self._intervals: deque[int] = deque(maxlen=BLOCK_INTERVALS_MAX)
+        self._intervals = MedianWindow(BLOCK_INTERVALS_MAX)
 
     def note_addresses(self, addresses: Sequence[bytes]) -> None:
         """Addresses known before any block (genesis accounts) are not "never seen"."""
@@ -316,10 +345,10 @@ class TxHistory:
         if self._last_block_ms is not None:
             self._intervals.append(max(0, now - self._last_block_ms))
         self._last_block_ms = now if self._last_block_ms is None else max(now, self._last_block_ms)
-        interval = _median(self._intervals)
+        interval = self._intervals.median()
         self.chain = ChainHistory(
-            median_amount=_median(self._chain_amounts),
-            median_fee=_median(self._chain_fees),
+            median_amount=self._chain_amounts.median(),
+            median_fee=self._chain_fees.median(),
             block_interval_s=None if interval is None else interval / 1000.0,
         )
         return rows

@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import random
+import statistics
 
 import pytest
 
 from ml.features import FANOUT_WINDOW_MS, NEW_PAYEE_WINDOW_MS, RATE_WINDOW_MS
-from node.detect.history import SENDER_EVENTS_MAX, TxHistory
+from node.detect.history import SENDER_EVENTS_MAX, MedianWindow, TxHistory
 from tests.unit.detect.test_detector import FakeBlock, FakeHeader, FakeTx
 
 
@@ -69,3 +70,21 @@ def test_the_ordered_fast_path_matches_the_full_scan(seed: int) -> None:
     assert any(row[4] > 0 for row in fast_rows)  # some recent events
     assert any(row[9] > 1 for row in fast_rows)  # some new payees in the short window
     assert any(len(c[8]) > 0 for c in fast_contexts)  # some rate timestamps
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_median_window_equals_statistics_median_of_the_last_values(seed: int) -> None:
+    # The chain's median amount, fee and block interval feed every training and scoring row:
+    # the kept-sorted window must give statistics.median's value exactly, as values age out.
+    rng = random.Random(seed)
+    size = rng.choice((1, 2, 7, 64))
+    window = MedianWindow(size)
+    assert window.median() is None
+    seen: list[int] = []
+    for _ in range(500):
+        value = rng.choice((rng.randrange(0, 5), rng.randrange(0, 10**18), 2**64 - 1))
+        window.append(value)
+        seen.append(value)
+        last = seen[-size:]
+        assert len(window) == len(last)
+        assert window.median() == float(statistics.median(last))
