@@ -65,7 +65,8 @@ class Tick:
 @dataclass(frozen=True, slots=True)
 class Clock:
     """The time when the host starts a round of other events: the clock moves on, no timer is
-    checked (the next ``Tick`` checks them).
+    checked (the next ``Tick`` checks them), and nothing else is looked at: what the new time
+    changes (a heartbeat due, peers ahead for long enough) shows at the next event's step.
 
     Without it the core's clock is that of its last ``Tick``, and under load a tick can be a
     second old when a round is stepped: a request timer armed then (``Applied`` restarts it)

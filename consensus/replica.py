@@ -231,6 +231,13 @@ class Replica:
     # --- the step function ------------------------------------------------------------------
 
     def step(self, event: Event) -> list[Action]:
+        if isinstance(event, Clock) and not self._startup:
+            # Time only: what it changes (a heartbeat due, peers ahead for long enough) is
+            # looked at by the next event's step, which the host feeds in the same round. A
+            # round of the host's driver starts with one, so skipping ``_after_step`` here
+            # halves the core's work per round at light load.
+            self._ctx.advance(event.now_ms)
+            return []
         out: list[Action] = self._startup
         self._startup = []
         match event:

@@ -14,6 +14,8 @@ from consensus import messages as m
 from consensus.api import (
     Action,
     Broadcast,
+    Clock,
+    PeerStatus,
     Pending,
     Propose,
     Received,
@@ -181,3 +183,13 @@ def test_the_heartbeat_never_arms_the_request_timer() -> None:
     # only heartbeat deadlines, no request-timer deadline (request timeout is 100 ms)
     timers = [a.at_ms for a in out if isinstance(a, SetTimer)]
     assert all(at % INTERVAL_MS == 0 for at in timers)
+
+
+def test_a_clock_only_moves_time_the_next_event_acts_on_it() -> None:
+    """A ``Clock`` past the heartbeat's deadline answers nothing; the event the host steps next
+    in the same round (here a PeerStatus, which changes nothing by itself) asks for the block."""
+    r = lone_primary(request_timeout_ms=60_000)
+    assert not requests(r.step(Tick(0)))
+    assert r.step(Clock(INTERVAL_MS)) == []
+    out = r.step(PeerStatus(1, 0, 0))
+    assert requests(out) == [RequestProposal(0, 1, heartbeat=True)]
