@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from common.crypto import address_of
 from node.chain.ethtx import WEI_PER_UNIT, eth_address, eth_chain_id, sign_dynamic_fee
@@ -50,6 +51,8 @@ DRAIN_S = 15.0
 CLASSIFY_TXS_MAX = 20_000  # uncommitted txs whose status the bench asks for after the drain
 HELD_STATUSES = frozenset({"quarantined", "waiting"})  # the detector's, and counted apart
 FEEDS_WAIT_S = 5.0  # how long the load waits for every node's /ws block feed at the start
+WATCH_EVERY_S = 0.2  # the watcher's block_get batches (bookkeeping; the feeds stamp commits)
+WATCH_BLOCKS_MAX = 100  # blocks per block_get batch
 DOWN_S = 2.0  # a node that refused a connection is skipped this long (fault drills under load)
 # Admission's back-pressure answers (node/host/admission.py): the tx was not taken, send it again
 # after a pause. Anything else is a final rejection.
@@ -549,11 +552,11 @@ class Bench:
         return out, fallbacks
 
     async def _watch(self, s: aiohttp.ClientSession, height: int) -> None:
-        """Which txs each new block holds (``block_get``), woken by the nodes' block feeds (or
-        every 50 ms, polling ``node_status``, while no feed is up)."""
+        """Which txs each new block holds (``block_get``, in batches): the blocks the nodes'
+        feeds announced, every ``WATCH_EVERY_S`` (or every 50 ms, polling ``node_status``,
+        while no feed is up)."""
         node = 0
-        wake = asyncio.Event()
-        feeds = [asyncio.create_task(self._block_feed(s, i, wake)) for i in range(self.c.n)]
+        feeds = [asyncio.create_task(self._block_feed(s, i)) for i in range(self.c.n)]
         try:
             while True:
                 try:
@@ -561,25 +564,33 @@ class Bench:
                     top = max(tops)
                     if not self.feeds_up:
                         top = max(top, (await self._call(s, node, "node_status"))["height"])
-                    for h in range(height + 1, top + 1):
-                        block = await self._call(s, node, "block_get", [h])
-                        self.fetched_at[h] = time.monotonic()
-                        for tx_hash in block["tx_hashes"]:
-                            self.height_of.setdefault(tx_hash, h)
-                        height = h
+                    while height < top:
+                        wanted = range(height + 1, min(top, height + WATCH_BLOCKS_MAX) + 1)
+                        blocks = await AsyncClient(self.c.rpc_url(node), session=s).batch(
+                            [("block_get", [h]) for h in wanted]
+                        )
+                        fetched = time.monotonic()
+                        for h, block in zip(wanted, blocks, strict=True):
+                            if isinstance(block, Exception):
+                                raise block
+                            self.fetched_at[h] = fetched
+                            for tx_hash in block["tx_hashes"]:
+                                self.height_of.setdefault(tx_hash, h)
+                            height = h
                 except (ClientError, RpcError, KeyError, TypeError, ValueError):
                     node = (node + 1) % self.c.n
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.05):
-                        await wake.wait()
-                wake.clear()
+                # The feeds stamp the commit times; which txs a block holds is bookkeeping,
+                # fetched in one batch a few times a second. A block_get per block (30 and more
+                # a second at 100 tx/s) cost the bench, and the node it asks, more CPU than the
+                # feeds themselves.
+                await asyncio.sleep(WATCH_EVERY_S if self.feeds_up else 0.05)
         finally:
             for f in feeds:
                 f.cancel()
 
-    async def _block_feed(self, s: aiohttp.ClientSession, node: int, wake: asyncio.Event) -> None:
-        """Stamp every block node ``node``'s /ws announces, and wake the watcher (best effort;
-        reconnects after a pause when the node is down)."""
+    async def _block_feed(self, s: aiohttp.ClientSession, node: int) -> None:
+        """Stamp every block node ``node``'s /ws announces (best effort; reconnects after a
+        pause when the node is down)."""
         announced = self.announced[node]
         while True:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
@@ -598,7 +609,6 @@ class Bench:
                                 h = json.loads(msg.data)["params"]["result"]["height"]
                                 if isinstance(h, int):
                                     announced.setdefault(h, now)
-                                    wake.set()
                     finally:
                         self.feeds_up -= 1
                         self.feed_live[node] = False
@@ -652,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(cluster.n):
                     devnet.start_node(cluster, i)
                 _wait_connected(cluster)
-                result = asyncio.run(Bench(cluster, args).run())
+                result = _run(Bench(cluster, args))
             finally:
                 devnet.stop_nodes(cluster, list(range(cluster.n)))
     else:
@@ -660,9 +670,16 @@ def main(argv: list[str] | None = None) -> int:
         if not (root / "cluster.json").exists():
             print(f"no cluster in {root}; run scripts/cluster up or use --spawn N", file=sys.stderr)
             return 1
-        result = asyncio.run(Bench(Cluster.load(root), args).run())
+        result = _run(Bench(Cluster.load(root), args))
     print(json.dumps(result))
     return 0
+
+
+def _run(bench: Bench) -> dict[str, Any]:
+    """The load on uvloop, the nodes' own loop: the bench shares the machine with the nodes it
+    measures, and every microsecond it spends per request is taken from them."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(bench.run())
 
 
 def _wait_connected(cluster: Cluster, timeout_s: float = 60.0) -> None:
