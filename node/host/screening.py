@@ -31,6 +31,7 @@ Every would-be hold passes the hold budget (node/detect/budget.py) first.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import multiprocessing
 import os
@@ -125,6 +126,11 @@ def _fitting_worker(parent: int) -> None:
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
+def _warm_fitting_worker() -> None:
+    """Run in the fresh worker: its process and numpy exist before the first fit is due."""
+    importlib.import_module("node.detect.model")
+
+
 def training_pool() -> ProcessPoolExecutor:
     """One worker process for model fits, at a lower CPU priority than the node.
 
@@ -141,12 +147,18 @@ def training_pool() -> ProcessPoolExecutor:
     # read when it starts.
     if TRACKER_QUIET not in sys.warnoptions:
         sys.warnoptions.append(TRACKER_QUIET)
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_fitting_worker,
         initargs=(os.getpid(),),
     )
+    # Started now, not at the first fit: starting Python and importing numpy takes ~2 s of CPU
+    # on a loaded machine, and every validator reaches its first training height in the same
+    # second, a few seconds into the chain's first load. A failure here shows at that fit
+    # (Screening._train falls back to a thread).
+    pool.submit(_warm_fitting_worker)
+    return pool
 
 
 def split_config(table: Mapping[str, Any]) -> tuple[DetectorConfig, dict[str, int]]:
