@@ -9,10 +9,11 @@ of its own is unanswered or pushed back, so above capacity the schedule's txs wa
 wallets (``kept_back``) instead of reaching a node behind a nonce gap. Commits
 are timed per tx at the node that took it (its entry node): every node's ``/ws`` ``blocks``
 subscription stamps each block as that node announces it (published once the block is durable,
-when ``tx_get`` there says committed), and ``block_get`` tells which txs a height holds. Latency =
-submit to the entry node's announcement of the block holding the tx; a block whose announcement
-the entry node's feed missed (a node down) counts from the latest sign of it: when ``block_get``
-returned it or another node announced it (``commit_time_fallbacks``). ``--eth-share 0.5`` makes
+when ``tx_get`` there says committed), and ``block_get`` (batched, every 0.2 s) tells which txs
+a height holds. Latency = submit to the entry node's announcement of the block holding the tx; a
+block whose announcement the entry node's feed missed (a node down) counts from the latest sign
+of it: when ``block_get`` returned it (up to 0.2 s late) or another node announced it
+(``commit_time_fallbacks``). ``--eth-share 0.5`` makes
 half of the transfers Ethereum-signed (type 2, secp256k1) from accounts funded by native
 transfers first.
 """
