@@ -13,8 +13,9 @@ when ``tx_get`` there says committed), and ``block_get`` (batched, every 0.2 s) 
 a height holds. Latency = submit to the entry node's announcement of the block holding the tx; a
 block whose announcement the entry node's feed missed (a node down) counts from the latest sign
 of it: when ``block_get`` returned it (up to 0.2 s late) or another node announced it
-(``commit_time_fallbacks``). ``--eth-share 0.5`` makes
-half of the transfers Ethereum-signed (type 2, secp256k1) from accounts funded by native
+(``commit_time_fallbacks``). ``rejected_by`` counts the rejected txs by error name, and as
+``gave_up`` those still refused by back-pressure 15 s after the load ended. ``--eth-share 0.5``
+makes half of the transfers Ethereum-signed (type 2, secp256k1) from accounts funded by native
 transfers first.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import random
@@ -192,6 +194,8 @@ class Bench:
         self.submitted = 0
         self.quarantined = 0
         self.rejected = 0
+        # Why, by error name; "gave_up": refused as retryable (back-pressure) until the give-up.
+        self.rejected_by: collections.Counter[str] = collections.Counter()
         self.errors = 0
         self.call_failures = 0  # txs whose tx_submit call failed (timeout, refused) and went again
         self.retried = 0
@@ -298,6 +302,7 @@ class Bench:
             "p99_ms": q(0.99),
             "quarantined": self.quarantined,
             "rejected": self.rejected,
+            "rejected_by": dict(sorted(self.rejected_by.items())),
             "errors": self.errors,
             **self.extra,
         }
@@ -456,6 +461,7 @@ class Bench:
                     else:
                         self.submitted += len(batch)
                         self.rejected += len(batch)
+                        self.rejected_by["gave_up"] += len(batch)
                     for tx in batch:
                         self.wallets.settle(tx)
                     return
@@ -514,6 +520,7 @@ class Bench:
             self.submitted += 1
             if isinstance(a, RpcError) and a.code != TX_DUPLICATE:
                 self.rejected += 1
+                self.rejected_by[a.name] += 1
                 continue
             self.sent_at[item[1]] = first
             self.entry[item[1]] = target if target is not None else node

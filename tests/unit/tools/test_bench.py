@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
 def test_bench_skips_nodes_marked_down() -> None:
@@ -141,3 +144,43 @@ def test_bench_core_runs_and_prints_its_figures() -> None:
     assert figures["blocks"] == 1
     for key in ("encode_us", "decode_us", "verify_us", "execute_1000_tx_block_ms"):
         assert figures[key] > 0
+
+
+def test_rejected_txs_are_counted_by_the_error_that_refused_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``rejected_by`` says why: a final error by its name; ``tx_duplicate`` counts as taken and
+    a back-pressure refusal is sent again, so neither is a rejection."""
+    import argparse
+    import asyncio
+
+    from node.errors import MEMPOOL_FULL, TX_DUPLICATE, TX_NONCE
+    from node.tools import bench
+    from node.tools.client import AsyncClient, RpcError
+    from node.tools.devnet import Cluster, Ports
+
+    answers = [
+        RpcError(TX_NONCE, "nonce too low"),
+        RpcError(TX_DUPLICATE, "transaction already known"),
+        RpcError(MEMPOOL_FULL, "mempool full", {"retry_after_ms": 10}),
+        {"hash": "0x03", "status": "pending"},
+    ]
+
+    async def fake_batch(self: object, calls: list[object]) -> list[object]:
+        assert len(calls) == len(answers)
+        return answers
+
+    monkeypatch.setattr(AsyncClient, "batch", fake_batch)
+    ports = (Ports(26600, 26700, 26800),)
+    cluster = Cluster(root=Path("/nonexistent"), n=1, ports=ports, admin_token="")
+    b = bench.Bench(cluster, argparse.Namespace())
+    batch = [(f"raw{i}", f"0x0{i}", "abcd"[i]) for i in range(4)]
+    b.wallets.take(batch, 10)
+    session: Any = None  # never used: the batch call is the fake above
+    again, failed, wait_s = asyncio.run(b._send_once(session, 0, batch, 1.0))
+    assert again == [batch[2]]
+    assert not failed
+    assert wait_s == pytest.approx(0.01)
+    assert b.rejected == 1
+    assert dict(b.rejected_by) == {"tx_nonce": 1}
+    assert sorted(b.sent_at) == ["0x01", "0x03"]
