@@ -31,12 +31,10 @@ Every would-be hold passes the hold budget (node/detect/budget.py) first.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import multiprocessing
 import os
 import sys
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +53,7 @@ from node.detect.detector import Detector, DetectorConfig, Verdict
 from node.detect.quarantine import Held, Persist, Quarantine, Rejected
 from node.errors import INVALID_PARAMS, NOT_FOUND, VigilError
 from node.host.admission import Screened
+from node.host.fitting import fitting_worker, warm_fitting_worker
 
 log = logging.getLogger(__name__)
 
@@ -106,29 +105,7 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-TRAINING_NICE = 10  # the training process yields the CPU to the validator (a niceness increment)
 TRACKER_QUIET = "ignore:resource_tracker:UserWarning"  # see training_pool
-ORPHAN_CHECK_S = 1.0  # how often the fitting process checks that its node is alive
-
-
-def _fitting_worker(parent: int) -> None:
-    """In the worker process: a low priority, and an exit as soon as the node is gone.
-
-    A node killed with SIGKILL cannot stop its pool, and the worker would wait on its call
-    queue for ever (orphans of ~75 MB each, one more per restart)."""
-    os.nice(TRAINING_NICE)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(ORPHAN_CHECK_S)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
-
-
-def _warm_fitting_worker() -> None:
-    """Run in the fresh worker: its process and numpy exist before the first fit is due."""
-    importlib.import_module("node.detect.model")
 
 
 def training_pool() -> ProcessPoolExecutor:
@@ -150,14 +127,14 @@ def training_pool() -> ProcessPoolExecutor:
     pool = ProcessPoolExecutor(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_fitting_worker,
+        initializer=fitting_worker,
         initargs=(os.getpid(),),
     )
     # Started now, not at the first fit: starting Python and importing numpy takes ~2 s of CPU
     # on a loaded machine, and every validator reaches its first training height in the same
     # second, a few seconds into the chain's first load. A failure here shows at that fit
     # (Screening._train falls back to a thread).
-    pool.submit(_warm_fitting_worker)
+    pool.submit(warm_fitting_worker)
     return pool
 
 

@@ -302,3 +302,15 @@ def test_the_training_worker_starts_with_the_pool_not_at_the_first_fit() -> None
         assert len(started) == 1
     finally:
         pool.shutdown(wait=True)
+
+
+def test_the_training_workers_first_import_loads_no_numpy() -> None:
+    """The worker imports its initializer's module before the initializer lowers its priority:
+    that module must not pull numpy or the model code in at the validators' priority."""
+    import subprocess
+    import sys
+
+    heavy = "{'numpy', 'node.detect.model'}"
+    code = f"import sys, node.host.fitting; print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
