@@ -1,16 +1,15 @@
 """The detector's fitting process: what its worker runs first (node/host/screening.py
-``training_pool`` starts it with the node, by "spawn").
+``training_pool``; "spawn" starts it at the first fit).
 
 A module of its own, importing nothing heavy: the worker imports it to run ``fitting_worker``
 before anything else, so the worker lowers its priority first and loads numpy and the model code
-(~0.7 s of CPU) after, at that priority. With the initializer in node/host/screening.py, the
-import of that module (and of numpy through it) ran at the validators' priority, four workers at
-once as a cluster started, while the first blocks were being agreed on.
+(~0.7 s of CPU) after, at that priority. With the initializer in node/host/screening.py, that
+import (numpy through it) ran at the validators' priority, in every validator at once: they
+all reach their first training height in the same second of the chain's first load.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 import time
@@ -32,8 +31,3 @@ def fitting_worker(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
-
-
-def warm_fitting_worker() -> None:
-    """Run in the fresh worker, once: its numpy and model code are loaded before the first fit."""
-    importlib.import_module("node.detect.model")

@@ -53,7 +53,7 @@ from node.detect.detector import Detector, DetectorConfig, Verdict
 from node.detect.quarantine import Held, Persist, Quarantine, Rejected
 from node.errors import INVALID_PARAMS, NOT_FOUND, VigilError
 from node.host.admission import Screened
-from node.host.fitting import fitting_worker, warm_fitting_worker
+from node.host.fitting import fitting_worker
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +124,16 @@ def training_pool() -> ProcessPoolExecutor:
     # read when it starts.
     if TRACKER_QUIET not in sys.warnoptions:
         sys.warnoptions.append(TRACKER_QUIET)
-    pool = ProcessPoolExecutor(
+    # The worker starts at the first fit. Started with the node instead (tried in stop 20), it
+    # took the CPU from four validators agreeing on a new cluster's first blocks: a heartbeat
+    # chain in the e2e suite changed view. Its initializer (node/host/fitting.py) lowers its
+    # priority before numpy loads, so that first start costs the validators little either way.
+    return ProcessPoolExecutor(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=fitting_worker,
         initargs=(os.getpid(),),
     )
-    # Started now, not at the first fit: starting Python and importing numpy takes ~2 s of CPU
-    # on a loaded machine, and every validator reaches its first training height in the same
-    # second, a few seconds into the chain's first load. A failure here shows at that fit
-    # (Screening._train falls back to a thread).
-    pool.submit(warm_fitting_worker)
-    return pool
 
 
 def split_config(table: Mapping[str, Any]) -> tuple[DetectorConfig, dict[str, int]]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from node.chain.tx import Transaction, make_transfer
 from node.errors import NOT_FOUND, VigilError
 from node.host.admission import Screened
 from node.host.metrics import Metrics
-from node.host.screening import Screening, split_config, training_pool
+from node.host.screening import Screening, split_config
 from node.tools import devnet
 from storage.db import Store
 
@@ -269,39 +267,6 @@ async def test_peers_txs_are_scored_later_in_one_batch(tmp_path: Path) -> None:
     assert metrics.detector_score._sum.get() > scored_before
     assert s.score_later() == 0
     store.close()
-
-
-def _spawned_children() -> set[int]:
-    """Our child processes started by multiprocessing's "spawn" (a pool's workers)."""
-    me = str(os.getpid())
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if ppid == me and b"spawn_main" in cmdline:
-            found.add(int(entry.name))
-    return found
-
-
-def test_the_training_worker_starts_with_the_pool_not_at_the_first_fit() -> None:
-    """Every validator reaches its first training height in the same second of the chain's
-    first load: starting Python and numpy then cost seconds of CPU during it."""
-    before = _spawned_children()
-    pool = training_pool()
-    try:
-        started: set[int] = set()
-        deadline = time.monotonic() + 20
-        while not started and time.monotonic() < deadline:
-            time.sleep(0.05)
-            started = _spawned_children() - before
-        assert len(started) == 1
-    finally:
-        pool.shutdown(wait=True)
 
 
 def test_the_training_workers_first_import_loads_no_numpy() -> None:
