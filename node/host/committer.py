@@ -1,19 +1,20 @@
 """The commit path of a validator: execute committed payloads in seq order and write each block.
 
 The committer task takes the core's ``Commit`` actions in order from a bounded queue (a full one
-makes the driver wait), resolves the txs, builds, executes and writes the block in the single
-write thread (node/chain/chain.py), then updates the mempool, detector, metrics and subscribers
-on the loop.
+makes the driver wait), resolves the txs, builds, executes and writes the block (node/chain/
+chain.py) through the block writer (node/host/syncwrite.py: on the loop for a block of at most
+INLINE_TXS_MAX txs while its syncs are fast, else in the single write thread), then updates the
+mempool, detector, metrics and subscribers on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from typing import Protocol
 
 from consensus.api import Applied, Commit
@@ -25,8 +26,13 @@ from node.chain.mempool import Mempool
 from node.host.metrics import Metrics
 from node.host.resolver import TxResolver
 from node.host.signals import Head, Inbox, PendingFlag, ProposalQueue, Subscribers
+from node.host.syncwrite import SyncWriter
 
 log = logging.getLogger(__name__)
+
+# A block of more txs is applied in the write thread: its Python holds the GIL there too, but its
+# LevelDB write and sync let the loop run meanwhile (node/host/syncwrite.py).
+INLINE_TXS_MAX = 64
 
 
 class Detector(Protocol):
@@ -41,7 +47,7 @@ class Committer:
         *,
         commits: asyncio.Queue[Commit],
         chain: Chain,
-        write_pool: Executor,
+        writer: SyncWriter,
         txs: TxResolver,
         mempool: Mempool,
         detector: Detector,
@@ -55,7 +61,7 @@ class Committer:
     ) -> None:
         self.commits = commits
         self.chain = chain
-        self.write_pool = write_pool
+        self.writer = writer  # the block's synced write (and the quarantine's, in order)
         self.txs = txs
         self.mempool = mempool
         self.detector = detector
@@ -69,7 +75,6 @@ class Committer:
 
     async def run(self) -> None:
         """The committer task: apply the core's ``Commit`` actions one by one, in order."""
-        loop = asyncio.get_running_loop()
         while True:
             c = await self.commits.get()
             if c.seq <= self.chain.height:
@@ -77,11 +82,8 @@ class Committer:
             started = time.monotonic()
             txs = await self.txs.for_commit(c.seq, c.digest, c.payload)
             resolved_s = time.monotonic() - started
-            applied = await loop.run_in_executor(
-                self.write_pool,
-                self.chain.apply_commit,
-                c,
-                txs,
+            applied = await self.writer.run(
+                functools.partial(self.chain.apply_commit, c, txs), len(txs) <= INLINE_TXS_MAX
             )
             self.metrics.storage_write_seconds.observe(applied.write_s)
             # Core contract (docs/consensus.md): the block is durable, the core may vote CHECKPOINT.

@@ -35,7 +35,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from typing import Any, Protocol, assert_never
 
 from consensus.api import (
@@ -66,6 +65,7 @@ from node.host.ports import PeerSender
 from node.host.resolver import TxResolver
 from node.host.signals import Head, Inbox, PendingFlag, ProposalBodies, ProposalQueue
 from node.host.signguard import SignGuard, guard_round
+from node.host.syncwrite import SyncWriter
 from node.host.txflow import TxFlow
 from node.net.peerwatch import PeerWatch
 
@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 
 ROUND_EVENTS_MAX = 256
 DEFERRED_RECORDS_MAX = 256  # records held back for the next write (``_BEFORE_DURABLE``) at most
+# A round whose proposal tx bodies are larger is written in the consensus-log thread, never on
+# the loop (node/host/syncwrite.py); a light-load round's few bodies are written inline.
+INLINE_BODIES_BYTES_MAX = 64 * 1024
 # Actions that may be carried out before the round's Persist records are durable: none of them
 # reaches a peer or the chain (the module docstring).
 _BEFORE_DURABLE = (Persist, Validate, Dropped, SetTimer, RequestProposal)
@@ -190,7 +193,7 @@ class Driver:
         replica: Replica,
         inbox: Inbox,
         log: LogWriter,
-        log_pool: Executor,
+        log_writer: SyncWriter,
         sign_guard: SignGuard | None,
         index: int,
         payload_bytes_max: int,
@@ -205,7 +208,7 @@ class Driver:
         self.now_ms = now_ms  # the ticker's clock (monotonic milliseconds)
         self.inbox = inbox
         self.log = log
-        self.log_pool = log_pool
+        self.log_writer = log_writer  # the consensus log's and the guard's synced writes
         self.sign_guard = sign_guard
         self.index = index
         self.payload_bytes_max = payload_bytes_max
@@ -295,12 +298,13 @@ class Driver:
                 write = functools.partial(self._write_log, records, meta)
                 refused = await guard_round(  # node/host/signguard.py: durable before it leaves
                     self.sign_guard,
-                    self.log_pool,
+                    self.log_writer,
                     self.index,
                     self.payload_bytes_max,
                     self.metrics,
                     actions,
                     before=write if records or meta else None,
+                    small=sum(len(raw) for _, raw in meta) <= INLINE_BODIES_BYTES_MAX,
                 )
             for a in actions:
                 if refused and id(a) in refused:

@@ -52,6 +52,7 @@ from node.host.screening import Screening, training_pool
 from node.host.service_impl import NodeServiceImpl
 from node.host.signals import Head, PendingFlag, ProposalBodies, ProposalQueue, Subscribers
 from node.host.signguard import GuardError, SignGuard
+from node.host.syncwrite import SyncWriter
 from node.host.txflow import TxFlow
 from node.net.address import PeerAddress
 from node.net.catchup import CatchUp
@@ -159,8 +160,13 @@ class Node:
         self.health = Health(self.ccfg.quorum - 1)
         self.subscribers = Subscribers()
         self.proposals = ProposalQueue()
+        # The synced writes (node/host/syncwrite.py): blocks and quarantine records, and the
+        # consensus log with the double-sign guard; each has its own thread for what is not
+        # written inline.
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.log_pool = ThreadPoolExecutor(1, thread_name_prefix="clog")
+        self._block_writer = SyncWriter(self._write_pool)
+        self._log_writer = SyncWriter(self.log_pool)
         # Admission's signature checks, at a lower priority than the loop (node/host/admission.py)
         self._verify_pool = ThreadPoolExecutor(
             2, thread_name_prefix="admit-verify", initializer=lower_thread_priority
@@ -215,7 +221,7 @@ class Node:
             cfg.detector,
             store,
             metrics,
-            persist=self._write_pool.submit,
+            persist=self._block_writer.submit,
             train_pool=self._train_pool,
         )
         await asyncio.to_thread(
@@ -352,7 +358,7 @@ class Node:
                 replica=replica,
                 inbox=inbox,
                 log=store,
-                log_pool=self.log_pool,
+                log_writer=self._log_writer,
                 sign_guard=sign_guard,
                 index=self.index,
                 payload_bytes_max=self.ccfg.payload_bytes_max,
@@ -366,7 +372,7 @@ class Node:
             committer=Committer(
                 commits=self.commits,
                 chain=chain,
-                write_pool=self._write_pool,
+                writer=self._block_writer,
                 txs=txs,
                 mempool=mempool,
                 detector=screening,

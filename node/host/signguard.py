@@ -2,7 +2,8 @@
 
 The core signs its messages itself; the guard sits where they leave the process. Before any of
 our consensus messages is sent, its (kind, view, seq) and digest are recorded here and fsynced
-(with the round's Persist records, in the same worker thread), and a message is refused when:
+(with the round's Persist records, in one write: node/host/syncwrite.py), and a message is
+refused when:
 
 - its view is below the highest view we already signed a vote or VIEW-CHANGE in (views only
   grow, PBFT section 4.4: once we voted in view v, nothing of a lower view may be signed again);
@@ -32,17 +33,16 @@ compacted. Version 1 files (the head alone) still load.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
 from consensus.api import Broadcast, Send
 from consensus.guard import Key, Signed, SignRule, describe
+from node.host.syncwrite import SyncWriter
 
 log = logging.getLogger(__name__)
 
@@ -198,24 +198,25 @@ class SignGuard(SignRule):
 
 async def guard_round(
     guard: SignGuard | None,
-    pool: Executor,
+    writer: SyncWriter,
     me: int,
     payload_bytes_max: int,
     metrics: Any,
     actions: list[Any],
     before: Callable[[], None] | None = None,
+    small: bool = True,
 ) -> set[int]:
     """Record the round's outgoing messages durably before they leave; ids of refused actions.
 
-    Runs in the node's consensus-log thread, right after ``before`` (the round's Persist
-    records), in one hand-off to that thread: the loop never waits on an fsync, the order
-    "log durable, guard durable, then sent" holds, and a round costs one thread wake-up.
+    Runs right after ``before`` (the round's Persist records) as one write of the node's
+    consensus-log writer (node/host/syncwrite.py: on the loop while ``small`` and the syncs are
+    fast, else one hand-off to its thread): the order "log durable, guard durable, then sent"
+    holds either way.
     """
     out = [a for a in actions if isinstance(a, Send | Broadcast)] if guard is not None else []
-    loop = asyncio.get_running_loop()
     if guard is None or not out:
         if before is not None:
-            await loop.run_in_executor(pool, before)
+            await writer.run(before, small)
         return set()
 
     def work() -> list[str | None]:
@@ -223,7 +224,7 @@ async def guard_round(
             before()
         return guard.admit([describe(a.data, me, payload_bytes_max) for a in out])
 
-    reasons = await loop.run_in_executor(pool, work)
+    reasons = await writer.run(work, small)
     refused = set()
     for a, why in zip(out, reasons, strict=True):
         if why is not None:

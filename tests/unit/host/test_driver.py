@@ -12,6 +12,7 @@ from typing import Any, cast
 from consensus.api import Action, Applied, Broadcast, Clock, Dropped, Event, Persist, Tick, Validate
 from node.host.driver import Driver
 from node.host.signals import ProposalBodies
+from node.host.syncwrite import SyncWriter
 
 
 class Replica:
@@ -97,7 +98,7 @@ async def test_a_round_that_only_validates_writes_nothing_and_the_next_writes_bo
         ),
         inbox=cast(Any, inbox),
         log=log,
-        log_pool=pool,
+        log_writer=SyncWriter(pool, blocked_max_s=-1.0),  # in the thread: the fake log blocks
         sign_guard=None,
         index=1,
         payload_bytes_max=1 << 20,
@@ -153,7 +154,7 @@ async def test_each_round_starts_with_the_hosts_clock_not_the_last_ticks() -> No
         replica=cast(Any, replica),
         inbox=cast(Any, inbox),
         log=Log([]),
-        log_pool=ThreadPoolExecutor(1),
+        log_writer=SyncWriter(ThreadPoolExecutor(1)),
         sign_guard=None,
         index=1,
         payload_bytes_max=1 << 20,
