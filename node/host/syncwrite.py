@@ -12,10 +12,12 @@ So a write runs inline when
 
 1. the caller calls it small (a signing round's records, a block of a few txs: the Python of a
    bigger one would hold the GIL in the thread anyway, but its LevelDB write lets the loop run);
-2. the writer's recent writes were not blocked for long (a moving average of wall time minus
-   the thread's CPU time, wherever they ran, at most ``INLINE_BLOCKED_MAX_S``): a slow disk, or
-   a sync that suddenly takes milliseconds, sends the writes back to the thread, and they come
-   back inline once the thread measures them fast again;
+2. at least one of the last ``WINDOW`` writes run inline was blocked (wall time minus the
+   thread's CPU time) for at most ``INLINE_BLOCKED_MAX_S``. The least of a window, not an
+   average: on a busy machine a write on the loop is now and then preempted or waits for the
+   GIL for milliseconds, which says nothing about the disk, while a slow disk is slow every
+   time. Once the writes go to the thread, every ``PROBE_EVERY``-th small one still runs inline
+   to measure the disk again (in the thread its wall time would include the GIL's waits);
 3. nothing handed to the thread is still running: writes of one writer keep their order.
 
 Each writer owns one single-thread executor; every write of that thread goes through it.
@@ -32,20 +34,24 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# A write blocked longer than this (on average) is not worth a loop stall: it goes to the thread.
+# A write blocked longer than this is not worth a loop stall: it goes to the thread.
 INLINE_BLOCKED_MAX_S = 0.001
-AVERAGE_WEIGHT = 0.2  # of the newest write in the moving average of blocked time
+WINDOW = 8  # inline writes whose least blocked time decides
+PROBE_EVERY = 16  # while the writes go to the thread, one small write in this many runs inline
 
 
 class SyncWriter:
     """Runs one kind of durable write: inline when cheap, else in ``pool`` (one thread)."""
 
-    def __init__(self, pool: Executor, blocked_max_s: float = INLINE_BLOCKED_MAX_S) -> None:
+    def __init__(
+        self, pool: Executor, blocked_max_s: float = INLINE_BLOCKED_MAX_S, inline: bool = True
+    ) -> None:
         self._pool = pool
+        self._may_inline = inline  # False: every write in the thread
         self._blocked_max_s = blocked_max_s
-        # Moving average of the writes' blocked time (s). Written from the writer thread too: a
-        # float store is atomic under the GIL, and a stale read only picks the other path once.
-        self._blocked_s = 0.0
+        self._blocked: deque[float] = deque(maxlen=WINDOW)  # of the last inline writes (s)
+        self._fast = True  # the least of ``_blocked`` is within ``blocked_max_s``
+        self._since_probe = 0
         self._outstanding: deque[Future[Any]] = deque()
         self.inline = 0  # writes run on the loop, and in the thread (for tests and docs)
         self.pooled = 0
@@ -57,16 +63,20 @@ class SyncWriter:
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Hand ``fn`` to the thread without waiting (a write nobody waits for); in order with
         every other write of this writer."""
-        fut: Future[T] = self._pool.submit(self._timed, fn)
+        fut: Future[T] = self._pool.submit(fn)
         self._outstanding.append(fut)
         self.pooled += 1
         return fut
 
     async def run(self, fn: Callable[[], T], small: bool = True) -> T:
         """Run ``fn`` and return its result: on the loop when it may, else in the thread."""
-        if small and self._blocked_s <= self._blocked_max_s and self._idle():
-            self.inline += 1
-            return self._timed(fn)
+        if small and self._may_inline and self._idle():
+            if self._fast:
+                return self._inline(fn)
+            self._since_probe += 1
+            if self._since_probe >= PROBE_EVERY:
+                self._since_probe = 0
+                return self._inline(fn)
         return await asyncio.wrap_future(self.submit(fn))
 
     def _idle(self) -> bool:
@@ -76,10 +86,12 @@ class SyncWriter:
             queue.popleft()
         return not queue
 
-    def _timed(self, fn: Callable[[], T]) -> T:
+    def _inline(self, fn: Callable[[], T]) -> T:
+        self.inline += 1
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             return fn()
         finally:
             blocked = (time.perf_counter() - wall) - (time.thread_time() - cpu)
-            self._blocked_s += AVERAGE_WEIGHT * (max(0.0, blocked) - self._blocked_s)
+            self._blocked.append(blocked)
+            self._fast = min(self._blocked) <= self._blocked_max_s

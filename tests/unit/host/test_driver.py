@@ -98,7 +98,7 @@ async def test_a_round_that_only_validates_writes_nothing_and_the_next_writes_bo
         ),
         inbox=cast(Any, inbox),
         log=log,
-        log_writer=SyncWriter(pool, blocked_max_s=-1.0),  # in the thread: the fake log blocks
+        log_writer=SyncWriter(pool, inline=False),  # in the thread: the fake log blocks
         sign_guard=None,
         index=1,
         payload_bytes_max=1 << 20,

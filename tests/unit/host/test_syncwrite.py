@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from node.host.syncwrite import SyncWriter
+from node.host.syncwrite import PROBE_EVERY, WINDOW, SyncWriter
 
 
 @pytest.fixture
@@ -33,12 +33,14 @@ async def test_a_small_fast_write_runs_on_the_loop_and_a_large_one_in_the_thread
     assert await writer.run(where) == loop_thread
     assert (await writer.run(where, small=False)).startswith("writer")
     assert (writer.inline, writer.pooled) == (1, 1)
+    never = SyncWriter(pool, inline=False)
+    assert (await never.run(where)).startswith("writer")
 
 
 async def test_a_write_waits_for_the_thread_while_a_submitted_one_is_pending(
     pool: ThreadPoolExecutor,
 ) -> None:
-    writer = SyncWriter(pool, blocked_max_s=1.0)  # the wait below is no slow disk
+    writer = SyncWriter(pool)
     release = threading.Event()
     order: list[str] = []
 
@@ -61,7 +63,7 @@ async def test_a_write_waits_for_the_thread_while_a_submitted_one_is_pending(
     assert await writer.run(where) == where()
 
 
-async def test_blocked_writes_go_to_the_thread_until_it_measures_them_fast_again(
+async def test_a_slow_disk_sends_writes_to_the_thread_and_a_probe_brings_them_back(
     pool: ThreadPoolExecutor,
 ) -> None:
     writer = SyncWriter(pool, blocked_max_s=0.002)
@@ -76,15 +78,28 @@ async def test_blocked_writes_go_to_the_thread_until_it_measures_them_fast_again
     assert await writer.run(sync) == loop_thread  # measured only once it has run
     assert (await writer.run(sync)).startswith("writer")
     slow = False
-    ran = [await writer.run(sync) for _ in range(40)]
-    assert ran[0].startswith("writer")  # the average comes down write by write
-    assert ran[-1] == loop_thread
-    first_inline = ran.index(loop_thread)
-    assert all(r == loop_thread for r in ran[first_inline:])
+    ran = [await writer.run(sync) for _ in range(2 * PROBE_EVERY)]
+    first_inline = ran.index(loop_thread)  # the probe: one write in PROBE_EVERY runs inline
+    assert 0 < first_inline < PROBE_EVERY
+    assert all(r.startswith("writer") for r in ran[:first_inline])
+    assert all(r == loop_thread for r in ran[first_inline:])  # measured fast again
+
+
+async def test_one_write_held_up_on_the_loop_does_not_move_the_writes(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """Preempted, or waiting for the GIL: one slow write among fast ones is not a slow disk."""
+    writer = SyncWriter(pool, blocked_max_s=0.002)
+    loop_thread = where()
+    assert [await writer.run(where) for _ in range(3)] == [loop_thread] * 3
+    await writer.run(lambda: time.sleep(0.02))
+    assert await writer.run(where) == loop_thread
+    for _ in range(WINDOW):
+        await writer.run(lambda: time.sleep(0.005))
+    assert (await writer.run(where)).startswith("writer")  # a whole window of slow ones is
 
 
 async def test_cpu_bound_work_is_not_counted_as_blocked(pool: ThreadPoolExecutor) -> None:
-    # Counted as blocked, one 20 ms write would lift the average (weight 0.2) to 4 ms.
     writer = SyncWriter(pool, blocked_max_s=0.003)
 
     def busy() -> str:
@@ -94,7 +109,7 @@ async def test_cpu_bound_work_is_not_counted_as_blocked(pool: ThreadPoolExecutor
         return where()
 
     loop_thread = where()
-    assert [await writer.run(busy) for _ in range(3)] == [loop_thread] * 3
+    assert [await writer.run(busy) for _ in range(WINDOW + 1)] == [loop_thread] * (WINDOW + 1)
 
 
 async def test_errors_reach_the_caller_from_either_path(pool: ThreadPoolExecutor) -> None:
