@@ -42,7 +42,7 @@ from common.crypto import address_of
 from node.chain.ethtx import WEI_PER_UNIT, eth_address, eth_chain_id, sign_dynamic_fee
 from node.chain.tx import make_transfer, tx_hash_of
 from node.detect.scenarios import bench_plan
-from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE
+from node.errors import MEMPOOL_FULL, OVERLOADED, TIMEOUT, TX_DUPLICATE
 from node.tools import devnet
 from node.tools.bench_probe import Probe, Profiler, format_profile, profile_table
 from node.tools.client import AsyncClient, Client, ClientError, RpcError
@@ -510,6 +510,14 @@ class Bench:
             if isinstance(a, RpcError) and a.code in RETRYABLE:
                 again.append(item)
                 wait_s = max(wait_s, _retry_after_s(a))
+                continue
+            if isinstance(a, RpcError) and a.code == TIMEOUT:
+                # The call outlived the node's per-request deadline: the tx may still be taken
+                # (it waits in admission), so its outcome is unknown, as after a failed call. A
+                # wallet sends the same signed bytes again; a copy the node took answers
+                # tx_duplicate. Counted as rejected until stop 21, though most of them committed.
+                self.call_failures += 1
+                again.append(item)
                 continue
             if isinstance(a, dict) and a.get("status") in HELD_STATUSES:
                 self.wallets.stop(item)  # before settling: it releases nothing more

@@ -184,3 +184,44 @@ def test_rejected_txs_are_counted_by_the_error_that_refused_them(
     assert b.rejected == 1
     assert dict(b.rejected_by) == {"tx_nonce": 1}
     assert sorted(b.sent_at) == ["0x01", "0x03"]
+
+
+def test_a_tx_whose_call_timed_out_is_sent_again_not_rejected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``timeout`` answer (-32009: the node's per-request deadline) leaves the tx's fate open
+    (it may still be admitted), so the wallet sends the same bytes again, as after a failed
+    call; the sending again answers tx_duplicate when the node had taken it."""
+    import argparse
+    import asyncio
+
+    from node.errors import TIMEOUT, TX_DUPLICATE
+    from node.tools import bench
+    from node.tools.client import AsyncClient, RpcError
+    from node.tools.devnet import Cluster, Ports
+
+    rounds: list[list[object]] = [
+        [RpcError(TIMEOUT, "request took longer than 10 s"), {"hash": "0x01", "status": "pending"}],
+        [RpcError(TX_DUPLICATE, "transaction already known")],
+    ]
+
+    async def fake_batch(self: object, calls: list[object]) -> list[object]:
+        answers = rounds.pop(0)
+        assert len(calls) == len(answers)
+        return answers
+
+    monkeypatch.setattr(AsyncClient, "batch", fake_batch)
+    ports = (Ports(26600, 26700, 26800),)
+    cluster = Cluster(root=Path("/nonexistent"), n=1, ports=ports, admin_token="")
+    b = bench.Bench(cluster, argparse.Namespace())
+    batch = [("raw0", "0x00", "a"), ("raw1", "0x01", "b")]
+    b.wallets.take(batch, 10)
+    session: Any = None
+    again, failed, _ = asyncio.run(b._send_once(session, 0, batch, 1.0))
+    assert again == [batch[0]]
+    assert not failed
+    assert (b.rejected, b.call_failures) == (0, 1)
+    again, failed, _ = asyncio.run(b._send_once(session, 0, again, 1.0))
+    assert again == []
+    assert b.rejected == 0
+    assert sorted(b.sent_at) == ["0x00", "0x01"]  # both taken: their commits are waited for
