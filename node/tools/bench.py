@@ -198,6 +198,8 @@ class Bench:
         self.rejected_by: collections.Counter[str] = collections.Counter()
         self.errors = 0
         self.call_failures = 0  # txs whose tx_submit call failed (timeout, refused) and went again
+        self.timed_out: set[str] = set()  # hashes of txs answered ``timeout`` at least once
+        self.timeouts_taken = 0  # of those, sent again and answered tx_duplicate
         self.retried = 0
         self.retry_backlog = 0  # refused txs waiting for their retry
         self.wallets = Wallets()
@@ -278,6 +280,7 @@ class Bench:
         self.extra["kept_back"] = self.wallets.kept_back()
         self.extra["stopped_wallets"] = self.wallets.stopped()
         self.extra["call_failures"] = self.call_failures
+        self.extra["timeouts"] = {"txs": len(self.timed_out), "taken_before": self.timeouts_taken}
         self.extra["uncommitted"] = uncommitted
         # Accepted, not held, not waiting behind a held tx, and yet not committed by the end of
         # the drain: what issue 13 calls stranded (0 expected).
@@ -515,8 +518,9 @@ class Bench:
                 # The call outlived the node's per-request deadline: the tx may still be taken
                 # (it waits in admission), so its outcome is unknown, as after a failed call. A
                 # wallet sends the same signed bytes again; a copy the node took answers
-                # tx_duplicate. Counted as rejected until stop 21, though most of them committed.
+                # tx_duplicate. Counted as rejected until stop 21.
                 self.call_failures += 1
+                self.timed_out.add(item[1])
                 again.append(item)
                 continue
             if isinstance(a, dict) and a.get("status") in HELD_STATUSES:
@@ -526,6 +530,8 @@ class Bench:
                 self.errors += 1
                 continue
             self.submitted += 1
+            if isinstance(a, RpcError) and a.code == TX_DUPLICATE and item[1] in self.timed_out:
+                self.timeouts_taken += 1  # the node had admitted it after all
             if isinstance(a, RpcError) and a.code != TX_DUPLICATE:
                 self.rejected += 1
                 self.rejected_by[a.name] += 1

@@ -225,3 +225,4 @@ def test_a_tx_whose_call_timed_out_is_sent_again_not_rejected(
     assert again == []
     assert b.rejected == 0
     assert sorted(b.sent_at) == ["0x00", "0x01"]  # both taken: their commits are waited for
+    assert (len(b.timed_out), b.timeouts_taken) == (1, 1)
