@@ -3,7 +3,8 @@
 The committer task takes the core's ``Commit`` actions in order from a bounded queue (a full one
 makes the driver wait), resolves the txs, builds, executes and writes the block (node/chain/
 chain.py) through the block writer (node/host/syncwrite.py: on the loop for a block of at most
-INLINE_TXS_MAX txs while its syncs are fast, else in the single write thread), then updates the
+LIGHT_TXS_MAX txs on a lightly loaded chain while its syncs are fast, else in the single write
+thread), then updates the
 mempool, detector, metrics and subscribers on the loop.
 """
 
@@ -26,13 +27,9 @@ from node.chain.mempool import Mempool
 from node.host.metrics import Metrics
 from node.host.resolver import TxResolver
 from node.host.signals import Head, Inbox, PendingFlag, ProposalQueue, Subscribers
-from node.host.syncwrite import SyncWriter
+from node.host.syncwrite import LIGHT_TXS_MAX, LightLoad, SyncWriter
 
 log = logging.getLogger(__name__)
-
-# A block of more txs is applied in the write thread: its Python holds the GIL there too, but its
-# LevelDB write and sync let the loop run meanwhile (node/host/syncwrite.py).
-INLINE_TXS_MAX = 64
 
 
 class Detector(Protocol):
@@ -48,6 +45,7 @@ class Committer:
         commits: asyncio.Queue[Commit],
         chain: Chain,
         writer: SyncWriter,
+        load: LightLoad,
         txs: TxResolver,
         mempool: Mempool,
         detector: Detector,
@@ -62,6 +60,7 @@ class Committer:
         self.commits = commits
         self.chain = chain
         self.writer = writer  # the block's synced write (and the quarantine's, in order)
+        self.load = load  # told each block's size: whether synced writes may run on the loop
         self.txs = txs
         self.mempool = mempool
         self.detector = detector
@@ -82,8 +81,11 @@ class Committer:
             started = time.monotonic()
             txs = await self.txs.for_commit(c.seq, c.digest, c.payload)
             resolved_s = time.monotonic() - started
+            # A block of more txs is applied in the write thread: its Python holds the GIL
+            # there too, but its LevelDB write and sync let the loop run meanwhile.
+            self.load.note_block(len(txs))
             applied = await self.writer.run(
-                functools.partial(self.chain.apply_commit, c, txs), len(txs) <= INLINE_TXS_MAX
+                functools.partial(self.chain.apply_commit, c, txs), len(txs) <= LIGHT_TXS_MAX
             )
             self.metrics.storage_write_seconds.observe(applied.write_s)
             # Core contract (docs/consensus.md): the block is durable, the core may vote CHECKPOINT.

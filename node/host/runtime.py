@@ -52,7 +52,7 @@ from node.host.screening import Screening, training_pool
 from node.host.service_impl import NodeServiceImpl
 from node.host.signals import Head, PendingFlag, ProposalBodies, ProposalQueue, Subscribers
 from node.host.signguard import GuardError, SignGuard
-from node.host.syncwrite import SyncWriter
+from node.host.syncwrite import LightLoad, SyncWriter
 from node.host.txflow import TxFlow
 from node.net.address import PeerAddress
 from node.net.catchup import CatchUp
@@ -165,8 +165,9 @@ class Node:
         # written inline.
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.log_pool = ThreadPoolExecutor(1, thread_name_prefix="clog")
-        self._block_writer = SyncWriter(self._write_pool)
-        self._log_writer = SyncWriter(self.log_pool)
+        self._load = LightLoad()
+        self._block_writer = SyncWriter(self._write_pool, self._load)
+        self._log_writer = SyncWriter(self.log_pool, self._load)
         # Admission's signature checks, at a lower priority than the loop (node/host/admission.py)
         self._verify_pool = ThreadPoolExecutor(
             2, thread_name_prefix="admit-verify", initializer=lower_thread_priority
@@ -373,6 +374,7 @@ class Node:
                 commits=self.commits,
                 chain=chain,
                 writer=self._block_writer,
+                load=self._load,
                 txs=txs,
                 mempool=mempool,
                 detector=screening,

@@ -11,7 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from node.host.syncwrite import PROBE_EVERY, WINDOW, SyncWriter
+from node.host.syncwrite import (
+    LIGHT_BLOCKS,
+    LIGHT_TXS_MAX,
+    PROBE_EVERY,
+    WINDOW,
+    LightLoad,
+    SyncWriter,
+)
 
 
 @pytest.fixture
@@ -123,3 +130,24 @@ async def test_errors_reach_the_caller_from_either_path(pool: ThreadPoolExecutor
     with pytest.raises(OSError, match="disk full"):
         await writer.run(fail, small=False)
     assert await writer.run(where) == where()
+
+
+async def test_under_load_every_write_goes_to_the_thread_until_blocks_are_small_again(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """A round's records stay small under overload, but LevelDB may stall any write then: on
+    the loop that would stop the node, so a loaded chain writes in the threads only."""
+    load = LightLoad()
+    writer = SyncWriter(pool, load)
+    loop_thread = where()
+    assert load.light
+    assert await writer.run(where) == loop_thread
+    load.note_block(LIGHT_TXS_MAX + 1)
+    assert not load.light
+    assert (await writer.run(where)).startswith("writer")
+    for _ in range(LIGHT_BLOCKS - 1):
+        load.note_block(LIGHT_TXS_MAX)
+    assert (await writer.run(where)).startswith("writer")
+    load.note_block(0)
+    assert load.light
+    assert await writer.run(where) == loop_thread
