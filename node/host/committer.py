@@ -4,8 +4,7 @@ The committer task takes the core's ``Commit`` actions in order from a bounded q
 makes the driver wait), resolves the txs, builds, executes and writes the block (node/chain/
 chain.py) through the block writer (node/host/syncwrite.py: on the loop for a block of at most
 LIGHT_TXS_MAX txs on a lightly loaded chain while its syncs are fast, else in the single write
-thread), then updates the
-mempool, detector, metrics and subscribers on the loop.
+thread), then updates the mempool, detector, metrics and subscribers on the loop.
 """
 
 from __future__ import annotations

@@ -84,14 +84,11 @@ class SyncWriter:
         self.inline = 0  # writes run on the loop, and in the thread (for tests and docs)
         self.pooled = 0
 
-    @property
-    def pool(self) -> Executor:
-        return self._pool
-
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Hand ``fn`` to the thread without waiting (a write nobody waits for); in order with
         every other write of this writer."""
         fut: Future[T] = self._pool.submit(fn)
+        self._idle()  # forget the finished ones: a loaded chain never asks ``_idle`` otherwise
         self._outstanding.append(fut)
         self.pooled += 1
         return fut
@@ -107,6 +104,11 @@ class SyncWriter:
                 self._since_probe = 0
                 return self._inline(fn)
         return await asyncio.wrap_future(self.submit(fn))
+
+    @property
+    def pending(self) -> int:
+        """Writes handed to the thread and not yet seen finished."""
+        return len(self._outstanding)
 
     def _idle(self) -> bool:
         """Nothing handed to the thread is still running (one thread: they finish in order)."""

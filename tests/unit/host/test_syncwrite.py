@@ -4,6 +4,7 @@ is pending in the thread; the rest in the writer's thread, in order."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -151,3 +152,15 @@ async def test_under_load_every_write_goes_to_the_thread_until_blocks_are_small_
     load.note_block(0)
     assert load.light
     assert await writer.run(where) == loop_thread
+
+
+async def test_finished_thread_writes_are_forgotten_under_load(pool: ThreadPoolExecutor) -> None:
+    """A loaded chain sends every write to the thread; their futures (a block's result) must not
+    pile up."""
+    load = LightLoad()
+    load.note_block(LIGHT_TXS_MAX + 1)
+    writer = SyncWriter(pool, load)
+    for n in range(200):
+        assert await writer.run(functools.partial(int, n)) == n
+    assert writer.pooled == 200
+    assert writer.pending <= 1

@@ -146,37 +146,45 @@ def test_bench_core_runs_and_prints_its_figures() -> None:
         assert figures[key] > 0
 
 
-def test_rejected_txs_are_counted_by_the_error_that_refused_them(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """``rejected_by`` says why: a final error by its name; ``tx_duplicate`` counts as taken and
-    a back-pressure refusal is sent again, so neither is a rejection."""
+def _answered_bench(monkeypatch: pytest.MonkeyPatch, rounds: list[list[object]]) -> Any:
+    """A Bench of one node whose JSON-RPC batches get ``rounds``' answers, one list per call."""
     import argparse
-    import asyncio
 
-    from node.errors import MEMPOOL_FULL, TX_DUPLICATE, TX_NONCE
     from node.tools import bench
-    from node.tools.client import AsyncClient, RpcError
+    from node.tools.client import AsyncClient
     from node.tools.devnet import Cluster, Ports
 
-    answers = [
-        RpcError(TX_NONCE, "nonce too low"),
-        RpcError(TX_DUPLICATE, "transaction already known"),
-        RpcError(MEMPOOL_FULL, "mempool full", {"retry_after_ms": 10}),
-        {"hash": "0x03", "status": "pending"},
-    ]
-
     async def fake_batch(self: object, calls: list[object]) -> list[object]:
+        answers = rounds.pop(0)
         assert len(calls) == len(answers)
         return answers
 
     monkeypatch.setattr(AsyncClient, "batch", fake_batch)
     ports = (Ports(26600, 26700, 26800),)
     cluster = Cluster(root=Path("/nonexistent"), n=1, ports=ports, admin_token="")
-    b = bench.Bench(cluster, argparse.Namespace())
+    return bench.Bench(cluster, argparse.Namespace())
+
+
+def test_rejected_txs_are_counted_by_the_error_that_refused_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``rejected_by`` says why: a final error by its name; ``tx_duplicate`` counts as taken and
+    a back-pressure refusal is sent again, so neither is a rejection."""
+    import asyncio
+
+    from node.errors import MEMPOOL_FULL, TX_DUPLICATE, TX_NONCE
+    from node.tools.client import RpcError
+
+    answers: list[object] = [
+        RpcError(TX_NONCE, "nonce too low"),
+        RpcError(TX_DUPLICATE, "transaction already known"),
+        RpcError(MEMPOOL_FULL, "mempool full", {"retry_after_ms": 10}),
+        {"hash": "0x03", "status": "pending"},
+    ]
+    b = _answered_bench(monkeypatch, [answers])
     batch = [(f"raw{i}", f"0x0{i}", "abcd"[i]) for i in range(4)]
     b.wallets.take(batch, 10)
-    session: Any = None  # never used: the batch call is the fake above
+    session: Any = None  # never used: the batch call is the fake
     again, failed, wait_s = asyncio.run(b._send_once(session, 0, batch, 1.0))
     assert again == [batch[2]]
     assert not failed
@@ -192,28 +200,21 @@ def test_a_tx_whose_call_timed_out_is_sent_again_not_rejected(
     """A ``timeout`` answer (-32009: the node's per-request deadline) leaves the tx's fate open
     (it may still be admitted), so the wallet sends the same bytes again, as after a failed
     call; the sending again answers tx_duplicate when the node had taken it."""
-    import argparse
     import asyncio
 
     from node.errors import TIMEOUT, TX_DUPLICATE
-    from node.tools import bench
-    from node.tools.client import AsyncClient, RpcError
-    from node.tools.devnet import Cluster, Ports
+    from node.tools.client import RpcError
 
-    rounds: list[list[object]] = [
-        [RpcError(TIMEOUT, "request took longer than 10 s"), {"hash": "0x01", "status": "pending"}],
-        [RpcError(TX_DUPLICATE, "transaction already known")],
-    ]
-
-    async def fake_batch(self: object, calls: list[object]) -> list[object]:
-        answers = rounds.pop(0)
-        assert len(calls) == len(answers)
-        return answers
-
-    monkeypatch.setattr(AsyncClient, "batch", fake_batch)
-    ports = (Ports(26600, 26700, 26800),)
-    cluster = Cluster(root=Path("/nonexistent"), n=1, ports=ports, admin_token="")
-    b = bench.Bench(cluster, argparse.Namespace())
+    b = _answered_bench(
+        monkeypatch,
+        [
+            [
+                RpcError(TIMEOUT, "request took longer than 10 s"),
+                {"hash": "0x01", "status": "pending"},
+            ],
+            [RpcError(TX_DUPLICATE, "transaction already known")],
+        ],
+    )
     batch = [("raw0", "0x00", "a"), ("raw1", "0x01", "b")]
     b.wallets.take(batch, 10)
     session: Any = None
