@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from node.host import syncwrite
 from node.host.syncwrite import (
     LIGHT_BLOCKS,
     LIGHT_TXS_MAX,
@@ -107,17 +108,43 @@ async def test_one_write_held_up_on_the_loop_does_not_move_the_writes(
     assert (await writer.run(where)).startswith("writer")  # a whole window of slow ones is
 
 
-async def test_cpu_bound_work_is_not_counted_as_blocked(pool: ThreadPoolExecutor) -> None:
+class Clocks:
+    """Wall and thread-CPU clocks the test moves by hand (a real busy loop on a loaded CI
+    machine is preempted for milliseconds, which is wall time without CPU)."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def perf_counter(self) -> float:
+        return self.wall
+
+    def thread_time(self) -> float:
+        return self.cpu
+
+
+async def test_cpu_bound_work_is_not_counted_as_blocked(
+    pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clocks = Clocks()
+    monkeypatch.setattr(syncwrite, "time", clocks)
     writer = SyncWriter(pool, blocked_max_s=0.003)
 
-    def busy() -> str:
-        end = time.thread_time() + 0.02
-        while time.thread_time() < end:
-            pass
+    def busy() -> str:  # 20 ms of CPU: the Python of a block
+        clocks.wall += 0.02
+        clocks.cpu += 0.02
+        return where()
+
+    def sync() -> str:  # 20 ms of wall time, 1 ms of it CPU: a slow disk
+        clocks.wall += 0.02
+        clocks.cpu += 0.001
         return where()
 
     loop_thread = where()
     assert [await writer.run(busy) for _ in range(WINDOW + 1)] == [loop_thread] * (WINDOW + 1)
+    for _ in range(WINDOW):
+        assert await writer.run(sync) == loop_thread  # the window still holds a fast one
+    assert (await writer.run(busy)).startswith("writer")  # now a window of 19 ms blocked each
 
 
 async def test_errors_reach_the_caller_from_either_path(pool: ThreadPoolExecutor) -> None:
