@@ -22,9 +22,9 @@ So a write runs inline when
 4. the chain is lightly loaded (``LightLoad``: each of its last LIGHT_BLOCKS blocks had at most
    LIGHT_TXS_MAX txs). Under overload a round's few records are still small, but LevelDB may
    then stall a write (compactions behind the block writes) for as long as it takes, and on the
-   loop that stall stops the node: a 5,000-wallet overload run without this rule had every
-   validator's request timer run out twice in four minutes, against at most one lone timer per
-   run before. Under load the writes go to their threads, as before stop 21.
+   loop that stall stops the node: in one of two 5,000-wallet overload runs without this rule
+   every validator's request timer ran out twice in four minutes, against at most one lone
+   timer per run before. Under load the writes go to their threads, as before stop 21.
 
 Each writer owns one single-thread executor; every write of that thread goes through it.
 """
