@@ -165,13 +165,9 @@ class Node:
         # written inline.
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self.log_pool = ThreadPoolExecutor(1, thread_name_prefix="clog")
-        # Inline writes are OFF for now: with them, tests/e2e/test_e2e_eth_ethers.py failed in 2
-        # of 9 runs (eth_getTransactionCount answered a nonce older than a receipt the node had
-        # just given; 0 of 10 with both writers in their threads, 0 of 8 before stop 21). A read
-        # race the faster commits expose, not found yet (docs/performance.md, stop 21).
         self._load = LightLoad()
-        self._block_writer = SyncWriter(self._write_pool, self._load, inline=False)
-        self._log_writer = SyncWriter(self.log_pool, self._load, inline=False)
+        self._block_writer = SyncWriter(self._write_pool, self._load)
+        self._log_writer = SyncWriter(self.log_pool, self._load)
         # Admission's signature checks, at a lower priority than the loop (node/host/admission.py)
         self._verify_pool = ThreadPoolExecutor(
             2, thread_name_prefix="admit-verify", initializer=lower_thread_priority
