@@ -2,12 +2,12 @@
 
 Many concurrent ``tx_submit`` calls (a JSON-RPC batch, many clients) and gossip frames land in one
 bounded queue. A single task takes everything queued, decodes and checks signatures of the whole
-batch in a worker process (node/host/sigcheck.py; the expensive part), then runs the cheap
-stateful mempool checks on the loop, in arrival order. Between the two sits the detector hook: a
-micro-batch of admissible txs is scored together; quarantined ones from this node's clients are
-diverted instead of entering the mempool (txs gossiped by other validators are scored but follow
-their entry node's verdict). Admitted txs from clients are queued for gossip; txs that came by
-gossip are not re-forwarded (validators form a full mesh, see node/net/gossip.py).
+batch in a worker thread (the expensive part), then runs the cheap stateful mempool checks on the
+loop, in arrival order. Between the two sits the detector hook: a micro-batch of admissible txs
+is scored together; quarantined ones from this node's clients are diverted instead of entering
+the mempool (txs gossiped by other validators are scored but follow their entry node's verdict).
+Admitted txs from clients are queued for gossip; txs that came by gossip are not re-forwarded
+(validators form a full mesh, see node/net/gossip.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
+import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,10 +30,10 @@ from node.chain.tx import (
     Claim,
     Transaction,
     claim_of,
+    decode_verified,
     tx_hash_of,
 )
 from node.errors import MEMPOOL_FULL, OVERLOADED, TX_DUPLICATE, TX_INVALID, TX_NONCE, VigilError
-from node.host.sigcheck import checked_txs
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,10 @@ log = logging.getLogger(__name__)
 # mempool before the whole batch was done: the primary sat with nothing to propose, then
 # proposed 2,000 txs at once that every backup had to check before voting.
 BATCH_MAX = 512
+# Up to this many txs are verified on the loop (~60-120 us each): a worker thread's hand-off and
+# wake-up cost more than that on a lightly loaded chain, where batches are one or two txs.
+INLINE_VERIFY_MAX = 2
+VERIFY_NICE = 5  # niceness increment of admission's signature-check threads (lower_thread_priority)
 # Back-pressure: a client's tx is refused (``mempool_full``, retry later) while the txs waiting
 # here and in the mempool would take longer than BACKLOG_S to commit at the recent commit rate
 # AND the oldest of them has waited BACKLOG_S already, so saturation shows as a retryable
@@ -129,6 +137,32 @@ class TxGossip(Protocol):
     def forward(self, raws: list[bytes]) -> None: ...
 
 
+async def checked_txs(raws: list[bytes], pool: Executor | None = None) -> list[Transaction | str]:
+    """``decode_verified`` in a worker thread of ``pool`` (None: the loop's default), or on
+    the loop for a few txs."""
+    if len(raws) <= INLINE_VERIFY_MAX:
+        return decode_verified(raws)
+    return await asyncio.get_running_loop().run_in_executor(pool, decode_verified, raws)
+
+
+def lower_thread_priority() -> None:
+    """A thread pool's initializer: this thread yields the CPU to the rest of the process.
+
+    Admission's signature checks run in such threads (``Admission.verify_pool``): under
+    overload the machine's cores go first to the event loops that run PBFT's rounds (and to a
+    backup's checks of the txs a proposal names, in the default pool), so a wave of clients'
+    txs slows admission (which then pushes clients back) instead of every round. Linux keeps a
+    niceness per thread; elsewhere this changes nothing. The signature check itself releases
+    the GIL (libsodium through cffi); the decode around it holds it for microseconds at a
+    time, and a thread waiting for the GIL asks for it back after the switch interval.
+    """
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + VERIFY_NICE)
+
+
 def submitted(tx_hash: bytes, verdict: Screened | None) -> dict[str, Any]:
     """``tx_submit``'s answer for an admitted tx: pending, or waiting behind a held tx."""
     out: dict[str, Any] = {"hash": "0x" + tx_hash.hex(), "status": "pending"}
@@ -183,9 +217,9 @@ class Admission:
         # The verified tx for a hash, if one is already known outside the mempool (the tx
         # resolver's proposal bodies): its signature is not checked a second time here.
         self.verified: Callable[[bytes], Transaction | None] = lambda tx_hash: None
-        # Decodes and checks signatures (node/host/sigcheck.py; the runtime wires in a worker
-        # process of lower priority).
-        self.check: Callable[[list[bytes]], Awaitable[list[Transaction | str]]] = checked_txs
+        # Where signature checks run (node/host/runtime.py: threads of lower priority); None:
+        # the loop's default executor.
+        self.verify_pool: Executor | None = None
 
     def on_committed(self, txs: int) -> None:
         """A block with ``txs`` txs was committed: update the commit rate (moving average)."""
@@ -428,7 +462,7 @@ class Admission:
         for a few; a tx already verified elsewhere (``verified``) is not checked again."""
         out: list[Transaction | str | None] = [self.verified(h) for h in hashes]
         todo = [raw for raw, tx in zip(raws, out, strict=True) if tx is None]
-        checked = await self.check(todo)
+        checked = await checked_txs(todo, self.verify_pool)
         if len(checked) == len(out):
             return checked
         done = iter(checked)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +24,8 @@ from node.chain.chain import PROPOSAL_TXS_KEY
 from node.chain.ledger import BlockInvalid, check_block_stateless, check_proposal
 from node.chain.mempool import Mempool
 from node.chain.tx import Transaction, tx_hash_of
+from node.host.admission import checked_txs
 from node.host.ports import Arrivals, ChainReader, PeerRequester
-from node.host.sigcheck import checked_txs
 from node.host.signals import ProposalBodies
 from node.net.p2p import PeerError
 
@@ -96,13 +96,6 @@ class TxResolver:
         self._view = 0
         self._live: frozenset[bytes] | None = None  # uncommitted_hashes(), None when stale
         self.arrivals: Arrivals | None = None  # the admission, set by the wiring
-        # Decodes and checks signatures (node/host/sigcheck.py; the runtime wires in a worker
-        # process at the node's own priority: a proposal's checks are on its round's path).
-        self.check: Callable[[list[bytes]], Awaitable[list[Transaction | str]]] = checked_txs
-
-    async def _verified(self, raws: list[bytes]) -> dict[bytes, Transaction]:
-        """The raw txs that decode and carry a valid signature, by hash."""
-        return {tx.hash: tx for tx in await self.check(raws) if isinstance(tx, Transaction)}
 
     # --- bookkeeping ------------------------------------------------------------------------
 
@@ -285,7 +278,7 @@ class TxResolver:
                 continue
             wanted = set(missing)
             found.update(
-                await self._verified(
+                await _verified(
                     [r for r in raws if isinstance(r, bytes) and tx_hash_of(r) in wanted]
                 )
             )
@@ -308,7 +301,7 @@ class TxResolver:
             missing = [h for h, tx in zip(hashes, txs, strict=True) if tx is None]
             queued = arrivals.queued(missing)
             if queued:
-                found = await self._verified(list(queued.values()))
+                found = await _verified(list(queued.values()))
                 txs = [
                     tx if tx is not None else found.get(h)
                     for h, tx in zip(hashes, txs, strict=True)
@@ -458,3 +451,8 @@ class TxResolver:
             return out
 
         return {"entries": await asyncio.to_thread(read)}
+
+
+async def _verified(raws: list[bytes]) -> dict[bytes, Transaction]:
+    """The raw txs that decode and carry a valid signature, by hash."""
+    return {tx.hash: tx for tx in await checked_txs(raws) if isinstance(tx, Transaction)}

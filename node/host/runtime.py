@@ -40,7 +40,7 @@ from node.chain.chain import Chain
 from node.chain.genesis import Genesis
 from node.chain.mempool import Mempool
 from node.chain.tx import Transaction
-from node.host.admission import Admission
+from node.host.admission import Admission, lower_thread_priority
 from node.host.committer import Committer
 from node.host.config import NodeConfig, load_validator_key, read_passphrase
 from node.host.driver import Actions, Driver, Proposer, Status, run_ticker
@@ -50,7 +50,6 @@ from node.host.metrics import Metrics, serve_metrics, watch_loop_lag
 from node.host.resolver import ResolverConfig, TxResolver
 from node.host.screening import Screening, training_pool
 from node.host.service_impl import NodeServiceImpl
-from node.host.sigcheck import ADMISSION_NICE, SignatureChecks
 from node.host.signals import Head, PendingFlag, ProposalBodies, ProposalQueue, Subscribers
 from node.host.signguard import GuardError, SignGuard
 from node.host.syncwrite import LightLoad, SyncWriter
@@ -169,10 +168,10 @@ class Node:
         self._load = LightLoad()
         self._block_writer = SyncWriter(self._write_pool, self._load)
         self._log_writer = SyncWriter(self.log_pool, self._load)
-        # Signature checks of tx batches, each in a worker process (node/host/sigcheck.py):
-        # admission's at a lower priority than the loop, a proposal's at the node's own.
-        self._admission_checks = SignatureChecks(ADMISSION_NICE)
-        self._proposal_checks = SignatureChecks(0)
+        # Admission's signature checks, at a lower priority than the loop (node/host/admission.py)
+        self._verify_pool = ThreadPoolExecutor(
+            2, thread_name_prefix="admit-verify", initializer=lower_thread_priority
+        )
         self._train_pool: ProcessPoolExecutor | None = (
             None  # detector fits (node/host/screening.py)
         )
@@ -275,8 +274,7 @@ class Node:
         admission.backlog_s = cfg.mempool_backlog_ms / 1000
         txs.arrivals = admission
         admission.verified = txs.verified
-        admission.check = self._admission_checks
-        txs.check = self._proposal_checks
+        admission.verify_pool = self._verify_pool
         admission.screen = screening.screen
         screening.bind(admission, p2p.broadcast)
         screening.drop_waiting = flow.drop_waiting
@@ -532,8 +530,7 @@ class Node:
             self._train_pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._write_pool.shutdown, True)
         await asyncio.to_thread(self.log_pool.shutdown, True)
-        self._admission_checks.close()
-        self._proposal_checks.close()
+        await asyncio.to_thread(self._verify_pool.shutdown, True)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await asyncio.get_running_loop().shutdown_default_executor()

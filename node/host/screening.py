@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -50,7 +53,7 @@ from node.detect.detector import Detector, DetectorConfig, Verdict
 from node.detect.quarantine import Held, Persist, Quarantine, Rejected
 from node.errors import INVALID_PARAMS, NOT_FOUND, VigilError
 from node.host.admission import Screened
-from node.host.workers import process_pool
+from node.host.fitting import fitting_worker
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,6 @@ QUARANTINE_KEYS = {
     "quarantine_sender_txs_max": "sender_txs_max",
 }
 # The host's keys of the [detector] table, with their defaults.
-TRAINING_NICE = 10  # the training process yields the CPU to the validator (a niceness increment)
 HOLD_BUDGET_PER_MIN = 30  # senders newly held a minute, at most (node/detect/budget.py)
 DRIFT_WARN_PSI = 0.25  # a feature's PSI above this: warning log "detector_drift_high"
 HOLD_RATE_WARN_PER_MIN = 20  # holds in the last minute above this: "detector_hold_rate_high"
@@ -103,6 +105,9 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+TRACKER_QUIET = "ignore:resource_tracker:UserWarning"  # see training_pool
+
+
 def training_pool() -> ProcessPoolExecutor:
     """One worker process for model fits, at a lower CPU priority than the node.
 
@@ -112,11 +117,23 @@ def training_pool() -> ProcessPoolExecutor:
     request timer; in its own process it shares no GIL, and the OS runs it when the validators'
     loops leave CPU. "spawn": the node has threads and an event loop, which fork would copy.
     """
+    # multiprocessing's resource tracker (a helper process started with the pool, sharing our
+    # stderr, i.e. the JSON log) outlives a node killed with SIGKILL, cleans up the pool's
+    # semaphores as it should, and says so in a plain-text warning: a line that is not JSON
+    # (tests/e2e/test_e2e_observability.py). It takes its warning filters from our -W options,
+    # read when it starts.
+    if TRACKER_QUIET not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_QUIET)
     # The worker starts at the first fit. Started with the node instead (tried in stop 20), it
     # took the CPU from four validators agreeing on a new cluster's first blocks: a heartbeat
-    # chain in the e2e suite changed view. Its initializer (node/host/workers.py) lowers its
+    # chain in the e2e suite changed view. Its initializer (node/host/fitting.py) lowers its
     # priority before numpy loads, so that first start costs the validators little either way.
-    return process_pool(TRAINING_NICE)
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=fitting_worker,
+        initargs=(os.getpid(),),
+    )
 
 
 def split_config(table: Mapping[str, Any]) -> tuple[DetectorConfig, dict[str, int]]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -256,7 +260,7 @@ async def test_a_tx_committed_while_its_signature_is_checked_is_a_duplicate(
         nonces["n"] = 1
         return decode_verified(raws)
 
-    monkeypatch.setattr("node.host.sigcheck.decode_verified", checked_meanwhile)
+    monkeypatch.setattr("node.host.admission.decode_verified", checked_meanwhile)
     [answer] = await _submit(a, [tx.encode()])
     assert isinstance(answer, VigilError)
     assert answer.code == TX_DUPLICATE
@@ -342,3 +346,16 @@ async def test_a_refusal_through_the_queue_is_not_a_reference_cycle() -> None:
         if isinstance(value, asyncio.Future)
     ]
     assert held == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a niceness per thread is Linux's")
+def test_signature_check_threads_run_at_a_lower_priority_than_the_loop() -> None:
+    """Under overload the cores go first to the loops that run PBFT's rounds: admission's
+    signature-check threads are niced (node/host/runtime.py's pool), the caller is not."""
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with ThreadPoolExecutor(1, initializer=adm.lower_thread_priority) as pool:
+        niceness = pool.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result()
+    assert niceness == min(19, before + adm.VERIFY_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

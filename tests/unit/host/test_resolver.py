@@ -139,7 +139,7 @@ async def test_a_tx_still_queued_for_admission_is_taken_from_the_queue_not_fetch
         checked.extend(raws)
         return real(raws)
 
-    monkeypatch.setattr("node.host.sigcheck.decode_verified", counting)
+    monkeypatch.setattr("node.host.admission.decode_verified", counting)
     admitting = asyncio.create_task(admission.run())
     try:
         for _ in range(100):
@@ -171,7 +171,7 @@ async def test_a_tx_in_the_batch_being_admitted_is_waited_for_not_checked_twice(
         time.sleep(0.2)  # in the worker thread: the batch stays in progress a while
         return decode_verified(raws)
 
-    monkeypatch.setattr("node.host.sigcheck.decode_verified", slow)
+    monkeypatch.setattr("node.host.admission.decode_verified", slow)
     admission.gossiped([tx.encode() for tx in txs], origin=0)
     admitting = asyncio.create_task(admission.run())
     try:

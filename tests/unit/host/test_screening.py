@@ -276,6 +276,6 @@ def test_the_training_workers_first_import_loads_no_numpy() -> None:
     import sys
 
     heavy = "{'numpy', 'node.detect.model'}"
-    code = f"import sys, node.host.workers; print(sorted({heavy} & set(sys.modules)))"
+    code = f"import sys, node.host.fitting; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

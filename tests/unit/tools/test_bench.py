@@ -146,32 +146,6 @@ def test_bench_core_runs_and_prints_its_figures() -> None:
         assert figures[key] > 0
 
 
-def test_bench_sigcheck_runs_and_prints_its_figures() -> None:
-    """scripts/bench_sigcheck as shipped: four modes, each a positive wall time."""
-    import json
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[3]
-    done = subprocess.run(
-        [sys.executable, str(root / "scripts" / "bench_sigcheck"), "--txs", "8", "--repeat", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert figures["txs"] == 8
-    modes = figures["batch"]
-    assert sorted(modes) == [
-        "process, busy caller",
-        "process, idle caller",
-        "thread, busy caller",
-        "thread, idle caller",
-    ]
-    assert all(m["wall_ms"] > 0 for m in modes.values())
-
-
 def _answered_bench(monkeypatch: pytest.MonkeyPatch, rounds: list[list[object]]) -> Any:
     """A Bench of one node whose JSON-RPC batches get ``rounds``' answers, one list per call."""
     import argparse
