@@ -290,7 +290,11 @@ class Bench:
         self.extra["commit_time_fallbacks"] = fallbacks
         if profiler is not None:
             table = profile_table(
-                profiler.finish(), probe.node_cpu_s(), probe.thread_cpu_s(), committed
+                profiler.finish(),
+                probe.process_cpu_s(),
+                probe.thread_cpu_s(),
+                committed,
+                probe.children_cpu_s(),
             )
             self.extra["profile"] = table
             print(format_profile(table), file=sys.stderr)

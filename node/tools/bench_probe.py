@@ -38,6 +38,22 @@ def cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
+def children_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each live child process of ``pid`` (a node's model-fitting process and
+    multiprocessing's resource tracker), by child pid."""
+    out: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:  # ppid (field 4)
+                out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+    return out
+
+
 def thread_cpu_s(pid: int) -> dict[int, float] | None:
     """User + system CPU seconds of each thread of a process (OS thread id -> seconds)."""
     out: dict[int, float] = {}
@@ -123,6 +139,8 @@ class Probe:
         self.self_cpu1 = 0.0
         self.threads0: list[dict[int, float] | None] = []
         self.threads1: list[dict[int, float] | None] = []
+        self.children0: list[dict[int, float]] = []
+        self.children1: list[dict[int, float]] = []
 
     async def _scrape_all(self, s: aiohttp.ClientSession) -> list[Scrape | None]:
         return list(
@@ -133,18 +151,38 @@ class Probe:
         self.scr0 = await self._scrape_all(s)
         self.cpu0 = [cpu_s(p) if p else None for p in self.pids]
         self.threads0 = [thread_cpu_s(p) if p else None for p in self.pids]
+        self.children0 = [children_cpu_s(p) if p else {} for p in self.pids]
         self.self_cpu0 = _self_cpu_s()
 
     async def stop(self, s: aiohttp.ClientSession) -> None:
         self.cpu1 = [cpu_s(p) if p else None for p in self.pids]
         self.threads1 = [thread_cpu_s(p) if p else None for p in self.pids]
+        self.children1 = [children_cpu_s(p) if p else {} for p in self.pids]
         self.self_cpu1 = _self_cpu_s()
         self.scr1 = await self._scrape_all(s)
 
-    def node_cpu_s(self) -> list[float | None]:
+    def process_cpu_s(self) -> list[float | None]:
+        """Each node process's own CPU seconds over the run (all its threads)."""
         return [
             round(b - a, 2) if a is not None and b is not None else None
             for a, b in zip(self.cpu0, self.cpu1, strict=True)
+        ]
+
+    def node_cpu_s(self) -> list[float | None]:
+        """Each node's CPU seconds over the run, its child processes' included."""
+        return [
+            round(own + kids, 2) if own is not None else None
+            for own, kids in zip(self.process_cpu_s(), self.children_cpu_s(), strict=True)
+        ]
+
+    def children_cpu_s(self) -> list[float]:
+        """Each node's child processes' CPU seconds over the run (one started meanwhile counts
+        from 0; one that ended meanwhile is missing)."""
+        if not self.children1:
+            return [0.0] * len(self.cpu0)
+        return [
+            sum(max(0.0, t - a.get(pid, 0.0)) for pid, t in b.items())
+            for a, b in zip(self.children0, self.children1, strict=True)
         ]
 
     def thread_cpu_s(self) -> list[dict[int, float] | None]:
@@ -174,6 +212,9 @@ class Probe:
             "view_changes": sum(changes),
             "view_changes_by_node": changes,
             "node_cpu_us_per_tx": per_tx,
+            "node_children_cpu_us_per_tx": [
+                round(c * 1e6 / committed, 1) if committed else None for c in self.children_cpu_s()
+            ],
             "bench_cpu_us_per_tx": round(bench_cpu * 1e6 / committed, 1) if committed else None,
             "node_rss_mib": [rss_mib(p) if p else None for p in self.pids],
             "loop_lag_p99_ms": [
@@ -253,6 +294,7 @@ def profile_table(
     cpu_s: list[float | None],
     thread_cpu: list[dict[int, float] | None],
     committed: int,
+    children_s: list[float] | None = None,
 ) -> dict[str, Any]:
     """Microseconds of CPU per committed tx, per node and stage.
 
@@ -264,7 +306,9 @@ def profile_table(
     The figures add up to ``node_cpu_us_per_tx`` (sampling under load misses samples, the
     kernel does not). A node whose sampled thread ids match none of its threads in /proc (a
     py-spy that reports other ids) falls back to one node-wide share, listed in ``node_wide``,
-    instead of charging everything to "loop".
+    instead of charging everything to "loop". ``cpu_s`` is the node process's own;
+    ``children_s``, its child processes' (model fits), is "workers" (py-spy
+    samples the node process only).
     """
     from node.tools.bench_stages import STAGES
 
@@ -295,6 +339,8 @@ def profile_table(
                 if st != "idle":
                     seconds[st] += t_cpu * n / busy
         seconds["loop"] += max(0.0, cpu - sum(per_thread.values()))
+        if children_s is not None:
+            seconds["workers"] += children_s[i]
         nodes.append({st: round(v * 1e6 / committed, 1) for st, v in seconds.items()})
     table: dict[str, Any] = {"unit": "us_per_committed_tx", "stages": list(STAGES), "nodes": nodes}
     if node_wide:

@@ -26,7 +26,8 @@ STAGES = (
     "mempool",
     "gossip",
     "rpc",
-    "loop",
+    "workers",  # the node's child processes (model fits): no rule, py-spy does not sample them
+    "loop",  # last: what no rule matched
 )
 
 # (stage, path pattern, function pattern); the function pattern may be "" (any function).

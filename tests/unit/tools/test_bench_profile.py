@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from node.tools.bench_probe import profile_table, thread_cpu_s
+import time
+
+from node.tools.bench_probe import children_cpu_s, profile_table, thread_cpu_s
 from node.tools.bench_stages import thread_stage_samples
 
 VERIFY = "verify_raw (common/crypto.py:80)"
@@ -63,3 +65,34 @@ def test_thread_ids_that_match_nothing_fall_back_to_one_node_wide_share() -> Non
     assert table["node_wide"] == [0]
     matched = profile_table([{11: {"verify": 1}}], [4.0], [{11: 3.0, 12: 1.0}], 1000)
     assert "node_wide" not in matched
+
+
+def test_child_processes_cpu_is_the_workers_stage() -> None:
+    """A node's child processes (the model fits) are not sampled: their CPU is "workers"."""
+    table = profile_table([{11: {"verify": 1}}], [3.0], [{11: 3.0}], 1000, [0.5])
+    [node] = table["nodes"]
+    assert node["verify"] == 3000.0
+    assert node["workers"] == 500.0
+    assert sum(node.values()) == 3500.0
+
+
+def test_a_child_process_is_found_with_its_cpu() -> None:
+    import os
+    import subprocess
+    import sys
+
+    busy_then_wait = "import time; sum(range(3_000_000)); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", busy_then_wait])
+    try:
+        found: dict[int, float] = {}
+        for _ in range(100):
+            found = children_cpu_s(os.getpid())
+            if found.get(child.pid, 0.0) > 0:
+                break
+            time.sleep(0.05)
+        assert child.pid in found
+        assert found[child.pid] > 0
+        assert children_cpu_s(child.pid) == {}
+    finally:
+        child.kill()
+        child.wait()
