@@ -154,7 +154,11 @@ def lower_thread_priority() -> None:
     txs slows admission (which then pushes clients back) instead of every round. Linux keeps a
     niceness per thread; elsewhere this changes nothing. The signature check itself releases
     the GIL (libsodium through cffi); the decode around it holds it for microseconds at a
-    time, and a thread waiting for the GIL asks for it back after the switch interval.
+    time, and a thread waiting for the GIL asks for it back after the switch interval (5 ms).
+    So beside a loop that runs Python without pause a batch of 512 takes ~2.7 s instead of
+    ~45 ms: admission yields to a saturated loop even more than the niceness asks. Checks in a
+    worker process, or on the loop in chunks, avoid that but gained nothing on a shared 2-core
+    machine (docs/performance.md, stop 22).
     """
     if sys.platform != "linux":
         return
