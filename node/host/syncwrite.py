@@ -88,7 +88,7 @@ class SyncWriter:
         """Hand ``fn`` to the thread without waiting (a write nobody waits for); in order with
         every other write of this writer."""
         fut: Future[T] = self._pool.submit(fn)
-        self._idle()  # forget the finished ones: a loaded chain never asks ``_idle`` otherwise
+        self._forget_finished()  # a loaded chain never asks ``_idle``, which does it too
         self._outstanding.append(fut)
         self.pooled += 1
         return fut
@@ -110,12 +110,16 @@ class SyncWriter:
         """Writes handed to the thread and not yet seen finished."""
         return len(self._outstanding)
 
-    def _idle(self) -> bool:
-        """Nothing handed to the thread is still running (one thread: they finish in order)."""
+    def _forget_finished(self) -> None:
+        """Drop the writes the thread has finished (one thread: they finish in order)."""
         queue = self._outstanding
         while queue and queue[0].done():
             queue.popleft()
-        return not queue
+
+    def _idle(self) -> bool:
+        """Nothing handed to the thread is still running."""
+        self._forget_finished()
+        return not self._outstanding
 
     def _inline(self, fn: Callable[[], T]) -> T:
         self.inline += 1

@@ -29,13 +29,20 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 PROFILE_RATE_HZ = 97  # py-spy samples per second (prime: no lock-step with 50 ms ticks)
 
 
+def _stat(path: Path) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) from a /proc stat file; None if it is gone or
+    unreadable (a process or thread that ended meanwhile)."""
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()  # after the command name
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 4, 14, 15
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of a process (all threads), from /proc/PID/stat."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    stat = _stat(Path(f"/proc/{pid}/stat"))
+    return None if stat is None else stat[1]
 
 
 def children_cpu_s(pid: int) -> dict[int, float]:
@@ -43,30 +50,24 @@ def children_cpu_s(pid: int) -> dict[int, float]:
     multiprocessing's resource tracker), by child pid."""
     out: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:  # ppid (field 4)
-                out[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        except (OSError, IndexError, ValueError):
-            continue  # it ended meanwhile
+        if entry.name.isdigit():
+            stat = _stat(entry / "stat")
+            if stat is not None and stat[0] == pid:
+                out[int(entry.name)] = stat[1]
     return out
 
 
 def thread_cpu_s(pid: int) -> dict[int, float] | None:
     """User + system CPU seconds of each thread of a process (OS thread id -> seconds)."""
-    out: dict[int, float] = {}
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return None
+    out: dict[int, float] = {}
     for task in tasks:
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        except (OSError, IndexError, ValueError):
-            continue  # the thread ended meanwhile
+        stat = _stat(task / "stat")
+        if stat is not None:  # else the thread ended meanwhile
+            out[int(task.name)] = stat[1]
     return out
 
 
