@@ -15,6 +15,7 @@ Convention: a row goes right when ``x >= threshold``, left otherwise.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -136,9 +137,13 @@ class IsolationForest:
 
     # --- training ---------------------------------------------------------------------------
 
-    def fit(self, X: npt.ArrayLike) -> IsolationForest:
+    def fit(self, X: npt.ArrayLike, pause: Callable[[], None] | None = None) -> IsolationForest:
         """Grow ``n_trees`` trees, each on ``psi = min(sample_size, n)`` rows drawn without
-        replacement, to height ``ceil(log2 psi)`` (Algorithms 1 and 2)."""
+        replacement, to height ``ceil(log2 psi)`` (Algorithms 1 and 2).
+
+        ``pause``, when given, is called after each level: the caller's chance to yield the CPU
+        between steps of a few milliseconds (node/host/fitting.py ``Pacer``). It changes nothing
+        in the forest."""
         data = check_matrix(X)
         n, d = data.shape
         flat = data.ravel()
@@ -199,6 +204,8 @@ class IsolationForest:
             child[2 * np.flatnonzero(split)] = True
             child[2 * np.flatnonzero(split) + 1] = True
             exists, count_prev = child, count
+            if pause is not None:
+                pause()
 
         self._feature, self._threshold, self._bits, self._leaf = features, thresholds, bits, leaf
         self.n_features, self.psi, self.limit = d, psi, limit

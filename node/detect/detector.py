@@ -59,6 +59,7 @@ from node.detect.model import (
     SUBSPACES,
     TrainedModel,
     calibrate,
+    no_pause,
     train_model,
 )
 
@@ -358,8 +359,11 @@ class Detector:
         """Pure and thread-safe (touches no detector state): run it in an executor."""
         return self.fit_function()(X, seed)
 
-    def fit_function(self) -> Callable[[FloatArray, int], TrainedModel]:
-        """``fit`` as a picklable function of (X, seed), for an executor in another process."""
+    def fit_function(
+        self, pause: Callable[[], None] = no_pause
+    ) -> Callable[[FloatArray, int], TrainedModel]:
+        """``fit`` as a picklable function of (X, seed), for an executor in another process;
+        ``pause`` (picklable too) is called between its steps (``train_model``)."""
         cfg = self.cfg
         return functools.partial(
             train_model,
@@ -367,6 +371,7 @@ class Detector:
             sample_size=cfg.sample_size,
             contamination=cfg.contamination,
             score_floor=cfg.score_floor,
+            pause=pause,
         )
 
     def install_model(self, model: TrainedModel | IsolationForest, height: int) -> None:

@@ -8,6 +8,7 @@ event loop's scoring fills.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -66,6 +67,9 @@ AMOUNT_COLUMNS = tuple(AMOUNT_MARGINS)
 ONE_SIDED: tuple[int, ...] = tuple(INDEX[name] for name in AMOUNT_COLUMNS)
 AMOUNT_MARGIN = math.log2(10.0)
 MEMO_ROWS_MAX = 4096  # distinct subspace rows whose path lengths a model remembers
+# A fit's scoring of the window goes in chunks of about this many rows when it is paced (a few
+# milliseconds each at 100 trees), with a ``pause`` between them: see ``train_model``.
+PACE_ROWS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +163,10 @@ def _distinct_rows(rows: FloatArray) -> tuple[FloatArray, IntArray, IntArray]:
     return ordered[new], order[new], inverse
 
 
+def no_pause() -> None:
+    return None
+
+
 def train_model(
     X: FloatArray,
     seed: int,
@@ -167,9 +175,18 @@ def train_model(
     sample_size: int,
     contamination: float,
     score_floor: float,
+    pause: Callable[[], None] = no_pause,
 ) -> TrainedModel:
-    """Fit and calibrate a model on the window ``X``. Pure and thread-safe."""
-    forest = IsolationForest(n_trees, sample_size, seed).fit(np.maximum(X, floors_of(X)))
+    """Fit and calibrate a model on the window ``X``. Pure and thread-safe.
+
+    ``pause`` is called first and then after every step of a few milliseconds of CPU (a level
+    of a forest, a chunk of the window's rows scored): the fitting process yields the CPU there
+    (node/host/fitting.py ``Pacer``). The model is the same with any ``pause``: rows are scored
+    independently, and a chunk's rows add up their trees in the same order as the whole's."""
+    pause()
+    forest = IsolationForest(n_trees, sample_size, seed).fit(
+        np.maximum(X, floors_of(X)), pause=pause
+    )
     return calibrate(
         forest,
         X,
@@ -177,7 +194,24 @@ def train_model(
         sample_size=sample_size,
         contamination=contamination,
         score_floor=score_floor,
+        pause=pause,
     )
+
+
+def _by_chunks(
+    score: Callable[[FloatArray], FloatArray], X: FloatArray, pause: Callable[[], None]
+) -> FloatArray:
+    """``score(X)`` computed over chunks of about PACE_ROWS rows, with ``pause()`` after each
+    (one chunk, and no extra copy, when nobody pauses)."""
+    if pause is no_pause or len(X) <= PACE_ROWS:
+        out = score(X)
+        pause()
+        return out
+    parts: list[FloatArray] = []
+    for chunk in np.array_split(X, len(X) // PACE_ROWS):
+        parts.append(score(chunk))
+        pause()
+    return np.concatenate(parts)
 
 
 def floors_of(X: FloatArray) -> FloatArray:
@@ -196,6 +230,7 @@ def calibrate(
     sample_size: int,
     contamination: float,
     score_floor: float,
+    pause: Callable[[], None] = no_pause,
 ) -> TrainedModel:
     """A model around a forest fitted on ``X``: subspace forests, ranges, baseline, threshold.
 
@@ -209,12 +244,13 @@ def calibrate(
     # forest is aligned on the full forest's scale at an equal share of the contamination.
     alpha = contamination
     level = 1.0 - alpha / (1 + len(SUBSPACES))
-    reference = float(np.quantile(forest.score(X), level, method="higher"))
+    reference = float(np.quantile(_by_chunks(forest.score, X, pause), level, method="higher"))
     subspaces = []
     for i, cols in enumerate(SUBSPACES):
         sub = IsolationForest(SUBSPACE_TREES, sample_size, seed + 1 + i)
-        sub.fit(X[:, list(cols)])
-        own = float(np.quantile(sub.score(X[:, list(cols)]), level, method="higher"))
+        part = X[:, list(cols)]
+        sub.fit(part, pause=pause)
+        own = float(np.quantile(_by_chunks(sub.score, part, pause), level, method="higher"))
         exponent = math.log(reference) / math.log(own) if 0.0 < own < 1.0 else 1.0
         subspaces.append((cols, sub, exponent))
     upper = np.zeros(X.shape[1], dtype=np.bool_)
@@ -235,6 +271,6 @@ def calibrate(
     # The threshold is the combined score's tail quantile, extrapolated where the window is
     # too small for it (ml/calibration.py); contamination 0 holds nothing.
     if alpha > 0.0:
-        cut = tail_threshold(model.score(X), alpha, forest.c_psi)
+        cut = tail_threshold(_by_chunks(model.score, X, pause), alpha, forest.c_psi)
         model = replace(model, threshold=max(cut, score_floor))
     return model

@@ -16,6 +16,39 @@ import time
 
 TRAINING_NICE = 10  # the training process yields the CPU to the validator (a niceness increment)
 ORPHAN_CHECK_S = 1.0  # how often the fitting process checks that its node is alive
+# A fit uses at most about this share of one core: it sleeps between its steps (``Pacer``).
+FIT_CPU_SHARE = 0.1
+PACE_SLEEP_MAX_S = 1.0  # the longest pause after one step
+
+
+class Pacer:
+    """``train_model``'s ``pause`` (node/detect/model.py): after each step of a fit, sleep so
+    that the fit's thread runs about ``share`` of the time.
+
+    A niceness does not keep a fit from hurting the validators. All of them fit at the same
+    heights, ~0.2 s of CPU each: with four validators on two cores at 100 tx/s, the four fits at
+    niceness 10 (SCHED_IDLE alike) made the validators' loops run 40-100 ms late, and the txs
+    sent during a fit committed in 200-250 ms at the median against 32-45 ms otherwise; paced
+    at a tenth of a core, 60-74 ms (docs/performance.md, stop 23). A fit comes at most every
+    ``retrain_min_rows`` committed txs, so it can take seconds: the same CPU, spread out.
+    Picklable: made by the node, called in the fitting process (or in a thread if that died),
+    where ``time.thread_time`` counts the fit's own CPU.
+    """
+
+    def __init__(self, share: float = FIT_CPU_SHARE) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError("share must be in (0, 1]")
+        self.share = share
+        self._cpu_s: float | None = None
+
+    def __call__(self) -> None:
+        now = time.thread_time()
+        last, self._cpu_s = self._cpu_s, now
+        if last is None or self.share >= 1.0:
+            return  # the first call marks the start
+        used = max(0.0, now - last)
+        time.sleep(min(PACE_SLEEP_MAX_S, used * (1.0 - self.share) / self.share))
+        self._cpu_s = time.thread_time()
 
 
 def fitting_worker(parent: int) -> None:

@@ -53,7 +53,7 @@ from node.detect.detector import Detector, DetectorConfig, Verdict
 from node.detect.quarantine import Held, Persist, Quarantine, Rejected
 from node.errors import INVALID_PARAMS, NOT_FOUND, VigilError
 from node.host.admission import Screened
-from node.host.fitting import fitting_worker
+from node.host.fitting import Pacer, fitting_worker
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +405,7 @@ class Screening:
     async def _train(self, X: Any, seed: int, height: int) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        fit = self.detector.fit_function()
+        fit = self.detector.fit_function(pause=Pacer())
         try:
             model = await loop.run_in_executor(self._train_pool, fit, X, seed)
         except BrokenExecutor:

@@ -1,0 +1,60 @@
+"""The fitting process's pacing: a fit sleeps between its steps in proportion to its CPU."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import pytest
+
+from node.host.fitting import PACE_SLEEP_MAX_S, Pacer
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.slept: list[float] = []
+
+    def thread_time(self) -> float:
+        return self.cpu
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(s)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    clock = FakeTime()
+    monkeypatch.setattr(time, "thread_time", clock.thread_time)
+    monkeypatch.setattr(time, "sleep", clock.sleep)
+    return clock
+
+
+def test_each_step_is_followed_by_a_sleep_that_keeps_the_share(fake: FakeTime) -> None:
+    pace = Pacer(0.1)
+    pace()  # the start: nothing to pay for yet
+    assert fake.slept == []
+    fake.cpu += 0.004
+    pace()
+    fake.cpu += 0.010
+    pace()
+    assert fake.slept == pytest.approx([0.036, 0.090])  # 9 parts asleep per part run
+    fake.cpu += 5.0  # one huge step still pauses a bounded time
+    pace()
+    assert fake.slept[-1] == PACE_SLEEP_MAX_S
+
+
+def test_a_whole_core_never_sleeps_and_a_bad_share_is_refused(fake: FakeTime) -> None:
+    pace = Pacer(1.0)
+    for _ in range(3):
+        fake.cpu += 0.01
+        pace()
+    assert fake.slept == []
+    for share in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError):
+            Pacer(share)
+
+
+def test_the_pacer_travels_to_the_fitting_process() -> None:
+    pace = pickle.loads(pickle.dumps(Pacer(0.25)))
+    assert pace.share == 0.25
