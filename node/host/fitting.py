@@ -13,12 +13,20 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 TRAINING_NICE = 10  # the training process yields the CPU to the validator (a niceness increment)
 ORPHAN_CHECK_S = 1.0  # how often the fitting process checks that its node is alive
 # A fit uses at most about this share of one core: it sleeps between its steps (``Pacer``).
 FIT_CPU_SHARE = 0.1
 PACE_SLEEP_MAX_S = 1.0  # the longest pause after one step
+# In the fitting process: the node's "stopping" event (a multiprocessing Event, which can only
+# reach a process as it starts: ``fitting_worker``'s argument). None elsewhere.
+_stopping: Any = None
+
+
+class FitStopped(Exception):
+    """The node is stopping: the fit in progress gave up at a pause (its model is not wanted)."""
 
 
 class Pacer:
@@ -42,6 +50,9 @@ class Pacer:
         self._cpu_s: float | None = None
 
     def __call__(self) -> None:
+        if _stopping is not None and _stopping.is_set():
+            # The node waits at exit for the fit it started; paced, that is seconds.
+            raise FitStopped("the node is stopping")
         now = time.thread_time()
         last, self._cpu_s = self._cpu_s, now
         if last is None or self.share >= 1.0:
@@ -51,11 +62,14 @@ class Pacer:
         self._cpu_s = time.thread_time()
 
 
-def fitting_worker(parent: int) -> None:
+def fitting_worker(parent: int, stopping: Any = None) -> None:
     """In the worker process: a low priority, and an exit as soon as the node is gone.
 
     A node killed with SIGKILL cannot stop its pool, and the worker would wait on its call
-    queue for ever (orphans of ~75 MB each, one more per restart)."""
+    queue for ever (orphans of ~75 MB each, one more per restart). ``stopping``, set by the
+    node as it stops, makes a fit in progress give up at its next pause (``Pacer``)."""
+    global _stopping
+    _stopping = stopping
     os.nice(TRAINING_NICE)
 
     def watch() -> None:

@@ -53,7 +53,7 @@ from node.detect.detector import Detector, DetectorConfig, Verdict
 from node.detect.quarantine import Held, Persist, Quarantine, Rejected
 from node.errors import INVALID_PARAMS, NOT_FOUND, VigilError
 from node.host.admission import Screened
-from node.host.fitting import Pacer, fitting_worker
+from node.host.fitting import FitStopped, Pacer, fitting_worker
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,26 @@ def wall_ms() -> int:
 TRACKER_QUIET = "ignore:resource_tracker:UserWarning"  # see training_pool
 
 
+class TrainingPool(ProcessPoolExecutor):
+    """The fitting process (``training_pool``), which a stop does not wait for: ``shutdown``
+    tells a fit in progress to give up at its next pause (node/host/fitting.py ``Pacer``).
+    Otherwise the node's exit waits for it, and a paced fit lasts seconds."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._fit_stopping = context.Event()
+        super().__init__(
+            max_workers=1,
+            mp_context=context,
+            initializer=fitting_worker,
+            initargs=(os.getpid(), self._fit_stopping),
+        )
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._fit_stopping.set()
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 def training_pool() -> ProcessPoolExecutor:
     """One worker process for model fits, at a lower CPU priority than the node.
 
@@ -128,12 +148,7 @@ def training_pool() -> ProcessPoolExecutor:
     # took the CPU from four validators agreeing on a new cluster's first blocks: a heartbeat
     # chain in the e2e suite changed view. Its initializer (node/host/fitting.py) lowers its
     # priority before numpy loads, so that first start costs the validators little either way.
-    return ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=fitting_worker,
-        initargs=(os.getpid(),),
-    )
+    return TrainingPool()
 
 
 def split_config(table: Mapping[str, Any]) -> tuple[DetectorConfig, dict[str, int]]:
@@ -408,6 +423,8 @@ class Screening:
         fit = self.detector.fit_function(pause=Pacer())
         try:
             model = await loop.run_in_executor(self._train_pool, fit, X, seed)
+        except FitStopped:
+            return  # the node is stopping
         except BrokenExecutor:
             # The training process died (killed, out of memory): fit here from now on.
             log.warning("detector_training_process_lost")

@@ -58,3 +58,35 @@ def test_a_whole_core_never_sleeps_and_a_bad_share_is_refused(fake: FakeTime) ->
 def test_the_pacer_travels_to_the_fitting_process() -> None:
     pace = pickle.loads(pickle.dumps(Pacer(0.25)))
     assert pace.share == 0.25
+
+
+def test_a_stopping_node_does_not_wait_for_the_fit_in_progress() -> None:
+    """The real fitting process: a fit paced to last ~30 s gives up once the pool shuts down,
+    so the node's stop (and its exit, which joins the pool) is not held for it."""
+    import functools
+    import time as clock
+
+    import numpy as np
+
+    from ml.features import N_FEATURES
+    from node.detect.model import train_model
+    from node.host.fitting import FitStopped
+    from node.host.screening import training_pool
+
+    X = np.random.default_rng(5).random((5000, N_FEATURES))
+    fit = functools.partial(
+        train_model,
+        n_trees=100,
+        sample_size=256,
+        contamination=0.01,
+        score_floor=0.6,
+        pause=Pacer(0.01),  # ~0.3 s of CPU at a hundredth of a core
+    )
+    pool = training_pool()
+    future = pool.submit(fit, X, 7)
+    assert future.running()  # handed to the process: a shutdown cannot cancel it
+    started = clock.monotonic()
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert clock.monotonic() - started < 10.0
+    with pytest.raises(FitStopped):
+        future.result(timeout=0)
