@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 
 from ml.features import N_FEATURES
-from node.detect.model import PACE_ROWS, TrainedModel, train_model
+from node.detect.model import PACE_ROWS, TrainedModel, no_pause, train_model
 
 
-def _fit(X: np.ndarray, pause: Callable[[], None] | None = None) -> TrainedModel:
-    if pause is None:
-        return train_model(X, 7, n_trees=100, sample_size=256, contamination=0.01, score_floor=0.6)
+def _fit(X: np.ndarray, pause: Callable[[], None] = no_pause) -> TrainedModel:
     return train_model(
         X, 7, n_trees=100, sample_size=256, contamination=0.01, score_floor=0.6, pause=pause
     )
@@ -49,8 +47,8 @@ def test_a_paused_fit_is_the_same_model_in_short_steps(rows: int) -> None:
     plain = _fit(X)
     paced = _fit(X, pause)
     _same(plain, paced)
-    # A pause after every level of the five forests (8 levels each at psi = 256) and after every
-    # chunk of the window's scoring, never one step for a whole window's score.
+    # A pause first, after every level of the five forests (9 at psi = 256: the root's and eight
+    # below) and after every chunk of the window's six scorings, never one for a whole window.
     levels = 5 * (int(np.ceil(np.log2(min(256, rows)))) + 1)
     chunks = max(1, rows // PACE_ROWS)
     assert calls >= 1 + levels + 6 * chunks
