@@ -134,8 +134,10 @@ def training_pool() -> ProcessPoolExecutor:
     A fit is ~0.15 s of numpy and Python on an idle core, and every validator trains at the same
     heights. In a thread it held the node's GIL against its event loop for 1-2 s under load
     (the loop waits for the GIL after every syscall), long enough to stall commits towards the
-    request timer; in its own process it shares no GIL, and the OS runs it when the validators'
-    loops leave CPU. "spawn": the node has threads and an event loop, which fork would copy.
+    request timer; in its own process it shares no GIL. Its priority alone did not keep it from
+    delaying the validators' loops on a shared machine: it also paces itself to a tenth of a
+    core (node/host/fitting.py ``Pacer``). "spawn": the node has threads and an event loop,
+    which fork would copy.
     """
     # multiprocessing's resource tracker (a helper process started with the pool, sharing our
     # stderr, i.e. the JSON log) outlives a node killed with SIGKILL, cleans up the pool's
