@@ -41,24 +41,37 @@ class Pacer:
     ``retrain_min_rows`` committed txs, so it can take seconds: the same CPU, spread out.
     Picklable: made by the node, called in the fitting process (or in a thread if that died),
     where ``time.thread_time`` counts the fit's own CPU.
+
+    A fit gives up (``FitStopped``) at a pause once the node is stopping, told by the event the
+    fitting process got as it started (``fitting_worker``) or, for a fit in a thread of the
+    node, by ``stopping`` (not pickled: it stays in the node's process). The node waits at exit
+    for the fit it started, and paced, that is seconds.
     """
 
-    def __init__(self, share: float = FIT_CPU_SHARE) -> None:
+    def __init__(self, share: float = FIT_CPU_SHARE, stopping: Any = None) -> None:
         if not 0.0 < share <= 1.0:
             raise ValueError("share must be in (0, 1]")
         self.share = share
         self._cpu_s: float | None = None
+        self._local_stopping = stopping
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"share": self.share, "_cpu_s": self._cpu_s, "_local_stopping": None}
 
     def __call__(self) -> None:
-        if _stopping is not None and _stopping.is_set():
-            # The node waits at exit for the fit it started; paced, that is seconds.
+        stopping = _stopping if _stopping is not None else self._local_stopping
+        if stopping is not None and stopping.is_set():
             raise FitStopped("the node is stopping")
         now = time.thread_time()
         last, self._cpu_s = self._cpu_s, now
         if last is None or self.share >= 1.0:
             return  # the first call marks the start
         used = max(0.0, now - last)
-        time.sleep(min(PACE_SLEEP_MAX_S, used * (1.0 - self.share) / self.share))
+        delay = min(PACE_SLEEP_MAX_S, used * (1.0 - self.share) / self.share)
+        if stopping is None:
+            time.sleep(delay)
+        elif stopping.wait(delay):
+            raise FitStopped("the node is stopping")
         self._cpu_s = time.thread_time()
 
 

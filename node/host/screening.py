@@ -35,6 +35,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -209,6 +210,9 @@ class Screening:
         # Where models are fitted: the runtime passes a low-priority process (training_pool);
         # None is the loop's default thread pool (tests).
         self._train_pool = train_pool
+        # Set when ``run`` ends (the node is stopping): a fit in a thread of this process gives
+        # up at its next pause (node/host/fitting.py ``Pacer``; the fitting process has its own).
+        self._fits_stopping = threading.Event()
         self.monitor = Monitor(table)
         self.detector = Detector(cfg)
         self.budget = HoldBudget(self.monitor.budget_per_min)
@@ -422,16 +426,17 @@ class Screening:
     async def _train(self, X: Any, seed: int, height: int) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        fit = self.detector.fit_function(pause=Pacer())
+        fit = self.detector.fit_function(pause=Pacer(stopping=self._fits_stopping))
         try:
-            model = await loop.run_in_executor(self._train_pool, fit, X, seed)
+            try:
+                model = await loop.run_in_executor(self._train_pool, fit, X, seed)
+            except BrokenExecutor:
+                # The training process died (killed, out of memory): fit here from now on.
+                log.warning("detector_training_process_lost")
+                self._train_pool = None
+                model = await loop.run_in_executor(None, fit, X, seed)
         except FitStopped:
             return  # the node is stopping
-        except BrokenExecutor:
-            # The training process died (killed, out of memory): fit here from now on.
-            log.warning("detector_training_process_lost")
-            self._train_pool = None
-            model = await loop.run_in_executor(None, fit, X, seed)
         self.detector.install_model(model, height)
         self._metric("detector_trainings_total", lambda m: m.inc())
         self._metric("detector_threshold", lambda m: m.set(model.threshold))
@@ -697,13 +702,16 @@ class Screening:
     async def run(self) -> None:
         """The deferred scores every LATER_EVERY_MS; once a second, TTL expiry (even when no
         block commits) and the monitoring."""
-        while True:
-            await asyncio.sleep(LATER_EVERY_MS / 1000)
-            try:
-                self.score_later()
-                self.monitor_tick()  # itself at most once per MONITOR_EVERY_MS
-            except Exception:  # scoring for the record and monitoring must never stop the node
-                log.exception("detector_monitor_failed")
+        try:
+            while True:
+                await asyncio.sleep(LATER_EVERY_MS / 1000)
+                try:
+                    self.score_later()
+                    self.monitor_tick()  # itself at most once per MONITOR_EVERY_MS
+                except Exception:  # scoring for the record and monitoring must not stop the node
+                    log.exception("detector_monitor_failed")
+        finally:
+            self._fits_stopping.set()
 
 
 def listing_row(h: Held) -> dict[str, Any]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pickle
+import threading
 import time
 
 import pytest
 
-from node.host.fitting import PACE_SLEEP_MAX_S, Pacer
+from node.host.fitting import PACE_SLEEP_MAX_S, FitStopped, Pacer
 
 
 class FakeTime:
@@ -55,9 +56,38 @@ def test_a_whole_core_never_sleeps_and_a_bad_share_is_refused(fake: FakeTime) ->
             Pacer(share)
 
 
-def test_the_pacer_travels_to_the_fitting_process() -> None:
-    pace = pickle.loads(pickle.dumps(Pacer(0.25)))
+def test_the_pacer_travels_to_the_fitting_process_without_the_nodes_event() -> None:
+    pace = pickle.loads(pickle.dumps(Pacer(0.25, stopping=threading.Event())))
     assert pace.share == 0.25
+    pace()  # no event in this process: it paces and never stops
+
+
+def test_a_fit_in_a_thread_of_the_node_gives_up_when_the_node_stops() -> None:
+    """The fallback when the fitting process died: the node's own event stops the fit, even
+    in the middle of a pause."""
+    stopping = threading.Event()
+    pace = Pacer(0.001, stopping=stopping)  # a pause ~1,000 times the step: up to 1 s
+    outcome: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            for _ in range(100):  # ~100 s if nothing stops it
+                pace()
+                end = time.thread_time() + 0.002
+                while time.thread_time() < end:
+                    pass
+        except FitStopped as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fit)
+    worker.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    stopping.set()
+    worker.join(timeout=5.0)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 0.5  # not the rest of a pause
+    assert len(outcome) == 1
 
 
 def test_a_stopping_node_does_not_wait_for_the_fit_in_progress() -> None:
@@ -70,7 +100,6 @@ def test_a_stopping_node_does_not_wait_for_the_fit_in_progress() -> None:
 
     from ml.features import N_FEATURES
     from node.detect.model import train_model
-    from node.host.fitting import FitStopped
     from node.host.screening import training_pool
 
     X = np.random.default_rng(5).random((5000, N_FEATURES))
@@ -84,6 +113,9 @@ def test_a_stopping_node_does_not_wait_for_the_fit_in_progress() -> None:
     )
     pool = training_pool()
     future = pool.submit(fit, X, 7)
+    handed = clock.monotonic() + 5.0
+    while not future.running() and clock.monotonic() < handed:
+        clock.sleep(0.01)
     assert future.running()  # handed to the process: a shutdown cannot cancel it
     started = clock.monotonic()
     pool.shutdown(wait=True, cancel_futures=True)
