@@ -76,6 +76,11 @@ class PeerWatch:
         self.heights.pop(peer, None)
         self.views.pop(peer, None)
 
+    def quorum_listening(self) -> bool:
+        """2f peers are connected and have told us their status: with us, a quorum that hears
+        what we broadcast now. A peer's status is forgotten when its link goes down."""
+        return len(self.views) >= 2 * self.f
+
     def higher_view(self, view: int) -> bool:
         """f+1 peers are in a view above ``view`` right now (no persistence required)."""
         return vouched(self.views.values(), self.f) > view

@@ -38,11 +38,14 @@ class Primary:
         self.proposals = ProposalQueue()
         # Each gossip flush, as the number of Proposes already on their way to the core.
         self.flushed_ahead_of: list[int] = []
+        self.watch = PeerWatch(1)
+        for peer in (1, 2):  # 2f peers connected and heard from: a quorum listens
+            self.watch.on_status(peer, 0, 0)
         self.proposer = Proposer(
             replica=View(),
             proposals=self.proposals,
             mempool=self.mempool,
-            watch=PeerWatch(1),
+            watch=self.watch,
             head=Head(lambda: self.chain.height),
             txs=self.txs,
             inbox=self.inbox,
@@ -167,3 +170,17 @@ async def test_back_to_back_proposals_wait_out_the_default_block_interval() -> N
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_no_proposal_leaves_before_a_quorum_of_peers_can_hear_it(primary: Primary) -> None:
+    """A primary up before its peers does not send its first heartbeat into the void: the
+    request waits until 2f peers have told their status, then is answered."""
+    primary.watch.forget(2)  # one peer of the two needed has gone
+    primary.ask(RequestProposal(0, 1, heartbeat=True))
+    assert await primary.answer(0.2) is None
+    assert primary.proposals.requests  # kept, not dropped
+    primary.watch.on_status(3, 0, 0)
+    primary.ask(RequestProposal(0, 1, heartbeat=True))  # the core repeats it every interval
+    answer = await primary.answer()
+    assert answer is not None
+    assert (answer.view, answer.seq) == (0, 1)
