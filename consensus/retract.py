@@ -28,6 +28,10 @@ class Retraction:
     def __init__(self) -> None:
         self._retracted: dict[int, tuple[int, int]] = {}  # sender -> (view, epoch) it voided
         self._epoch = 0
+        self._returned = -1  # the highest epoch of a RETRACT of ours we returned through
+        # RETRACTs heard while in the view change they leave: not acknowledged, not persisted;
+        # only keep the VIEW-CHANGEs they void out of our count (sender -> (view, epoch)).
+        self._heard: dict[int, tuple[int, int]] = {}
         self._pending: m.Retract | None = None  # our RETRACT waiting for 2f+1 acknowledgments
         self._acks: set[int] = set()
         self._tries = 0
@@ -40,6 +44,8 @@ class Retraction:
         """After a restart: our VIEW-CHANGEs must be above every RETRACT of ours."""
         mine = self._retracted.get(me)
         self._epoch = 0 if mine is None else mine[1] + 1
+        # Whether we returned before the restart is not on record: assume we did.
+        self._returned = -1 if mine is None else mine[1]
 
     @property
     def epoch(self) -> int:
@@ -48,6 +54,28 @@ class Retraction:
     def voids(self, vc: m.ViewChange) -> bool:
         """``vc`` is a VIEW-CHANGE its sender retracted (a RETRACT stored here)."""
         known = self._retracted.get(vc.sender)
+        return known is not None and vc.view > known[0] and vc.epoch <= known[1]
+
+    def voids_own(self, vc: m.ViewChange) -> bool:
+        """Our own ``vc`` is void for us too once we returned through a RETRACT that voids it.
+
+        Until then it still tells the truth: we sent it, have not been active in a view since,
+        so have voted nowhere, and a NEW-VIEW built on it is as safe for us as one built on a
+        fresh VIEW-CHANGE. (The others promised to refuse it; that is their business.) Refusing
+        it left a replica whose RETRACT crossed the others' move into the view it left unable
+        to enter that view, ever: the others' NEW-VIEW holds the retracted VIEW-CHANGE, and
+        nobody acknowledges the RETRACT once they have left the view it returns to.
+        """
+        return self.voids(vc) and vc.epoch <= self._returned
+
+    def hear(self, sender: int, view: int, epoch: int) -> None:
+        old = self._heard.get(sender)
+        self._heard[sender] = (
+            (view, epoch) if old is None else (min(old[0], view), max(old[1], epoch))
+        )
+
+    def heard_voids(self, vc: m.ViewChange) -> bool:
+        known = self._heard.get(vc.sender)
         return known is not None and vc.view > known[0] and vc.epoch <= known[1]
 
     def merge(self, sender: int, view: int, epoch: int) -> tuple[int, int] | None:
@@ -79,6 +107,11 @@ class Retraction:
         self._acks = {rt.sender}
         self._new_view = None
         self._tries = 1
+
+    def returned(self) -> None:
+        """Our RETRACT holds (2f+1 acknowledgments): we vote again below what it voids."""
+        assert self._pending is not None
+        self._returned = max(self._returned, self._pending.epoch)
 
     def clear(self) -> None:
         self._pending = None
@@ -174,33 +207,61 @@ class Retractor:
         target = self._peers.vouched_view(cfg.f, now - cfg.view_change_timeout_ms)
         if timers.behind_long_enough(now, target > views.view):
             return moves.start_view_change(target, out)
+        self.retract_if_alone(moves, out)
+
+    def retract_if_alone(self, moves: ViewMoves, out: list[Action]) -> bool:
+        """RETRACT if we are alone (``follow_peers``); True if we did.
+
+        Asked first when the view-change timer fires too (it fires as we become alone), so we
+        never resend a VIEW-CHANGE to void it in the same breath: the resent one pulled peers
+        into our view change and into a NEW-VIEW built on it, which the replicas that
+        acknowledged the RETRACT then refused (simulator seeds 749, 3099).
+        """
+        ctx, views, timers = self._ctx, self._views, self._timers
         if views.active or timers.armed or self.state.pending is not None:
-            return
+            return False
         if not self._retract_when_alone:
-            return
-        if now - timers.inactive_since_ms < cfg.view_change_timeout_ms:
-            return
+            return False
+        if ctx.now_ms - timers.inactive_since_ms < ctx.cfg.view_change_timeout_ms:
+            return False
         # Only reports made after we left count: they show peers that stayed behind.
         view = self._peers.common_view(views.view, ctx.quorum - 1, timers.inactive_since_ms + 1)
-        if view is not None and view >= views.entered:
-            self._send_retract(moves, view, out)
+        if view is None or view < views.entered:
+            return False
+        self._send_retract(moves, view, out)
+        return True
 
     def is_void(self, vc: m.ViewChange) -> bool:
         """A VIEW-CHANGE its sender retracted (RETRACT persisted here): it may not count."""
         return self._refuse_retracted and self.state.voids(vc)
+
+    def uncounted(self, vc: m.ViewChange) -> bool:
+        """A VIEW-CHANGE we do not count: void, or voided by a RETRACT we only heard."""
+        return self.is_void(vc) or (self._refuse_retracted and self.state.heard_voids(vc))
+
+    def refused_in_new_view(self, vc: m.ViewChange) -> bool:
+        """A VIEW-CHANGE that makes a NEW-VIEW invalid here: one its sender retracted, except
+        our own while we have not returned through that RETRACT (``Retraction.voids_own``)."""
+        if vc.sender == self._ctx.me:
+            return self._refuse_retracted and self.state.voids_own(vc)
+        return self.is_void(vc)
 
     def _store(self, sender: int, view: int, epoch: int) -> list[Action]:
         """Remember ``sender``'s RETRACT; the Persist to emit before anything relying on it."""
         merged = self.state.merge(sender, view, epoch)
         if merged is None:
             return []
+        self._uncount(sender)
+        return [Persist(((retract_key(sender), retract_record(*merged)),))]
+
+    def _uncount(self, sender: int) -> None:
+        """Forget ``sender``'s VIEW-CHANGE if we no longer count it; disarm below 2f+1."""
         vc = self._votes.get(sender)
-        if vc is not None and self.is_void(vc):
+        if vc is not None and self.uncounted(vc):
             self._votes.remove(sender)
             support = self._votes.support(self._views.view)
             if not self._views.active and self._timers.armed and support < self._ctx.quorum:
                 self._timers.disarm(self._ctx.now_ms)
-        return [Persist(((retract_key(sender), retract_record(*merged)),))]
 
     def _send_retract(self, moves: ViewMoves, view: int, out: list[Action]) -> None:
         """Void our VIEW-CHANGEs above ``view`` (epoch and below); ask 2f replicas to confirm."""
@@ -238,6 +299,16 @@ class Retractor:
         the retracted VIEW-CHANGEs, and from now on it refuses every such NEW-VIEW.
         """
         ctx, views = self._ctx, self._views
+        if not views.active and views.view > rt.view:
+            # In the view change it leaves: not acknowledged, not stored, but its VIEW-CHANGEs
+            # no longer count here. As that view's primary we must not build the NEW-VIEW on
+            # one the replicas that acknowledged refuse (they would be locked out of the view);
+            # its sender sends a fresh one once someone comes to the view after all
+            # (ViewChanger.on_view_change). A NEW-VIEW from another primary holding one is not
+            # refused: we promised nothing.
+            self.state.hear(rt.sender, rt.view, rt.epoch)
+            self._uncount(rt.sender)
+            return ctx.drop(out, "retract_not_in_view", rt.sender)
         if not (views.active and rt.view == views.view):
             # Not stored either: voiding its VIEW-CHANGEs here would only slow a view change.
             return ctx.drop(out, "retract_not_in_view", rt.sender)
@@ -270,6 +341,7 @@ class Retractor:
         if pending is None:
             return  # its primary sends it with its acknowledgment; or we give up on a timeout
         nv, selection = pending
+        self.state.returned()
         self.state.clear()
         moves.enter_view(nv, selection, out)
 
@@ -282,6 +354,7 @@ class Retractor:
         ctx, views, log = self._ctx, self._views, self._log
         view = rt.view
         views.return_to(view)
+        self.state.returned()
         self.state.clear()
         self._timers.entered_view()
         log.forget_requests()

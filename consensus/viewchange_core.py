@@ -168,6 +168,8 @@ class ViewChanger:
             return self.start_view_change(self._views.view + 1, out)
         if self._retractor.state.pending is not None:
             return self._retractor.retry(self, out)
+        if self._retractor.retract_if_alone(self, out):
+            return None
         own = self._votes.get(self._ctx.me)
         if own is not None and own.view == self._views.view:
             out.append(Broadcast(m.encode(own)))
@@ -181,7 +183,7 @@ class ViewChanger:
                 # The sender missed our NEW-VIEW; it is self-certifying, so hand it over.
                 out.append(Send(vc.sender, m.encode(nv)))
             return ctx.drop(out, "old_view", vc.sender)
-        if self._retractor.is_void(vc):
+        if self._retractor.uncounted(vc):
             return ctx.drop(out, "retracted_view_change", vc.sender)
         reason = self._votes.stale(vc)
         if reason is not None:
@@ -275,7 +277,7 @@ class ViewChanger:
             ctx.quorum,
             ctx.verify,
             checked=lambda vc: self._votes.get(vc.sender) == vc,
-            void=self._retractor.is_void,
+            void=self._retractor.refused_in_new_view,
             use_prepared=self._use_prepared,
         )
         if isinstance(found, str):
@@ -293,6 +295,9 @@ class ViewChanger:
         """Start the normal case in ``nv.view`` with the NEW-VIEW's PRE-PREPAREs accepted."""
         ctx, log, checkpoints = self._ctx, self._log, self._checkpoints
         view = nv.view
+        # A RETRACT of ours still waiting is moot: its acknowledgments must not take us back
+        # below a view we were active in (active views never decrease).
+        self._retractor.state.clear()
         self._views.enter(view)
         self._timers.entered_view()
         self._new_view = nv
