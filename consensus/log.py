@@ -202,6 +202,14 @@ class SlotLog:
             if seq > committed_seq
         )
 
+    def open_slots(self, view: int, committed_seq: int) -> list[Slot]:
+        """The slots above our last commit with a PRE-PREPARE of ``view``, in seq order."""
+        return [
+            s
+            for seq, s in sorted(self._slots.items())
+            if seq > committed_seq and s.pre_prepare is not None and s.pre_prepare.view == view
+        ]
+
     # --- proposals (primary) ------------------------------------------------------------------
 
     @property

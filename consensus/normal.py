@@ -148,6 +148,39 @@ class NormalCase:
                 break
         self._execution.execute(out)
 
+    # --- lost messages ------------------------------------------------------------------------
+
+    def resend(self, out: list[Action]) -> bool:
+        """Nothing executed for a quarter of a request timeout: broadcast again what we sent for the
+        open slots of our view (the primary its PRE-PREPAREs, everyone its PREPAREs and
+        COMMITs); False when no slot is open.
+
+        Links drop what they cannot deliver (a peer disconnected, a frame lost in a reconnect)
+        and nothing else sends a slot's messages twice: without this a PRE-PREPARE that reached
+        too few backups held its slot until a view change, or for good on an idle chain, whose
+        backups expect nothing. The messages are the same ones, already durable and already
+        recorded by the host's double-sign guard; a receiver that has them drops them as
+        duplicates. A replica that missed a slot the others executed catches up by fetching
+        (their status reports a greater height), not through this.
+        """
+        ctx, view = self._ctx, self._views.view
+        slots = self._log.open_slots(view, self._execution.committed_seq)
+        for slot in slots:
+            pp = slot.pre_prepare
+            assert pp is not None
+            if pp.sender == ctx.me:
+                out.append(Broadcast(m.encode(pp)))
+            own_prepare = slot.prepares.get(ctx.me)
+            if own_prepare is not None:
+                digest, sig = own_prepare
+                out.append(Broadcast(m.encode(m.Prepare(view, slot.seq, digest, ctx.me, sig))))
+            own_commit = slot.commits.get(ctx.me)
+            if own_commit is not None:
+                digest, sig = own_commit
+                vote = m.CommitVote(view, slot.seq, digest, ctx.me, sig)
+                out.append(Broadcast(m.encode(vote)))
+        return bool(slots)
+
     # --- the primary --------------------------------------------------------------------------
 
     def on_propose(self, view: int, seq: int, payload: bytes, out: list[Action]) -> None:

@@ -337,10 +337,21 @@ class Replica:
         if self._views.active:
             if self._timers.request_timed_out(now):
                 self._view_changer.start_view_change(self._views.view + 1, out)
+            elif self._timers.resend_due(now) and not self._normal.resend(out):
+                self._timers.stop_resend()
         elif self._timers.view_change_timed_out(now):
             self._view_changer.on_view_change_timer(out)
         if self._fetch.due(now):
             self._execution.maybe_fetch(out)
+
+    def _keep_resend(self) -> None:
+        """Arm the resend timer when a slot of our view is open (progress disarms it; a timer
+        that finds nothing open stops). Scans the log only while it is off: once per block."""
+        views, timers = self._views, self._timers
+        if not views.active or timers.resend_armed:
+            return
+        if self._log.has_work(views.view, self._execution.committed_seq):
+            timers.arm_resend(self._ctx.now_ms)
 
     def _after_step(self, out: list[Action]) -> None:
         self._view_changer.follow_peers(out)
@@ -348,6 +359,7 @@ class Replica:
         work = self._has_work()
         self._normal.heartbeat(not work, out)  # never arms the request timer
         self._timers.keep_request(self._ctx.now_ms, self._views.active and work)
+        self._keep_resend()
         self._execution.maybe_fetch(out)
         at = self._timers.next_timer(
             self._views.active, self._fetch.deadline_ms, self._normal.heartbeat_timer(not work)

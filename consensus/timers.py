@@ -1,12 +1,14 @@
 """The replica's timers (Castro and Liskov, OSDI 1999, sections 4.4 and 4.5.2): the request timer
-of the normal case, the new-view timer with its exponential back-off, and when the host must tick
-us next. Deadlines are absolute simulated or host milliseconds; nothing here reads a clock."""
+of the normal case, the resend timer of a stalled slot, the new-view timer with its exponential
+back-off, and when the host must tick us next. Deadlines are absolute simulated or host
+milliseconds; nothing here reads a clock."""
 
 from __future__ import annotations
 
 import random
 
 BACKOFF_EXPONENT_MAX = 4
+RESENDS_PER_REQUEST_TIMEOUT = 4  # resend timer = request timeout / this
 
 
 class ViewTimers:
@@ -18,6 +20,10 @@ class ViewTimers:
         self._request_timeout_ms = request_timeout_ms
         self._base_ms = view_change_timeout_ms  # the configured view-change timeout
         self._request_deadline_ms: int | None = None
+        # A quarter of the request timeout: a stalled slot's messages go three times more before
+        # the request timer gives up on the view (a PREPARE and then a COMMIT may both be lost).
+        self._resend_ms = max(1, request_timeout_ms // RESENDS_PER_REQUEST_TIMEOUT)
+        self._resend_deadline_ms: int | None = None
         self._view_change_deadline_ms: int | None = None
         self._view_change_timeout_ms = view_change_timeout_ms  # the current, backed-off one
         self._armed = False  # the new-view timer runs (2f+1 replicas left our view)
@@ -63,8 +69,9 @@ class ViewTimers:
         self._view_progress_ms = now_ms
 
     def executed(self) -> None:
-        """Progress: the request timer restarts and the back-off resets."""
+        """Progress: the request and resend timers restart and the back-off resets."""
         self._request_deadline_ms = None
+        self._resend_deadline_ms = None
         self._backoff = 0
 
     def applied(self) -> None:
@@ -77,6 +84,28 @@ class ViewTimers:
         certificates are applied, so a faulty primary cannot use this to stay in office.
         """
         self._request_deadline_ms = None
+
+    # --- the resend timer (normal case) -------------------------------------------------------
+
+    @property
+    def resend_armed(self) -> bool:
+        return self._resend_deadline_ms is not None
+
+    def arm_resend(self, now_ms: int) -> None:
+        """A slot of our view is open: its messages go again if nothing executes meanwhile."""
+        if self._resend_deadline_ms is None:
+            self._resend_deadline_ms = now_ms + self._resend_ms
+
+    def stop_resend(self) -> None:
+        self._resend_deadline_ms = None
+
+    def resend_due(self, now_ms: int) -> bool:
+        """The resend timer ran out (and restarts: the next resend is one interval later)."""
+        deadline = self._resend_deadline_ms
+        if deadline is None or now_ms < deadline:
+            return False
+        self._resend_deadline_ms = now_ms + self._resend_ms
+        return True
 
     # --- view changes ---------------------------------------------------------------------------
 
@@ -91,6 +120,7 @@ class ViewTimers:
         self._armed = False
         self._view_change_deadline_ms = now_ms + self._base_ms
         self._request_deadline_ms = None
+        self._resend_deadline_ms = None
 
     def arm(self, now_ms: int) -> None:
         """2f+1 replicas gave up on our view: the backed-off new-view timer starts."""
@@ -116,6 +146,7 @@ class ViewTimers:
         self._armed = False
         self._view_change_deadline_ms = None
         self._request_deadline_ms = None
+        self._resend_deadline_ms = None
         self._behind_since_ms = None
 
     def behind_long_enough(self, now_ms: int, behind: bool) -> bool:
@@ -138,6 +169,7 @@ class ViewTimers:
             d
             for d in (
                 self._request_deadline_ms,
+                self._resend_deadline_ms if active else None,
                 self._view_change_deadline_ms if not active else None,
                 fetch_deadline_ms,
                 heartbeat_ms,
