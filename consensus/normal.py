@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from consensus import messages as m
 from consensus import quorum
-from consensus.api import NULL_DIGEST, Action, Broadcast, Persist, RequestProposal, Validate
+from consensus.api import NULL_DIGEST, Action, Broadcast, Persist, RequestProposal, Send, Validate
 from consensus.certificate import CommitCertificate
 from consensus.checkpoint import CheckpointTracker
 from consensus.context import Context
@@ -151,17 +151,18 @@ class NormalCase:
     # --- lost messages ------------------------------------------------------------------------
 
     def resend(self, out: list[Action]) -> bool:
-        """Nothing executed for a quarter of a request timeout: broadcast again what we sent for the
-        open slots of our view (the primary its PRE-PREPAREs, everyone its PREPAREs and
-        COMMITs); False when no slot is open.
+        """Nothing executed for a quarter of a request timeout: send again what we sent for the
+        open slots of our view (the primary its PRE-PREPAREs to the backups that did not
+        PREPARE, everyone its PREPAREs and COMMITs to all); False when no slot is open.
 
         Links drop what they cannot deliver (a peer disconnected, a frame lost in a reconnect)
         and nothing else sends a slot's messages twice: without this a PRE-PREPARE that reached
         too few backups held its slot until a view change, or for good on an idle chain, whose
-        backups expect nothing. The messages are the same ones, already durable and already
-        recorded by the host's double-sign guard; a receiver that has them drops them as
-        duplicates. A replica that missed a slot the others executed catches up by fetching
-        (their status reports a greater height), not through this.
+        backups expect nothing. The messages are the same signed bytes, already durable, which
+        the host's double-sign guard lets through again (a PRE-PREPARE of a NEW-VIEW gets a
+        record of its own there at its first resend); a receiver that has them drops them as
+        duplicates after checking them as any message. A replica that missed a slot the
+        others executed catches up by fetching (their status reports a greater height).
         """
         ctx, view = self._ctx, self._views.view
         slots = self._log.open_slots(view, self._execution.committed_seq)
@@ -169,7 +170,12 @@ class NormalCase:
             pp = slot.pre_prepare
             assert pp is not None
             if pp.sender == ctx.me:
-                out.append(Broadcast(m.encode(pp)))
+                # Only to the backups whose PREPARE has not come: a PREPARE shows its sender
+                # holds the PRE-PREPARE, whose payload may be megabytes.
+                data = m.encode(pp)
+                for backup in range(ctx.cfg.n):
+                    if backup != ctx.me and backup not in slot.prepares:
+                        out.append(Send(backup, data))
             own_prepare = slot.prepares.get(ctx.me)
             if own_prepare is not None:
                 digest, sig = own_prepare

@@ -346,7 +346,8 @@ class Replica:
 
     def _keep_resend(self) -> None:
         """Arm the resend timer when a slot of our view is open (progress disarms it; a timer
-        that finds nothing open stops). Scans the log only while it is off: once per block."""
+        that finds nothing open stops). Scans the log only while the timer is off: under load
+        once per executed block, on an idle chain at every step (a few slots at most)."""
         views, timers = self._views, self._timers
         if not views.active or timers.resend_armed:
             return

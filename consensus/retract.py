@@ -303,9 +303,9 @@ class Retractor:
             # In the view change it leaves: not acknowledged, not stored, but its VIEW-CHANGEs
             # no longer count here. As that view's primary we must not build the NEW-VIEW on
             # one the replicas that acknowledged refuse (they would be locked out of the view);
-            # its sender sends a fresh one once someone comes to the view after all
-            # (ViewChanger.on_view_change). A NEW-VIEW from another primary holding one is not
-            # refused: we promised nothing.
+            # its sender sends a fresh one when a new VIEW-CHANGE for the view reaches it
+            # (ViewChanger.on_view_change) or when it gives its RETRACT up (``retry``). A
+            # NEW-VIEW from another primary holding one is not refused: we promised nothing.
             self.state.hear(rt.sender, rt.view, rt.epoch)
             self._uncount(rt.sender)
             return ctx.drop(out, "retract_not_in_view", rt.sender)

@@ -82,8 +82,11 @@ class ViewTimers:
         our own backlog of committed blocks says nothing against the primary: the timer judges
         it only from the moment the backlog is drained. Only blocks that already have commit
         certificates are applied, so a faulty primary cannot use this to stay in office.
+        The resend timer restarts too: a host still working through its backlog is no sign
+        of lost messages, and resending would only add to the load.
         """
         self._request_deadline_ms = None
+        self._resend_deadline_ms = None
 
     # --- the resend timer (normal case) -------------------------------------------------------
 

@@ -64,8 +64,11 @@ class FutureBuffer:
         self._queues: dict[int, list[m.SlotMessage]] = {}
 
     def add(self, msg: m.SlotMessage) -> bool:
-        """Keep ``msg``; False (and not kept) when its sender's queue is full."""
+        """Keep ``msg``; False (and not kept) when its sender's queue is full. A message held
+        already is not kept twice (resent ones would crowd out the new)."""
         queue = self._queues.setdefault(msg.sender, [])
+        if msg in queue:
+            return True
         if len(queue) >= self._per_sender_max:
             return False
         queue.append(msg)

@@ -9,12 +9,25 @@ expect nothing, and the primary bounced alone between view changes).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
+from common.crypto import SigningKey
 from consensus import messages as m
-from consensus.api import Action, Broadcast, Pending, Tick
+from consensus.api import (
+    Action,
+    Applied,
+    Broadcast,
+    Dropped,
+    Pending,
+    Propose,
+    Received,
+    Send,
+    Tick,
+)
+from consensus.replica import FUTURE_PER_SENDER_MAX, Replica
 from tests.unit.consensus.test_heartbeat import INTERVAL_MS, heartbeat_harness, view_changes
-from tests.unit.consensus.test_replica import Harness
+from tests.unit.consensus.test_replica import SEEDS, Harness, config
 
 REQUEST_TIMEOUT_MS = 100  # config() in test_replica.py
 RESEND_MS = REQUEST_TIMEOUT_MS // 4
@@ -42,8 +55,13 @@ def losing(kinds: tuple[type, ...], src: int, dsts: set[int], seq: int = 1) -> D
     return drop
 
 
-def broadcasts(actions: list[Action], of: type) -> int:
-    return sum(1 for a in actions if isinstance(a, Broadcast) and kind(a.data) is of)
+def copies(actions: list[Action], of: type) -> int:
+    """Messages of type ``of`` sent, one per receiver (a broadcast reaches the 3 others)."""
+    n = 0
+    for a in actions:
+        if isinstance(a, Broadcast | Send) and kind(a.data) is of:
+            n += 3 if isinstance(a, Broadcast) else 1
+    return n
 
 
 def test_a_heartbeat_pre_prepare_lost_to_every_backup_is_sent_again() -> None:
@@ -56,7 +74,7 @@ def test_a_heartbeat_pre_prepare_lost_to_every_backup_is_sent_again() -> None:
         h.tick(25)
     for i in range(4):
         assert [c.seq for c in h.commits[i]] == [1], i
-    assert broadcasts(h.actions_of[0], m.PrePrepare) == 2  # the proposal, then one resend
+    assert copies(h.actions_of[0], m.PrePrepare) == 2 * 3  # the proposal, then one resend
     assert all(view_changes(acts) == 0 for acts in h.actions_of)
     assert [(r.view, r.view_active) for r in h.replicas] == [(0, True)] * 4
 
@@ -70,7 +88,8 @@ def test_a_pre_prepare_lost_to_two_backups_commits_without_a_view_change() -> No
     h.tick(RESEND_MS)
     for i in range(4):
         assert [(c.seq, c.view) for c in h.commits[i]] == [(s, 0) for s in range(1, 41)], i
-    assert broadcasts(h.actions_of[0], m.PrePrepare) == 40 + 2  # seqs 1 and 2 sent again
+    # seq 1 again to the two backups without it (not to 1, whose PREPARE came), nothing else
+    assert copies(h.actions_of[0], m.PrePrepare) == 40 * 3 + 2
     assert all(view_changes(acts) == 0 for acts in h.actions_of)
 
 
@@ -89,7 +108,7 @@ def test_lost_votes_are_sent_again_by_their_voters() -> None:
     h.tick(RESEND_MS)  # the COMMITs again
     assert [[c.seq for c in h.commits[i]] for i in range(4)] == [[1]] * 4
     for i in (1, 2, 3):
-        assert broadcasts(h.actions_of[i], m.Prepare) == 3  # sent, then at each resend
+        assert copies(h.actions_of[i], m.Prepare) == 3 * 3  # sent, then at each resend
     assert all(view_changes(acts) == 0 for acts in h.actions_of)
 
 
@@ -108,10 +127,10 @@ def test_nothing_is_sent_again_while_blocks_keep_executing() -> None:
     for _ in range(8):
         h.tick(REQUEST_TIMEOUT_MS)
     assert [c.seq for c in h.commits[3]] == list(range(1, 14))
-    assert broadcasts(h.actions_of[0], m.PrePrepare) == 13
+    assert copies(h.actions_of[0], m.PrePrepare) == 13 * 3
     for i in (1, 2, 3):
-        assert broadcasts(h.actions_of[i], m.Prepare) == 13
-    assert all(broadcasts(h.actions_of[i], m.CommitVote) == 13 for i in range(4))
+        assert copies(h.actions_of[i], m.Prepare) == 13 * 3
+    assert all(copies(h.actions_of[i], m.CommitVote) == 13 * 3 for i in range(4))
 
 
 def test_the_resend_repeats_while_the_slot_stays_open_and_stops_on_leaving_the_view() -> None:
@@ -120,11 +139,34 @@ def test_the_resend_repeats_while_the_slot_stays_open_and_stops_on_leaving_the_v
     h = heartbeat_harness()
     h.drop = lambda s, d, data: s == 0
     h.tick(INTERVAL_MS)
-    sent = [broadcasts(h.actions_of[0], m.PrePrepare)]
+    sent = [copies(h.actions_of[0], m.PrePrepare)]
     for _ in range(8):
         h.feed(0, Tick(h.now_ms + RESEND_MS))
         h.now_ms += RESEND_MS
-        sent.append(broadcasts(h.actions_of[0], m.PrePrepare))
-    assert sent[:4] == [1, 2, 3, 4]  # three resends before the request timer runs out
+        sent.append(copies(h.actions_of[0], m.PrePrepare))
+    assert sent[:4] == [3, 6, 9, 12]  # three resends before the request timer runs out
     assert not h.replicas[0].view_active  # then alone into a view change
     assert sent[-1] == sent[4]  # nothing of view 0 after leaving it
+
+
+def test_no_resend_while_the_host_works_through_its_backlog() -> None:
+    """Each ``Applied`` (a committed block made durable) restarts the resend timer, as it does
+    the request timer: a host behind on its own blocks is no sign of lost messages."""
+    r = Replica(config(0, pipeline_depth=1), random.Random(0))
+    r.step(Tick(0))
+    r.step(Pending(True))
+    assert copies(r.step(Propose(0, 1, b"block-1")), m.PrePrepare) == 3  # nobody answers
+    out: list[Action] = []
+    for t, applied in ((20, 1), (40, 2), (60, 3)):  # blocks committed before, applied now
+        out += r.step(Tick(t))
+        out += r.step(Applied(applied))
+    assert copies(out, m.PrePrepare) == 0
+    assert copies(r.step(Tick(60 + RESEND_MS)), m.PrePrepare) == 3
+
+
+def test_a_message_resent_to_a_replica_not_yet_in_its_view_is_buffered_once() -> None:
+    r = Replica(config(3), random.Random(3))  # in view 0; the message is of view 1
+    prepare = m.encode(m.sign(m.Prepare(1, 1, b"\x01" * 32, 2), SigningKey(SEEDS[2]), "vigil"))
+    for _ in range(FUTURE_PER_SENDER_MAX + 5):
+        out = r.step(Received(2, prepare))
+        assert not any(isinstance(a, Dropped) for a in out)  # never "future_buffer_full"
