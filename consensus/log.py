@@ -251,19 +251,24 @@ def retract_key(sender: int) -> bytes:
     return RETRACT_PREFIX + sender.to_bytes(2, "big")
 
 
-def view_record(view: int, active: bool, entered: int) -> bytes:
+def view_record(view: int, active: bool, entered: int, returned: int) -> bytes:
     """``entered``: the highest view this replica was ever active in (a RETRACT
-    never goes below).
+    never goes below); ``returned``: the highest epoch of a RETRACT of ours we returned
+    through (-1: none; consensus/retract.py ``Retraction.voids_own``).
     """
-    return codec.encode({"view": view, "active": active, "entered": entered})
+    return codec.encode({"view": view, "active": active, "entered": entered, "returned": returned})
 
 
-def parse_view_record(data: bytes) -> tuple[int, bool, int]:
+def parse_view_record(data: bytes) -> tuple[tuple[int, bool, int], int | None]:
+    """((view, active, entered), returned); returned is None in a record that predates it."""
     v = codec.decode(data)
     view = int(v["view"])
     # A record without "entered" predates RETRACT: assume the current view, which forbids
     # returning below it (safe, at worst slower).
-    return view, bool(v["active"]), int(v.get("entered", view))
+    returned = v.get("returned")
+    return (view, bool(v["active"]), int(v.get("entered", view))), (
+        None if returned is None else int(returned)
+    )
 
 
 def retract_record(view: int, epoch: int) -> bytes:

@@ -180,7 +180,9 @@ class Replica:
             if key == KEY_NEW_VIEW:
                 new_view = value
             elif key == KEY_VIEW:
-                views.restore(*parse_view_record(value))
+                view_state, returned = parse_view_record(value)
+                views.restore(*view_state)
+                self._view_changer.restore_returned(returned)
             elif key.startswith(RETRACT_PREFIX):
                 sender = int.from_bytes(key[len(RETRACT_PREFIX) :], "big")
                 self._view_changer.restore_retraction(sender, *parse_retract_record(value))

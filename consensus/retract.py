@@ -29,6 +29,7 @@ class Retraction:
         self._retracted: dict[int, tuple[int, int]] = {}  # sender -> (view, epoch) it voided
         self._epoch = 0
         self._returned = -1  # the highest epoch of a RETRACT of ours we returned through
+        self._returned_on_record: int | None = None  # as read from the view record at restart
         # RETRACTs heard while in the view change they leave: not acknowledged, not persisted;
         # only keep the VIEW-CHANGEs they void out of our count (sender -> (view, epoch)).
         self._heard: dict[int, tuple[int, int]] = {}
@@ -44,8 +45,20 @@ class Retraction:
         """After a restart: our VIEW-CHANGEs must be above every RETRACT of ours."""
         mine = self._retracted.get(me)
         self._epoch = 0 if mine is None else mine[1] + 1
-        # Whether we returned before the restart is not on record: assume we did.
-        self._returned = -1 if mine is None else mine[1]
+        if self._returned_on_record is None:
+            # A view record from before "returned" was kept: assume we returned.
+            self._returned = -1 if mine is None else mine[1]
+        else:
+            self._returned = self._returned_on_record
+
+    def restore_returned(self, returned: int | None) -> None:
+        """The epoch we last returned through, from the persisted view record (None: an older
+        record that does not say)."""
+        self._returned_on_record = returned
+
+    @property
+    def returned_epoch(self) -> int:
+        return self._returned
 
     @property
     def epoch(self) -> int:
@@ -231,6 +244,10 @@ class Retractor:
         self._send_retract(moves, view, out)
         return True
 
+    def view_record(self, view: int, active: bool) -> bytes:
+        """The persisted ``view`` record, with the epoch we last returned through."""
+        return view_record(view, active, self._views.entered, self.state.returned_epoch)
+
     def is_void(self, vc: m.ViewChange) -> bool:
         """A VIEW-CHANGE its sender retracted (RETRACT persisted here): it may not count."""
         return self._refuse_retracted and self.state.voids(vc)
@@ -378,6 +395,6 @@ class Retractor:
                 commit = ctx.vote(m.CommitVote(view, slot.seq, pp.digest, ctx.me))
                 slot.own_commit(ctx.me, pp.digest, commit.sig)
                 sends.append(Broadcast(m.encode(commit)))
-        out.append(Persist(((KEY_VIEW, view_record(view, True, views.entered)),)))
+        out.append(Persist(((KEY_VIEW, self.view_record(view, True)),)))
         out.extend(sends)
         out.append(ViewChanged(view, ctx.primary(view)))

@@ -30,7 +30,6 @@ from consensus.log import (
     KEY_VIEW,
     SlotLog,
     slot_key,
-    view_record,
 )
 from consensus.peers import PeerReports
 from consensus.retract import Retractor
@@ -103,6 +102,9 @@ class ViewChanger:
     def restore_retraction(self, sender: int, view: int, epoch: int) -> None:
         self._retractor.state.restore(sender, view, epoch)
 
+    def restore_returned(self, returned: int | None) -> None:
+        self._retractor.state.restore_returned(returned)
+
     def restore(self, new_view: bytes | None) -> None:
         """After the records are read: our epoch, and our persisted NEW-VIEW if it is of the view
         we restarted in (active), so we can still hand it to laggards."""
@@ -141,7 +143,7 @@ class ViewChanger:
             )
         )
         self._votes.put(vc)
-        out.append(Persist(((KEY_VIEW, view_record(view, False, views.entered)),)))
+        out.append(Persist(((KEY_VIEW, self._retractor.view_record(view, False)),)))
         out.append(Broadcast(m.encode(vc)))
         own_cp = checkpoints.own_unstable
         if own_cp is not None:
@@ -308,7 +310,7 @@ class ViewChanger:
             )
         log.clear_votes()
         records: list[tuple[bytes, bytes | None]] = [
-            (KEY_VIEW, view_record(view, True, self._views.entered))
+            (KEY_VIEW, self._retractor.view_record(view, True))
         ]
         if nv.sender == ctx.me:
             # Only the primary answers a laggard's VIEW-CHANGE with its NEW-VIEW

@@ -224,7 +224,7 @@ def test_random_bytes_never_raise() -> None:
 def test_old_view_messages_are_dropped_after_restart_in_a_later_view() -> None:
     from consensus.log import KEY_VIEW, view_record
 
-    r = Replica(config(2), random.Random(2), records=[(KEY_VIEW, view_record(1, True, 1))])
+    r = Replica(config(2), random.Random(2), records=[(KEY_VIEW, view_record(1, True, 1, -1))])
     assert (r.view, r.primary) == (1, 1)
     pp = m.PrePrepare(0, 1, m.payload_digest(b"block-1"), b"block-1", 0)
     assert [a.reason for a in r.step(Received(0, signed(pp, 0))) if hasattr(a, "reason")] == [

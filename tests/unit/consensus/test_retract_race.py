@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+from common import codec
 from common.crypto import SigningKey
 from consensus import messages as m
 from consensus.api import (
@@ -149,3 +150,39 @@ def test_a_retract_only_heard_does_not_refuse_another_primarys_new_view() -> Non
     out = r.step(Received(1, nv))
     assert not any(isinstance(a, Dropped) for a in out)
     assert (r.view, r.view_active) == (1, True)
+
+
+def test_after_a_restart_it_still_knows_it_never_returned() -> None:
+    """Whether the replica returned through its RETRACT is persisted with its view: restarted
+    while the RETRACT waited, it still enters through its own retracted VIEW-CHANGE."""
+    h = Harness(blocks=2)
+    stale = m.decode(_alone_in_view_one(h)[0], 1024, 64 * 1024)
+    assert isinstance(stale, m.ViewChange)
+    h.drop = lambda src, dst, data: isinstance(m.decode(data, 1024, 64 * 1024), m.RetractAck)
+    h.feed(3, Pending(False))
+    for _ in range(3):
+        for j in (0, 1, 2):
+            h.feed(3, PeerStatus(j, len(h.commits[j]), 0))
+        h.run()
+        h.tick(100)
+    assert any(isinstance(x, m.Retract) for x in decoded(h.actions_of[3]))
+    again = Replica(config(3), random.Random(3), sorted(h.records[3].items()), len(h.commits[3]))
+    assert (again.view, again.view_active) == (1, False)
+    nv = signed(m.NewView(1, (view_change(1), view_change(2), stale), (), 1), 1)
+    out = again.step(Received(1, nv))
+    assert not any(isinstance(a, Dropped) for a in out)
+    assert (again.view, again.view_active) == (1, True)
+
+
+def test_a_view_record_from_before_returned_assumes_the_replica_returned() -> None:
+    from consensus.log import KEY_VIEW, parse_view_record, view_record
+
+    old = codec.encode({"view": 1, "active": False, "entered": 0})
+    assert parse_view_record(old) == ((1, False, 0), None)
+    assert parse_view_record(view_record(1, False, 0, 2)) == ((1, False, 0), 2)
+    records = [(KEY_VIEW, old), (b"retract/\x00\x03", codec.encode({"view": 0, "epoch": 0}))]
+    r = Replica(config(3), random.Random(3), records)
+    stale = view_change(3)
+    nv = signed(m.NewView(1, (view_change(1), view_change(2), stale), (), 1), 1)
+    out = r.step(Received(1, nv))
+    assert [a.reason for a in out if isinstance(a, Dropped)] == ["retracted_view_change"]
