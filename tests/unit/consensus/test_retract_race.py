@@ -44,12 +44,11 @@ def decoded(actions: list[Action]) -> list[m.Message]:
     return [m.decode(a.data, 1024, 64 * 1024) for a in actions if isinstance(a, Broadcast)]
 
 
-def test_a_replica_enters_through_its_own_retracted_view_change_if_it_never_returned() -> None:
-    h = Harness(blocks=2)
+def _retracted_without_return(h: Harness) -> m.ViewChange:
+    """Replica 3 alone in view 1 retracts (the others report view 0), but every
+    acknowledgment is lost: it never returns. Its first VIEW-CHANGE(1), now retracted."""
     stale = m.decode(_alone_in_view_one(h)[0], 1024, 64 * 1024)
     assert isinstance(stale, m.ViewChange)
-    r = h.replicas[3]
-    # The others report view 0, so 3 retracts; every acknowledgment is lost: it never returns.
     h.drop = lambda src, dst, data: isinstance(m.decode(data, 1024, 64 * 1024), m.RetractAck)
     h.feed(3, Pending(False))
     for _ in range(3):
@@ -58,6 +57,13 @@ def test_a_replica_enters_through_its_own_retracted_view_change_if_it_never_retu
         h.run()
         h.tick(100)
     assert any(isinstance(x, m.Retract) for x in decoded(h.actions_of[3]))
+    return stale
+
+
+def test_a_replica_enters_through_its_own_retracted_view_change_if_it_never_returned() -> None:
+    h = Harness(blocks=2)
+    stale = _retracted_without_return(h)
+    r = h.replicas[3]
     assert (r.view, r.view_active) == (1, False)
     # Meanwhile the others moved to view 1 on a NEW-VIEW that holds 3's first VIEW-CHANGE.
     nv = signed(m.NewView(1, (view_change(1), view_change(2), stale), (), 1), 1)
@@ -156,16 +162,7 @@ def test_after_a_restart_it_still_knows_it_never_returned() -> None:
     """Whether the replica returned through its RETRACT is persisted with its view: restarted
     while the RETRACT waited, it still enters through its own retracted VIEW-CHANGE."""
     h = Harness(blocks=2)
-    stale = m.decode(_alone_in_view_one(h)[0], 1024, 64 * 1024)
-    assert isinstance(stale, m.ViewChange)
-    h.drop = lambda src, dst, data: isinstance(m.decode(data, 1024, 64 * 1024), m.RetractAck)
-    h.feed(3, Pending(False))
-    for _ in range(3):
-        for j in (0, 1, 2):
-            h.feed(3, PeerStatus(j, len(h.commits[j]), 0))
-        h.run()
-        h.tick(100)
-    assert any(isinstance(x, m.Retract) for x in decoded(h.actions_of[3]))
+    stale = _retracted_without_return(h)
     again = Replica(config(3), random.Random(3), sorted(h.records[3].items()), len(h.commits[3]))
     assert (again.view, again.view_active) == (1, False)
     nv = signed(m.NewView(1, (view_change(1), view_change(2), stale), (), 1), 1)
