@@ -39,5 +39,6 @@ def test_block_ids_agree_where_replicas_commit_in_different_views() -> None:
         return codec.sha256(block_id(c, prev) + c.view.to_bytes(8, "big"))
 
     old = run_seed(1, 4, block_id=with_view)
-    assert old.safety_violations[:1] == ("block: height 1 replica 3",)
+    # which replica diverges first depends on the trace; that one does, at height 1, does not
+    assert [v.rsplit(" ", 1)[0] for v in old.safety_violations[:1]] == ["block: height 1 replica"]
     assert run_seed(1).safety_violations == ()
