@@ -23,9 +23,21 @@ from consensus.sim.cluster import block_id, run_seed
 REGRESSION_SEEDS = [147, 191, 464, 566, 749, 957, 1223, 2909, 3099]
 
 
+# Seven validators. 905: alone, the same RETRACT crossing; it failed before the fixes above
+# (`scripts/simulate --seeds 1000 --nodes 7` at 33b88d7: 1 liveness failure, 0 after).
+REGRESSION_SEEDS_SEVEN = [905]
+
+
 @pytest.mark.parametrize("seed", REGRESSION_SEEDS)
 def test_regression_seed(seed: int) -> None:
     result = run_seed(seed)
+    assert result.safety_violations == ()
+    assert result.liveness_failure is None
+
+
+@pytest.mark.parametrize("seed", REGRESSION_SEEDS_SEVEN)
+def test_regression_seed_seven_validators(seed: int) -> None:
+    result = run_seed(seed, 7)
     assert result.safety_violations == ()
     assert result.liveness_failure is None
 
