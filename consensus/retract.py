@@ -66,8 +66,7 @@ class Retraction:
 
     def voids(self, vc: m.ViewChange) -> bool:
         """``vc`` is a VIEW-CHANGE its sender retracted (a RETRACT stored here)."""
-        known = self._retracted.get(vc.sender)
-        return known is not None and vc.view > known[0] and vc.epoch <= known[1]
+        return _voided(self._retracted.get(vc.sender), vc)
 
     def voids_own(self, vc: m.ViewChange) -> bool:
         """Our own ``vc`` is void for us too once we returned through a RETRACT that voids it.
@@ -82,14 +81,12 @@ class Retraction:
         return self.voids(vc) and vc.epoch <= self._returned
 
     def hear(self, sender: int, view: int, epoch: int) -> None:
-        old = self._heard.get(sender)
-        self._heard[sender] = (
-            (view, epoch) if old is None else (min(old[0], view), max(old[1], epoch))
-        )
+        """A RETRACT heard in the view change it leaves (in memory only, merged as stored)."""
+        self._heard[sender] = _merged(self._heard.get(sender), view, epoch)
 
     def heard_voids(self, vc: m.ViewChange) -> bool:
-        known = self._heard.get(vc.sender)
-        return known is not None and vc.view > known[0] and vc.epoch <= known[1]
+        """``vc`` is voided by a RETRACT we only heard."""
+        return _voided(self._heard.get(vc.sender), vc)
 
     def merge(self, sender: int, view: int, epoch: int) -> tuple[int, int] | None:
         """Store ``sender``'s RETRACT; the merged (view, epoch) to persist, None if nothing new.
@@ -99,7 +96,7 @@ class Retraction:
         than any of its RETRACTs, so the merge never voids one it still relies on.
         """
         old = self._retracted.get(sender)
-        new = (view, epoch) if old is None else (min(old[0], view), max(old[1], epoch))
+        new = _merged(old, view, epoch)
         if new == old:
             return None
         self._retracted[sender] = new
@@ -156,6 +153,16 @@ class Retraction:
     @property
     def new_view(self) -> tuple[m.NewView, Selection] | None:
         return self._new_view
+
+
+def _merged(old: tuple[int, int] | None, view: int, epoch: int) -> tuple[int, int]:
+    """Several RETRACTs of one sender as one: (lowest view, highest epoch)."""
+    return (view, epoch) if old is None else (min(old[0], view), max(old[1], epoch))
+
+
+def _voided(known: tuple[int, int] | None, vc: m.ViewChange) -> bool:
+    """``vc`` is above the view and at or below the epoch of a (merged) RETRACT."""
+    return known is not None and vc.view > known[0] and vc.epoch <= known[1]
 
 
 class ViewMoves(Protocol):
@@ -309,7 +316,8 @@ class Retractor:
             moves.start_view_change(views.view, out, resend=True)
 
     def on_retract(self, moves: ViewMoves, rt: m.Retract, out: list[Action]) -> None:
-        """Persist a peer's RETRACT; acknowledge it if we are active in the view it returns to.
+        """Persist a peer's RETRACT; acknowledge it if we are active in the view it returns to
+        (in the view change it leaves: only stop counting what it voids).
 
         Only a replica active in that view acknowledges: it was never active above it (a
         replica's active views never decrease), so it never entered a view whose NEW-VIEW used
