@@ -385,13 +385,12 @@ class Proposer:
                 if self.watch.higher_view(view):
                     break  # f+1 peers moved on: a proposal in our stale view only strands txs
                 if not self.watch.quorum_listening():
-                    # A PRE-PREPARE sent now reaches too few peers to commit, and nothing sends
-                    # it again: the primary's own timer then takes it alone into a view change,
-                    # the peers' status brings it back, and the slot stays stuck. On an idle
-                    # chain with the heartbeat, whose backups expect nothing, that was for good:
-                    # a primary up 0.5 s before its peers proposed its first heartbeat to nobody
-                    # (tests/e2e/test_e2e_heartbeat.py). Asked again: the next heartbeat, the
-                    # next admission, or the request after a view change.
+                    # A PRE-PREPARE sent now reaches too few peers to commit (links drop frames
+                    # for a peer not connected). The core sends a lost one again once its slot
+                    # stalls (consensus/normal.py ``resend``); this keeps a primary up before
+                    # its peers from proposing into that at all (a primary up 0.5 s early sent
+                    # its first heartbeat to nobody: tests/e2e/test_e2e_heartbeat.py). Asked
+                    # again: the next heartbeat, the next admission, or after a view change.
                     break
                 wait_s = last_s + self.block_interval_ms / 1000 - time.monotonic()
                 if wait_s > 0:
