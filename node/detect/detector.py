@@ -106,6 +106,10 @@ RECENT_ROWS_MAX = 2048  # scored feature rows kept for the drift check
 MODELS_KEPT = 3
 REASONS_GONE = ("reasons no longer kept: a newer model has replaced the one that scored this tx",)
 RATE_AT = TxContext._fields.index("rate_timestamps_ms")
+_MAY_BE_ZERO = frozenset({"retrain_min_interval_ms"})
+# Keys that say when a model is trained, not what it is: left out of its id (model_id_of), so
+# that adding one (retrain_min_interval_ms) names no existing model anew.
+_SCHEDULE_ONLY = frozenset({"retrain_min_interval_ms"})
 _QUANTILES = (0.5, 0.9, 0.99)  # of the recent scores, as p50, p90, p99 (status)
 
 
@@ -119,6 +123,10 @@ class DetectorConfig:
     # ... that follow at least this many committed rows (else at multiples of
     # RETRAIN_SLOW_FACTOR x retrain_every_blocks, with any new row)
     retrain_min_rows: int = 1000
+    # ... and at least this much chain time (block timestamps) after the last training's block:
+    # under a heavy load the rows and the heights come fast, and refitting every few seconds a
+    # window that turned over in four costs every node CPU the txs need (0 = no floor)
+    retrain_min_interval_ms: int = 15_000
     min_train_txs: int = 100  # no model before this many committed txs
     warmup_txs: int = 200  # no quarantine before this many committed txs
     contamination: float = 0.002  # share of ordinary committed traffic above the threshold
@@ -141,6 +149,9 @@ class DetectorConfig:
                     raise ValueError(f"detector.{f.name}: expected a number")
                 if not 0.0 <= float(value) < 1.0:
                     raise ValueError(f"detector.{f.name}: expected a number in [0, 1)")
+            elif f.name in _MAY_BE_ZERO:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"detector.{f.name}: expected a non-negative integer")
             elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"detector.{f.name}: expected a positive integer")
 
@@ -235,7 +246,9 @@ class WindowSpec:
 
 def model_id_of(spec: WindowSpec, cfg: DetectorConfig) -> bytes:
     """SHA-256 of (training window heights, detector config, seed): the model's name."""
-    config = {f.name: repr(getattr(cfg, f.name)) for f in fields(cfg)}
+    config = {
+        f.name: repr(getattr(cfg, f.name)) for f in fields(cfg) if f.name not in _SCHEDULE_ONLY
+    }
     return codec.sha256(
         codec.encode({"domain": MODEL_ID_DOMAIN, "window": spec.to_json(), "config": config})
     )
@@ -267,6 +280,8 @@ class Detector:
         self._trained_at = -1
         self._requested_at = -1
         self._requested_rows = 0
+        self._time_ms = 0  # the timestamp of the block at ``_height``
+        self._requested_ms: int | None = None  # ... at the last training's height
         self._reference: drift.Reference | None = None  # of the model's training window
         self._recent = np.zeros((RECENT_ROWS_MAX, N_FEATURES))  # a ring of scored rows
         self._recent_n = 0  # rows ever written to the ring
@@ -286,7 +301,9 @@ class Detector:
         height = block.header.height
         if self._history_from is None:
             self._history_from = height
-        self._height = max(self._height, height)
+        if height >= self._height:
+            self._height = height
+            self._time_ms = block.header.timestamp_ms
         rows = self._history.observe_block(block, receipts_ok)
         if rows is not None:
             self._window.extend(rows)
@@ -312,6 +329,10 @@ class Detector:
             return True
         every = self.cfg.retrain_every_blocks
         if height % every:
+            return False
+        # Chain time, like the heights: every node that saw the same chain waits alike.
+        floor = self.cfg.retrain_min_interval_ms
+        if self._requested_ms is not None and self._time_ms - self._requested_ms < floor:
             return False
         # A scheduled retrain needs enough rows committed since the previous multiple: refitting
         # a window that barely moved (an idle chain whose heartbeat makes empty blocks; a light
@@ -340,6 +361,7 @@ class Detector:
     def train_snapshot(self) -> tuple[FloatArray, int]:
         """The training window as a matrix, and the seed of the last observed height."""
         self._requested_at = self._height
+        self._requested_ms = self._time_ms
         self._requested_rows = len(self._window)
         seed = training_seed(self._height)
         self._snapshot = WindowSpec(

@@ -257,8 +257,12 @@ def test_no_model_yields_unscored_verdicts() -> None:
 
 def test_training_is_deterministic_across_nodes_and_scheduled_by_height() -> None:
     a, b = (
-        Detector(DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100)),
-        Detector(DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100)),
+        Detector(
+            DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100, retrain_min_interval_ms=0)
+        ),
+        Detector(
+            DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100, retrain_min_interval_ms=0)
+        ),
     )
     blocks = list(Traffic(7).ordinary_blocks(60))
     trained = []
@@ -501,7 +505,11 @@ def test_only_the_last_models_are_kept_for_deferred_reasons() -> None:
     model that scored one alive. The detector keeps MODELS_KEPT; older txs say so instead."""
     traffic = Traffic(11)
     cfg = DetectorConfig(
-        retrain_every_blocks=10, retrain_min_rows=10, min_train_txs=50, warmup_txs=10**9
+        retrain_every_blocks=10,
+        retrain_min_rows=10,
+        retrain_min_interval_ms=0,
+        min_train_txs=50,
+        warmup_txs=10**9,
     )
     det = Detector(cfg)
     det.note_addresses([a.addr for a in traffic.accounts])

@@ -4,7 +4,9 @@ on a window that did not change."""
 
 from __future__ import annotations
 
-from node.detect.detector import Detector, DetectorConfig
+import pytest
+
+from node.detect.detector import Detector, DetectorConfig, WindowSpec, model_id_of
 from tests.unit.detect.test_detector import FakeBlock, FakeHeader, Traffic, train_if_due
 
 
@@ -79,12 +81,17 @@ def test_a_multiple_with_rows_in_the_last_period_still_retrains() -> None:
     assert det.needs_training(50)
 
 
-def _trained_heights(min_rows: int, blocks: int) -> list[int]:
-    """Heights that train over ``blocks`` blocks of 6 txs, retraining every 10 blocks."""
+def _trained_heights(min_rows: int, blocks: int, min_interval_ms: int = 0) -> list[int]:
+    """Heights that train over ``blocks`` blocks of 6 txs one second apart, retraining every 10
+    blocks (no chain-time floor unless ``min_interval_ms``)."""
     traffic = Traffic(5)
     det = Detector(
         DetectorConfig(
-            retrain_every_blocks=10, retrain_min_rows=min_rows, min_train_txs=50, warmup_txs=100
+            retrain_every_blocks=10,
+            retrain_min_rows=min_rows,
+            retrain_min_interval_ms=min_interval_ms,
+            min_train_txs=50,
+            warmup_txs=100,
         )
     )
     trained = []
@@ -103,3 +110,28 @@ def test_a_period_with_few_rows_waits_for_the_slow_multiple() -> None:
     # first model (50 rows), warm model (100 rows), then the slow multiple
     assert _trained_heights(100, 100) == [9, 17, 80]
     assert _trained_heights(60, 40) == [9, 10, 17, 20, 30, 40]
+
+
+def test_a_scheduled_retrain_waits_for_the_chain_time_floor() -> None:
+    """Under a heavy load every multiple has its rows; the floor (block time since the last
+    training's block) spaces the fits out. Blocks 1 s apart, a floor of 25 s: after the first and
+    the warm model (9, 17), a multiple of 10 retrains only 25 s of block time after the last."""
+    assert _trained_heights(60, 100) == [9, 10, 17, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert _trained_heights(60, 100, min_interval_ms=25_000) == [9, 17, 50, 80]
+    # The floor is met exactly at 30 s: 17 -> 50 is 33 s, 50 -> 80 is 30 s.
+    assert _trained_heights(60, 100, min_interval_ms=30_000) == [9, 17, 50, 80]
+    assert _trained_heights(60, 100, min_interval_ms=30_001) == [9, 17, 50, 90]
+
+
+def test_the_floor_is_a_schedule_not_part_of_the_model() -> None:
+    """Two nodes with different floors that train on the same window name the same model; the
+    floor may be 0 (none) but not negative."""
+    spec = WindowSpec(1, 1, 50, 300, 7)
+    assert model_id_of(spec, DetectorConfig(retrain_min_interval_ms=0)) == model_id_of(
+        spec, DetectorConfig(retrain_min_interval_ms=60_000)
+    )
+    assert model_id_of(spec, DetectorConfig()) != model_id_of(spec, DetectorConfig(n_trees=50))
+    with pytest.raises(ValueError, match="retrain_min_interval_ms: expected a non-negative"):
+        DetectorConfig(retrain_min_interval_ms=-1)
+    with pytest.raises(ValueError, match="retrain_every_blocks: expected a positive"):
+        DetectorConfig(retrain_every_blocks=0)
