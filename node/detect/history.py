@@ -13,7 +13,7 @@ import math
 import statistics
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from itertools import islice
 from typing import Any, NamedTuple, Protocol
@@ -116,6 +116,7 @@ class _Account:
         "next_nonce",
         "ordered",
         "receivers",
+        "recv_counts",
         "recvs",
         "times",
         "tx_count",
@@ -132,6 +133,9 @@ class _Account:
         self.times: deque[int] = deque(maxlen=SENDER_EVENTS_MAX)
         self.recvs: deque[bytes] = deque(maxlen=SENDER_EVENTS_MAX)
         self.news: deque[bool] = deque(maxlen=SENDER_EVENTS_MAX)
+        # How often each receiver occurs in ``recvs``: its distinct receivers without building a
+        # set of up to SENDER_EVENTS_MAX per scored tx, when they all fall in the fan-out window.
+        self.recv_counts: dict[bytes, int] = {}
         # Event times never went down (block times normally do not): ``times`` is then sorted,
         # and each window of it is found by bisection.
         self.ordered = True
@@ -144,7 +148,16 @@ class _Account:
         if times and timestamp_ms < times[-1]:
             self.ordered = False
         times.append(timestamp_ms)
-        self.recvs.append(receiver)
+        recvs, counts = self.recvs, self.recv_counts
+        if len(recvs) == recvs.maxlen:  # the oldest event leaves with this append
+            gone = recvs[0]
+            left = counts[gone] - 1
+            if left:
+                counts[gone] = left
+            else:
+                del counts[gone]
+        recvs.append(receiver)
+        counts[receiver] = counts.get(receiver, 0) + 1
         self.news.append(new)
 
 
@@ -418,10 +431,13 @@ class TxHistory:
         queue = self._pending.get(sender)
         if queue is None:
             return
-        kept = [p for p in queue if p.tx_hash != tx_hash]
-        if len(kept) != len(queue):
-            queue.clear()
-            queue.extend(kept)
+        if queue and queue[0].tx_hash == tx_hash:
+            queue.popleft()  # the usual case, txs commit in nonce order; a hash is queued once
+        else:
+            kept = [p for p in queue if p.tx_hash != tx_hash]
+            if len(kept) != len(queue):
+                queue.clear()
+                queue.extend(kept)
         if not queue:
             del self._pending[sender]
 
@@ -463,7 +479,10 @@ class TxHistory:
         rate_ts: list[int] = []  # at or after rate_from, for the reasons
         recent = 0  # in [rate_from, now], for the feature
         new_payees = 0  # first payments to a receiver in [rate_from, now]
-        distinct: set[bytes] = _EMPTY
+        # The distinct receivers in the fan-out window: ``fan`` from the committed events (may
+        # hold b"", an anchor's), ``extra`` from the pending txs and not in ``fan``.
+        fan: Collection[bytes] = _EMPTY
+        extra: set[bytes] = _EMPTY
         if acct is not None and acct.times:
             times = acct.times
             if acct.ordered:
@@ -481,11 +500,13 @@ class TxHistory:
                     if i_new < j_now:
                         new_payees = sum(islice(acct.news, i_new, j_now))
                 i_fan = bisect_left(times, fanout_from)
-                if i_fan < n:
-                    distinct = set(islice(acct.recvs, i_fan, None))
-                    distinct.discard(b"")
+                if i_fan == 0:  # every event is in the window
+                    fan = acct.recv_counts
+                elif i_fan < n:
+                    fan = set(islice(acct.recvs, i_fan, None))
             else:
                 last = max(times)
+                distinct: set[bytes] = _EMPTY
                 for t, r, new in zip(times, acct.recvs, acct.news, strict=True):
                     if t < horizon:
                         continue
@@ -497,6 +518,7 @@ class TxHistory:
                         rate_ts.append(t)
                         recent += t <= now
                         new_payees += new and new_from <= t <= now
+                fan = distinct
         next_nonce = acct.next_nonce if acct is not None else 0
         paid = acct is not None and not is_anchor and to in acct.receivers
         for p in pending:
@@ -506,21 +528,21 @@ class TxHistory:
             if p.receiver == to and not is_anchor:
                 paid = True
             if t >= horizon:
-                if p.receiver and t >= fanout_from:
-                    if distinct is _EMPTY:
-                        distinct = set()
-                    distinct.add(p.receiver)
+                if p.receiver and t >= fanout_from and p.receiver not in fan:
+                    if extra is _EMPTY:
+                        extra = set()
+                    extra.add(p.receiver)
                 if t >= rate_from:
                     rate_ts.append(t)
                     recent += t <= now
                     new_payees += p.new and new_from <= t <= now
+        receivers = len(fan) - (b"" in fan) + len(extra)
         if is_anchor:
             novelty = 0.0
-            receivers = len(distinct)
             fanout = receivers
         else:
             novelty = 0.0 if paid else 1.0 if to in self._addresses else 2.0
-            receivers = len(distinct) - (to in distinct)
+            receivers -= to in fan or to in extra
             fanout = receivers + (not paid)
         median = acct.median if acct is not None else math.nan
         raw = (

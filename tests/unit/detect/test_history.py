@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import random
@@ -88,3 +89,59 @@ def test_the_median_window_equals_statistics_median_of_the_last_values(seed: int
         last = seen[-size:]
         assert len(window) == len(last)
         assert window.median() == float(statistics.median(last))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_receiver_counts_follow_the_events_and_give_the_scanned_fan_out(seed: int) -> None:
+    """``recv_counts`` counts ``recvs`` as events arrive and leave (the deque keeps the last
+    SENDER_EVENTS_MAX), and a sender whose every event is in the fan-out window (the counts
+    stand for the window) gets the rows the full scan gives, pending receivers included, some of
+    them already paid and some new."""
+    rng = random.Random(seed)
+    sender = _addr(0)
+    receivers = [_addr(1000 + i) for i in range(rng.choice((3, 40, 200)))]
+    history = TxHistory(1000, 1000, 10**9)
+    now = 1_700_000_000_000
+    nonce = 0
+    for height in range(1, 40):
+        txs = []
+        for k in range(rng.randrange(0, 12)):
+            if rng.random() < 0.2:
+                txs.append(FakeTx("anchor", sender, b"", 0, 10, nonce, b"c%d-%d" % (height, k)))
+            else:
+                to = rng.choice(receivers)
+                txs.append(FakeTx("transfer", sender, to, 5, 10, nonce, b"c%d-%d" % (height, k)))
+            nonce += 1
+        history.observe_block(FakeBlock(FakeHeader(height, now + height * 1000), tuple(txs)))
+        acct = history._accounts.get(sender)
+        if acct is not None:
+            assert acct.recv_counts == dict(collections.Counter(acct.recvs))
+    pending_to = [*receivers[:2], _addr(9999)]
+    history.admit(
+        [
+            FakeTx("transfer", sender, to, 5, 10, nonce + i, b"p%d" % i)
+            for i, to in enumerate(pending_to)
+        ],
+        now + 50_000,
+        rows=False,
+    )
+    scanned = copy.deepcopy(history)
+    scanned._accounts[sender].ordered = False
+    paid = next(r for r in reversed(history._accounts[sender].recvs) if r)  # a committed one
+    probe = [
+        FakeTx("transfer", sender, to, 5, 10, nonce + 3, b"q%d" % i)
+        for i, to in enumerate((paid, receivers[0], _addr(9999), _addr(8888)))
+    ] + [FakeTx("anchor", sender, b"", 0, 10, nonce + 3, b"qa")]
+    now_probe = now + 60_000
+    assert history._accounts[sender].times[0] >= now_probe - FANOUT_WINDOW_MS
+    fast_rows, fast_contexts = history.admit(probe, now_probe, rows=True)
+    scan_rows, scan_contexts = scanned.admit(probe, now_probe, rows=True)
+    assert repr(fast_rows) == repr(scan_rows)
+    assert fast_contexts == scan_contexts
+    # And the count itself: the distinct receivers of the committed events, the pending txs and
+    # the probe's earlier txs (admitted before it), less the tx's own receiver.
+    seen = {r for r in history._accounts[sender].recvs if r} | set(pending_to)
+    for tx, context in zip(probe, fast_contexts, strict=True):
+        assert context[9] == len(seen) - (tx.to in seen)
+        if tx.to:
+            seen.add(tx.to)
