@@ -79,6 +79,20 @@ def encode(value: Any) -> bytes:
     return _ENCODER.encode(value)
 
 
+def encode_flat(value: dict[str, Any]) -> bytes:
+    """:func:`encode` of a map of plain scalars (a ledger record made per tx): the same checks in
+    one loop instead of a walk. Anything else goes through the walk, which says what is wrong."""
+    for item in value.values():
+        kind = type(item)
+        if kind is int:
+            if not -(2**63) <= item <= U64_MAX:
+                raise CodecError("integer out of range")
+        elif kind is not bytes and kind is not str and kind is not bool:
+            _check_tree(value)
+            break
+    return _ENCODER.encode(value)
+
+
 def encode_checked(value: Any) -> bytes:
     """:func:`encode` of a value that a schema check (below) just accepted: no second walk."""
     return _ENCODER.encode(value)

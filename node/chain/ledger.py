@@ -52,7 +52,7 @@ class Account:
     nonce: int  # the nonce the account's next transaction must carry
 
     def encode(self) -> bytes:
-        return codec.encode({"balance": self.balance, "nonce": self.nonce})
+        return codec.encode_flat({"balance": self.balance, "nonce": self.nonce})
 
     @staticmethod
     def decode(data: bytes) -> Account:
@@ -71,7 +71,7 @@ class Receipt:
     reason: str  # "" when ok
 
     def encode(self) -> bytes:
-        return codec.encode(
+        return codec.encode_flat(
             {"tx_hash": self.tx_hash, "index": self.index, "ok": self.ok, "reason": self.reason}
         )
 

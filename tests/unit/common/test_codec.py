@@ -120,3 +120,33 @@ def test_struct_schema_errors_name_the_field() -> None:
     ]:
         with pytest.raises(CodecError, match=reason):
             codec.decode_struct(codec.encode(bad), schema)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"balance": 0, "nonce": 0},
+        {"balance": 2**64 - 1, "nonce": -(2**63)},
+        {"tx_hash": b"\x01" * 32, "index": 7, "ok": True, "reason": ""},
+        {"a": None, "b": False, "c": "x"},
+        {},
+    ],
+)
+def test_encode_flat_is_encode_for_maps_of_scalars(value: dict[str, object]) -> None:
+    assert codec.encode_flat(value) == codec.encode(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"balance": 2**64, "nonce": 0}, "integer out of range"),
+        ({"balance": -(2**63) - 1}, "integer out of range"),
+        ({"balance": 1.5}, "type float has no canonical encoding"),
+        ({"nested": [1, 2.0]}, "type float has no canonical encoding"),
+    ],
+)
+def test_encode_flat_refuses_what_encode_refuses(value: dict[str, object], reason: str) -> None:
+    for encoder in (codec.encode, codec.encode_flat):
+        with pytest.raises(CodecError) as caught:
+            encoder(value)
+        assert caught.value.reason == reason
