@@ -204,18 +204,21 @@ def _verdict(
     model_version: int,
     later: Callable[[], tuple[str, ...]] | None,
 ) -> Verdict:
-    """``Verdict(...)`` at half the cost: the admission path makes one per tx, and a frozen
-    dataclass's ``__init__`` goes through ``object.__setattr__`` once per field."""
+    """``Verdict(...)`` at half the cost: every node makes one per tx (at admission, or later
+    for a peer's), and a frozen dataclass's ``__init__`` goes through ``object.__setattr__``
+    once per field. Unrolled: a loop over the audit fields cost as much as the rest."""
     v: Verdict = object.__new__(Verdict)
     set_score, set_threshold, set_quarantine, set_reasons, set_version, set_later = _SET_VERDICT
+    set_model_id, set_features, set_context = _SET_AUDIT
     set_score(v, score)
     set_threshold(v, threshold)
     set_quarantine(v, quarantine)
     set_reasons(v, reasons)
     set_version(v, model_version)
     set_later(v, later)
-    for setter, value in zip(_SET_AUDIT, (b"", (), ()), strict=True):
-        setter(v, value)
+    set_model_id(v, b"")
+    set_features(v, ())
+    set_context(v, ())
     return v
 
 
