@@ -106,10 +106,10 @@ RECENT_ROWS_MAX = 2048  # scored feature rows kept for the drift check
 MODELS_KEPT = 3
 REASONS_GONE = ("reasons no longer kept: a newer model has replaced the one that scored this tx",)
 RATE_AT = TxContext._fields.index("rate_timestamps_ms")
-_MAY_BE_ZERO = frozenset({"retrain_min_interval_ms"})
+_MAY_BE_ZERO = frozenset({"retrain_slot_ms"})
 # Keys that say when a model is trained, not what it is: left out of its id (model_id_of), so
-# that adding one (retrain_min_interval_ms) names no existing model anew.
-_SCHEDULE_ONLY = frozenset({"retrain_min_interval_ms"})
+# that adding one (retrain_slot_ms) names no existing model anew.
+_SCHEDULE_ONLY = frozenset({"retrain_slot_ms"})
 _QUANTILES = (0.5, 0.9, 0.99)  # of the recent scores, as p50, p90, p99 (status)
 
 
@@ -123,10 +123,10 @@ class DetectorConfig:
     # ... that follow at least this many committed rows (else at multiples of
     # RETRAIN_SLOW_FACTOR x retrain_every_blocks, with any new row)
     retrain_min_rows: int = 1000
-    # ... and at least this much chain time (block timestamps) after the last training's block:
-    # under a heavy load the rows and the heights come fast, and refitting every few seconds a
-    # window that turned over in four costs every node CPU the txs need (0 = no floor)
-    retrain_min_interval_ms: int = 15_000
+    # ... and at most once per slot of chain time: block timestamp // this (0 = no slots). Under
+    # a heavy load every multiple has its rows, and refitting every few seconds a window that
+    # turned over in four costs every node CPU the txs need
+    retrain_slot_ms: int = 15_000
     min_train_txs: int = 100  # no model before this many committed txs
     warmup_txs: int = 200  # no quarantine before this many committed txs
     contamination: float = 0.002  # share of ordinary committed traffic above the threshold
@@ -283,8 +283,10 @@ class Detector:
         self._trained_at = -1
         self._requested_at = -1
         self._requested_rows = 0
-        self._time_ms = 0  # the timestamp of the block at ``_height``
-        self._requested_ms: int | None = None  # ... at the last training's height
+        # The schedule, from the chain alone (``_schedule``): the last multiple of the period
+        # that called for a retrain, and the slot of chain time it fell in.
+        self._due_height = -1
+        self._due_slot: int | None = None
         self._reference: drift.Reference | None = None  # of the model's training window
         self._recent = np.zeros((RECENT_ROWS_MAX, N_FEATURES))  # a ring of scored rows
         self._recent_n = 0  # rows ever written to the ring
@@ -304,13 +306,14 @@ class Detector:
         height = block.header.height
         if self._history_from is None:
             self._history_from = height
-        if height >= self._height:
-            self._height = height
-            self._time_ms = block.header.timestamp_ms
+        newest = height > self._height
+        self._height = max(self._height, height)
         rows = self._history.observe_block(block, receipts_ok)
         if rows is not None:
             self._window.extend(rows)
             self._window_heights.extend([height] * len(rows))
+        if newest and height % self.cfg.retrain_every_blocks == 0:
+            self._schedule(height, block.header.timestamp_ms)
 
     @property
     def _model(self) -> TrainedModel | None:
@@ -330,24 +333,33 @@ class Detector:
         short = self._requested_rows < self._rows_for_warm() <= len(self._window)
         if self._model is None or short:
             return True
+        return height == self._due_height
+
+    def _schedule(self, height: int, time_ms: int) -> None:
+        """At a multiple of the period, as its block is observed: whether it calls for a retrain.
+
+        It needs enough rows committed since the previous multiple: refitting a window that
+        barely moved (an idle chain whose heartbeat makes empty blocks; a light load's blocks of
+        a few txs) would only churn models, at ~0.15-1 s of CPU each. With few rows it waits for
+        a slower multiple, and then needs only one row committed since the last training. And
+        it is the first such multiple in its slot of chain time (block timestamp //
+        ``retrain_slot_ms``): under a heavy load every multiple has its rows. Decided from the
+        chain as each block is observed, whether or not the host then trains (a node still
+        fitting skips one; a restarted node replays its window here), so nodes that saw the
+        same blocks are due at the same heights. A slot differing from the last due one is new,
+        whichever way a block's clock went: a block dated far ahead cannot stall the schedule.
+        """
         every = self.cfg.retrain_every_blocks
-        if height % every:
-            return False
-        # Chain time, like the heights: every node that saw the same chain waits alike.
-        floor = self.cfg.retrain_min_interval_ms
-        if self._requested_ms is not None and self._time_ms - self._requested_ms < floor:
-            return False
-        # A scheduled retrain needs enough rows committed since the previous multiple: refitting
-        # a window that barely moved (an idle chain whose heartbeat makes empty blocks; a light
-        # load's blocks of a few txs) would only churn models, at ~0.15-1 s of CPU each. With
-        # few rows it waits for a slower multiple, and then needs only one row committed since
-        # the last training. Heights and the window only: nodes that trained alike so far go on
-        # training alike.
         need = min(self.cfg.retrain_min_rows, self.cfg.window_txs)
-        if self._rows_above(height - every) >= need:
-            return True
-        slow = every * RETRAIN_SLOW_FACTOR
-        return height % slow == 0 and self._rows_above(self._requested_at) > 0
+        if self._rows_above(height - every) < need:
+            slow = every * RETRAIN_SLOW_FACTOR
+            if height % slow or self._rows_above(self._requested_at) == 0:
+                return
+        slot_ms = self.cfg.retrain_slot_ms
+        slot = time_ms // slot_ms if slot_ms else None
+        if slot is not None and slot == self._due_slot:
+            return
+        self._due_height, self._due_slot = height, slot
 
     def _rows_above(self, height: int) -> int:
         """Rows of the window committed above ``height`` (the window is in height order)."""
@@ -364,7 +376,6 @@ class Detector:
     def train_snapshot(self) -> tuple[FloatArray, int]:
         """The training window as a matrix, and the seed of the last observed height."""
         self._requested_at = self._height
-        self._requested_ms = self._time_ms
         self._requested_rows = len(self._window)
         seed = training_seed(self._height)
         self._snapshot = WindowSpec(

@@ -257,12 +257,8 @@ def test_no_model_yields_unscored_verdicts() -> None:
 
 def test_training_is_deterministic_across_nodes_and_scheduled_by_height() -> None:
     a, b = (
-        Detector(
-            DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100, retrain_min_interval_ms=0)
-        ),
-        Detector(
-            DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100, retrain_min_interval_ms=0)
-        ),
+        Detector(DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100, retrain_slot_ms=0)),
+        Detector(DetectorConfig(retrain_every_blocks=20, retrain_min_rows=100, retrain_slot_ms=0)),
     )
     blocks = list(Traffic(7).ordinary_blocks(60))
     trained = []
@@ -507,7 +503,7 @@ def test_only_the_last_models_are_kept_for_deferred_reasons() -> None:
     cfg = DetectorConfig(
         retrain_every_blocks=10,
         retrain_min_rows=10,
-        retrain_min_interval_ms=0,
+        retrain_slot_ms=0,
         min_train_txs=50,
         warmup_txs=10**9,
     )

@@ -81,15 +81,15 @@ def test_a_multiple_with_rows_in_the_last_period_still_retrains() -> None:
     assert det.needs_training(50)
 
 
-def _trained_heights(min_rows: int, blocks: int, min_interval_ms: int = 0) -> list[int]:
+def _trained_heights(min_rows: int, blocks: int, slot_ms: int = 0) -> list[int]:
     """Heights that train over ``blocks`` blocks of 6 txs one second apart, retraining every 10
-    blocks (no chain-time floor unless ``min_interval_ms``)."""
+    blocks (no slots of chain time unless ``slot_ms``)."""
     traffic = Traffic(5)
     det = Detector(
         DetectorConfig(
             retrain_every_blocks=10,
             retrain_min_rows=min_rows,
-            retrain_min_interval_ms=min_interval_ms,
+            retrain_slot_ms=slot_ms,
             min_train_txs=50,
             warmup_txs=100,
         )
@@ -112,26 +112,82 @@ def test_a_period_with_few_rows_waits_for_the_slow_multiple() -> None:
     assert _trained_heights(60, 40) == [9, 10, 17, 20, 30, 40]
 
 
-def test_a_scheduled_retrain_waits_for_the_chain_time_floor() -> None:
-    """Under a heavy load every multiple has its rows; the floor (block time since the last
-    training's block) spaces the fits out. Blocks 1 s apart, a floor of 25 s: after the first and
-    the warm model (9, 17), a multiple of 10 retrains only 25 s of block time after the last."""
+def test_a_scheduled_retrain_comes_once_per_slot_of_chain_time() -> None:
+    """Under a heavy load every multiple has its rows; slots of chain time space the fits out.
+    Blocks 1 s apart from t0 = 1,700,000,000 s, a retrain every 10 blocks: with slots of 25 s
+    (block h in slot h // 25) the first multiple of each slot retrains (10, 30, 50, 80, 100)
+    besides the first and the warm model (9, 17); with slots of 30 s (t0 is 20 s into one,
+    block h in slot (20 + h) // 30) 10, 40, 70 and 100."""
     assert _trained_heights(60, 100) == [9, 10, 17, 20, 30, 40, 50, 60, 70, 80, 90, 100]
-    assert _trained_heights(60, 100, min_interval_ms=25_000) == [9, 17, 50, 80]
-    # The floor is met exactly at 30 s: 17 -> 50 is 33 s, 50 -> 80 is 30 s.
-    assert _trained_heights(60, 100, min_interval_ms=30_000) == [9, 17, 50, 80]
-    assert _trained_heights(60, 100, min_interval_ms=30_001) == [9, 17, 50, 90]
+    assert _trained_heights(60, 100, slot_ms=25_000) == [9, 10, 17, 30, 50, 80, 100]
+    assert _trained_heights(60, 100, slot_ms=30_000) == [9, 10, 17, 40, 70, 100]
 
 
-def test_the_floor_is_a_schedule_not_part_of_the_model() -> None:
-    """Two nodes with different floors that train on the same window name the same model; the
-    floor may be 0 (none) but not negative."""
+def _scheduled(det: Detector, blocks: list[FakeBlock], skip: int = -1) -> list[int]:
+    """Heights at which ``det`` is due over ``blocks``; it trains at each, but for ``skip``."""
+    due = []
+    for block in blocks:
+        det.observe_block(block)
+        h = block.header.height
+        if det.needs_training(h):
+            due.append(h)
+            if h != skip:
+                train_if_due(det, h)
+    return due
+
+
+def test_nodes_that_skipped_a_retrain_or_restarted_are_due_with_the_others() -> None:
+    """The schedule is the chain's: a node still fitting when a retrain falls due skips it, and a
+    restarted node replays only its window, yet both are due at the same heights as a node that
+    trained at every one from the start (the first model of a restarted node aside)."""
+    cfg = DetectorConfig(
+        retrain_every_blocks=10,
+        retrain_min_rows=60,
+        retrain_slot_ms=25_000,
+        min_train_txs=50,
+        warmup_txs=100,
+    )
+    blocks = list(Traffic(5).ordinary_blocks(200))
+    steady = _scheduled(Detector(cfg), blocks)
+    assert steady[:4] == [9, 10, 17, 30]
+    skipped = _scheduled(Detector(cfg), blocks, skip=30)
+    assert skipped == steady
+    restarted = Detector(cfg)
+    for block in blocks[99:130]:  # the replay of its window (height 100 to 130), no training
+        restarted.observe_block(block)
+    after = _scheduled(restarted, blocks[130:])
+    assert after[0] == 131  # its first model, at once
+    assert after[1:] == [h for h in steady if h > 131]
+    assert len(after) > 3
+
+
+def test_a_block_dated_far_ahead_does_not_stall_the_schedule() -> None:
+    """Block timestamps are the proposer's: a block at a multiple dated an hour ahead takes its
+    own slot, and the honest blocks after it are in new slots again, not an hour of none."""
+    cfg = DetectorConfig(
+        retrain_every_blocks=10,
+        retrain_min_rows=60,
+        retrain_slot_ms=25_000,
+        min_train_txs=50,
+        warmup_txs=100,
+    )
+    blocks = list(Traffic(5).ordinary_blocks(150))
+    at40 = blocks[39]
+    ahead = FakeBlock(FakeHeader(40, at40.header.timestamp_ms + 3_600_000), at40.txs)
+    due = _scheduled(Detector(cfg), [*blocks[:39], ahead, *blocks[40:]])
+    assert 40 in due
+    assert [h for h in due if h > 40] == [50, 80, 100, 130, 150]
+
+
+def test_the_slot_is_a_schedule_not_part_of_the_model() -> None:
+    """Two nodes with different slots that train on the same window name the same model; the
+    slot may be 0 (none) but not negative."""
     spec = WindowSpec(1, 1, 50, 300, 7)
-    assert model_id_of(spec, DetectorConfig(retrain_min_interval_ms=0)) == model_id_of(
-        spec, DetectorConfig(retrain_min_interval_ms=60_000)
+    assert model_id_of(spec, DetectorConfig(retrain_slot_ms=0)) == model_id_of(
+        spec, DetectorConfig(retrain_slot_ms=60_000)
     )
     assert model_id_of(spec, DetectorConfig()) != model_id_of(spec, DetectorConfig(n_trees=50))
-    with pytest.raises(ValueError, match="retrain_min_interval_ms: expected a non-negative"):
-        DetectorConfig(retrain_min_interval_ms=-1)
+    with pytest.raises(ValueError, match="retrain_slot_ms: expected a non-negative"):
+        DetectorConfig(retrain_slot_ms=-1)
     with pytest.raises(ValueError, match="retrain_every_blocks: expected a positive"):
         DetectorConfig(retrain_every_blocks=0)
