@@ -79,11 +79,16 @@ def encode(value: Any) -> bytes:
     return _ENCODER.encode(value)
 
 
-def encode_flat(value: dict[str, Any]) -> bytes:
+def encode_flat(value: Any) -> bytes:
     """:func:`encode` of a map of plain scalars (a ledger record made per tx): the same checks in
     one loop instead of a walk. Anything else goes through the walk, which says what is wrong."""
-    for item in value.values():
+    if type(value) is not dict or len(value) > MAX_MAP_ITEMS:
+        return encode(value)
+    for key, item in value.items():
         kind = type(item)
+        if type(key) is not str:
+            _check_tree(value)
+            break
         if kind is int:
             if not -(2**63) <= item <= U64_MAX:
                 raise CodecError("integer out of range")

@@ -542,7 +542,7 @@ class TxHistory:
             fanout = receivers
         else:
             novelty = 0.0 if paid else 1.0 if to in self._addresses else 2.0
-            receivers -= to in fan or to in extra
+            receivers -= to != b"" and (to in fan or to in extra)  # b"": an anchor's, never counted
             fanout = receivers + (not paid)
         median = acct.median if acct is not None else math.nan
         raw = (

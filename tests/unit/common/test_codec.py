@@ -143,10 +143,38 @@ def test_encode_flat_is_encode_for_maps_of_scalars(value: dict[str, object]) -> 
         ({"balance": -(2**63) - 1}, "integer out of range"),
         ({"balance": 1.5}, "type float has no canonical encoding"),
         ({"nested": [1, 2.0]}, "type float has no canonical encoding"),
+        ({1: 2}, "map key is not a string"),
+        ({"a": 1, b"k": 2**64}, "map key is not a string"),
+        ({str(i): i for i in range(1_001)}, "map too large"),
     ],
 )
-def test_encode_flat_refuses_what_encode_refuses(value: dict[str, object], reason: str) -> None:
+def test_encode_flat_refuses_what_encode_refuses(value: dict[object, object], reason: str) -> None:
     for encoder in (codec.encode, codec.encode_flat):
         with pytest.raises(CodecError) as caught:
             encoder(value)
         assert caught.value.reason == reason
+
+
+wild = st.recursive(
+    scalars | st.floats() | st.integers(min_value=-(2**70), max_value=2**70),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=4) | st.integers(0, 9) | st.binary(max_size=2), inner)
+    ),
+    max_leaves=12,
+)
+
+
+@given(wild)
+@settings(max_examples=400, deadline=None)
+def test_encode_flat_agrees_with_encode_on_any_tree(value: object) -> None:
+    """Any value a caller might pass, not only maps of scalars: the same bytes or the same error."""
+    try:
+        expected: bytes | str = codec.encode(value)
+    except CodecError as exc:
+        expected = exc.reason
+    try:
+        got: bytes | str = codec.encode_flat(value)
+    except CodecError as exc:
+        got = exc.reason
+    assert got == expected

@@ -14,6 +14,7 @@ def test_prints_the_cost_per_tx_of_admit_and_commit(capsys: pytest.CaptureFixtur
     assert bench_history.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["txs"], out["senders"], out["block"], out["rounds"]) == (300, 20, 50, 2)
+    assert out["receivers"] == 2_000
     assert out["admit_us_per_tx"] > 0
     assert out["observe_us_per_tx"] > 0
     # The best round of both together is at least the best of each alone.
