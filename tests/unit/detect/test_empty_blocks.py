@@ -123,6 +123,16 @@ def test_a_scheduled_retrain_comes_once_per_slot_of_chain_time() -> None:
     assert _trained_heights(60, 100, slot_ms=30_000) == [9, 10, 17, 40, 70, 100]
 
 
+# Every multiple of 10 blocks has its rows (6 txs a block): only the slots space the retrains.
+SLOTTED = DetectorConfig(
+    retrain_every_blocks=10,
+    retrain_min_rows=60,
+    retrain_slot_ms=25_000,
+    min_train_txs=50,
+    warmup_txs=100,
+)
+
+
 def _scheduled(det: Detector, blocks: list[FakeBlock], skip: int = -1) -> list[int]:
     """Heights at which ``det`` is due over ``blocks``; it trains at each, but for ``skip``."""
     due = []
@@ -140,13 +150,7 @@ def test_nodes_that_skipped_a_retrain_or_restarted_are_due_with_the_others() -> 
     """The schedule is the chain's: a node still fitting when a retrain falls due skips it, and a
     restarted node replays only its window, yet both are due at the same heights as a node that
     trained at every one from the start (the first model of a restarted node aside)."""
-    cfg = DetectorConfig(
-        retrain_every_blocks=10,
-        retrain_min_rows=60,
-        retrain_slot_ms=25_000,
-        min_train_txs=50,
-        warmup_txs=100,
-    )
+    cfg = SLOTTED
     blocks = list(Traffic(5).ordinary_blocks(200))
     steady = _scheduled(Detector(cfg), blocks)
     assert steady[:4] == [9, 10, 17, 30]
@@ -164,13 +168,7 @@ def test_nodes_that_skipped_a_retrain_or_restarted_are_due_with_the_others() -> 
 def test_a_block_dated_far_ahead_does_not_stall_the_schedule() -> None:
     """Block timestamps are the proposer's: a block at a multiple dated an hour ahead takes its
     own slot, and the honest blocks after it are in new slots again, not an hour of none."""
-    cfg = DetectorConfig(
-        retrain_every_blocks=10,
-        retrain_min_rows=60,
-        retrain_slot_ms=25_000,
-        min_train_txs=50,
-        warmup_txs=100,
-    )
+    cfg = SLOTTED
     blocks = list(Traffic(5).ordinary_blocks(150))
     at40 = blocks[39]
     ahead = FakeBlock(FakeHeader(40, at40.header.timestamp_ms + 3_600_000), at40.txs)
