@@ -60,15 +60,20 @@ def _retracted_without_return(h: Harness) -> m.ViewChange:
     return stale
 
 
+def _drops_of_new_view(r: Replica, stale: m.ViewChange) -> list[str]:
+    """Why ``r`` dropped anything when primary 1's NEW-VIEW(1) holding the VIEW-CHANGEs of 1, 2
+    and ``stale`` reached it (empty: it took the NEW-VIEW)."""
+    nv = signed(m.NewView(1, (view_change(1), view_change(2), stale), (), 1), 1)
+    return [a.reason for a in r.step(Received(1, nv)) if isinstance(a, Dropped)]
+
+
 def test_a_replica_enters_through_its_own_retracted_view_change_if_it_never_returned() -> None:
     h = Harness(blocks=2)
     stale = _retracted_without_return(h)
     r = h.replicas[3]
     assert (r.view, r.view_active) == (1, False)
     # Meanwhile the others moved to view 1 on a NEW-VIEW that holds 3's first VIEW-CHANGE.
-    nv = signed(m.NewView(1, (view_change(1), view_change(2), stale), (), 1), 1)
-    out = r.step(Received(1, nv))
-    assert not any(isinstance(a, Dropped) for a in out)
+    assert _drops_of_new_view(r, stale) == []
     assert (r.view, r.view_active) == (1, True)
 
 
@@ -80,14 +85,11 @@ def test_a_replica_that_returned_refuses_its_own_retracted_view_change() -> None
     _heal_and_report(h)
     r = h.replicas[3]
     assert (r.view, r.view_active) == (0, True)
-    nv = signed(m.NewView(1, (view_change(1), view_change(2), stale), (), 1), 1)
-    out = r.step(Received(1, nv))
-    assert [a.reason for a in out if isinstance(a, Dropped)] == ["retracted_view_change"]
+    assert _drops_of_new_view(r, stale) == ["retracted_view_change"]
     assert (r.view, r.view_active) == (0, True)
     # after a restart too (whether it returned is not on record: it assumes it did)
     again = Replica(config(3), random.Random(3), sorted(h.records[3].items()), len(h.commits[3]))
-    out = again.step(Received(1, nv))
-    assert [a.reason for a in out if isinstance(a, Dropped)] == ["retracted_view_change"]
+    assert _drops_of_new_view(again, stale) == ["retracted_view_change"]
 
 
 def test_the_next_primary_does_not_build_on_a_view_change_retracted_meanwhile() -> None:
@@ -165,9 +167,7 @@ def test_after_a_restart_it_still_knows_it_never_returned() -> None:
     stale = _retracted_without_return(h)
     again = Replica(config(3), random.Random(3), sorted(h.records[3].items()), len(h.commits[3]))
     assert (again.view, again.view_active) == (1, False)
-    nv = signed(m.NewView(1, (view_change(1), view_change(2), stale), (), 1), 1)
-    out = again.step(Received(1, nv))
-    assert not any(isinstance(a, Dropped) for a in out)
+    assert _drops_of_new_view(again, stale) == []
     assert (again.view, again.view_active) == (1, True)
 
 
@@ -179,7 +179,4 @@ def test_a_view_record_from_before_returned_assumes_the_replica_returned() -> No
     assert parse_view_record(view_record(1, False, 0, 2)) == ((1, False, 0), 2)
     records = [(KEY_VIEW, old), (b"retract/\x00\x03", codec.encode({"view": 0, "epoch": 0}))]
     r = Replica(config(3), random.Random(3), records)
-    stale = view_change(3)
-    nv = signed(m.NewView(1, (view_change(1), view_change(2), stale), (), 1), 1)
-    out = r.step(Received(1, nv))
-    assert [a.reason for a in out if isinstance(a, Dropped)] == ["retracted_view_change"]
+    assert _drops_of_new_view(r, view_change(3)) == ["retracted_view_change"]
