@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.crypto import SigningKey, verify
 from node.tools import devnet
 from node.tools.bench_stages import thread_stage_samples
 from node.tools.devnet import Cluster
@@ -27,6 +29,10 @@ from node.tools.devnet import Cluster
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 PROFILE_RATE_HZ = 97  # py-spy samples per second (prime: no lock-step with 50 ms ticks)
+SPEED_CHECKS = 1_000  # Ed25519 checks timed before and after the load (60-150 ms of CPU each)
+SPEED_WARM_UP = 20  # checks run first, untimed
+SPEED_DOMAIN = b"vigil/bench/speed"
+SPEED_MESSAGE_BYTES = 192  # a transfer's encoded size (scripts/bench_core ``tx_bytes``)
 
 
 def _stat(path: Path) -> tuple[int, float] | None:
@@ -126,6 +132,29 @@ def lag_p99_ms(before: Scrape | None, after: Scrape | None) -> float | None:
     return None
 
 
+def verify_cpu_us(checks: int = SPEED_CHECKS) -> float:
+    """This thread's CPU microseconds per Ed25519 check (the validators' rule, common/crypto.py,
+    on messages of a transfer's size): how fast the machine's cores run right now.
+
+    The host under this bench is shared: in one hour the same check took 60 to 150 us of CPU
+    (docs/performance.md, stop 26), and every figure of a run moves with it. A run reports this
+    before and after its load, so two runs can be compared by the machine they had. Raises if a
+    valid signature fails to check: a broken rule must not pass for a fast machine.
+    """
+    key = SigningKey(b"\x5a" * 32)
+    messages = [i.to_bytes(4, "big") * (SPEED_MESSAGE_BYTES // 4) for i in range(checks)]
+    signed = [(m, key.sign(SPEED_DOMAIN, m)) for m in messages]
+    public_key = key.public_key
+    for m, sig in signed[:SPEED_WARM_UP]:  # caches and branch predictors warm, not timed
+        verify(public_key, SPEED_DOMAIN, m, sig)
+    start = time.thread_time()
+    ok = sum(verify(public_key, SPEED_DOMAIN, m, sig) for m, sig in signed)
+    used_s = time.thread_time() - start
+    if ok != checks:
+        raise RuntimeError(f"{checks - ok} of {checks} valid signatures failed to check")
+    return round(used_s * 1e6 / checks, 1)
+
+
 class Probe:
     """Per-node readings taken at the start and the end of the load phase."""
 
@@ -142,6 +171,7 @@ class Probe:
         self.threads1: list[dict[int, float] | None] = []
         self.children0: list[dict[int, float]] = []
         self.children1: list[dict[int, float]] = []
+        self.verify_us: list[float] = []  # ``verify_cpu_us`` before and after the load
 
     async def _scrape_all(self, s: aiohttp.ClientSession) -> list[Scrape | None]:
         return list(
@@ -149,6 +179,7 @@ class Probe:
         )
 
     async def start(self, s: aiohttp.ClientSession) -> None:
+        self.verify_us = [verify_cpu_us()]  # before the bench's own CPU is read: not counted
         self.scr0 = await self._scrape_all(s)
         self.cpu0 = [cpu_s(p) if p else None for p in self.pids]
         self.threads0 = [thread_cpu_s(p) if p else None for p in self.pids]
@@ -161,6 +192,7 @@ class Probe:
         self.children1 = [children_cpu_s(p) if p else {} for p in self.pids]
         self.self_cpu1 = _self_cpu_s()
         self.scr1 = await self._scrape_all(s)
+        self.verify_us.append(verify_cpu_us())
 
     def process_cpu_s(self) -> list[float | None]:
         """Each node process's own CPU seconds over the run (all its threads)."""
@@ -222,6 +254,7 @@ class Probe:
                 lag_p99_ms(a, b) for a, b in zip(self.scr0, self.scr1, strict=True)
             ],
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "verify_cpu_us": self.verify_us,
         }
 
 

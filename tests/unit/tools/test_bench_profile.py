@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from node.tools.bench_probe import children_cpu_s, profile_table, thread_cpu_s
 from node.tools.bench_stages import thread_stage_samples
 
@@ -96,3 +98,30 @@ def test_a_child_process_is_found_with_its_cpu() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_speed_probe_times_the_cpu_of_each_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``verify_cpu_us``: this thread's CPU per check, the product's rule checked for real."""
+    from node.tools import bench_probe
+
+    assert 1.0 < bench_probe.verify_cpu_us(50) < 100_000.0  # real Ed25519 checks
+
+    def dear_check(*args: object) -> bool:  # burns ~300 us of this thread's CPU, then agrees
+        until = time.thread_time() + 300e-6
+        while time.thread_time() < until:
+            pass
+        return True
+
+    monkeypatch.setattr(bench_probe, "verify", dear_check)
+    assert 300.0 <= bench_probe.verify_cpu_us(20) < 5_000.0
+
+
+def test_the_speed_probe_refuses_a_rule_that_fails_valid_signatures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from node.tools import bench_probe
+
+    calls = iter(range(1_000))
+    monkeypatch.setattr(bench_probe, "verify", lambda *a: next(calls) != 3)
+    with pytest.raises(RuntimeError, match="1 of 10 valid signatures failed"):
+        bench_probe.verify_cpu_us(10)
