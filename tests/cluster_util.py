@@ -11,7 +11,10 @@ blindly. Other helpers' e2e tests reuse this module.
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,22 @@ from node.tools.client import Client, ClientError, RpcError
 from node.tools.devnet import Cluster, Ports
 
 DEADLINE_S = 60.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_json(argv: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run a tool of the repo (``argv`` after this Python) from the repo's root; the one JSON
+    object it printed last (scripts/bench, scripts/bench_core)."""
+    done = subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=True,
+    )
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def free_ports(count: int) -> list[int]:

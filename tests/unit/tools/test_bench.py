@@ -127,19 +127,9 @@ def test_a_released_burst_is_never_split_over_two_calls() -> None:
 
 def test_bench_core_runs_and_prints_its_figures() -> None:
     """scripts/bench_core as shipped (it had fallen behind build_block's signature unnoticed)."""
-    import json
-    import subprocess
-    import sys
+    from tests.cluster_util import run_json
 
-    root = Path(__file__).resolve().parents[3]
-    done = subprocess.run(
-        [sys.executable, str(root / "scripts" / "bench_core"), "--txs", "20", "--blocks", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = run_json(["scripts/bench_core", "--txs", "20", "--blocks", "1"], timeout_s=300)
     assert figures["txs"] == 20
     assert figures["blocks"] == 1
     for key in ("encode_us", "decode_us", "verify_us", "execute_1000_tx_block_ms"):
