@@ -433,6 +433,8 @@ class Bench:
             # The schedule is the txs' arrival at their wallets; a wallet sends what it may
             # (released txs of its own first), the rest waits in it.
             due = t0 + (sent_txs * self.args.clients + n * group) / rate
+            if due >= deadline:
+                break  # due when the load phase ends: not part of it (rate x duration at most)
             sent_txs += len(fresh)
             delay = due - time.monotonic()
             if delay > 0:

@@ -217,3 +217,43 @@ def test_a_tx_whose_call_timed_out_is_sent_again_not_rejected(
     assert b.rejected == 0
     assert sorted(b.sent_at) == ["0x00", "0x01"]  # both taken: their commits are waited for
     assert (len(b.timed_out), b.timeouts_taken) == (1, 1)
+
+
+def test_the_open_loop_sends_at_most_rate_times_duration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tx due when the load phase ends is not part of it. A client's next tx used to go out
+    whenever the loop woke before the deadline, so a timer that fired a little early sent one
+    more (CI: 201 of 50 x 4). Here every sleep returns at once: the loop is always early."""
+    import argparse
+    import asyncio
+    import time
+
+    from node.tools import bench
+    from node.tools.devnet import Cluster
+
+    rate, duration_s, clients = 400.0, 0.5, 4
+    cluster = Cluster(root=Path("/nonexistent"), n=4, ports=(), admin_token="")
+    b = bench.Bench(cluster, argparse.Namespace(clients=clients))
+    sent: list[Any] = []
+
+    async def fake_send(s: object, node: int, batch: list[Any]) -> None:
+        sent.extend(batch)
+
+    real_sleep = asyncio.sleep
+
+    async def early_sleep(delay: float) -> None:
+        await real_sleep(0)
+
+    monkeypatch.setattr(b, "_send", fake_send)
+    monkeypatch.setattr(bench.asyncio, "sleep", early_sleep)
+    txs = [(f"raw{i}", f"0x{i:04x}", f"w{i}") for i in range(1_000)]  # one wallet each
+    queue = [txs[i : i + 100] for i in range(0, len(txs), 100)]
+
+    async def load() -> None:
+        t0 = time.monotonic()
+        deadline = t0 + duration_s
+        session: Any = None  # never used: sending is the fake
+        await asyncio.gather(*(b._client(session, n, queue, rate, t0, deadline) for n in range(4)))
+
+    asyncio.run(load())
+    assert len(sent) == rate * duration_s  # every tx due before the deadline, and no other
+    assert len({tx[1] for tx in sent}) == len(sent)
