@@ -244,7 +244,7 @@ def test_the_open_loop_sends_at_most_rate_times_duration(monkeypatch: pytest.Mon
         await real_sleep(0)
 
     monkeypatch.setattr(b, "_send", fake_send)
-    monkeypatch.setattr(bench.asyncio, "sleep", early_sleep)
+    monkeypatch.setattr(asyncio, "sleep", early_sleep)  # the bench's too: one module
     txs = [(f"raw{i}", f"0x{i:04x}", f"w{i}") for i in range(1_000)]  # one wallet each
     queue = [txs[i : i + 100] for i in range(0, len(txs), 100)]
 
