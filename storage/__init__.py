@@ -1,5 +1,5 @@
-"""LevelDB storage: key layout and atomic per-block batches. Keys and bytes only; imports plyvel and
-stdlib.
+"""LevelDB storage: key layout (two databases) and atomic per-block commits. Keys and bytes only;
+imports plyvel and stdlib.
 """
 
 from storage.db import StorageError, Store

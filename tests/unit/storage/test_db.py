@@ -216,3 +216,168 @@ def test_writes_up_to_the_write_buffer_make_no_table_file(tmp_path: Path) -> Non
         assert not list(path.glob("*.ldb"))
     with Store(str(path)) as s:
         assert s.meta_get((count - 1).to_bytes(4, "big")) == value
+
+
+def _raw_keys(path: Path, prefix: bytes) -> list[bytes]:
+    import plyvel
+
+    db = plyvel.DB(str(path))
+    try:
+        return list(db.iterator(prefix=prefix, include_value=False))
+    finally:
+        db.close()
+
+
+def test_blocks_live_in_their_own_leveldb(tmp_path: Path) -> None:
+    # Blocks and certificates go to blocks/ (storage/db.py BLOCKS_DIR): in the state's keyspace,
+    # among hash-keyed entries, LevelDB rewrote them at every merge.
+    path = tmp_path / "db"
+    with Store(str(path)) as s:
+        for h in (1, 2):
+            _commit(s, h)
+    assert _raw_keys(path, b"b") == []
+    assert _raw_keys(path, b"c") == []
+    assert _raw_keys(path, b"H") == [b"H" + _h(1, b"B"), b"H" + _h(2, b"B")]
+    # Height first: a block and its certificate sort together, and new heights after old ones.
+    assert _raw_keys(path / "blocks", b"") == [
+        h.to_bytes(8, "big") + kind for h in (1, 2) for kind in (b"b", b"c")
+    ]
+
+
+def test_a_block_above_the_head_is_never_read_and_is_overwritten(tmp_path: Path) -> None:
+    # A crash between commit_block's two writes leaves the block and its certificate in blocks/
+    # without the head and the state that go with them.
+    import plyvel
+
+    path = tmp_path / "db"
+    with Store(str(path)) as s:
+        for h in (1, 2, 3):
+            _commit(s, h)
+    orphan = plyvel.DB(str(path / "blocks"))
+    orphan.put((4).to_bytes(8, "big") + b"b", b"orphan4")
+    orphan.put((4).to_bytes(8, "big") + b"c", b"orphancert4")
+    orphan.close()
+    with Store(str(path)) as s:
+        assert s.head() == (3, _h(3, b"B"))
+        assert s.get_block(4) is None
+        assert s.get_certificate(4) is None
+        assert [h for h, _, _ in s.blocks(1, 10)] == [1, 2, 3]
+        _commit(s, 4)
+        assert s.get_block(4) == b"block4"
+        assert s.get_certificate(4) == b"cert4"
+        assert list(s.blocks(4, 4)) == [(4, b"block4", b"cert4")]
+
+
+def _format_1(path: Path, heights: int) -> None:
+    """A store as format 1 wrote it: blocks and certificates among the state's keys."""
+    import plyvel
+
+    db = plyvel.DB(str(path), create_if_missing=True)
+    db.put(b"V", b"1")
+    for h in range(1, heights + 1):
+        db.put(b"b" + h.to_bytes(8, "big"), b"block%d" % h)
+        db.put(b"c" + h.to_bytes(8, "big"), b"cert%d" % h)
+        db.put(b"H" + _h(h, b"B"), h.to_bytes(8, "big"))
+    db.put(b"h", heights.to_bytes(8, "big") + _h(heights, b"B"))
+    db.close()
+
+
+@pytest.mark.parametrize("copied_before", [0, 1700])
+def test_a_format_1_store_moves_its_blocks_on_open(tmp_path: Path, copied_before: int) -> None:
+    # copied_before: a previous open copied that many blocks into blocks/ and was killed before
+    # the batch that deletes the originals and sets the version (MIGRATE_BATCH_KEYS is 1,000).
+    import plyvel
+
+    path = tmp_path / "db"
+    _format_1(path, 2500)
+    if copied_before:
+        part = plyvel.DB(str(path / "blocks"), create_if_missing=True)
+        for h in range(1, copied_before + 1):
+            part.put(h.to_bytes(8, "big") + b"b", b"block%d" % h)
+        part.close()
+    with Store(str(path)) as s:
+        assert s.head() == (2500, _h(2500, b"B"))
+        assert s.get_block(1) == b"block1"
+        assert s.get_certificate(2500) == b"cert2500"
+        assert [h for h, _, _ in s.blocks(1, 3000)] == list(range(1, 2501))
+        assert s.height_of(_h(7, b"B")) == 7
+        _commit(s, 2501)
+    assert _raw_keys(path, b"b") == []
+    assert _raw_keys(path, b"c") == []
+    db = plyvel.DB(str(path))
+    assert db.get(b"V") == b"2"
+    db.close()
+    with Store(str(path)) as s:
+        assert list(s.blocks(2499, 2501)) == [
+            (2499, b"block2499", b"cert2499"),
+            (2500, b"block2500", b"cert2500"),
+            (2501, b"block2501", b"cert2501"),
+        ]
+
+
+def test_an_unknown_format_version_is_refused(tmp_path: Path) -> None:
+    import plyvel
+
+    path = tmp_path / "db"
+    db = plyvel.DB(str(path), create_if_missing=True)
+    db.put(b"V", b"9")
+    db.close()
+    with pytest.raises(StorageError, match="unsupported format version"):
+        Store(str(path))
+    assert not (path / "blocks").exists()
+
+
+def test_a_snapshot_copies_blocks_up_to_its_head(tmp_path: Path) -> None:
+    import plyvel
+
+    path = tmp_path / "db"
+    with Store(str(path)) as s:
+        for h in (1, 2, 3):
+            _commit(s, h)
+    orphan = plyvel.DB(str(path / "blocks"))
+    orphan.put((4).to_bytes(8, "big") + b"b", b"orphan4")
+    orphan.close()
+    with Store(str(path)) as s:
+        keys = s.snapshot_to(str(tmp_path / "copy"))
+    with Store(str(tmp_path / "copy")) as c:
+        assert c.head() == (3, _h(3, b"B"))
+        assert list(c.blocks(1, 9)) == [(h, b"block%d" % h, b"cert%d" % h) for h in (1, 2, 3)]
+        assert c.get_receipt(_h(31, b"T")) == b"receipt3.1"
+    assert _raw_keys(tmp_path / "copy" / "blocks", b"") == [
+        h.to_bytes(8, "big") + kind for h in (1, 2, 3) for kind in (b"b", b"c")
+    ]
+    # V, h, per block: H, 2 t, 2 r, 1 a, 1 n (the meta key is overwritten), then b and c.
+    assert keys == 2 + 3 * 7 + 1 + 3 * 2
+
+
+def test_tables_of_new_blocks_are_never_merged(tmp_path: Path) -> None:
+    # ~25 MiB of blocks fill blocks/'s 4 MiB memtable six times. Keyed height first, each table
+    # overlaps none before it and LevelDB places it without a merge (its LOG says "Compacting"
+    # for a merge); keyed kind first (b"b" + height, b"c" + height) the tables overlapped and
+    # were merged as soon as four of them waited in level 0.
+    import os
+
+    path = tmp_path / "db"
+    block = os.urandom(64 * 1024)  # incompressible, as signed txs are
+    with Store(str(path), sync=False) as s:
+        for height in range(1, 401):
+            s.commit_block(height, _h(height, b"B"), block, b"cert", [], {}, {})
+        assert s.get_block(1) == block
+    log = (path / "blocks" / "LOG").read_text()
+    assert "Level-0 table" in log  # the memtable was written out
+    assert "Compacting" not in log
+    with Store(str(path)) as s:
+        assert [h for h, _, _ in s.blocks(395, 500)] == [395, 396, 397, 398, 399, 400]
+
+
+def test_a_directory_without_its_blocks_is_refused(tmp_path: Path) -> None:
+    # A copy of the data directory that left out blocks/ would serve a chain without blocks.
+    import shutil
+
+    path = tmp_path / "db"
+    with Store(str(path)) as s:
+        _commit(s, 1)
+    shutil.rmtree(path / "blocks")
+    with pytest.raises(StorageError, match="head block 1 is missing from blocks/") as err:
+        Store(str(path))
+    assert str(path) in str(err.value)
