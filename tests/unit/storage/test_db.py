@@ -244,12 +244,11 @@ def test_blocks_live_in_their_own_leveldb(tmp_path: Path) -> None:
     ]
 
 
-def test_a_block_above_the_head_is_never_read_and_is_overwritten(tmp_path: Path) -> None:
-    # A crash between commit_block's two writes leaves the block and its certificate in blocks/
-    # without the head and the state that go with them.
+def _three_blocks_and_an_orphan(path: Path) -> None:
+    """Heights 1-3 committed, and block 4 with its certificate in blocks/ only: what a crash
+    between commit_block's two writes leaves (without the head and the state that go with it)."""
     import plyvel
 
-    path = tmp_path / "db"
     with Store(str(path)) as s:
         for h in (1, 2, 3):
             _commit(s, h)
@@ -257,6 +256,11 @@ def test_a_block_above_the_head_is_never_read_and_is_overwritten(tmp_path: Path)
     orphan.put((4).to_bytes(8, "big") + b"b", b"orphan4")
     orphan.put((4).to_bytes(8, "big") + b"c", b"orphancert4")
     orphan.close()
+
+
+def test_a_block_above_the_head_is_never_read_and_is_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    _three_blocks_and_an_orphan(path)
     with Store(str(path)) as s:
         assert s.head() == (3, _h(3, b"B"))
         assert s.get_block(4) is None
@@ -328,15 +332,8 @@ def test_an_unknown_format_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_snapshot_copies_blocks_up_to_its_head(tmp_path: Path) -> None:
-    import plyvel
-
     path = tmp_path / "db"
-    with Store(str(path)) as s:
-        for h in (1, 2, 3):
-            _commit(s, h)
-    orphan = plyvel.DB(str(path / "blocks"))
-    orphan.put((4).to_bytes(8, "big") + b"b", b"orphan4")
-    orphan.close()
+    _three_blocks_and_an_orphan(path)
     with Store(str(path)) as s:
         keys = s.snapshot_to(str(tmp_path / "copy"))
     with Store(str(tmp_path / "copy")) as c:
