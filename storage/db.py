@@ -85,10 +85,6 @@ def _why(exc: BaseException) -> str:
     return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
 
 
-def _height_key(prefix: bytes, height: int) -> bytes:
-    return prefix + struct.pack(">Q", height)
-
-
 def _block_key(height: int, kind: bytes) -> bytes:
     """A key of blocks/: the height first, so that a block and its certificate sort together
     and a table of new heights overlaps no table of older ones (with the kind first, the
@@ -119,16 +115,18 @@ def _open(path: str, bloom_bits: int, write_buffer: int) -> plyvel.DB:
         raise StorageError(f"{path}: cannot open database: {_why(exc)}") from None
 
 
-def _copy(items: Iterator[tuple[bytes, bytes]], out: plyvel.DB, batch_keys: int) -> int:
+def _copy(
+    items: Iterator[tuple[bytes, bytes]], out: plyvel.DB, batch_keys: int, sync: bool = False
+) -> int:
     """Put every (key, value) into ``out``, ``batch_keys`` a batch; returns how many."""
     count = 0
-    wb = out.write_batch()
+    wb = out.write_batch(sync=sync)
     for key, value in items:
         wb.put(key, value)
         count += 1
         if count % batch_keys == 0:
             wb.write()
-            wb = out.write_batch()
+            wb = out.write_batch(sync=sync)
     wb.write()
     return count
 
@@ -191,22 +189,18 @@ class Store:
         version, so a crash at any point leaves either format 1 with (some) copies, which the
         next open moves again, or format 2 complete.
         """
-        keys: list[bytes] = []
         try:
             with self._db.snapshot() as snap:
                 for prefix in (_BLOCK, _CERT):
-                    wb = self._blocks.write_batch(sync=True)
-                    for n, (key, value) in enumerate(snap.iterator(prefix=prefix), 1):
-                        wb.put(key[1:] + prefix, value)
-                        keys.append(key)
-                        if n % MIGRATE_BATCH_KEYS == 0:
-                            wb.write()
-                            wb = self._blocks.write_batch(sync=True)
-                    wb.write()
-            with self._db.write_batch(transaction=True, sync=True) as wb:
-                for key in keys:
-                    wb.delete(key)
-                wb.put(_VERSION, FORMAT_VERSION)
+                    moved = (
+                        (key[1:] + prefix, value) for key, value in snap.iterator(prefix=prefix)
+                    )
+                    _copy(moved, self._blocks, MIGRATE_BATCH_KEYS, sync=True)
+                with self._db.write_batch(transaction=True, sync=True) as wb:
+                    for prefix in (_BLOCK, _CERT):
+                        for key in snap.iterator(prefix=prefix, include_value=False):
+                            wb.delete(key)
+                    wb.put(_VERSION, FORMAT_VERSION)
         except plyvel.Error as exc:
             raise StorageError(
                 f"{self.path}: moving blocks to format 2 failed: {_why(exc)}"
