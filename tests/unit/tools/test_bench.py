@@ -26,6 +26,38 @@ def test_bench_skips_nodes_marked_down() -> None:
     assert b._live(0) is None
 
 
+def test_the_drain_waits_for_txs_whose_commit_is_not_yet_seen_at_their_entry_node() -> None:
+    import argparse
+
+    from node.tools.bench import Bench
+    from node.tools.devnet import Cluster
+
+    cluster = Cluster(root=Path("/nonexistent"), n=2, ports=(), admin_token="")
+    b = Bench(cluster, argparse.Namespace())
+    b.feed_live = [True, False]
+    for h, node, height in (
+        ("a", 0, 5),  # in block 5, which node 0 announced: seen
+        ("b", 0, 6),  # in block 6, not announced by node 0 yet
+        ("c", 0, None),  # no block known yet
+        ("d", 1, 6),  # node 1's feed is down: its block being known is enough
+        ("e", 1, None),
+    ):
+        b.sent_at[h] = 0.0
+        b.entry[h] = node
+        if height is not None:
+            b.height_of[h] = height
+    b.announced[0][5] = 1.0
+    b.announced[1][6] = 1.0  # another node's announcement does not count for "b"
+    waiting = b._unseen(b.sent_at)
+    assert waiting == ["b", "c", "e"]
+    b.announced[0][6] = 2.0
+    b.height_of["e"] = 7
+    # The next pass looks only at what still waited, and drops what is now seen.
+    assert b._unseen(waiting) == ["c"]
+    b.height_of["c"] = 6
+    assert b._unseen(["c"]) == []
+
+
 def test_a_wallet_keeps_its_later_txs_back_until_its_earlier_one_is_settled() -> None:
     from node.tools.bench import Wallets
 
