@@ -349,11 +349,13 @@ class Bench:
 
         A tx is quarantined only at its entry node and waits behind a held one everywhere, so
         every node is asked; the most specific answer wins (quarantined > waiting > rejected >
-        pending > unknown). Capped, so a huge backlog does not keep the bench running.
+        pending > unknown); a rejected tx counts under its reason (``rejected:nonce_gap``).
+        Capped, so a huge backlog does not keep the bench running.
         """
         rank = {s: n for n, s in enumerate(("unknown", "pending", "rejected", "waiting"))}
         rank["quarantined"] = len(rank)
         best = dict.fromkeys(missing[:CLASSIFY_TXS_MAX], "unknown")
+        why: dict[str, str] = {}  # a rejected tx's reason (``tx_get``), to tell what dropped it
         for node in range(self.c.n):
             client = AsyncClient(self.c.rpc_url(node), session=s)
             todo = [h for h, st in best.items() if st != "quarantined"]
@@ -367,9 +369,12 @@ class Bench:
                     status = a.get("status") if isinstance(a, dict) else None
                     if isinstance(status, str) and rank.get(status, -1) > rank[best[h]]:
                         best[h] = status
+                        if status == "rejected":
+                            why[h] = str(a.get("reason") or "?")
         counts: dict[str, int] = {}
-        for status in best.values():
-            counts[status] = counts.get(status, 0) + 1
+        for h, status in best.items():
+            key = f"rejected:{why.get(h, '?')}" if status == "rejected" else status
+            counts[key] = counts.get(key, 0) + 1
         if len(missing) > CLASSIFY_TXS_MAX:
             counts["not_asked"] = len(missing) - CLASSIFY_TXS_MAX
         return dict(sorted(counts.items()))

@@ -216,6 +216,26 @@ def test_rejected_txs_are_counted_by_the_error_that_refused_them(
     assert sorted(b.sent_at) == ["0x01", "0x03"]
 
 
+def test_txs_left_uncommitted_are_counted_by_status_and_a_rejection_by_its_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One node (``_answered_bench``): each missing tx's ``tx_get`` status; a rejected one counts
+    under its reason, so a stranded tx in a run says what dropped it."""
+    import asyncio
+
+    answers: list[object] = [
+        {"hash": "0x01", "status": "rejected", "reason": "nonce_gap"},
+        {"hash": "0x02", "status": "quarantined"},
+        {"hash": "0x03", "status": "rejected", "reason": "nonce_gap"},
+        {"hash": "0x04", "status": "pending"},
+        {"hash": "0x05", "status": "rejected"},
+    ]
+    b = _answered_bench(monkeypatch, [answers])
+    session: Any = None  # never used: the batch call is the fake
+    counts = asyncio.run(b._classify(session, ["0x01", "0x02", "0x03", "0x04", "0x05"]))
+    assert counts == {"pending": 1, "quarantined": 1, "rejected:?": 1, "rejected:nonce_gap": 2}
+
+
 def test_a_tx_whose_call_timed_out_is_sent_again_not_rejected(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
