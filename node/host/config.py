@@ -84,6 +84,8 @@ class NodeConfig:
     # [block]
     block_txs_max: int = 2000
     block_interval_ms: int = 25  # least time between two proposals (docs/config.md)
+    # ... stretched up to this while blocks are small and take longer to commit (driver.py Pace)
+    block_interval_max_ms: int = 100
     block_empty_interval_ms: int = 0  # heartbeat of empty blocks on an idle chain; 0: off
     # [catchup]
     catchup_batch_blocks: int = 64
@@ -243,6 +245,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[Path], _Parser]]]] = {
     "block": {
         "txs_max": ("block_txs_max", lambda b: _int(1, 4096)),
         "interval_ms": ("block_interval_ms", lambda b: _int(0, 60_000)),
+        "interval_max_ms": ("block_interval_max_ms", lambda b: _int(0, 60_000)),
         "empty_interval_ms": ("block_empty_interval_ms", lambda b: _off_or(100, 3_600_000)),
     },
     "catchup": {

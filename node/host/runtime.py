@@ -395,6 +395,7 @@ class Node:
                 txs=txs,
                 inbox=inbox,
                 block_interval_ms=cfg.block_interval_ms,
+                block_interval_max_ms=cfg.block_interval_max_ms,
                 block_txs_max=cfg.block_txs_max,
                 flush_gossip=self.gossip.flush,
             ),

@@ -95,8 +95,10 @@ class Head:
     def __init__(self, height: Callable[[], int]) -> None:
         self.height = height
         self._changed = asyncio.Event()
+        self.advanced_s = -math.inf  # time.monotonic() of the last advance (the proposer's pace)
 
     def advanced(self) -> None:
+        self.advanced_s = time.monotonic()
         self._changed.set()
         self._changed = asyncio.Event()
 

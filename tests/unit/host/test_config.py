@@ -38,6 +38,15 @@ def test_config_block_empty_interval_ms_refuses_other_values(value: object) -> N
         parse_config({**BASE, "block": {"empty_interval_ms": value}}, Path("/"))
 
 
+def test_config_block_interval_max_ms_defaults_to_100_and_refuses_what_is_not_a_duration() -> None:
+    assert parse_config(BASE, Path("/")).block_interval_max_ms == 100
+    cfg = parse_config({**BASE, "block": {"interval_max_ms": 25}}, Path("/"))
+    assert cfg.block_interval_max_ms == 25
+    for bad in (-1, 60_001, True, "100", 0.5):
+        with pytest.raises(ConfigError, match=r"block\.interval_max_ms: expected an integer"):
+            parse_config({**BASE, "block": {"interval_max_ms": bad}}, Path("/"))
+
+
 @pytest.mark.parametrize(
     ("data", "key"),
     [
