@@ -337,11 +337,11 @@ class Pace:
     in flight; where four validators share two slow cores that per-block work queues behind
     itself, each round takes longer, and the txs wait longer for blocks that come more often.
     Leaving about one round between proposals lets the txs that arrive meanwhile share the next
-    block: measured at 100 tx/s on such a machine, 25 ms gave 23 blocks a second and a p50 of
-    240-245 ms, 100 ms 6.5 blocks and 107-115 ms. Where a round is shorter than ``interval_ms``
-    (idle cores), nothing changes. With ``STRETCH_TXS_MAX`` or more txs waiting the floor
-    applies: blocks are big, their cost is spread over many txs, and throughput needs the
-    pipeline. Pure: times come in as values (``time.monotonic()`` seconds).
+    block: measured at 100 tx/s on such a machine, 25 ms gave ~20 blocks a second and a p50
+    of 240-245 ms, 100 ms less than half as many blocks and 107-115 ms. Where a round is
+    shorter than ``interval_ms`` (idle cores), nothing changes. With ``STRETCH_TXS_MAX`` or
+    more txs waiting the floor applies: blocks are big, their cost is spread over many txs, and
+    throughput needs the pipeline. Pure: times come in as values (``time.monotonic()`` seconds).
     """
 
     STRETCH_TXS_MAX = 256
@@ -360,7 +360,11 @@ class Pace:
             del self._proposed[min(self._proposed)]
 
     def committed(self, height: int, at_s: float) -> None:
-        """The chain reached ``height`` at ``at_s``: a round time for each own proposal below."""
+        """The chain reached ``height`` at ``at_s``: a round time for each own proposal below.
+
+        Asked when the proposer next looks, with the time of the latest advance: when several
+        blocks committed since, the earlier ones are timed as late as the last (an upper bound).
+        """
         for seq in sorted(s for s in self._proposed if s <= height):
             sample = max(0.0, at_s - self._proposed.pop(seq))
             self.round_s += self.WEIGHT * (sample - self.round_s)
@@ -394,7 +398,7 @@ class Proposer:
         block_interval_ms: int,
         block_txs_max: int,
         flush_gossip: Callable[[], None],
-        block_interval_max_ms: int = 0,
+        block_interval_max_ms: int,
     ) -> None:
         self.replica = replica
         self.proposals = proposals
