@@ -92,7 +92,7 @@ def _block_key(height: int, kind: bytes) -> bytes:
     return struct.pack(">Q", height) + kind
 
 
-def _open(path: str, bloom_bits: int, write_buffer: int) -> plyvel.DB:
+def _open(path: str, bloom_bits: int, write_buffer: int, compress: bool = True) -> plyvel.DB:
     """One LevelDB, its open errors as StorageError naming the directory."""
     try:
         return plyvel.DB(
@@ -101,6 +101,7 @@ def _open(path: str, bloom_bits: int, write_buffer: int) -> plyvel.DB:
             paranoid_checks=True,
             bloom_filter_bits=bloom_bits,
             write_buffer_size=write_buffer,
+            compression="snappy" if compress else None,
         )
     except plyvel.CorruptionError as exc:
         raise StorageError(f"{path}: database is corrupt: {_why(exc)}") from None
@@ -135,7 +136,10 @@ class Store:
     """One data directory (two LevelDBs). Methods are safe to call from worker threads (plyvel
     is; ``commit_block`` is serialised)."""
 
-    def __init__(self, path: str, sync: bool = True) -> None:
+    def __init__(self, path: str, sync: bool = True, compress_state: bool = True) -> None:
+        """``compress_state=False`` writes the state's tables without snappy (blocks/ keeps it):
+        a measurement switch for ``scripts/bench_storage`` (docs/performance.md, stop 31), not a
+        node setting. Tables already written stay readable either way."""
         self.path = os.fspath(path)
         self.sync = sync
         self._lock = threading.Lock()  # serialises commit_block's read-check-write of the head
@@ -149,7 +153,7 @@ class Store:
         # hot path are misses (is this tx already committed? asked per admitted and per
         # validated tx), and a miss then skips a block read per level: 18 -> 9 us a miss on a
         # 150,000-tx store here. Tables written before keep working without one.
-        self._db = _open(self.path, BLOOM_BITS_PER_KEY, WRITE_BUFFER_BYTES)
+        self._db = _open(self.path, BLOOM_BITS_PER_KEY, WRITE_BUFFER_BYTES, compress_state)
         try:
             version = self._db.get(_VERSION)
             if version is None:
