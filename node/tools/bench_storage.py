@@ -1,12 +1,12 @@
 """What a validator's durable writes cost per tx (``scripts/bench_storage``).
 
 Replays into a fresh store what a validator writes for each block of a loaded chain: the
-consensus log's slot record as the PRE-PREPARE is accepted (with the proposal's tx bodies as
-metadata), when prepared and when committed, then the block itself (``commit_block``: block
-and certificate, tx index, receipts, accounts, deleting the bodies), and the slot's deletion a
-few blocks later. The records have the shape and size of the node's (consensus/log.py
-``Slot.record``); the txs are signed transfers from many senders, and the receipts and
-accounts come from executing each block. Writes are synced, as the node's are.
+consensus log's slot record (consensus/log.py ``Slot.record``, the node's own) as the
+PRE-PREPARE is accepted (with the proposal's tx bodies as metadata), once prepared and once
+committed; then the block itself (``commit_block``: block and certificate, tx index, receipts,
+accounts, deleting the bodies), and the slot's deletion a few blocks later. The txs are signed
+transfers from many senders, and the receipts and accounts come from executing each block.
+Writes are synced, as the node's are.
 
 Reports the CPU time of the whole process per tx, LevelDB's own threads included (their table
 writes and merges are where snappy compresses), the wall time, and the store's size on disk.
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 from common import codec
 from common.crypto import SigningKey, address_of
+from consensus.log import Committed, Slot, slot_key
+from consensus.messages import PreparedCert, PrePrepare
 from node.chain.block import Proposal, build_block
 from node.chain.ledger import Account, execute_block
 from node.chain.tx import make_transfer
@@ -54,38 +56,18 @@ class _Block:
     accounts: dict[bytes, bytes]
 
 
-def _slot_key(height: int) -> bytes:
-    return b"s" + height.to_bytes(8, "big")
-
-
-def _votes(n: int) -> dict[str, bytes]:
-    return {str(i): SIG for i in range(n)}
-
-
-def _records(height: int, payload: bytes, digest: bytes) -> list[bytes]:
-    pp = {"view": 0, "seq": height, "digest": digest, "payload": payload, "sender": 0, "sig": SIG}
-    prepared = {"view": 0, "seq": height, "digest": digest, "sigs": _votes(3)}
-    out = []
-    for stage in range(3):
-        out.append(
-            codec.encode(
-                {
-                    "pp": pp,
-                    "prepare_sent": True,
-                    "commit_sent": stage > 0,
-                    "prepared": prepared if stage > 0 else None,
-                    "committed": None
-                    if stage < 2
-                    else {
-                        "view": 0,
-                        "digest": digest,
-                        "payload": payload,
-                        "cert": _votes(3),
-                        "chain": digest,
-                    },
-                }
-            )
-        )
+def _records(height: int, payload: bytes, digest: bytes, certificate: bytes) -> list[bytes]:
+    """The slot's record (consensus/log.py) as the PRE-PREPARE is accepted, once prepared, and
+    once committed: what the driver persists at those three points."""
+    slot = Slot(height)
+    slot.accept(PrePrepare(0, height, digest, payload, 0, SIG), validated=True)
+    slot.own_prepare(1, digest, SIG)
+    out = [slot.record()]
+    backups = tuple((i, SIG) for i in (1, 2))
+    slot.own_commit(1, digest, SIG, PreparedCert(0, height, digest, payload, SIG, backups))
+    out.append(slot.record())
+    slot.commit(Committed(0, digest, payload, certificate, digest))
+    out.append(slot.record())
     return out
 
 
@@ -108,15 +90,15 @@ def _blocks(blocks: int, per_block: int, senders: int, seed: int) -> list[_Block
         block = build_block(proposal, txs, prev)
         ex = execute_block(block, proposer, CHAIN_ID, balances.get, lambda d: None)
         balances.update(ex.accounts)
-        payload = proposal.encode()
+        certificate = codec.encode({"view": 0, "sigs": [[i, SIG] for i in range(3)]})
         out.append(
             _Block(
                 height=height,
                 encoded=block.encode(),
                 block_hash=block.hash,
                 bodies=[(b"body" + t.hash, t.encode()) for t in txs],
-                records=_records(height, payload, block.hash),
-                certificate=codec.encode({"view": 0, "sigs": _votes(3)}),
+                records=_records(height, proposal.encode(), block.hash, certificate),
+                certificate=certificate,
                 receipts=[(r.tx_hash, r.encode()) for r in ex.receipts],
                 accounts={a: acct.encode() for a, acct in ex.accounts.items()},
             )
@@ -127,7 +109,7 @@ def _blocks(blocks: int, per_block: int, senders: int, seed: int) -> list[_Block
 
 def _replay(store: Store, blocks: list[_Block]) -> None:
     for b in blocks:
-        key = _slot_key(b.height)
+        key = slot_key(b.height)
         store.log_write([(key, b.records[0])], b.bodies)
         store.log_write([(key, b.records[1])])
         store.log_write([(key, b.records[2])])
@@ -142,7 +124,7 @@ def _replay(store: Store, blocks: list[_Block]) -> None:
             {k: None for k, _ in b.bodies},
         )
         if b.height > KEEP_SLOTS:
-            store.log_write([(_slot_key(b.height - KEEP_SLOTS), None)])
+            store.log_write([(slot_key(b.height - KEEP_SLOTS), None)])
 
 
 def _size(path: str) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from consensus.log import slot_key
 from node.tools import bench_storage
 from storage import Store
 
@@ -40,7 +41,7 @@ def test_the_replay_leaves_what_a_validator_keeps(tmp_path: Path) -> None:
             for key, _ in b.bodies:
                 assert store.meta_get(key) is None
         kept = [key for key, _ in store.log_items()]
-    assert kept == [bench_storage._slot_key(h) for h in range(7 - bench_storage.KEEP_SLOTS + 1, 8)]
+    assert kept == [slot_key(h) for h in range(7 - bench_storage.KEEP_SLOTS + 1, 8)]
 
 
 @pytest.mark.parametrize("flag", ["--blocks", "--block", "--senders", "--rounds"])
